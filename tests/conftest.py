@@ -1,0 +1,64 @@
+"""Shared fixtures: one real local[2] SparkSession per test session, and the real data folder."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _data_root() -> Path | None:
+    """`$XRAY_SPARK_TEST_DATA`, else ../shared/data next to the repository (CI lays it there)."""
+    env = os.environ.get("XRAY_SPARK_TEST_DATA")
+    candidates = [Path(env)] if env else []
+    candidates += [REPO.parent / "shared" / "data", REPO.parent.parent / "shared" / "data"]
+    for c in candidates:
+        if (c / "ozturk" / "manifest.csv").is_file():
+            return c
+    return None
+
+
+@pytest.fixture(scope="session")
+def data_root() -> Path:
+    root = _data_root()
+    if root is None:
+        pytest.skip("real X-ray data not found: set XRAY_SPARK_TEST_DATA or place it at ../shared/data")
+    return root
+
+
+@pytest.fixture(scope="session")
+def ozturk_dir(data_root: Path) -> Path:
+    return data_root / "ozturk"
+
+
+@pytest.fixture(scope="session")
+def raw_sample_dir(data_root: Path) -> Path:
+    return data_root / "raw-sample"
+
+
+@pytest.fixture(scope="session")
+def spark(tmp_path_factory: pytest.TempPathFactory):
+    """A real local[2] Spark session built through the project's own helper."""
+    from xray_spark.config import load_config
+    from xray_spark.session import get_spark
+
+    cfg = load_config(local=None)
+    warehouse = tmp_path_factory.mktemp("warehouse")
+    session = get_spark(
+        cfg,
+        master="local[2]",
+        conf={
+            "spark.sql.warehouse.dir": str(warehouse),
+            "spark.driver.memory": "3g",
+            "spark.sql.shuffle.partitions": "4",
+        },
+        app_name="xray-spark-tests",
+    )
+    yield session
+    session.stop()
