@@ -47,6 +47,16 @@ def parse_conf_pairs(pairs: Sequence[str]) -> dict[str, str]:
 
 
 
+def _submitted_conf() -> dict[str, str]:
+    """Settings spark-submit already passed to this driver (empty when Python started the JVM itself)."""
+    if not os.environ.get("PYSPARK_GATEWAY_PORT"):
+        return {}
+    from pyspark import SparkConf, SparkContext
+
+    SparkContext._ensure_initialized()
+    return dict(SparkConf().getAll())
+
+
 def get_spark(
     cfg: Config,
     master: str | None = None,
@@ -77,11 +87,14 @@ def get_spark(
                 log.warning("cannot change %s on the running Spark session", key)
         return active
     builder = SparkSession.builder.appName(app_name or cfg.spark.app_name)
+    submitted = _submitted_conf()
     if master:
         builder = builder.master(master)
-    elif not os.environ.get("PYSPARK_GATEWAY_PORT") and not os.environ.get("MASTER"):
+    elif "spark.master" not in submitted and not os.environ.get("MASTER"):
         builder = builder.master(cfg.spark.master)
     for key, value in settings.items():
+        if key in submitted and key not in (conf or {}):
+            continue  # spark-submit --conf / spark-defaults.conf win over our config defaults
         builder = builder.config(key, value)
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

@@ -1,0 +1,197 @@
+"""`xray-spark` console script: argument parsing and exit codes only; the work lives in the package.
+
+Exit codes (DESIGN contract): 0 success, 2 bad arguments/config/input location, 1 anything else.
+Errors are one line on stderr; `--verbose` adds the traceback for debugging.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+
+from xray_spark.errors import UserError
+from xray_spark.session import add_spark_arguments
+
+log = logging.getLogger("xray_spark")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse prints usage + error; the contract asks for one clear line and exit 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        sys.stderr.write(f"{self.prog}: error: {message} (see --help)\n")
+        raise SystemExit(2)
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+    )
+    for noisy in ("py4j", "matplotlib", "PIL", "urllib3", "alembic", "mlflow.store", "h5py", "absl"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _context(args: argparse.Namespace):
+    """Config + SparkSession from the shared --config/--master/--conf arguments."""
+    from xray_spark.config import load_config
+    from xray_spark.session import get_spark, parse_conf_pairs
+
+    cfg = load_config(args.config)
+    conf = parse_conf_pairs(args.conf)
+    return cfg, (lambda: get_spark(cfg, master=args.master, conf=conf))
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    from xray_spark.data.ingest import format_summary, ingest
+    from xray_spark.data.manifest import check_data_dir
+
+    check_data_dir(args.data)  # fail fast (exit 2) before starting a JVM
+    cfg, spark = _context(args)
+    result = ingest(spark(), args.data, args.out, cfg)
+    print(format_summary(result.summary))
+    print(f"images table: {result.files['images']}\nsplit: {result.files['split.csv']}")
+    return 0
+
+
+def cmd_fetch(args: argparse.Namespace) -> int:
+    from xray_spark.data.fetch import fetch_dataset
+
+    result = fetch_dataset(args.name, args.to, base_url=args.base_url, limit=args.limit, progress=not args.quiet,
+                           workers=args.workers, timeout=args.timeout)
+    print(result.summary())
+    for failure in result.failed:
+        print(f"failed: {failure.path}: {failure.reason}")
+    return 0 if result.ok else 1
+
+
+def cmd_featurize(args: argparse.Namespace) -> int:
+    from xray_spark.features.backbones import get_backbone
+    from xray_spark.features.run import featurize_folder
+
+    get_backbone(args.backbone)  # unknown name -> exit 2 before Spark starts
+    cfg, spark = _context(args)
+    summary = featurize_folder(spark(), cfg, data=args.data, backbone=args.backbone, weights=args.weights,
+                               out_dir=args.out, batch_size=args.batch_size)
+    print(summary)
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from xray_spark.train.compare import TrainSpec, run_training
+    from xray_spark.train.options import resolve_train_options
+
+    cfg, spark = _context(args)
+    spec: TrainSpec = resolve_train_options(args, cfg)
+    result = run_training(spark(), cfg, spec)
+    _print_train_result(result)
+    return 0
+
+
+def _print_train_result(result) -> None:
+    print(f"\nreport: {result.files['report.md']}\ncomparison: {result.files['comparison.csv']}")
+    for task, champ in result.champions.items():
+        print(f"champion {task}: {champ['uri']} (version {champ['version']}: {champ['backbone']} + {champ['head']})")
+    print(f"MLflow: {result.tracking_uri}  (UI: mlflow ui --backend-store-uri {result.tracking_uri})")
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    from xray_spark.score import score_command
+
+    cfg, spark = _context(args)
+    return score_command(spark, cfg, model=args.model, input_dir=args.input, output_dir=args.output,
+                         chunk_size=args.chunk_size)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from xray_spark.demo import run_demo
+
+    cfg, spark = _context(args)
+    return run_demo(spark, cfg, args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="xray-spark", description="Spark-native chest X-ray classification pipeline")
+    parser.add_argument("--verbose", action="store_true", help="debug logging and tracebacks on failure")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    def add(name: str, fn: Callable[[argparse.Namespace], int], help_text: str, spark: bool = True):
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        if spark:
+            add_spark_arguments(p)
+        p.set_defaults(func=fn)
+        return p
+
+    p = add("ingest", cmd_ingest, "read, validate, de-duplicate and split an image folder")
+    p.add_argument("--data", required=True, metavar="DIR", help="class subfolders, or a folder with manifest.csv")
+    p.add_argument("--out", required=True, metavar="DIR", help="where the images table, split and reports go")
+
+    p = add("fetch", cmd_fetch, "download a public dataset (sha256-verified, resumable)", spark=False)
+    p.add_argument("name", help="dataset name, e.g. ozturk2020")
+    p.add_argument("--to", required=True, metavar="DIR")
+    p.add_argument("--base-url", metavar="URL", help="mirror to download from instead of the public source")
+    p.add_argument("--limit", type=int, metavar="N", help="only the first N files (smoke tests)")
+    p.add_argument("--workers", type=int, default=4, metavar="N", help="parallel downloads")
+    p.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS", help="per-request timeout")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    p = add("featurize", cmd_featurize, "turn images into feature vectors (cached by content hash)")
+    p.add_argument("--data", required=True, metavar="DIR", help="image folder, or an ingest output folder")
+    p.add_argument("--backbone", required=True, metavar="NAME", help="ResNet50, InceptionV3, Xception, VGG16, VGG19, DenseNet121")
+    p.add_argument("--weights", default="imagenet", metavar="imagenet|none|PATH")
+    p.add_argument("--out", required=True, metavar="DIR", help="feature cache folder")
+    p.add_argument("--batch-size", type=int, default=None, metavar="N")
+
+    p = add("train", cmd_train, "train and compare heads for each backbone and task, tracked in MLflow")
+    p.add_argument("--data", metavar="DIR", help="image folder, or an ingest output folder")
+    p.add_argument("--backbones", metavar="LIST", help="e.g. ResNet50,InceptionV3 (default: config train.backbones)")
+    p.add_argument("--heads", metavar="LIST", help="e.g. lr,rf,dt,gbt,svc,mlp (default: config train.heads)")
+    p.add_argument("--tasks", metavar="LIST", help="binary,multiclass (default: config train.tasks)")
+    p.add_argument("--weights", metavar="imagenet|none|PATH", help="default: config train.weights")
+    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--tracking-uri", metavar="URI", help="MLflow tracking URI (default: sqlite under --out)")
+    p.add_argument("--cache-dir", metavar="DIR", help="feature cache (default: OUT/features)")
+    p.add_argument("--no-baseline", action="store_true", help="skip the metadata-only shortcut baseline")
+
+    p = add("score", cmd_score, "score new images in a folder with a model, incrementally and exactly once")
+    p.add_argument("--model", required=True, metavar="URI", help="models:/NAME@champion, runs:/..., or a PipelineModel path")
+    p.add_argument("--input", required=True, metavar="DIR")
+    p.add_argument("--output", required=True, metavar="DIR")
+    p.add_argument("--chunk-size", type=int, default=256, metavar="N", help="images committed per step")
+
+    p = add("demo", cmd_demo, "the main job: fetch (or --data), ingest, featurize, train, register, score")
+    p.add_argument("--data", metavar="DIR", help="use this folder instead of fetching the Ozturk dataset")
+    p.add_argument("--out", default="runs/demo", metavar="DIR")
+    p.add_argument("--weights", default=None, metavar="imagenet|none|PATH",
+                   help="default imagenet; falls back to none (said loudly) when ImageNet weights cannot be had")
+    p.add_argument("--backbones", default=None, metavar="LIST")
+    p.add_argument("--heads", default=None, metavar="LIST")
+    p.add_argument("--tracking-uri", metavar="URI")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _setup_logging(args.verbose)
+    try:
+        return int(args.func(args) or 0)
+    except UserError as exc:
+        sys.stderr.write(f"xray-spark: error: {exc}\n")
+        return 2
+    except KeyboardInterrupt:
+        sys.stderr.write("xray-spark: interrupted\n")
+        return 1
+    except Exception as exc:  # one line for people, the traceback for --verbose
+        if args.verbose:
+            log.exception("failed")
+        sys.stderr.write(f"xray-spark: failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}\n")
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

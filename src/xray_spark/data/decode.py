@@ -1,0 +1,510 @@
+"""Bytes -> one normalised 8-bit luminance array, or a stable reason why not (pure functions, no Spark).
+
+Why one path for every source: in the reference data, format, colour mode and bit depth alone separate
+COVID from non-COVID images (see shared/data/README.md). Every decoder here ends in the same steps, so a
+model sees pixels, not file-format trivia:
+
+1. EXIF orientation applied first (``ImageOps.exif_transpose``); width/height reported *after* it.
+2. Alpha removed by compositing onto black: transparent pixels carry no signal, black is "no signal" in a
+   MONOCHROME2 radiograph, and it does not invent a bright frame that the min-max stretch would turn into
+   a source-specific cue. Fully opaque alpha is dropped without arithmetic (RGBA-opaque == RGB == L).
+   ``P`` goes through its palette (``RGBA`` when it declares transparency).
+3. One luminance channel: ITU-R 601-2 weights (0.299, 0.587, 0.114) in float32. Images whose colour
+   channels are identical (grey stored as RGB) skip the weights, so they hash like the grey original.
+4. 8 bits the same way for everything: a linear min-max stretch of the luminance to [0, 255], then
+   round-half-even. This removes bit-depth (1/8/16-bit, float) and window/level differences between
+   sources. A constant image has nothing to stretch -> ``blank_image``; NaN/inf -> ``corrupt_image``.
+
+DICOM (``DICM`` at offset 128; a preamble-less file whose first tag is in group 0002/0008 is tried with
+pydicom's ``force=True`` when Pillow does not recognise it): ``pixel_array`` of the first frame only
+(multi-frame files are accepted, frames 2.. ignored), modality LUT (rescale slope/intercept), VOI LUT or
+WindowCenter/Width, MONOCHROME1 inverted *after* windowing (as torchxrayvision does), then step 4.
+Colour DICOM (RGB/YBR, converted to RGB by pydicom; PALETTE COLOR through its LUT) follows step 3.
+Compressed transfer syntaxes decode when pydicom has a plugin for them (here: JPEG baseline/JPEG 2000 via
+Pillow, RLE via pydicom); others are ``dicom_unsupported``.
+
+Multi-frame GIF/TIFF/MPO: the first frame. MPO (multi-picture JPEG from phones) is reported as ``JPEG``.
+
+Reason codes (``DecodeError.reason``; stable, ``str(err) == f"{reason}: {detail}"``): see ``REASONS``.
+
+Decompression bombs: ``width * height > max_pixels`` is checked from the header before pixels are decoded.
+Pillow's own guard (``Image.MAX_IMAGE_PIXELS``) also applies: its ``DecompressionBombError`` (and the
+warning, when warnings are turned into errors) become ``too_large`` as well, so the effective limit is the
+smaller of the two. ``ImageFile.LOAD_TRUNCATED_IMAGES`` must stay False (Pillow's default) or truncated
+files would decode silently with grey tails; ``decode_gray`` resets it (with a warning) if someone set it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import io
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+log = logging.getLogger(__name__)
+
+RESIZE_FILTER: str = "bilinear"  # PIL Image.Resampling.BILINEAR: antialiases on downscale (support scales)
+DEFAULT_MAX_PIXELS: int = 100_000_000
+
+REASONS: dict[str, str] = {
+    "empty_file": "the file has 0 bytes",
+    "not_an_image": "the bytes are not any image format we recognise (e.g. text)",
+    "unsupported_format": "a recognised container we do not decode (PDF, SVG, HEIC, other Pillow formats, ...)",
+    "truncated": "the image data ends early (partial download/copy)",
+    "corrupt_image": "the header is recognised but the data is broken (bad CRC, garbage, NaN/inf pixels)",
+    "too_large": "width*height exceeds max_pixels (decompression-bomb guard, checked before decoding)",
+    "dicom_no_pixel_data": "a DICOM file without PixelData (e.g. a structured report)",
+    "dicom_corrupt": "a DICOM file that pydicom cannot parse, or with missing/invalid image attributes",
+    "dicom_unsupported": "a DICOM transfer syntax without an installed decoder, or an unknown photometric",
+    "blank_image": "every pixel has the same luminance: nothing to normalise",
+}
+
+_RESAMPLE = Image.Resampling.BILINEAR
+for _plugin in ("Bmp", "Gif", "Jpeg", "Mpo", "Png", "Tiff", "WebP"):  # register exactly the readers we use
+    try:
+        importlib.import_module(f"PIL.{_plugin}ImagePlugin")
+    except ImportError:  # e.g. Pillow built without WebP: those files become unsupported_format
+        log.debug("Pillow plugin %s unavailable", _plugin)
+_PIL_FORMATS = tuple(f for f in ("PNG", "JPEG", "MPO", "BMP", "TIFF", "GIF", "WEBP") if f in Image.OPEN)
+_R, _G, _B = np.float32(0.299), np.float32(0.587), np.float32(0.114)
+_MODE_BITS = {"1": 1, "I": 32, "F": 32}
+_SUPPORTED_MAGIC = (
+    (b"\x89PNG\r\n\x1a\n", "PNG"), (b"\xff\xd8\xff", "JPEG"), (b"GIF87a", "GIF"), (b"GIF89a", "GIF"),
+    (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"), (b"II+\x00", "TIFF"), (b"MM\x00+", "TIFF"), (b"BM", "BMP"),
+)
+_UNSUPPORTED_MAGIC = (
+    (b"%PDF", "PDF"), (b"%!PS", "PostScript"), (b"\xc5\xd0\xd3\xc6", "EPS"), (b"8BPS", "PSD"),
+    (b"\x00\x00\x01\x00", "ICO"), (b"\x00\x00\x00\x0cjP  ", "JPEG 2000"), (b"\xff\x4f\xff\x51", "JPEG 2000"),
+    (b"\x00\x00\x00\x0cJXL ", "JPEG XL"), (b"\xff\x0a", "JPEG XL"), (b"DDS ", "DDS"), (b"qoif", "QOI"),
+    (b"PK\x03\x04", "ZIP"), (b"\x1f\x8b", "gzip"), (b"\x76\x2f\x31\x01", "OpenEXR"), (b"#?RADIANCE", "HDR"),
+)
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """What the source file was, before normalisation (metadata for the shortcut baseline and reports)."""
+
+    format: str  # "PNG","JPEG","BMP","TIFF","GIF","WEBP","DICOM"
+    mode: str  # PIL mode of the source, or DICOM PhotometricInterpretation
+    width: int  # after EXIF orientation (= decoded array's shape[1])
+    height: int
+    bit_depth: int  # bits per sample of the source (PNG IHDR / TIFF BitsPerSample / DICOM BitsStored)
+
+
+class DecodeError(ValueError):
+    """Why bytes could not become a normalised image. `info` is set when the header was readable."""
+
+    def __init__(self, reason: str, detail: str, info: ImageInfo | None = None) -> None:
+        if reason not in REASONS:
+            raise ValueError(f"unknown decode reason code {reason!r}")
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+        self.info = info
+
+    def __reduce__(self):  # keeps the exception picklable across Spark/multiprocessing boundaries
+        return (DecodeError, (self.reason, self.detail, self.info))
+
+
+# --------------------------------------------------------------------------- normalisation (shared path)
+
+
+def _stretch(x: np.ndarray) -> np.ndarray:
+    """Linear min-max stretch to uint8 [0, 255], round-half-even. uint8/uint16 go through a LUT built by
+    the very same float32 formula, so the result is identical to the float path, only faster."""
+    if x.dtype == np.bool_:
+        x = x.view(np.uint8)
+    if x.dtype in (np.uint8, np.uint16):
+        mn, mx = int(x.min()), int(x.max())
+        if mn == mx:
+            raise DecodeError("blank_image", f"every pixel is {mn}")
+        if x.dtype == np.uint8 and mn == 0 and mx == 255:
+            return x
+        lut = _stretch_float(np.arange(mx + 1, dtype=np.float32), mn, mx)  # entries < mn are never used
+        return np.take(lut, x)
+    if x.dtype.kind not in "iuf":
+        raise DecodeError("corrupt_image", f"pixel type {x.dtype} cannot be normalised")
+    small = x.dtype.itemsize <= (4 if x.dtype.kind == "f" else 2)
+    xf = x.astype(np.float32 if small else np.float64)  # always a private copy: _stretch_float works in place
+    if xf.dtype.kind == "f" and not np.isfinite(xf).all():
+        raise DecodeError("corrupt_image", "pixels contain NaN or infinity")
+    mn, mx = xf.min(), xf.max()
+    if mn == mx:
+        raise DecodeError("blank_image", f"every pixel is {mn}")
+    return _stretch_float(xf, mn, mx)
+
+
+def _stretch_float(xf: np.ndarray, mn, mx) -> np.ndarray:
+    """(x - min) * 255 / (max - min), rounded; works in place on `xf` (callers pass a private array)."""
+    xf -= xf.dtype.type(mn)
+    xf *= xf.dtype.type(255.0) / xf.dtype.type(mx - mn)
+    np.rint(xf, out=xf)
+    np.clip(xf, 0, 255, out=xf)
+    return xf.astype(np.uint8)
+
+
+def _luma(r: np.ndarray, g: np.ndarray, b: np.ndarray, a: np.ndarray | None = None) -> np.ndarray:
+    """ITU-R 601-2 luminance of 2-D channel views, alpha composited onto black. Returns an array for _stretch."""
+    if np.array_equal(r, g) and np.array_equal(r, b):
+        lum = r  # grey stored as colour: exact, no weights, no copy
+    else:
+        lum = r.astype(np.float32)
+        lum *= _R
+        lum += g * _G
+        lum += b * _B
+    if a is not None and a.min() < 255:
+        lum = lum.astype(np.float32) if lum.dtype != np.float32 else lum
+        lum *= a * np.float32(1.0 / 255.0)
+    return lum
+
+
+def _luma_of(arr: np.ndarray) -> np.ndarray:
+    """(H,W,3|4) RGB(A) -> luminance; (H,W) passes through."""
+    if arr.ndim == 2:
+        return arr
+    alpha = arr[..., 3] if arr.shape[2] == 4 else None
+    return _luma(arr[..., 0], arr[..., 1], arr[..., 2], alpha)
+
+
+def _check_gray(gray: np.ndarray) -> np.ndarray:
+    if not isinstance(gray, np.ndarray) or gray.ndim != 2 or gray.dtype != np.uint8 or gray.size == 0:
+        raise ValueError(f"expected a non-empty 2-D uint8 array, got {getattr(gray, 'shape', type(gray))}")
+    return gray
+
+
+# --------------------------------------------------------------------------- format sniffing
+
+
+def _sniff_unsupported(head: bytes) -> str | None:
+    for magic, name in _UNSUPPORTED_MAGIC:
+        if head.startswith(magic):
+            return name
+    if head[4:8] == b"ftyp":
+        return f"ISO media ({head[8:12].decode('ascii', 'replace').strip()})"  # HEIC, AVIF, MP4
+    text = head[:1024].lstrip().lower()
+    if text.startswith((b"<?xml", b"<svg", b"<!doctype svg")) and b"<svg" in text:
+        return "SVG"
+    return None
+
+
+def _sniff_supported(head: bytes) -> str | None:
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "WEBP"
+    return next((name for magic, name in _SUPPORTED_MAGIC if head.startswith(magic)), None)
+
+
+def _classify_unidentified(data: bytes, head: bytes) -> DecodeError:
+    """Pillow could not open it as one of our formats: say as precisely as we can what it is."""
+    fmt = _sniff_supported(head)
+    if fmt is not None:
+        return DecodeError("corrupt_image", f"{fmt} signature but the header is unreadable (corrupt or cut short)")
+    other = _sniff_unsupported(head)
+    if other is not None:
+        return DecodeError("unsupported_format", f"{other} files are not decoded")
+    try:
+        with Image.open(io.BytesIO(data)) as im:  # any Pillow format at all?
+            return DecodeError("unsupported_format", f"{im.format} images are not decoded")
+    except MemoryError:
+        raise
+    except Exception:  # noqa: BLE001 - any failure here just means "not an image"
+        pass
+    return DecodeError("not_an_image", f"no known image signature (starts with {head[:8]!r})")
+
+
+# --------------------------------------------------------------------------- Pillow path
+
+
+def _bit_depth(im: Image.Image, head: bytes) -> int:
+    if im.format == "PNG" and im.mode != "P" and len(head) > 24:
+        return head[24]  # IHDR bit depth: Pillow reads 16-bit colour PNG as 8-bit RGB
+    if im.format == "TIFF":
+        bps = getattr(im, "tag_v2", {}).get(258)
+        if bps:
+            return int(bps[0] if isinstance(bps, tuple) else bps)
+    if im.mode.startswith("I;16"):
+        return 16
+    return _MODE_BITS.get(im.mode, 8)
+
+
+def _pil_pixels(im: Image.Image) -> np.ndarray:
+    """A loaded Pillow image -> luminance array (any numeric dtype) for _stretch."""
+    mode = im.mode
+    if mode in ("1", "L", "I", "F"):
+        return np.asarray(im)
+    if mode.startswith("I;16"):
+        arr = np.asarray(im)
+        return arr if arr.dtype == np.uint16 else arr.astype(np.uint16)
+    if mode in ("P", "PA"):
+        im = im.convert("RGBA" if mode == "PA" or "transparency" in im.info else "RGB")
+    elif mode == "LA":
+        arr = np.asarray(im)
+        lum = arr[..., 0]
+        a = arr[..., 1]
+        return lum if a.min() == 255 else lum * (a * np.float32(1.0 / 255.0))
+    elif mode not in ("RGB", "RGBA"):  # CMYK, YCbCr, LAB, HSV, RGBX, RGBa, La, ...
+        im = im.convert("RGBA" if "A" in mode or "a" in mode else "RGB")
+    return _luma_of(np.asarray(im))
+
+
+def _decode_pil(data: bytes, head: bytes, max_pixels: int) -> tuple[np.ndarray, ImageInfo]:
+    try:
+        im = Image.open(io.BytesIO(data), formats=_PIL_FORMATS)
+    except UnidentifiedImageError:
+        raise _classify_unidentified(data, head) from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise DecodeError("too_large", str(e)) from None
+    except MemoryError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a plugin choked on the header
+        raise DecodeError("corrupt_image", f"unreadable header: {type(e).__name__}: {e}") from None
+    with im:
+        fmt = "JPEG" if im.format == "MPO" else im.format
+        w, h = im.size
+        info = ImageInfo(fmt, im.mode, w, h, _bit_depth(im, head))
+        if w * h > max_pixels:
+            raise DecodeError("too_large", f"{w}x{h} = {w * h} pixels > max_pixels {max_pixels}", info)
+        if w <= 0 or h <= 0:
+            raise DecodeError("corrupt_image", f"invalid size {w}x{h}", info)
+        try:
+            im.load()
+            ImageOps.exif_transpose(im, in_place=True)
+            lum = _pil_pixels(im)
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+            raise DecodeError("too_large", str(e), info) from None
+        except MemoryError:
+            raise
+        except (OSError, EOFError) as e:
+            msg = str(e) or type(e).__name__
+            reason = "truncated" if isinstance(e, EOFError) or "truncated" in msg.lower() else "corrupt_image"
+            raise DecodeError(reason, f"{fmt}: {msg}", info) from None
+        except Exception as e:  # noqa: BLE001 - decoders raise many types on broken data
+            raise DecodeError("corrupt_image", f"{fmt}: {type(e).__name__}: {e}", info) from None
+        info = ImageInfo(fmt, info.mode, lum.shape[1], lum.shape[0], info.bit_depth)
+    try:
+        return _stretch(lum), info
+    except DecodeError as e:
+        raise DecodeError(e.reason, e.detail, info) from None
+
+
+# --------------------------------------------------------------------------- DICOM path
+
+
+def _looks_like_bare_dicom(head: bytes) -> bool:
+    """Preamble-less DICOM starts with a group 0002 (meta) or 0008 (identifying) tag, little endian."""
+    return len(head) >= 8 and head[:2] in (b"\x02\x00", b"\x08\x00") and head[3:4] == b"\x00"
+
+
+def _dicom_sanity(ds, forced: bool) -> None:
+    """pydicom parses garbage leniently; reject what is clearly not a real dataset."""
+    from pydicom.datadict import dictionary_has_tag
+
+    if not forced and "TransferSyntaxUID" not in ds.file_meta:
+        raise DecodeError("dicom_corrupt", "file meta information has no TransferSyntaxUID")
+    if not any(dictionary_has_tag(tag) for tag in ds.keys()):
+        raise DecodeError("dicom_corrupt", "no standard DICOM element could be parsed")
+    for tag in ds.keys():
+        raw = ds.get_item(tag)
+        length = getattr(raw, "length", None)
+        value = getattr(raw, "value", None)
+        if isinstance(value, bytes) and length not in (None, 0xFFFFFFFF) and len(value) < length:
+            raise DecodeError("truncated", f"DICOM element {tag} has {len(value)} of {length} bytes")
+
+
+def _decode_dicom(data: bytes, max_pixels: int, forced: bool = False) -> tuple[np.ndarray, ImageInfo]:
+    import pydicom
+    from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut, get_decoder, pixel_array
+    from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+    try:
+        ds = pydicom.dcmread(io.BytesIO(data), force=forced)
+    except MemoryError:
+        raise
+    except Exception as e:  # noqa: BLE001 - pydicom raises many types on garbage
+        raise DecodeError("dicom_corrupt", f"unreadable DICOM: {type(e).__name__}: {e}") from None
+    _dicom_sanity(ds, forced)
+    if not any(t in ds for t in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
+        raise DecodeError("dicom_no_pixel_data", f"no PixelData (SOP class {ds.get('SOPClassUID', 'unknown')})")
+    try:
+        rows, cols = int(ds.Rows), int(ds.Columns)
+        photometric = str(ds.PhotometricInterpretation).strip().upper()
+        bits = int(ds.get("BitsStored") or ds.BitsAllocated)
+        frames = int(ds.get("NumberOfFrames") or 1)
+    except (AttributeError, TypeError, ValueError) as e:
+        raise DecodeError("dicom_corrupt", f"missing or invalid image attribute: {e}") from None
+    info = ImageInfo("DICOM", photometric, cols, rows, bits)
+    if rows <= 0 or cols <= 0:
+        raise DecodeError("dicom_corrupt", f"invalid size {cols}x{rows}", info)
+    if rows * cols > max_pixels:
+        raise DecodeError("too_large", f"{cols}x{rows} = {rows * cols} pixels > max_pixels {max_pixels}", info)
+    tsyntax = ds.file_meta.get("TransferSyntaxUID")
+    if tsyntax is None:  # preamble-less file without meta: use the encoding pydicom detected
+        implicit, little = ds.original_encoding
+        tsyntax = ImplicitVRLittleEndian if implicit else (ExplicitVRLittleEndian if little else ExplicitVRBigEndian)
+        ds.file_meta.TransferSyntaxUID = tsyntax
+    tsyntax = UID(str(tsyntax))
+    try:
+        available = get_decoder(tsyntax).is_available
+    except NotImplementedError:
+        available = False
+    if not available:
+        raise DecodeError("dicom_unsupported", f"no decoder for transfer syntax {tsyntax.name} ({tsyntax})", info)
+    try:
+        arr = pixel_array(ds, index=0)  # first frame only (documented): multi-frame is accepted
+        if photometric in ("MONOCHROME1", "MONOCHROME2"):
+            arr = apply_voi_lut(apply_modality_lut(arr, ds), ds)
+            if photometric == "MONOCHROME1":  # invert after windowing; min-max makes the offset irrelevant
+                arr = np.negative(arr, dtype=np.float64)
+        elif photometric == "PALETTE COLOR":
+            arr = apply_color_lut(arr, ds)
+    except MemoryError:
+        raise
+    except DecodeError:
+        raise
+    except ValueError as e:
+        reason = "truncated" if "less than expected" in str(e) else "dicom_corrupt"
+        raise DecodeError(reason, f"DICOM pixel data: {e}", info) from None
+    except Exception as e:  # noqa: BLE001
+        raise DecodeError("dicom_corrupt", f"DICOM pixel data: {type(e).__name__}: {e}", info) from None
+    if arr.ndim == 3 and arr.shape[2] in (3, 4):
+        arr = _luma_of(arr[..., :3])
+    elif arr.ndim != 2:
+        raise DecodeError("dicom_unsupported", f"pixel array shape {arr.shape} ({photometric})", info)
+    if frames > 1:
+        log.debug("multi-frame DICOM (%d frames): using the first", frames)
+    try:
+        return _stretch(arr), info
+    except DecodeError as e:
+        raise DecodeError(e.reason, e.detail, info) from None
+
+
+# --------------------------------------------------------------------------- public API
+
+
+def decode_gray(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, ImageInfo]:
+    """bytes -> (H x W uint8 luminance normalised to [0, 255], source info). Raises DecodeError."""
+    if not data:
+        raise DecodeError("empty_file", "0 bytes")
+    if ImageFile.LOAD_TRUNCATED_IMAGES:
+        log.warning("PIL.ImageFile.LOAD_TRUNCATED_IMAGES was enabled; resetting it so truncated files are caught")
+        ImageFile.LOAD_TRUNCATED_IMAGES = False
+    head = bytes(data[:2048])
+    if head[128:132] == b"DICM":
+        return _decode_dicom(data, max_pixels)
+    try:
+        return _decode_pil(data, head, max_pixels)
+    except DecodeError as e:
+        if e.reason != "not_an_image" or not _looks_like_bare_dicom(head):
+            raise
+        not_image = e
+    try:
+        return _decode_dicom(data, max_pixels, forced=True)
+    except DecodeError as e:
+        if e.reason == "dicom_corrupt":
+            raise not_image from None  # the group-0002/0008 guess was wrong
+        raise
+
+
+def resize(gray: np.ndarray, size: int) -> np.ndarray:
+    """(H,W) uint8 -> (size, size) uint8 with RESIZE_FILTER. Aspect ratio is NOT preserved (as sparkdl did):
+    every source is squeezed the same way, so padding/letterbox bars cannot become a cue. Returns the input
+    itself when it already has that shape."""
+    _check_gray(gray)
+    if int(size) <= 0:
+        raise ValueError(f"size must be positive, got {size}")
+    if gray.shape == (size, size):
+        return gray
+    img = Image.fromarray(np.ascontiguousarray(gray))
+    return np.asarray(img.resize((int(size), int(size)), _RESAMPLE))
+
+
+def to_rgb(gray: np.ndarray) -> np.ndarray:
+    """(H,W) uint8 -> (H,W,3) uint8, luminance replicated (what ImageNet backbones expect)."""
+    _check_gray(gray)
+    out = np.empty((*gray.shape, 3), dtype=np.uint8)
+    out[...] = gray[..., None]
+    return out
+
+
+def decode_for_model(data: bytes, size: int, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """bytes -> (size, size, 3) uint8 model input through the one decode/resize path. Raises DecodeError."""
+    gray, _ = decode_gray(data, max_pixels=max_pixels)
+    return to_rgb(resize(gray, size))
+
+
+_OCV_CHANNELS = {0: 1, 16: 3, 24: 4}  # Spark ImageSchema: CV_8UC1, CV_8UC3 (BGR), CV_8UC4 (BGRA)
+
+
+def image_struct_to_gray(height: int, width: int, n_channels: int, mode: int, data: bytes) -> np.ndarray:
+    """A Spark ImageSchema row (8-bit gray/BGR/BGRA) -> normalised gray uint8 via the same luminance and
+    min-max path as decode_gray. Raises DecodeError."""
+    if mode not in _OCV_CHANNELS:
+        raise DecodeError("unsupported_format", f"ImageSchema OpenCV type {mode}: only CV_8UC1/3/4 are handled")
+    if n_channels != _OCV_CHANNELS[mode]:
+        raise DecodeError("corrupt_image", f"nChannels {n_channels} does not match OpenCV type {mode}")
+    if data is None or height <= 0 or width <= 0 or len(data) != height * width * n_channels:
+        got = 0 if data is None else len(data)
+        raise DecodeError("corrupt_image", f"{got} bytes for a {width}x{height}x{n_channels} image")
+    arr = np.frombuffer(data, dtype=np.uint8)
+    if n_channels == 1:
+        return _stretch(arr.reshape(height, width))
+    arr = arr.reshape(height, width, n_channels)
+    alpha = arr[..., 3] if n_channels == 4 else None
+    return _stretch(_luma(arr[..., 2], arr[..., 1], arr[..., 0], alpha))
+
+
+def pixel_sha256(gray: np.ndarray) -> str:
+    """sha256 over shape + bytes of the normalised array: the exact-duplicate key across formats."""
+    g = np.ascontiguousarray(_check_gray(gray))
+    h = hashlib.sha256(f"{g.shape[0]}x{g.shape[1]}:".encode())
+    h.update(g.data)
+    return h.hexdigest()
+
+
+def phash_hex(gray: np.ndarray) -> str:
+    """imagehash.phash (64-bit DCT hash) as 16 hex chars: the near-duplicate candidate key."""
+    import imagehash
+
+    return str(imagehash.phash(Image.fromarray(np.ascontiguousarray(_check_gray(gray)))))
+
+
+def thumbnail(gray: np.ndarray, size: int = 128) -> np.ndarray:
+    """(size, size) uint8 via resize(), for pixel-level duplicate confirmation."""
+    return resize(gray, size)
+
+
+@dataclass
+class ImageRecord:
+    """What ingest stores per file. Header fields are filled whenever they were readable, even if quarantined."""
+
+    status: str  # "ok" | "quarantined"
+    reason: str | None  # None when ok, else "<code>: <detail>"
+    format: str | None = None
+    mode: str | None = None
+    width: int | None = None
+    height: int | None = None
+    bit_depth: int | None = None
+    pixel_sha256: str | None = None
+    phash: str | None = None
+    thumb: bytes | None = None  # thumbnail(...).tobytes(), thumb_size x thumb_size
+
+
+def analyze(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, thumb_size: int = 128) -> ImageRecord:
+    """Decode once and summarise; never raises (bad input becomes status 'quarantined' + reason)."""
+    try:
+        gray, info = decode_gray(data, max_pixels=max_pixels)
+        return ImageRecord(
+            "ok", None, info.format, info.mode, info.width, info.height, info.bit_depth,
+            pixel_sha256(gray), phash_hex(gray), thumbnail(gray, thumb_size).tobytes(),
+        )
+    except DecodeError as e:
+        i = e.info
+        if i is None:
+            return ImageRecord("quarantined", str(e))
+        return ImageRecord("quarantined", str(e), i.format, i.mode, i.width, i.height, i.bit_depth)
+    except Exception as e:  # noqa: BLE001 - ingest must never crash on one file
+        log.warning("unexpected decode failure: %s: %s", type(e).__name__, e)
+        return ImageRecord("quarantined", f"decode_failed: {type(e).__name__}: {e}")

@@ -1,0 +1,375 @@
+"""`DeepImageFeaturizer`: sparkdl's Transformer API, rebuilt on Spark's `predict_batch_udf` and Keras 3.
+
+Why rebuild: sparkdl (Databricks' Deep Learning Pipelines) stopped at Spark 2.4 / TF 1.x. Users' pipelines
+call `DeepImageFeaturizer(inputCol=..., outputCol=..., modelName=...)`; this class keeps those Param names
+so such code ports by changing one import, and it persists with `DefaultParamsWritable` so a fitted
+`PipelineModel` (and `mlflow.spark.log_model`) carries it.
+
+Differences from sparkdl, on purpose:
+- output is the global-average-pooled vector (`include_top=False, pooling="avg"`): 2048 for ResNet50,
+  InceptionV3 and Xception, 512 for VGG16/VGG19, 1024 for DenseNet121. sparkdl's InceptionV3 returned
+  the unpooled 8x8x2048 map flattened to 131072 values;
+- input may be raw file bytes (binaryFile `content`) or a Spark image struct (ImageSchema), detected from
+  the column type; both go through the same normalisation (one luminance channel, replicated to RGB);
+- an image that cannot be decoded yields a null vector and its reason in `errorCol`, never a failed task;
+- `scaleHint` is accepted for compatibility and ignored: every source is resized by one path
+  (xray_spark.data.decode.resize), so that resizing can never differ between training and scoring;
+- `weights` chooses ImageNet, a seeded random init, or a file (see weights.py) — resolved once on the
+  driver and shipped to executors.
+
+Performance notes (measured, see benchmarks/featurize.py): the UDF is built once per instance and param
+state (a new predict_batch_udf has a new cache key, so rebuilding it per transform() would reload the
+model in every Python worker); the model is also cached per Python worker by (backbone, weights file) so
+reloaded PipelineModels reuse it; TensorFlow's thread pools are capped per worker (XRAY_SPARK_TF_THREADS,
+else TF_NUM_INTRAOP_THREADS) so concurrent tasks don't oversubscribe the cores. The effective batch is
+min(batchSize, spark.sql.execution.arrow.maxRecordsPerBatch).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from pyspark import keyword_only
+from pyspark.ml import Transformer
+from pyspark.ml.param import Param, Params, TypeConverters
+from pyspark.ml.param.shared import HasInputCol, HasOutputCol
+from pyspark.ml.util import DefaultParamsReadable, DefaultParamsWritable
+from pyspark.sql import functions as F
+from pyspark.sql.types import ArrayType, BinaryType, FloatType, StringType, StructField, StructType
+
+from xray_spark.errors import UserError
+from xray_spark.features.backbones import backbone_names, get_backbone
+from xray_spark.features.weights import resolve_weights, ship_weights, weights_cache_dir
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame
+
+log = logging.getLogger(__name__)
+
+SCALE_HINTS = ("SCALE_AREA_AVERAGE", "SCALE_FAST")
+IMAGE_STRUCT_FIELDS = ("height", "width", "nChannels", "mode", "data")
+UDF_RETURN = StructType(
+    [StructField("features", ArrayType(FloatType(), False), True), StructField("error", StringType(), True)]
+)
+
+
+class _DeepImageFeaturizerParams(HasInputCol, HasOutputCol):
+    """Params shared by the featurizer (kept as a mixin, pyspark.ml style)."""
+
+    modelName: Param[str] = Param(
+        Params._dummy(), "modelName",
+        f"backbone: one of {', '.join(backbone_names())} (case-insensitive)",
+        typeConverter=TypeConverters.toString,
+    )
+    scaleHint: Param[str] = Param(
+        Params._dummy(), "scaleHint",
+        "sparkdl compatibility, ignored: every image is resized by the same path (area-average downscale)",
+        typeConverter=TypeConverters.toString,
+    )
+    weights: Param[str] = Param(
+        Params._dummy(), "weights",
+        "'imagenet', 'none' / 'none:seed=N' (seeded random init), or a path/URI to a Keras weights file",
+        typeConverter=TypeConverters.toString,
+    )
+    batchSize: Param[int] = Param(
+        Params._dummy(), "batchSize",
+        "images per model call; capped by spark.sql.execution.arrow.maxRecordsPerBatch",
+        typeConverter=TypeConverters.toInt,
+    )
+    errorCol: Param[str] = Param(
+        Params._dummy(), "errorCol",
+        "column for the decode error ('code: detail'); null when the image was featurized",
+        typeConverter=TypeConverters.toString,
+    )
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self._setDefault(
+            inputCol="content", outputCol="features", modelName="ResNet50", scaleHint="SCALE_AREA_AVERAGE",
+            weights="imagenet", batchSize=32, errorCol="featurize_error",
+        )
+
+    def getModelName(self) -> str:
+        return self.getOrDefault(self.modelName)
+
+    def getScaleHint(self) -> str:
+        return self.getOrDefault(self.scaleHint)
+
+    def getWeights(self) -> str:
+        return self.getOrDefault(self.weights)
+
+    def getBatchSize(self) -> int:
+        return self.getOrDefault(self.batchSize)
+
+    def getErrorCol(self) -> str:
+        return self.getOrDefault(self.errorCol)
+
+
+class DeepImageFeaturizer(Transformer, _DeepImageFeaturizerParams, DefaultParamsReadable, DefaultParamsWritable):
+    """Image bytes or image structs -> pooled ImageNet-backbone features (MLlib DenseVector).
+
+    >>> DeepImageFeaturizer(inputCol="content", outputCol="features", modelName="InceptionV3", weights="none")
+    """
+
+    @keyword_only
+    def __init__(
+        self, *, inputCol: str = "content", outputCol: str = "features", modelName: str = "ResNet50",
+        scaleHint: str = "SCALE_AREA_AVERAGE", weights: str = "imagenet", batchSize: int = 32,
+        errorCol: str = "featurize_error",
+    ) -> None:
+        super().__init__()
+        self._udf_cache: tuple[tuple, Any] | None = None
+        self._progress: Any = None  # optional Spark accumulator (not a Param: never persisted)
+        self.setParams(**self._input_kwargs)
+
+    @keyword_only
+    def setParams(
+        self, *, inputCol: str = "content", outputCol: str = "features", modelName: str = "ResNet50",
+        scaleHint: str = "SCALE_AREA_AVERAGE", weights: str = "imagenet", batchSize: int = 32,
+        errorCol: str = "featurize_error",
+    ) -> DeepImageFeaturizer:
+        return self._set(**self._input_kwargs)
+
+    def setInputCol(self, value: str) -> DeepImageFeaturizer:
+        return self._set(inputCol=value)
+
+    def setOutputCol(self, value: str) -> DeepImageFeaturizer:
+        return self._set(outputCol=value)
+
+    def setModelName(self, value: str) -> DeepImageFeaturizer:
+        return self._set(modelName=value)
+
+    def setScaleHint(self, value: str) -> DeepImageFeaturizer:
+        return self._set(scaleHint=value)
+
+    def setWeights(self, value: str) -> DeepImageFeaturizer:
+        return self._set(weights=value)
+
+    def setBatchSize(self, value: int) -> DeepImageFeaturizer:
+        return self._set(batchSize=value)
+
+    def setErrorCol(self, value: str) -> DeepImageFeaturizer:
+        return self._set(errorCol=value)
+
+    def weightsFingerprint(self) -> str:
+        """The resolved weights' fingerprint (resolving them on the driver if needed), for MLflow tags."""
+        from pyspark.sql import SparkSession
+
+        from xray_spark.features.weights import weights_fingerprint
+
+        return weights_fingerprint(self.getModelName(), self.getWeights(), spark=SparkSession.getActiveSession())
+
+    # ------------------------------------------------------------------------------------------ transform
+
+    def _validate(self) -> None:
+        get_backbone(self.getModelName())
+        if self.getScaleHint() not in SCALE_HINTS:
+            raise UserError(f"scaleHint must be one of {SCALE_HINTS}, got {self.getScaleHint()!r}")
+        if self.getBatchSize() < 1:
+            raise UserError(f"batchSize must be >= 1, got {self.getBatchSize()}")
+
+    def _input_kind(self, dataset: DataFrame) -> str:
+        name = self.getInputCol()
+        if name not in dataset.columns:
+            raise UserError(f"input column {name!r} not found; columns are {dataset.columns}")
+        dtype = dataset.schema[name].dataType
+        if isinstance(dtype, BinaryType):
+            return "bytes"
+        if isinstance(dtype, StructType) and set(IMAGE_STRUCT_FIELDS) <= set(dtype.names):
+            return "struct"
+        raise UserError(
+            f"input column {name!r} must be binary (file bytes) or a Spark image struct "
+            f"({', '.join(IMAGE_STRUCT_FIELDS)}), got {dtype.simpleString()}"
+        )
+
+    def _get_udf(self, spark, kind: str) -> Any:
+        """Build the predict_batch_udf once per param state and SparkContext; reuse it afterwards."""
+        key = (
+            self.getModelName().lower(), self.getWeights(), self.getBatchSize(), kind,
+            spark.sparkContext.applicationId, str(weights_cache_dir()), id(self._progress),
+        )
+        if self._udf_cache is not None and self._udf_cache[0] == key:
+            return self._udf_cache[1]
+        resolved = resolve_weights(self.getModelName(), self.getWeights(), spark=spark)
+        ship_name = ship_weights(spark, resolved)
+        udf = make_featurize_udf(
+            resolved.backbone, ship_name, kind, self.getBatchSize(),
+            progress_aid=None if self._progress is None else self._progress.aid,
+            progress=self._progress,
+        )
+        self._udf_cache = (key, udf)
+        log.info("built featurize UDF: %s, weights %s (%s)", resolved.backbone, resolved.spec, resolved.fingerprint)
+        return udf
+
+    def _transform(self, dataset: DataFrame) -> DataFrame:
+        self._validate()
+        kind = self._input_kind(dataset)
+        spark = dataset.sparkSession
+        arrow_cap = int(spark.conf.get("spark.sql.execution.arrow.maxRecordsPerBatch", "10000"))
+        if arrow_cap < self.getBatchSize():
+            log.info("batchSize %d is capped by arrow.maxRecordsPerBatch=%d", self.getBatchSize(), arrow_cap)
+        udf = self._get_udf(spark, kind)
+        src = F.col(self.getInputCol())
+        args = [src] if kind == "bytes" else [src.getField(f) for f in IMAGE_STRUCT_FIELDS]
+        tmp = "__xray_featurize"
+        out = dataset.withColumn(tmp, udf(*args))
+        return out.select(
+            *[F.col(c) for c in dataset.columns if c not in (self.getOutputCol(), self.getErrorCol())],
+            F.when(F.col(f"{tmp}.error").isNull(), _array_to_vector(F.col(f"{tmp}.features")))
+            .alias(self.getOutputCol()),
+            F.col(f"{tmp}.error").alias(self.getErrorCol()),
+        )
+
+
+def _array_to_vector(col):
+    from pyspark.ml.functions import array_to_vector
+
+    return array_to_vector(col)
+
+
+# ------------------------------------------------------------------------------------------- executor side
+
+_MODELS: dict[tuple[str, str], Any] = {}
+
+
+def make_featurize_udf(
+    backbone: str, ship_name: str, kind: str, batch_size: int, *,
+    progress_aid: int | None = None, progress: Any = None,
+) -> Any:
+    """The Spark UDF: (bytes | image-struct fields) -> struct<features: array<float>, error: string>.
+
+    Marked non-deterministic so the optimizer never duplicates it when both struct fields are selected.
+    `progress` (an accumulator) is captured only so each task deserializes its own copy; see _add_progress.
+    """
+    from pyspark.ml.functions import predict_batch_udf
+
+    def make_predict_fn():
+        _ = progress  # keep the accumulator in the pickled closure (registered per task on deserialize)
+        featurizer = WorkerFeaturizer(backbone, ship_name)
+        if kind == "bytes":
+            def predict(contents: np.ndarray) -> dict[str, np.ndarray]:
+                out = featurizer.featurize_bytes(contents)
+                _add_progress(progress_aid, len(contents))
+                return out
+        else:
+            def predict(height, width, n_channels, mode, data) -> dict[str, np.ndarray]:  # noqa: ANN001
+                out = featurizer.featurize_structs(height, width, n_channels, mode, data)
+                _add_progress(progress_aid, len(data))
+                return out
+        return predict
+
+    udf = predict_batch_udf(make_predict_fn, return_type=UDF_RETURN, batch_size=batch_size)
+    return udf.asNondeterministic()
+
+
+def _add_progress(aid: int | None, n: int) -> None:
+    """Count images on the current task's accumulator instance.
+
+    predict_batch_udf caches the predict function per worker across tasks, while PySpark re-creates
+    accumulators per task (its registry is cleared when a task starts): look up the live instance by id.
+    """
+    if aid is None:
+        return
+    from pyspark.accumulators import _accumulatorRegistry
+
+    acc = _accumulatorRegistry.get(aid)
+    if acc is not None:
+        acc.add(n)
+
+
+def tf_threads() -> int:
+    """Threads for TensorFlow in this worker: XRAY_SPARK_TF_THREADS, else TF_NUM_INTRAOP_THREADS, else 1."""
+    for var in ("XRAY_SPARK_TF_THREADS", "TF_NUM_INTRAOP_THREADS"):
+        value = os.environ.get(var, "").strip()
+        if value.isdigit() and int(value) > 0:
+            return int(value)
+    return 1
+
+
+def configure_tf_threads(n: int) -> None:
+    """Cap TensorFlow's pools before its runtime starts (later calls raise; then the first setting stays)."""
+    import tensorflow as tf
+
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(n)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+    except RuntimeError:
+        log.debug("TensorFlow already initialised; thread caps unchanged")
+
+
+def load_model(backbone: str, weights_path: str) -> Any:
+    """Build the backbone and load a weights file, once per Python worker (workers are reused)."""
+    key = (backbone, weights_path)
+    if key not in _MODELS:
+        configure_tf_threads(tf_threads())
+        model = get_backbone(backbone).build(weights=None)
+        model.load_weights(weights_path)
+        _MODELS[key] = model
+    return _MODELS[key]
+
+
+class WorkerFeaturizer:
+    """Executor-side: decode a batch to uint8, run the model on the images that decoded, report the rest."""
+
+    def __init__(self, backbone: str, ship_name: str, weights_path: str | None = None) -> None:
+        from xray_spark.features.weights import executor_weights_path
+
+        self.backbone = get_backbone(backbone)
+        self.model = load_model(self.backbone.name, weights_path or executor_weights_path(ship_name))
+
+    def infer(self, images: np.ndarray) -> np.ndarray:
+        """uint8 (N, S, S, 3) -> float32 (N, feature_dim)."""
+        x = self.backbone.preprocess(images)
+        return np.asarray(self.model.predict_on_batch(x), dtype=np.float32)
+
+    def _run(self, n: int, decode_one) -> dict[str, np.ndarray]:  # noqa: ANN001
+        from xray_spark.data.decode import DecodeError
+
+        size = self.backbone.input_size
+        batch = np.empty((n, size, size, 3), dtype=np.uint8)
+        errors = np.full(n, None, dtype=object)
+        for i in range(n):
+            try:
+                batch[i] = decode_one(i)
+            except DecodeError as exc:
+                errors[i] = str(exc)
+            except Exception as exc:  # bad input never fails the task: report it on the row
+                errors[i] = f"decode_failed: {type(exc).__name__}: {exc}"
+        feats = np.full((n, self.backbone.feature_dim), np.nan, dtype=np.float32)
+        ok = np.array([e is None for e in errors], dtype=bool)
+        if ok.any():
+            feats[ok] = self.infer(batch[ok] if not ok.all() else batch)
+        return {"features": feats, "error": errors}
+
+    def featurize_bytes(self, contents: np.ndarray) -> dict[str, np.ndarray]:
+        from xray_spark.data.decode import DecodeError, decode_for_model
+
+        size = self.backbone.input_size
+
+        def one(i: int) -> np.ndarray:
+            data = contents[i]
+            if data is None:
+                raise DecodeError("empty_file", "null content")
+            return decode_for_model(bytes(data), size)
+
+        return self._run(len(contents), one)
+
+    def featurize_structs(self, height, width, n_channels, mode, data) -> dict[str, np.ndarray]:  # noqa: ANN001
+        from xray_spark.data.decode import DecodeError, image_struct_to_gray, resize, to_rgb
+
+        size = self.backbone.input_size
+
+        def one(i: int) -> np.ndarray:
+            if data[i] is None or _isnan(height[i]):
+                raise DecodeError("corrupt_image", "null image struct")
+            gray = image_struct_to_gray(int(height[i]), int(width[i]), int(n_channels[i]), int(mode[i]), bytes(data[i]))
+            return to_rgb(resize(gray, size))
+
+        return self._run(len(data), one)
+
+
+def _isnan(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and np.isnan(value))

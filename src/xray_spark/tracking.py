@@ -1,0 +1,90 @@
+"""MLflow helpers: where runs go, what every run records, and the `champion` alias.
+
+Why a module: the train command, the demo and the notebooks must agree on the tracking URI default
+(a local sqlite store under the output folder), the experiment, and the registered model names.
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+EXPERIMENT = "xray-spark"
+CHAMPION = "champion"
+
+
+def default_tracking_uri(out_dir: str | Path) -> str:
+    return f"sqlite:///{Path(out_dir).resolve() / 'mlflow.db'}"
+
+
+def configure(tracking_uri: str | None, out_dir: str | Path, experiment: str = EXPERIMENT) -> str:
+    """Point MLflow at `tracking_uri` (default: sqlite under out_dir) and return the experiment id.
+
+    Local stores keep artifacts next to the database, not in the current directory's ./mlruns.
+    """
+    import mlflow
+
+    uri = tracking_uri or default_tracking_uri(out_dir)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    exp = mlflow.get_experiment_by_name(experiment)
+    if exp is None:
+        location = None
+        if uri.startswith("sqlite:") or uri.startswith("file:") or "://" not in uri:
+            location = (Path(out_dir).resolve() / "mlartifacts").as_uri()
+        exp_id = mlflow.create_experiment(experiment, artifact_location=location)
+    else:
+        exp_id = exp.experiment_id
+    mlflow.set_experiment(experiment_id=exp_id)
+    log.info("MLflow tracking URI %s, experiment %s (%s)", uri, experiment, exp_id)
+    return exp_id
+
+
+def library_versions() -> dict[str, str]:
+    """Versions that change numbers: recorded as params on every run."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for pkg in ("pyspark", "tensorflow-cpu", "tensorflow", "keras", "mlflow", "numpy", "pillow", "pydicom"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            continue
+    return {f"version.{k}": v for k, v in out.items()}
+
+
+def flat_params(prefix: str, params: dict[str, Any]) -> dict[str, str]:
+    return {f"{prefix}.{k}": str(v)[:500] for k, v in params.items()}
+
+
+def finite_metrics(metrics: dict[str, Any]) -> dict[str, float]:
+    """MLflow rejects NaN in some stores and non-numbers everywhere: keep finite floats only."""
+    import math
+
+    out = {}
+    for k, v in metrics.items():
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v)):
+            out[k] = float(v)
+    return out
+
+
+def registered_name(prefix: str, task: str) -> str:
+    return f"{prefix}-{task}"
+
+
+def register_champion(model_uri: str, name: str, description: str = "") -> str:
+    """Register `model_uri` under `name` and point the `champion` alias at the new version."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    mv = mlflow.register_model(model_uri, name)
+    client = MlflowClient()
+    client.set_registered_model_alias(name, CHAMPION, mv.version)
+    if description:
+        client.update_model_version(name, mv.version, description=description[:4000])
+    log.info("registered %s version %s as @%s", name, mv.version, CHAMPION)
+    return str(mv.version)

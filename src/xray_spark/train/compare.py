@@ -1,0 +1,284 @@
+"""`xray-spark train`: every backbone x head x task on one persisted grouped split, tracked in MLflow.
+
+Flow: ingest (or reuse its output) -> featurize once per backbone (feature cache) -> for each task and head:
+fit on train, evaluate on test with group-bootstrap intervals -> nested MLflow run with the full PipelineModel
+(decode -> featurize -> head -> label decode) -> comparison table, report, plots -> `champion` alias per task.
+The metadata-only baseline runs beside the image models on the same split.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from xray_spark.config import Config
+from xray_spark.data.images import image_contents, load_or_ingest
+from xray_spark.train.baseline import BASELINE_NAME, metadata_features
+from xray_spark.train.fit import FitResult, fit_head, task_frame
+from xray_spark.train.heads import get_head, head_params
+from xray_spark.train.tasks import Task, get_task
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainSpec:
+    data: str
+    out_dir: str
+    backbones: list[str]
+    heads: list[str]
+    tasks: list[str]
+    weights: str
+    tracking_uri: str | None = None
+    cache_dir: str | None = None
+    baseline: bool = True
+
+
+@dataclass
+class TrainResult:
+    comparison: pd.DataFrame
+    champions: dict[str, dict[str, str]] = field(default_factory=dict)
+    files: dict[str, Path] = field(default_factory=dict)
+    parent_run_id: str = ""
+    tracking_uri: str = ""
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def _labels_frame(spark, images: pd.DataFrame):
+    ok = images[images["status"] == "ok"][["path", "sha256", "label", "split", "fold", "group_id"]].copy()
+    ok["fold"] = ok["fold"].astype(int)
+    return spark.createDataFrame(ok)
+
+
+def full_pipeline(backbone: str, weights: str, head_model, task: Task):
+    """decode -> featurize -> head -> label decode: the one model MLflow stores and scoring loads."""
+    from pyspark.ml import PipelineModel
+    from pyspark.ml.feature import IndexToString
+
+    from xray_spark.features.featurizer import DeepImageFeaturizer
+
+    featurizer = DeepImageFeaturizer(inputCol="content", outputCol="features", modelName=backbone, weights=weights)
+    decode_label = IndexToString(inputCol="prediction", outputCol="predicted_label", labels=list(task.labels))
+    return PipelineModel(stages=[featurizer, head_model, decode_label])
+
+
+def _signature():
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema
+
+    return ModelSignature(
+        inputs=Schema([ColSpec("binary", "content")]), outputs=Schema([ColSpec("double", "prediction")])
+    )
+
+
+def _pip_requirements() -> list[str]:
+    from importlib.metadata import version
+
+    return [f"xray-spark=={version('xray-spark')}", f"pyspark=={version('pyspark')}", f"keras=={version('keras')}"]
+
+
+def _evaluate(fit: FitResult, task: Task, n_resamples: int, seed: int) -> dict[str, float]:
+    from xray_spark.train.evaluate import evaluate
+
+    return evaluate(
+        fit.y_true, fit.y_pred, fit.proba, list(task.labels), fit.groups, n_resamples=n_resamples, seed=seed,
+        positive=task.positive,
+    )
+
+
+class _Runner:
+    """Holds what every combination shares: config, MLflow parent run, output folders, result rows."""
+
+    def __init__(self, spark, cfg: Config, spec: TrainSpec, summary: dict):
+        self.spark, self.cfg, self.spec, self.summary = spark, cfg, spec, summary
+        self.out = Path(spec.out_dir)
+        self.plots = self.out / "plots"
+        self.plots.mkdir(parents=True, exist_ok=True)
+        self.rows: list[dict[str, Any]] = []
+        self.confusion_pngs: dict[str, Path] = {}
+        self.model_uris: dict[tuple[str, str, str], str] = {}
+
+    def combo(self, kind: str, backbone: str, head: str, task: Task, frame, n_features: int, *, fingerprint: str,
+              featurize_seconds: float, log_model: bool) -> None:
+        import mlflow
+
+        from xray_spark.report import plot_confusion
+        from xray_spark.tracking import finite_metrics, flat_params
+        from xray_spark.train.evaluate import confusion
+
+        tc = self.cfg.train
+        hs = get_head(head)
+        params = head_params(hs, tc.head_params.get(head), tc.seed)
+        grid = tc.param_grids.get(head) if tc.cross_validate else None
+        name = f"{task.name}/{backbone}/{head}"
+        log.info("train %s (%s)", name, kind)
+        with mlflow.start_run(run_name=name, nested=True) as run:
+            fit = fit_head(hs, params, frame, task, n_features, weighted=tc.class_weights, cv_grid=grid)
+            metrics = _evaluate(fit, task, tc.bootstrap_resamples, tc.seed)
+            metrics.update(fit_seconds=fit.fit_seconds, featurize_seconds=featurize_seconds)
+            cm = confusion(fit.y_true, fit.y_pred, task.n_classes)
+            png = plot_confusion(cm, list(task.labels), f"{task.description}\n{backbone} + {hs.title}",
+                                 self.plots / f"confusion_{task.name}_{backbone}_{head}.png")
+            self.confusion_pngs[name] = png
+            mlflow.set_tags({"kind": kind, "task": task.name, "backbone": backbone, "head": head})
+            mlflow.log_params({
+                "task": task.name, "labels": ",".join(task.labels), "backbone": backbone, "head": head,
+                "weights": self.spec.weights if kind == "image" else "n/a", "weights_fingerprint": fingerprint,
+                "split_hash": self.summary["split"]["hash"], "split_seed": self.cfg.split.seed,
+                "dataset_manifest_hash": self.summary.get("manifest_hash", ""), "class_weights": tc.class_weights,
+                "n_train": int(frame.where("split = 'train'").count()), "n_test": len(fit.y_true),
+                **flat_params("head", params), **({"cv_best": json.dumps(fit.cv_best)} if fit.cv_best else {}),
+            })
+            mlflow.log_metrics(finite_metrics(metrics))
+            mlflow.log_artifact(str(png), "plots")
+            mlflow.log_text(pd.DataFrame(cm, index=task.labels, columns=task.labels).to_csv(), "confusion.csv")
+            if log_model:
+                import mlflow.spark
+
+                info = mlflow.spark.log_model(
+                    full_pipeline(backbone, self.spec.weights, fit.model, task), name="model",
+                    signature=_signature(), pip_requirements=_pip_requirements(),
+                )
+                self.model_uris[(task.name, backbone, head)] = info.model_uri
+        self.rows.append({
+            "task": task.name, "backbone": backbone, "head": head, "head_title": hs.title, "kind": kind,
+            "weights": self.spec.weights if kind == "image" else "n/a", "run_id": run.info.run_id,
+            "confusion": cm.tolist(), **metrics,
+        })
+
+
+def run_training(spark, cfg: Config, spec: TrainSpec) -> TrainResult:
+    """The whole `train` command; see the module docstring."""
+    import mlflow
+
+    from xray_spark.features.cache import featurize_to_cache
+    from xray_spark.report import comparison_table, format_reference_table, write_comparison, write_report
+    from xray_spark.tracking import configure, library_versions
+
+    t_start = time.time()
+    out = Path(spec.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tasks = [get_task(t) for t in spec.tasks]
+    images, summary = load_or_ingest(spark, spec.data, out, cfg)
+    labels_sdf = _labels_frame(spark, images).cache()
+    tracking_uri = spec.tracking_uri or cfg.tracking_uri
+    configure(tracking_uri, out)
+    cache_dir = spec.cache_dir or cfg.cache_dir or str(out / "features")
+    seconds: dict[str, float] = {}
+
+    with mlflow.start_run(run_name=f"train {','.join(spec.backbones)} x {','.join(spec.heads)}") as parent:
+        mlflow.log_params({
+            "backbones": ",".join(spec.backbones), "heads": ",".join(spec.heads), "tasks": ",".join(spec.tasks),
+            "weights": spec.weights, "split_hash": summary["split"]["hash"], "split_seed": cfg.split.seed,
+            "dataset_manifest_hash": summary.get("manifest_hash", ""), "data": str(spec.data),
+            **library_versions(),
+        })
+        runner = _Runner(spark, cfg, spec, summary)
+        contents = image_contents(spark, images, summary["data_dir"])
+        for backbone in spec.backbones:
+            t0 = time.time()
+            feats = featurize_to_cache(spark, contents, backbone, spec.weights, cache_dir)
+            feats = feats.select("sha256", "features", "featurize_error", "weights_fingerprint").cache()
+            fingerprint = feats.select("weights_fingerprint").first()[0]
+            failed = feats.where("features IS NULL").count()
+            seconds[f"featurize_{backbone}"] = time.time() - t0
+            if failed:
+                log.warning("%s: %d images could not be featurized; they are left out of training", backbone, failed)
+            frame = labels_sdf.join(feats.where("features IS NOT NULL"), "sha256").cache()
+            n_features = len(frame.select("features").first()[0])
+            t1 = time.time()
+            for task in tasks:
+                tframe = task_frame(frame, task, weighted=cfg.train.class_weights).cache()
+                for head in spec.heads:
+                    runner.combo("image", backbone, head, task, tframe, n_features, fingerprint=fingerprint,
+                                 featurize_seconds=seconds[f"featurize_{backbone}"], log_model=True)
+                tframe.unpersist()
+            seconds[f"heads_{backbone}"] = time.time() - t1
+            frame.unpersist()
+        if spec.baseline:
+            t1 = time.time()
+            meta = metadata_features(spark.createDataFrame(_baseline_input(images))).cache()
+            n_meta = len(meta.select("features").first()[0])
+            for task in tasks:
+                tframe = task_frame(meta, task, weighted=cfg.train.class_weights)
+                for head in spec.heads:
+                    runner.combo("metadata-baseline", BASELINE_NAME, head, task, tframe, n_meta,
+                                 fingerprint="n/a", featurize_seconds=0.0, log_model=False)
+            seconds["baseline"] = time.time() - t1
+
+        table = comparison_table(runner.rows)
+        files = {p.name: p for p in write_comparison(table, out)}
+        context = _report_context(spec, summary, cfg, tracking_uri or f"sqlite:///{out.resolve()}/mlflow.db")
+        files["report.md"] = write_report(table, out, context=context, confusion_pngs=runner.confusion_pngs,
+                                          metric=cfg.train.select_metric)
+        for p in files.values():
+            mlflow.log_artifact(str(p), "comparison")
+        champions = _register_champions(runner, tasks, cfg)
+        mlflow.set_tags({f"champion.{t}": json.dumps(c) for t, c in champions.items()})
+        seconds["total"] = time.time() - t_start
+        mlflow.log_metrics({f"seconds_{k}": v for k, v in seconds.items()})
+        for task in tasks:
+            print(f"\n{task.description} (test split, 95% intervals)")
+            print(format_reference_table(table, task.name))
+    labels_sdf.unpersist()
+    return TrainResult(comparison=table, champions=champions, files=files, parent_run_id=parent.info.run_id,
+                       tracking_uri=mlflow.get_tracking_uri(), seconds=seconds)
+
+
+def _baseline_input(images: pd.DataFrame) -> pd.DataFrame:
+    ok = images[images["status"] == "ok"][
+        ["path", "label", "split", "fold", "group_id", "width", "height", "bit_depth", "file_size", "format", "mode"]
+    ].copy()
+    ok["fold"] = ok["fold"].astype(int)
+    for c in ("width", "height", "bit_depth", "file_size"):
+        ok[c] = ok[c].astype(float)
+    return ok
+
+
+def _register_champions(runner: _Runner, tasks: list[Task], cfg: Config) -> dict[str, dict[str, str]]:
+    """Best image model per task by the configured metric (ties: accuracy) -> registry alias `champion`."""
+    from xray_spark.tracking import register_champion, registered_name
+
+    metric = cfg.train.select_metric
+    out: dict[str, dict[str, str]] = {}
+    rows = pd.DataFrame([r for r in runner.rows if r["kind"] == "image"])
+    if rows.empty:
+        return out
+    for task in tasks:
+        cand = rows[rows["task"] == task.name]
+        if cand.empty or metric not in cand:
+            continue
+        best = cand.sort_values([metric, "accuracy"], ascending=False).iloc[0]
+        uri = runner.model_uris[(task.name, best["backbone"], best["head"])]
+        name = registered_name(cfg.train.registered_model_prefix, task.name)
+        desc = f"{best['backbone']} + {best['head_title']}; {metric}={best[metric]:.3f}; weights={runner.spec.weights}"
+        version = register_champion(uri, name, desc)
+        out[task.name] = {"name": name, "version": version, "uri": f"models:/{name}@champion",
+                          "backbone": str(best["backbone"]), "head": str(best["head"]), metric: f"{best[metric]:.4f}"}
+    return out
+
+
+def _report_context(spec: TrainSpec, summary: dict, cfg: Config, tracking_uri: str) -> dict[str, str]:
+    weights_note = {
+        "none": "random initialisation (seeded): NOT ImageNet features; numbers measure what random features plus"
+        " the dataset's cues can do",
+        "imagenet": "ImageNet weights (Keras applications)",
+    }.get(spec.weights, f"weights file {spec.weights}")
+    return {
+        "dataset": f"{spec.data} ({summary['ok']} ok images of {summary['files_read']} read; per class "
+        + ", ".join(f"{k} {v}" for k, v in summary["per_class_ok"].items()) + ")",
+        "split": f"grouped (patient + confirmed near-duplicates), stratified, seed {cfg.split.seed}, "
+        f"{cfg.split.folds} folds, test = fold {cfg.split.test_fold}; hash {summary['split']['hash'][:12]}; "
+        f"train {summary['split']['train']}, test {summary['split']['test']}",
+        "weights": weights_note,
+        "intervals": f"95% percentile bootstrap over test groups, {cfg.train.bootstrap_resamples} resamples; Wilson for COVID recall",
+        "tracking": tracking_uri,
+        "not measured here": "ImageNet-weight results need the weights files, which cannot be downloaded on an"
+        " offline machine; GPU speed was not measured.",
+    }

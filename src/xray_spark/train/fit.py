@@ -1,0 +1,118 @@
+"""Fit one head on one task's train split and evaluate it on the test split.
+
+Why separate from the orchestration: the same function serves image features and the metadata baseline,
+so both are trained and scored identically (paired comparison on the same persisted split).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from xray_spark.train.heads import LABEL, WEIGHT, HeadSpec, build_head
+from xray_spark.train.tasks import Task
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FitResult:
+    model: Any  # fitted PipelineModel of the head (scaler + classifier)
+    y_true: np.ndarray
+    y_pred: np.ndarray
+    proba: np.ndarray  # rows sum to 1; for non-probabilistic heads a softmax of raw scores
+    groups: np.ndarray
+    paths: np.ndarray
+    fit_seconds: float
+    cv_best: dict[str, Any] | None = None
+
+
+def task_frame(sdf, task: Task, *, weighted: bool):
+    """Keep the task's classes, add the fixed label index and (optionally) inverse-frequency class weights."""
+    from pyspark.sql import functions as F
+
+    df = sdf.where(F.col("label").isin(list(task.labels)))
+    mapping = F.create_map(*[x for i, lab in enumerate(task.labels) for x in (F.lit(lab), F.lit(float(i)))])
+    df = df.withColumn(LABEL, mapping[F.col("label")])
+    if weighted:
+        counts = {r["label"]: r["count"] for r in df.where(F.col("split") == "train").groupBy("label").count().collect()}
+        total = sum(counts.values())
+        w = {lab: total / (len(counts) * n) for lab, n in counts.items()}
+        wmap = F.create_map(*[x for lab, v in w.items() for x in (F.lit(lab), F.lit(float(v)))])
+        df = df.withColumn(WEIGHT, wmap[F.col("label")])
+    return df
+
+
+def _softmax(scores: np.ndarray) -> np.ndarray:
+    z = scores - scores.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def fit_head(
+    spec: HeadSpec,
+    params: dict[str, Any],
+    frame,
+    task: Task,
+    n_features: int,
+    *,
+    weighted: bool = False,
+    cv_grid: dict[str, list[Any]] | None = None,
+    cv_metric: str = "f1",
+    cv_parallelism: int = 1,
+) -> FitResult:
+    """Fit on split == train (optionally grouped k-fold CrossValidator on the persisted folds), predict test."""
+    from pyspark.sql import functions as F
+
+    estimator, clf = build_head(spec, task.n_classes, n_features, params, weighted=weighted)
+    train = frame.where(F.col("split") == "train")
+    test = frame.where(F.col("split") == "test")
+    cv_best = None
+    t0 = time.time()
+    if cv_grid:
+        from pyspark.ml.evaluation import MulticlassClassificationEvaluator
+        from pyspark.ml.tuning import CrossValidator, ParamGridBuilder
+
+        grid = ParamGridBuilder()
+        for name, values in cv_grid.items():
+            grid = grid.addGrid(clf.getParam(name), values)
+        # foldCol = the persisted grouped folds: no patient or duplicate cluster straddles train/validation
+        cv = CrossValidator(
+            estimator=estimator,
+            estimatorParamMaps=grid.build(),
+            evaluator=MulticlassClassificationEvaluator(labelCol=LABEL, metricName=cv_metric),
+            foldCol="cv_fold",
+            parallelism=cv_parallelism,
+        )
+        folds = sorted(r[0] for r in train.select("fold").distinct().collect())
+        remap = F.create_map(*[x for i, f in enumerate(folds) for x in (F.lit(int(f)), F.lit(i))])
+        cv_model = cv.fit(train.withColumn("cv_fold", remap[F.col("fold")]))
+        model = cv_model.bestModel
+        best_i = int(np.argmax(cv_model.avgMetrics))
+        cv_best = {p.name: v for p, v in cv_model.getEstimatorParamMaps()[best_i].items()}
+        cv_best["cv_" + cv_metric] = float(cv_model.avgMetrics[best_i])
+    else:
+        model = estimator.fit(train)
+    fit_seconds = time.time() - t0
+    cols = ["path", "group_id", LABEL, "prediction", "rawPrediction"]
+    if spec.probabilistic:
+        cols.append("probability")
+    pdf = model.transform(test).select(*cols).toPandas()
+    if spec.probabilistic:
+        proba = np.stack([np.asarray(v.toArray(), dtype=float) for v in pdf["probability"]])
+    else:
+        proba = _softmax(np.stack([np.asarray(v.toArray(), dtype=float) for v in pdf["rawPrediction"]]))
+    return FitResult(
+        model=model,
+        y_true=pdf[LABEL].to_numpy(dtype=int),
+        y_pred=pdf["prediction"].to_numpy(dtype=int),
+        proba=proba,
+        groups=pdf["group_id"].astype(str).to_numpy(),
+        paths=pdf["path"].astype(str).to_numpy(),
+        fit_seconds=fit_seconds,
+        cv_best=cv_best,
+    )

@@ -1,0 +1,362 @@
+"""fetch_dataset against a real local HTTP server laid out like the GitHub folder, serving real originals."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import re
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import unquote
+
+import pytest
+
+from xray_spark.data.fetch import fetch_dataset
+from xray_spark.data.sources import (
+    MANIFEST_COLUMNS,
+    SOURCES,
+    file_url,
+    get_source,
+    load_manifest,
+    parse_manifest,
+)
+from xray_spark.errors import UserError
+
+REPO = Path(__file__).resolve().parents[1]
+REPO_MANIFEST = REPO / "data" / "manifests" / "ozturk2020.csv"
+PKG_MANIFEST = REPO / "src" / "xray_spark" / "data" / "manifests" / "ozturk2020.csv"
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+# ---------------------------------------------------------------- a real HTTP server with optional Range
+
+
+class _RangeHandler(SimpleHTTPRequestHandler):
+    """SimpleHTTPRequestHandler plus single `bytes=N-[M]` ranges, recording every GET on the server."""
+
+    def log_message(self, format: str, *args: object) -> None:  # keep pytest output clean
+        pass
+
+    def do_GET(self) -> None:
+        rng = self.headers.get("Range")
+        self.server.requests.append((unquote(self.path), rng))  # type: ignore[attr-defined]
+        if not rng or not self.server.support_range:  # type: ignore[attr-defined]
+            return super().do_GET()
+        path = Path(self.translate_path(self.path))
+        m = re.fullmatch(r"bytes=(\d+)-(\d*)", rng.strip())
+        if not path.is_file() or not m:
+            return super().do_GET()
+        data = path.read_bytes()
+        start = int(m.group(1))
+        end = min(int(m.group(2)) if m.group(2) else len(data) - 1, len(data) - 1)
+        if start >= len(data):
+            self.send_response(416)
+            self.send_header("Content-Range", f"bytes */{len(data)}")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return None
+        body = data[start : end + 1]
+        self.send_response(206)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Range", f"bytes {start}-{end}/{len(data)}")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+        return None
+
+
+@dataclass
+class Served:
+    root: Path
+    url: str
+    server: ThreadingHTTPServer
+    rows: list[dict[str, str]] = field(default_factory=list)  # ozturk2020.csv rows we can serve
+
+    @property
+    def requests(self) -> list[tuple[str, str | None]]:
+        return self.server.requests  # type: ignore[attr-defined]
+
+
+@pytest.fixture(scope="module")
+def servable_rows(raw_sample_dir: Path) -> list[tuple[dict[str, str], Path]]:
+    """ozturk2020.csv rows whose original bytes we hold in raw-sample (matched by sha256)."""
+    local = {r["sha256"]: raw_sample_dir / r["path"] for r in _read_csv(raw_sample_dir / "manifest.csv")}
+    out = [(r, local[r["sha256"]]) for r in _read_csv(REPO_MANIFEST) if r["sha256"] in local]
+    assert len(out) == 60, "every raw-sample original should appear in the ozturk2020 manifest"
+    return out
+
+
+@pytest.fixture
+def served(tmp_path: Path, servable_rows: list[tuple[dict[str, str], Path]]) -> Iterator[Served]:
+    """A directory laid out like 'X-Ray Image DataSet' (symlinks to the originals) behind a real server."""
+    root = tmp_path / "X-Ray Image DataSet"
+    for row, src in servable_rows:
+        dst = root / row["path"]
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        dst.symlink_to(src)
+    handler = lambda *a, **kw: _RangeHandler(*a, directory=str(tmp_path), **kw)  # noqa: E731
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.requests = []  # type: ignore[attr-defined]
+    server.support_range = True  # type: ignore[attr-defined]
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/X-Ray%20Image%20DataSet/"
+    try:
+        yield Served(root=root, url=url, server=server, rows=[r for r, _ in servable_rows])
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+def _subset_manifest(tmp_path: Path, rows: list[dict[str, str]], per_label: int) -> Path:
+    """A manifest with the first `per_label` servable rows of each label (real paths and hashes)."""
+    taken: dict[str, int] = {}
+    chosen = []
+    for r in rows:
+        if taken.get(r["label"], 0) < per_label:
+            taken[r["label"]] = taken.get(r["label"], 0) + 1
+            chosen.append(r)
+    path = tmp_path / "subset.csv"
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=list(MANIFEST_COLUMNS))
+        w.writeheader()
+        w.writerows(chosen)
+    return path
+
+
+def _local(row: dict[str, str]) -> str:
+    return f"{row['label']}/{row['path'].rsplit('/', 1)[-1]}"
+
+
+# ---------------------------------------------------------------- downloads
+
+
+def test_fresh_download_verifies_and_writes_class_folders_and_manifest(
+    served: Served, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    all60 = tmp_path / "all.csv"
+    with open(all60, "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=list(MANIFEST_COLUMNS))
+        w.writeheader()
+        w.writerows(served.rows)
+
+    res = fetch_dataset("ozturk2020", out, base_url=served.url, manifest_path=all60, progress=False)
+
+    assert res.ok and not res.failed and not res.skipped_existing
+    assert len(res.downloaded) == 60 and len(served.requests) == 60
+    assert {p.name for p in out.iterdir()} == {"covid", "no_findings", "pneumonia", "manifest.csv"}
+    assert not list(out.rglob("*.part"))
+    for row in served.rows:
+        assert _sha(out / _local(row)) == row["sha256"]
+    written = _read_csv(out / "manifest.csv")
+    assert list(written[0]) == ["path", "label", "source", "patient_id", "sha256"]
+    assert [w["path"] for w in written] == [_local(r) for r in served.rows]
+    assert all((out / w["path"]).is_file() and w["source"] == "ozturk2020" for w in written)
+    nih = [w for w in written if w["label"] != "covid"]
+    assert nih and all(w["patient_id"].startswith("nih-") for w in nih)
+    assert res.bytes_downloaded == sum((out / w["path"]).stat().st_size for w in written)
+
+
+def test_second_run_makes_no_requests(served: Served, tmp_path: Path) -> None:
+    manifest = _subset_manifest(tmp_path, served.rows, per_label=2)
+    out = tmp_path / "out"
+    first = fetch_dataset("ozturk2020", out, base_url=served.url, manifest_path=manifest, progress=False)
+    assert len(first.downloaded) == 6 and len(served.requests) == 6
+
+    second = fetch_dataset("ozturk2020", out, base_url=served.url, manifest_path=manifest, progress=False)
+    assert second.downloaded == [] and second.failed == []
+    assert sorted(second.skipped_existing) == sorted(first.downloaded)
+    assert len(served.requests) == 6, "verified files must be skipped without a request"
+    assert second.manifest_path is not None and len(_read_csv(second.manifest_path)) == 6
+
+
+def test_corrupted_file_is_refused_retried_once_and_reported(served: Served, tmp_path: Path) -> None:
+    manifest = _subset_manifest(tmp_path, served.rows, per_label=1)
+    bad = _read_csv(manifest)[1]
+    victim = served.root / bad["path"]
+    good_bytes = victim.read_bytes()
+    victim.unlink()
+    victim.write_bytes(good_bytes[:-10] + b"corrupted!")  # same length, wrong bytes
+    out = tmp_path / "out"
+
+    res = fetch_dataset("ozturk2020", out, base_url=served.url, manifest_path=manifest, progress=False)
+
+    assert not res.ok and len(res.downloaded) == 2
+    assert [f.path for f in res.failed] == [_local(bad)]
+    assert "sha256 mismatch" in res.failed[0].reason
+    assert not (out / _local(bad)).exists() and not list(out.rglob("*.part"))
+    assert sum(1 for p, _ in served.requests if p.endswith(bad["path"])) == 2  # one retry, then give up
+    assert _local(bad) not in {w["path"] for w in _read_csv(out / "manifest.csv")}
+
+
+def test_resume_from_half_written_part_uses_range(served: Served, tmp_path: Path) -> None:
+    manifest = _subset_manifest(tmp_path, served.rows, per_label=1)
+    row = _read_csv(manifest)[0]
+    data = (served.root / row["path"]).read_bytes()
+    out = tmp_path / "out"
+    part = out / (_local(row) + ".part")
+    part.parent.mkdir(parents=True)
+    half = len(data) // 2
+    part.write_bytes(data[:half])
+
+    res = fetch_dataset("ozturk2020", out, base_url=served.url, manifest_path=manifest, progress=False)
+
+    assert res.ok and _local(row) in res.resumed
+    assert _sha(out / _local(row)) == row["sha256"] and not part.exists()
+    ranged = [(p, r) for p, r in served.requests if p.endswith(row["path"])]
+    assert ranged == [(f"/X-Ray Image DataSet/{row['path']}", f"bytes={half}-")]
+    others = sum((out / _local(r)).stat().st_size for r in _read_csv(manifest)[1:])
+    assert res.bytes_downloaded == others + len(data) - half
+
+
+def test_resume_falls_back_to_full_download_without_range_support(served: Served, tmp_path: Path) -> None:
+    served.server.support_range = False  # type: ignore[attr-defined]
+    manifest = _subset_manifest(tmp_path, served.rows, per_label=1)
+    row = _read_csv(manifest)[2]
+    data = (served.root / row["path"]).read_bytes()
+    out = tmp_path / "out"
+    part = out / (_local(row) + ".part")
+    part.parent.mkdir(parents=True)
+    part.write_bytes(data[:1000])
+
+    res = fetch_dataset("ozturk2020", out, base_url=served.url, manifest_path=manifest, progress=False)
+
+    assert res.ok and res.resumed == []
+    assert _sha(out / _local(row)) == row["sha256"]
+
+
+def test_garbage_part_is_discarded_and_redownloaded(served: Served, tmp_path: Path) -> None:
+    manifest = _subset_manifest(tmp_path, served.rows, per_label=1)
+    row = _read_csv(manifest)[0]
+    out = tmp_path / "out"
+    part = out / (_local(row) + ".part")
+    part.parent.mkdir(parents=True)
+    part.write_bytes(b"\0" * 5000)  # not a prefix of the real file: the resumed result fails its hash
+
+    res = fetch_dataset("ozturk2020", out, base_url=served.url, manifest_path=manifest, progress=False)
+
+    assert res.ok and _sha(out / _local(row)) == row["sha256"]
+    hits = [r for p, r in served.requests if p.endswith(row["path"])]
+    assert hits == ["bytes=5000-", None]
+
+
+def test_missing_file_on_server_is_a_failure_not_an_exception(served: Served, tmp_path: Path) -> None:
+    manifest = _subset_manifest(tmp_path, served.rows, per_label=1)
+    gone = _read_csv(manifest)[0]
+    (served.root / gone["path"]).unlink()
+
+    res = fetch_dataset(
+        "ozturk2020", tmp_path / "out", base_url=served.url, manifest_path=manifest, progress=False
+    )
+
+    assert [f.path for f in res.failed] == [_local(gone)] and "404" in res.failed[0].reason
+    assert len(res.downloaded) == 2
+
+
+def test_env_var_base_url_and_balanced_limit(
+    served: Served, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("XRAY_SPARK_OZTURK2020_URL", served.url)
+    all_rows = tmp_path / "all.csv"
+    with open(all_rows, "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=list(MANIFEST_COLUMNS))
+        w.writeheader()
+        w.writerows(served.rows)
+
+    res = fetch_dataset("ozturk2020", tmp_path / "out", limit=4, manifest_path=all_rows, progress=False)
+
+    assert res.ok and res.base_url == served.url
+    labels = sorted(p.split("/")[0] for p in res.downloaded)
+    assert labels == ["covid", "covid", "no_findings", "pneumonia"]  # round-robin over labels
+
+
+def test_file_url_base_works(served: Served, tmp_path: Path) -> None:
+    manifest = _subset_manifest(tmp_path, served.rows, per_label=1)
+    res = fetch_dataset(
+        "ozturk2020", tmp_path / "out", base_url=served.root.as_uri(), manifest_path=manifest, progress=False
+    )
+    assert res.ok and len(res.downloaded) == 3 and served.requests == []
+
+
+# ---------------------------------------------------------------- registry and manifest
+
+
+def test_unknown_dataset_name_is_a_user_error(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="ozturk2020"):
+        get_source("chexpert-typo")
+    with pytest.raises(UserError, match="unknown dataset 'nope'"):
+        fetch_dataset("nope", tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_bad_arguments_are_user_errors(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(UserError, match="is a file"):
+        fetch_dataset("ozturk2020", tmp_path / "file", progress=False)
+    with pytest.raises(UserError, match="limit"):
+        fetch_dataset("ozturk2020", tmp_path / "out", limit=0, progress=False)
+    with pytest.raises(UserError, match="base URL"):
+        fetch_dataset("ozturk2020", tmp_path / "out", base_url="ftp://x/", progress=False)
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("../etc/passwd,covid," + "a" * 64, "unsafe"),
+        ("Covid-19/x.png,cats," + "a" * 64, "label"),
+        ("Covid-19/x.png,covid,abc", "sha256"),
+    ],
+)
+def test_bad_manifest_rows_name_the_line(line: str, message: str) -> None:
+    with pytest.raises(UserError, match=rf"m\.csv:2: .*{message}"):
+        parse_manifest("path,label,sha256\n" + line + "\n", where="m.csv")
+
+
+def test_file_url_quotes_each_segment() -> None:
+    src = get_source("ozturk2020")
+    assert file_url(src.base_url, "Covid-19/a b#1.png") == (
+        "https://raw.githubusercontent.com/muhammedtalo/COVID-19/master/X-Ray%20Image%20DataSet/Covid-19/a%20b%231.png"
+    )
+    assert src.env_var == "XRAY_SPARK_OZTURK2020_URL"
+    assert all(s.citation and s.homepage.startswith("https://") for s in SOURCES.values())
+
+
+def test_package_manifest_is_identical_to_repo_manifest() -> None:
+    assert PKG_MANIFEST.read_bytes() == REPO_MANIFEST.read_bytes()
+    rows = load_manifest(get_source("ozturk2020"))  # read through importlib.resources
+    assert len(rows) == 1124
+    counts = {lab: sum(r.label == lab for r in rows) for lab in ("covid", "no_findings", "pneumonia")}
+    assert counts == {"covid": 124, "no_findings": 500, "pneumonia": 500}
+    prefixes = {r.label: r.path.split("/")[0] for r in rows}
+    assert prefixes == {"covid": "Covid-19", "no_findings": "No_findings", "pneumonia": "Pneumonia"}
+
+
+def test_manifest_matches_shared_ozturk_manifest(ozturk_dir: Path) -> None:
+    shared = _read_csv(ozturk_dir / "manifest.csv")
+    ours = _read_csv(REPO_MANIFEST)
+    assert len(ours) == len(shared) == 1124
+    assert list(ours[0]) == list(MANIFEST_COLUMNS)
+    by_path = {r["original_name"]: r for r in shared}
+    assert set(by_path) == {r["path"] for r in ours}
+    for r in ours:
+        s = by_path[r["path"]]
+        assert (r["sha256"], r["label"], r["patient_id"], r["source"]) == (
+            s["original_sha256"],
+            s["label"],
+            s["patient_id"],
+            s["source"],
+        )
