@@ -62,3 +62,9 @@ def spark(tmp_path_factory: pytest.TempPathFactory):
     )
     yield session
     session.stop()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))  # test helper modules (ingest_fixtures, cluster_utils)

@@ -29,7 +29,12 @@ _MD_MAX_GROUPS = 200
 
 @dataclass
 class DuplicateReport:
-    """Confirmed duplicate pairs, the groups they form, and the counts needed to judge the thresholds."""
+    """Confirmed duplicate pairs, the groups they form, and the counts needed to judge the thresholds.
+
+    pairs: path_a < path_b, kind "exact" (identical pixels; a star per hash group) or "near".
+    groups: one row per image in a group of >= 2; dup_kind is "exact", "near" or "exact+near".
+    rejected: pHash candidates the thumbnail correlation turned down (kept to audit the threshold).
+    """
 
     pairs: pd.DataFrame
     groups: pd.DataFrame

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -50,6 +51,10 @@ def _analyze_partition(max_pixels: int, max_file_bytes: int, thumb_size: int):
 
     def run(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         import hashlib
+        import warnings
+
+        # pydicom warns on every odd tag of a corrupt file; the reason column already says what is wrong
+        warnings.simplefilter("ignore", UserWarning)
 
         from xray_spark.data.decode import analyze
 
@@ -85,12 +90,36 @@ class IngestResult:
         return self.images[self.images["status"] == "ok"]
 
 
+def effective_folds(labels: pd.Series, groups: pd.Series, folds: int) -> int:
+    """Small folders (smoke tests, a first look) cannot fill `folds` stratified folds: use fewer, and say so."""
+    from xray_spark.errors import UserError
+
+    per_class = pd.DataFrame({"label": labels.to_numpy(), "group": groups.to_numpy()}).groupby("label")["group"].nunique()
+    if per_class.empty or per_class.min() < 2:
+        raise UserError(f"too few images to split: groups per class {per_class.to_dict()}; need at least 2 per class")
+    usable = int(min(folds, per_class.min()))
+    if usable < folds:
+        log.warning("only %d groups in the smallest class: using %d folds instead of %d (test share 1/%d)",
+                    per_class.min(), usable, folds, usable)
+    return usable
+
+
+def _why_not_read(path: str) -> str:
+    """Spark's file sources skip zero-byte files; say which of the possible reasons applies."""
+    if not os.path.exists(path):
+        return "missing_file: listed in the manifest but not found"
+    if os.path.isfile(path) and os.path.getsize(path) == 0:
+        return "empty_file: 0 bytes"
+    return "unreadable: listed but not returned by the file source"
+
+
 def _reconcile(listing: pd.DataFrame, analyzed: pd.DataFrame) -> pd.DataFrame:
     """Join the driver listing with what Spark read; whatever is missing or unlabelled becomes a quarantine row."""
     df = listing.merge(analyzed, how="left", left_on="path", right_on="key").drop(columns=["key"])
     missing = df["status"].isna()
     df.loc[missing, "status"] = "quarantined"
-    df.loc[missing, "reason"] = "missing_file: listed but not readable"
+    df.loc[missing, "reason"] = df.loc[missing, "path"].map(_why_not_read)
+    df.loc[missing, "file_size"] = df.loc[missing, "path"].map(lambda p: os.path.getsize(p) if os.path.isfile(p) else None)
     bad_label = df["label_status"] != "ok"
     df.loc[bad_label, "reason"] = df.loc[bad_label].apply(
         lambda r: r["label_status"] if r["status"] == "ok" else f"{r['label_status']}; {r['reason']}", axis=1
@@ -131,7 +160,8 @@ def ingest(spark, data_dir: str | Path, out_dir: str | Path, cfg: Config) -> Ing
     )
     dup_files = report.write(out / "duplicates")
     groups = assign_groups(ok, report.pairs)
-    split_df = grouped_split(ok, groups, seed=cfg.split.seed, folds=cfg.split.folds, test_fold=cfg.split.test_fold)
+    folds = effective_folds(ok["label"], groups, cfg.split.folds)
+    split_df = grouped_split(ok, groups, seed=cfg.split.seed, folds=folds, test_fold=min(cfg.split.test_fold, folds - 1))
     check_no_leak(split_df)
     dup_groups = report.groups.set_index("path")["dup_group"] if len(report.groups) else pd.Series(dtype=str)
     split_df["dup_group"] = split_df["path"].map(dup_groups)
@@ -146,6 +176,7 @@ def ingest(spark, data_dir: str | Path, out_dir: str | Path, cfg: Config) -> Ing
 
     summary = summarize(images, report.summary(), split_hash(split_df), time.time() - t0)
     summary["data_dir"] = str(Path(data_dir).resolve())
+    summary["split"]["folds"] = folds
     summary["manifest_hash"] = manifest_hash(images)
     summary_path = out / "summary.json"
     summary_path.write_text(json.dumps(summary, indent=2, sort_keys=True))
