@@ -25,12 +25,24 @@ Pillow, RLE via pydicom); others are ``dicom_unsupported``.
 
 Multi-frame GIF/TIFF/MPO: the first frame. MPO (multi-picture JPEG from phones) is reported as ``JPEG``.
 
-Reason codes (``DecodeError.reason``; stable, ``str(err) == f"{reason}: {detail}"``): see ``REASONS``.
+Reason codes (``DecodeError.reason``; stable, ``str(err) == f"{reason}: {detail}"``; also in ``REASONS``):
+
+- ``empty_file``: 0 bytes.
+- ``not_an_image``: no image signature at all (text, random bytes).
+- ``unsupported_format``: a recognised container we do not decode (PDF, SVG, HEIC/AVIF, PSD, ICO, PPM, ...
+  anything Pillow reads other than PNG/JPEG/BMP/TIFF/GIF/WEBP).
+- ``truncated``: the data ends early (Pillow "image file is truncated", DICOM pixel data short).
+- ``corrupt_image``: a known signature whose header or data is broken (bad CRC, garbage, NaN/inf pixels).
+- ``too_large``: width*height > max_pixels, from the header, before any pixel is decoded.
+- ``dicom_no_pixel_data``: DICOM without PixelData (structured report, KOS, ...).
+- ``dicom_corrupt``: DICOM pydicom cannot parse, or with missing/invalid Rows/Columns/Photometric.
+- ``dicom_unsupported``: transfer syntax without an installed decoder, or an unhandled pixel layout.
+- ``blank_image``: all pixels equal after luminance: nothing to normalise.
 
 Decompression bombs: ``width * height > max_pixels`` is checked from the header before pixels are decoded.
 Pillow's own guard (``Image.MAX_IMAGE_PIXELS``) also applies: its ``DecompressionBombError`` (and the
-warning, when warnings are turned into errors) become ``too_large`` as well, so the effective limit is the
-smaller of the two. ``ImageFile.LOAD_TRUNCATED_IMAGES`` must stay False (Pillow's default) or truncated
+warning, when warnings are turned into errors) become ``too_large`` as well, so a max_pixels above
+Pillow's error threshold (2 * MAX_IMAGE_PIXELS, ~179 M by default) has no extra effect. ``ImageFile.LOAD_TRUNCATED_IMAGES`` must stay False (Pillow's default) or truncated
 files would decode silently with grey tails; ``decode_gray`` resets it (with a warning) if someone set it.
 """
 
@@ -123,7 +135,7 @@ def _stretch(x: np.ndarray) -> np.ndarray:
         if mn == mx:
             raise DecodeError("blank_image", f"every pixel is {mn}")
         if x.dtype == np.uint8 and mn == 0 and mx == 255:
-            return x
+            return x.copy(order="C")  # identity, but always a private, writable, contiguous array
         lut = _stretch_float(np.arange(mx + 1, dtype=np.float32), mn, mx)  # entries < mn are never used
         return np.take(lut, x)
     if x.dtype.kind not in "iuf":
@@ -250,7 +262,19 @@ def _pil_pixels(im: Image.Image) -> np.ndarray:
     return _luma_of(np.asarray(im))
 
 
+def _pil_error(e: Exception, where: str, info: ImageInfo | None = None) -> DecodeError:
+    """Pillow reports truncation as OSError("... truncated ...") or EOFError; anything else is corruption."""
+    msg = str(e) or type(e).__name__
+    if isinstance(e, EOFError) or (isinstance(e, OSError) and "truncated" in msg.lower()):
+        return DecodeError("truncated", f"{where}: {msg}", info)
+    return DecodeError("corrupt_image", f"{where}: {type(e).__name__}: {msg}", info)
+
+
 def _decode_pil(data: bytes, head: bytes, max_pixels: int) -> tuple[np.ndarray, ImageInfo]:
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":  # libwebp only says "could not create decoder"
+        declared = int.from_bytes(head[4:8], "little") + 8
+        if declared > len(data):
+            raise DecodeError("truncated", f"WEBP: RIFF declares {declared} bytes, file has {len(data)}")
     try:
         im = Image.open(io.BytesIO(data), formats=_PIL_FORMATS)
     except UnidentifiedImageError:
@@ -260,7 +284,7 @@ def _decode_pil(data: bytes, head: bytes, max_pixels: int) -> tuple[np.ndarray, 
     except MemoryError:
         raise
     except Exception as e:  # noqa: BLE001 - a plugin choked on the header
-        raise DecodeError("corrupt_image", f"unreadable header: {type(e).__name__}: {e}") from None
+        raise _pil_error(e, "header") from None
     with im:
         fmt = "JPEG" if im.format == "MPO" else im.format
         w, h = im.size
@@ -277,12 +301,8 @@ def _decode_pil(data: bytes, head: bytes, max_pixels: int) -> tuple[np.ndarray, 
             raise DecodeError("too_large", str(e), info) from None
         except MemoryError:
             raise
-        except (OSError, EOFError) as e:
-            msg = str(e) or type(e).__name__
-            reason = "truncated" if isinstance(e, EOFError) or "truncated" in msg.lower() else "corrupt_image"
-            raise DecodeError(reason, f"{fmt}: {msg}", info) from None
         except Exception as e:  # noqa: BLE001 - decoders raise many types on broken data
-            raise DecodeError("corrupt_image", f"{fmt}: {type(e).__name__}: {e}", info) from None
+            raise _pil_error(e, fmt, info) from None
         info = ImageInfo(fmt, info.mode, lum.shape[1], lum.shape[0], info.bit_depth)
     try:
         return _stretch(lum), info
@@ -385,7 +405,9 @@ def _decode_dicom(data: bytes, max_pixels: int, forced: bool = False) -> tuple[n
 
 
 def decode_gray(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, ImageInfo]:
-    """bytes -> (H x W uint8 luminance normalised to [0, 255], source info). Raises DecodeError."""
+    """bytes -> (H x W uint8 luminance normalised to [0, 255], source info). Raises DecodeError.
+
+    The array is always a fresh C-contiguous, writable buffer that shares memory with nothing."""
     if not data:
         raise DecodeError("empty_file", "0 bytes")
     if ImageFile.LOAD_TRUNCATED_IMAGES:
