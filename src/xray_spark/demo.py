@@ -25,13 +25,13 @@ def _resolve_weights(requested: str | None, backbones: list[str]) -> str:
 
     An explicit --weights is never second-guessed: if it cannot be resolved the demo fails with that reason.
     """
-    from xray_spark.features.weights import resolve_weights_file
+    from xray_spark.features.weights import resolve_weights
 
     if requested:
         return requested
     try:
         for b in backbones:
-            resolve_weights_file(b, "imagenet")
+            resolve_weights(b, "imagenet")
         return "imagenet"
     except UserError as exc:
         log.warning("%s", exc)

@@ -119,7 +119,9 @@ def _reconcile(listing: pd.DataFrame, analyzed: pd.DataFrame) -> pd.DataFrame:
     missing = df["status"].isna()
     df.loc[missing, "status"] = "quarantined"
     df.loc[missing, "reason"] = df.loc[missing, "path"].map(_why_not_read)
-    df.loc[missing, "file_size"] = df.loc[missing, "path"].map(lambda p: os.path.getsize(p) if os.path.isfile(p) else None)
+    sizes = df.loc[missing, "path"].map(lambda p: os.path.getsize(p) if os.path.isfile(p) else None)
+    df["file_size"] = df["file_size"].astype("Int64")
+    df.loc[missing, "file_size"] = sizes.astype("Int64")
     bad_label = df["label_status"] != "ok"
     df.loc[bad_label, "reason"] = df.loc[bad_label].apply(
         lambda r: r["label_status"] if r["status"] == "ok" else f"{r['label_status']}; {r['reason']}", axis=1

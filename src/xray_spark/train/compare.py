@@ -142,7 +142,7 @@ class _Runner:
                 import mlflow.spark
 
                 info = mlflow.spark.log_model(
-                    full_pipeline(backbone, self.spec.weights, fit.model, task), name="model",
+                    full_pipeline(backbone, self.spec.weights, fit.model, task), "model",
                     signature=_signature(), pip_requirements=_pip_requirements(),
                 )
                 self.model_uris[(task.name, backbone, head)] = info.model_uri
