@@ -68,3 +68,34 @@ def pytest_configure(config: pytest.Config) -> None:
     import sys
 
     sys.path.insert(0, str(Path(__file__).parent))  # test helper modules (ingest_fixtures, cluster_utils)
+
+
+def copy_subset(src: Path, dest: Path, per_class: int, offset: int = 0) -> Path:
+    """Class folders with `per_class` real images each (sorted, from `offset`): small, real, deterministic."""
+    import shutil
+
+    for label in ("covid", "no_findings", "pneumonia"):
+        (dest / label).mkdir(parents=True, exist_ok=True)
+        for p in sorted((src / label).iterdir())[offset : offset + per_class]:
+            shutil.copy(p, dest / label / p.name)
+    return dest
+
+
+@pytest.fixture(scope="session")
+def small_data(ozturk_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """12 real images per class (36 in all) in class folders."""
+    return copy_subset(ozturk_dir, tmp_path_factory.mktemp("small") / "data", per_class=12)
+
+
+@pytest.fixture(scope="session")
+def trained(spark, small_data: Path, tmp_path_factory: pytest.TempPathFactory):
+    """One real `train` run (ResNet50 random init, lr + dt, both tasks) shared by the tests that need models."""
+    from xray_spark.config import load_config
+    from xray_spark.train.compare import TrainSpec, run_training
+
+    out = tmp_path_factory.mktemp("train_out")
+    cfg = load_config(local=None)
+    cfg.train.bootstrap_resamples = 1000
+    spec = TrainSpec(data=str(small_data), out_dir=str(out), backbones=["ResNet50"], heads=["lr", "dt"],
+                     tasks=["binary", "multiclass"], weights="none")
+    return run_training(spark, cfg, spec)
