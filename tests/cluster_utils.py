@@ -151,16 +151,16 @@ class StandaloneCluster:
         """The master web UI's /json: workers, active and completed applications with their executors."""
         return _get_json(f"{self.master_ui}/json/")
 
-    def wait_app_completed(self, app_name: str, timeout: float = 30.0) -> dict:
-        """The master moves an app to completedapps shortly after its driver disconnects."""
+    def wait_app_completed(self, app_id: str, timeout: float = 60.0) -> dict:
+        """The master's record of a finished application (it moves there once the driver disconnects)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             state = self.master_json() or {}
             for app in state.get("completedapps", []):
-                if app.get("name") == app_name:
+                if app.get("id") == app_id:
                     return app
             time.sleep(0.5)
-        raise TimeoutError(f"no completed app named {app_name!r} on {self.master_url}: {self.master_json()}")
+        raise TimeoutError(f"application {app_id} did not complete on {self.master_url}: {self.master_json()}")
 
     def executor_dirs(self, app_id: str) -> list[Path]:
         """The worker's per-executor folders for one app: stdout, stderr and every shipped file land here."""

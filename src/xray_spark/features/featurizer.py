@@ -20,9 +20,13 @@ Differences from sparkdl, on purpose:
 Performance notes (measured, see benchmarks/featurize.py): the UDF is built once per instance and param
 state (a new predict_batch_udf has a new cache key, so rebuilding it per transform() would reload the
 model in every Python worker); the model is also cached per Python worker by (backbone, weights file) so
-reloaded PipelineModels reuse it; TensorFlow's thread pools are capped per worker (XRAY_SPARK_TF_THREADS,
-else TF_NUM_INTRAOP_THREADS) so concurrent tasks don't oversubscribe the cores. The effective batch is
-min(batchSize, spark.sql.execution.arrow.maxRecordsPerBatch).
+reloaded PipelineModels reuse it; TensorFlow's thread pools are capped per worker (see `tf_threads`) so
+concurrent tasks don't oversubscribe the cores. The effective batch is
+min(batchSize, spark.sql.execution.arrow.maxRecordsPerBatch, rows in the partition): give the input at
+least one partition per core and at least a few batches per partition (e.g. `df.repartition(k * cores)`
+with k small), or the cores idle at the end and the model runs on slivers.
+Only file bytes cross into Python (decoding happens there) and float32 features come back; no decoded
+tensor crosses the JVM/Python boundary at all.
 """
 
 from __future__ import annotations
@@ -281,12 +285,26 @@ def _add_progress(aid: int | None, n: int) -> None:
 
 
 def tf_threads() -> int:
-    """Threads for TensorFlow in this worker: XRAY_SPARK_TF_THREADS, else TF_NUM_INTRAOP_THREADS, else 1."""
-    for var in ("XRAY_SPARK_TF_THREADS", "TF_NUM_INTRAOP_THREADS"):
-        value = os.environ.get(var, "").strip()
-        if value.isdigit() and int(value) > 0:
-            return int(value)
-    return 1
+    """Threads for TensorFlow in this worker.
+
+    XRAY_SPARK_TF_THREADS if set; else the task's `spark.task.cpus` when above 1 (a task that reserved k
+    cores may use k threads); else TF_NUM_INTRAOP_THREADS (session.py sets 1); else 1. One thread per
+    concurrent task is the measured best on small machines: the cores stay busy without TF's intra-op
+    synchronisation, and threads x tasks never exceeds the cores.
+    """
+    explicit = os.environ.get("XRAY_SPARK_TF_THREADS", "").strip()
+    if explicit.isdigit() and int(explicit) > 0:
+        return int(explicit)
+    try:
+        from pyspark import TaskContext
+
+        ctx = TaskContext.get()
+        if ctx is not None and ctx.cpus() > 1:
+            return int(ctx.cpus())
+    except Exception:  # outside a task, or an old Spark without TaskContext.cpus()
+        pass
+    value = os.environ.get("TF_NUM_INTRAOP_THREADS", "").strip()
+    return int(value) if value.isdigit() and int(value) > 0 else 1
 
 
 def configure_tf_threads(n: int) -> None:

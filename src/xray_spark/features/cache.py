@@ -1,0 +1,231 @@
+"""Feature cache: Parquet keyed by (content sha256, backbone, weights fingerprint); a re-run computes only
+what is missing.
+
+Why: featurizing is the expensive step (seconds per image on a laptop CPU), while heads, tasks and splits
+are cheap and re-run often. Keying by the *content* hash (not the path) means renamed or re-ingested files
+hit the cache, and keying by the weights fingerprint means a different weights file never serves stale
+features.
+
+Layout: `<cache_dir>/<Backbone>/<fingerprint, made path-safe>/part-<run>-<n>.parquet`, one set of part
+files per run that added rows. A run writes to `_staging-<run>/` (ignored by Parquet readers because of
+the leading underscore), then renames each finished part file into place: a crash leaves either whole part
+files (valid rows: the next run skips them) or an ignored staging folder, never half a file. Works on any
+Hadoop filesystem Spark can write (local, HDFS, DBFS, object stores with atomic rename semantics per file).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from pyspark.sql import functions as F
+
+from xray_spark.errors import UserError
+from xray_spark.features.backbones import get_backbone
+from xray_spark.features.weights import weights_fingerprint
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
+
+log = logging.getLogger(__name__)
+
+CACHE_COLUMNS = ("sha256", "backbone", "weights_fingerprint", "features", "featurize_error")
+IMAGES_PER_TASK = 256  # upper bound; tasks are also >= 1 batch so the model never runs on slivers
+BROADCAST_KEYS = 1_000_000  # missing sha256 keys (64 chars each) broadcast below this count
+
+
+@dataclass(frozen=True)
+class CacheRun:
+    """What one featurize_to_cache call did (for logs, tests and the benchmark)."""
+
+    path: str
+    fingerprint: str
+    requested: int  # distinct sha256 values asked for
+    computed: int  # distinct sha256 values featurized by this run (0 when everything was cached)
+    failed: int  # of those, how many could not be decoded
+    seconds: float
+
+
+def safe_fingerprint(fingerprint: str) -> str:
+    """A fingerprint as one path segment: `none:seed=0:keras=3.15.1` -> `none_seed=0_keras=3.15.1`."""
+    return re.sub(r"[^A-Za-z0-9._=-]", "_", fingerprint)
+
+
+def cache_path(cache_dir: str, backbone: str, fingerprint: str) -> str:
+    return f"{str(cache_dir).rstrip('/')}/{get_backbone(backbone).name}/{safe_fingerprint(fingerprint)}"
+
+
+def featurize_to_cache(
+    spark: SparkSession, images: DataFrame, backbone: str, weights: str, cache_dir: str, *,
+    batch_size: int = 32, progress: bool = True,
+) -> DataFrame:
+    """Features for every row of `images` (columns sha256, content), computing only sha256s not cached yet.
+
+    Returns (sha256, backbone, weights_fingerprint, features, featurize_error), one row per input row
+    (rows with a null sha256 are dropped). Progress (images done / total) is logged while computing.
+    """
+    return featurize_to_cache_run(
+        spark, images, backbone, weights, cache_dir, batch_size=batch_size, progress=progress
+    )[0]
+
+
+def featurize_to_cache_run(
+    spark: SparkSession, images: DataFrame, backbone: str, weights: str, cache_dir: str, *,
+    batch_size: int = 32, progress: bool = True,
+) -> tuple[DataFrame, CacheRun]:
+    """As featurize_to_cache, plus a CacheRun saying what was computed."""
+    start = time.perf_counter()
+    missing_cols = {"sha256", "content"} - set(images.columns)
+    if missing_cols:
+        raise UserError(f"images need columns sha256 and content; missing {sorted(missing_cols)}")
+    bb = get_backbone(backbone)
+    fingerprint = weights_fingerprint(bb.name, weights, spark=spark)
+    path = cache_path(cache_dir, bb.name, fingerprint)
+    fs = _HadoopFS(spark, path)
+
+    keys = images.select("sha256").where(F.col("sha256").isNotNull()).distinct()
+    cached = _read_cache(spark, fs, path)
+    if cached is None:
+        todo = keys
+        requested = n_todo = keys.count()
+    else:  # one job counts both what was asked for and what is missing
+        hits = cached.select("sha256").distinct().withColumn("_hit", F.lit(True))
+        counts = keys.join(hits, "sha256", "left").agg(
+            F.count(F.lit(1)).alias("requested"), F.count(F.when(F.col("_hit").isNull(), 1)).alias("missing")
+        ).first()
+        requested, n_todo = int(counts["requested"]), int(counts["missing"])
+        todo = keys.join(cached.select("sha256"), "sha256", "left_anti")
+    failed = 0
+    if n_todo == 0:
+        log.info("feature cache %s: all %d images cached, nothing to compute", path, requested)
+    else:
+        log.info("feature cache %s: %d of %d images missing, featurizing them", path, n_todo, requested)
+        failed = _compute_and_append(
+            spark, fs, images, todo, n_todo, bb.name, weights, fingerprint, path, batch_size, progress
+        )
+    table = cached if n_todo == 0 else _read_cache(spark, fs, path)
+    if table is None:  # nothing requested and nothing cached: an empty result with the right schema
+        result = images.select("sha256").limit(0).crossJoin(_empty(spark))
+    else:
+        result = images.select("sha256").join(table.dropDuplicates(["sha256"]), "sha256", "inner")
+    run = CacheRun(path, fingerprint, requested, n_todo, failed, time.perf_counter() - start)
+    log.info("feature cache %s: %d requested, %d computed (%d failed) in %.1fs",
+             path, run.requested, run.computed, run.failed, run.seconds)
+    return result.select(*CACHE_COLUMNS), run
+
+
+def _empty(spark: SparkSession) -> DataFrame:
+    from pyspark.ml.linalg import VectorUDT
+    from pyspark.sql.types import StringType, StructField, StructType
+
+    schema = StructType([StructField(c, StringType()) for c in CACHE_COLUMNS[1:3]]
+                        + [StructField("features", VectorUDT()), StructField("featurize_error", StringType())])
+    return spark.createDataFrame([], schema)
+
+
+def _read_cache(spark: SparkSession, fs: _HadoopFS, path: str) -> DataFrame | None:
+    if not fs.list_parts(path):
+        return None
+    return spark.read.parquet(path)
+
+
+def _compute_and_append(
+    spark: SparkSession, fs: _HadoopFS, images: DataFrame, todo: DataFrame, n_todo: int, backbone: str,
+    weights: str, fingerprint: str, path: str, batch_size: int, progress: bool,
+) -> int:
+    from xray_spark.features.featurizer import DeepImageFeaturizer
+
+    sc = spark.sparkContext
+    keys = F.broadcast(todo) if n_todo <= BROADCAST_KEYS else todo
+    n_rows = images.select("sha256").join(keys, "sha256", "left_semi").count()  # duplicates included
+    rows = images.select("sha256", "content").join(keys, "sha256", "left_semi")
+    rows = rows.repartition(balanced_partitions(n_rows, sc.defaultParallelism))
+    featurizer = DeepImageFeaturizer(
+        inputCol="content", outputCol="features", modelName=backbone, weights=weights, batchSize=batch_size
+    )
+    counter = sc.accumulator(0)
+    featurizer._progress = counter
+    out = featurizer.transform(rows).select(
+        "sha256", F.lit(backbone).alias("backbone"), F.lit(fingerprint).alias("weights_fingerprint"),
+        "features", "featurize_error",
+    ).dropDuplicates(["sha256"])  # the same bytes under two paths: computed twice (rare), stored once
+    run_id = f"{time.strftime('%Y%m%d%H%M%S')}-{uuid.uuid4().hex[:8]}"
+    staging = f"{path}/_staging-{run_id}"
+    reporter = _Progress(counter, n_rows, backbone) if progress else None
+    try:
+        out.write.mode("errorifexists").parquet(staging)
+    finally:
+        if reporter:
+            reporter.stop()
+    moved = []
+    for i, part in enumerate(fs.list_parts(staging)):
+        moved.append(f"{path}/part-{run_id}-{i:05d}.parquet")
+        fs.rename(part, moved[-1])
+    fs.delete(staging)
+    failed = spark.read.parquet(*moved).where(F.col("featurize_error").isNotNull()).count() if moved else 0
+    log.info("feature cache %s: appended %d rows (%d failed to decode)", path, n_todo, failed)
+    return failed
+
+
+def balanced_partitions(n_rows: int, cores: int, per_task: int = IMAGES_PER_TASK) -> int:
+    """A multiple of `cores` with <= per_task rows each: every wave keeps every core busy (no lone tail task
+    on 2 cores), and round-robin repartition makes the tasks equal. An explicit count is never coalesced by AQE.
+    """
+    cores = max(1, cores)
+    return cores * max(1, math.ceil(n_rows / (cores * per_task)))
+
+
+class _Progress:
+    """Log images done / total from a Spark accumulator (updated as tasks finish) every few seconds."""
+
+    def __init__(self, counter, total: int, backbone: str, every: float = 10.0) -> None:  # noqa: ANN001
+        self.counter, self.total, self.backbone, self.every = counter, total, backbone, every
+        self.start = time.perf_counter()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="featurize-progress", daemon=True)
+        self._thread.start()
+
+    def _log(self) -> None:
+        done, elapsed = self.counter.value, time.perf_counter() - self.start
+        rate = done / elapsed if elapsed > 0 else 0.0
+        log.info("featurize %s: %d/%d images (%.1f img/s)", self.backbone, done, self.total, rate)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every):
+            self._log()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._log()
+
+
+class _HadoopFS:
+    """The few filesystem calls the cache needs, through Spark's Hadoop FileSystem (any scheme)."""
+
+    def __init__(self, spark: SparkSession, path: str) -> None:
+        self._jvm = spark.sparkContext._jvm
+        self._fs = self._path(path).getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
+
+    def _path(self, p: str):  # noqa: ANN202
+        return self._jvm.org.apache.hadoop.fs.Path(p)
+
+    def list_parts(self, folder: str) -> list[str]:
+        p = self._path(folder)
+        if not self._fs.exists(p):
+            return []
+        names = [s.getPath().toString() for s in self._fs.listStatus(p) if s.isFile()]
+        return sorted(n for n in names if n.rsplit("/", 1)[-1].startswith("part-") and n.endswith(".parquet"))
+
+    def rename(self, src: str, dst: str) -> None:
+        if not self._fs.rename(self._path(src), self._path(dst)):
+            raise OSError(f"could not move {src} to {dst}")
+
+    def delete(self, path: str) -> None:
+        self._fs.delete(self._path(path), True)

@@ -1,0 +1,304 @@
+"""Which model scores: resolve the URI before Spark starts, load it, split it around the featurizer.
+
+Why resolve first: a typo in `models:/name@champion` must cost one MLflow lookup and one clear line
+(exit 2), not a JVM start. Why pin the version: the alias can move while a run is in progress; every row
+records the version that was actually loaded, and that version (not the alias) is the ledger key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from xray_spark.config import Config
+from xray_spark.errors import UserError
+
+if TYPE_CHECKING:
+    from pyspark.ml import PipelineModel, Transformer
+    from pyspark.sql import DataFrame, SparkSession
+
+log = logging.getLogger(__name__)
+
+_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*:")
+_ALIAS = re.compile(r"^models:/([^/@]+)@([^/@]+)/?$")
+_VERSION = re.compile(r"^models:/([^/@]+)/([^/@]+)/?$")
+_LOGGED = re.compile(r"^models:/(m-[0-9a-fA-F]+)/?$")
+_RUN = re.compile(r"^runs:/([^/]+)/(.+?)/?$")
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A resolved model: what to record in every output row, what to load, and how to key the ledger."""
+
+    uri: str  # as the user gave it (normalised): recorded in `model_uri`
+    load_uri: str  # pinned: models:/name/<version> for aliases, so an alias move mid-run changes nothing
+    kind: str  # registry | logged | run | path
+    name: str
+    version: str
+    mlflow_format: bool | None  # MLflow model dir (MLmodel) vs plain PipelineModel; None = check after Spark
+
+    @property
+    def keyed_by_uri(self) -> bool:
+        """Paths and run artifacts have no registry identity: two folders both called `model` must not share
+        a ledger, and a run's (renamable) name must not be part of it, so their key is the URI. Registry
+        models are keyed by name + version (models:/m@champion and models:/m/3 are the same model)."""
+        return self.kind in ("path", "run")
+
+    def ledger_key(self) -> dict[str, str]:
+        """Output columns and values that identify this model's rows (the ledger)."""
+        if self.keyed_by_uri:
+            return {"model_version": self.version, "model_uri": self.uri}
+        return {"model_name": self.name, "model_version": self.version}
+
+    def file_key(self) -> str:
+        """Safe for file names and as stable as the ledger key: chunk files, the temp folder and the lock."""
+        if not self.keyed_by_uri:
+            return f"{_safe(self.name)}-{_safe(self.version)}"
+        head = f"run-{_safe(self.version)}" if self.kind == "run" else f"{_safe(self.name)}-{_safe(self.version)}"
+        return f"{head}-{hashlib.sha1(self.uri.encode()).hexdigest()[:8]}"
+
+
+def _safe(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._]+", "_", text).strip("_") or "x"
+
+
+def is_local(uri: str) -> bool:
+    """True for plain paths and file: URIs (checked without Spark); other schemes need Hadoop's FileSystem."""
+    return uri.startswith("file:") or not _SCHEME.match(uri) or bool(re.match(r"^[A-Za-z]:[\\/]", uri))
+
+
+def local_path(uri: str) -> Path:
+    return Path(re.sub(r"^file:(//)?", "", uri)).expanduser()
+
+
+# --------------------------------------------------------------------------------------- resolution (no Spark)
+
+
+def configure_tracking(cfg: Config) -> str:
+    """Config `tracking_uri` wins, else MLFLOW_TRACKING_URI, else MLflow's default.
+
+    A sqlite or file store that does not exist is an error: looking a model up must not silently create
+    an empty database in the current directory.
+    """
+    import mlflow
+
+    if cfg.tracking_uri:
+        mlflow.set_tracking_uri(cfg.tracking_uri)
+        if not os.environ.get("MLFLOW_REGISTRY_URI") and not cfg.tracking_uri.startswith("databricks"):
+            mlflow.set_registry_uri(cfg.tracking_uri)
+    uri = mlflow.get_tracking_uri()
+    store = None
+    if uri.startswith("sqlite:///"):
+        store = Path(uri[len("sqlite:///"):])
+    elif uri.startswith("file:"):
+        store = local_path(uri)
+    if store is not None and not store.exists():
+        raise UserError(
+            f"MLflow tracking store {uri} does not exist: set MLFLOW_TRACKING_URI or `tracking_uri` in the config"
+        )
+    return uri
+
+
+def resolve_model(model: str, cfg: Config) -> ModelRef:
+    """Turn MODEL into a ModelRef, talking only to MLflow (never Spark). Unknown model -> UserError."""
+    uri = model.strip()
+    if not uri:
+        raise UserError("--model is empty")
+    if uri.startswith(("models:/", "runs:/")):
+        from mlflow.exceptions import MlflowException
+
+        tracking = configure_tracking(cfg)
+        try:
+            return _resolve_mlflow(uri)
+        except MlflowException as exc:
+            first = (str(exc.message) if hasattr(exc, "message") else str(exc)).strip().splitlines()
+            raise UserError(f"model {uri}: {first[0] if first else type(exc).__name__} (MLflow: {tracking})") from None
+    if uri.startswith(("models:", "runs:")):
+        raise UserError(f"model {uri}: expected models:/NAME@ALIAS, models:/NAME/VERSION or runs:/RUN_ID/PATH")
+    return _resolve_path(uri)
+
+
+def _resolve_mlflow(uri: str) -> ModelRef:
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    if m := _LOGGED.match(uri):
+        logged = client.get_logged_model(m.group(1))
+        return ModelRef(uri, uri, "logged", logged.name, logged.model_id, True)
+    if m := _ALIAS.match(uri):
+        name, alias = m.groups()
+        mv = client.get_model_version_by_alias(name, alias)
+        return ModelRef(uri, f"models:/{name}/{mv.version}", "registry", name, str(mv.version), True)
+    if m := _VERSION.match(uri):
+        name, ver = m.groups()
+        if ver.isdigit():
+            mv = client.get_model_version(name, ver)
+        elif ver.lower() == "latest":
+            versions = client.search_model_versions(f"name='{name}'")
+            if not versions:
+                raise UserError(f"model {uri}: registered model {name!r} has no versions")
+            mv = max(versions, key=lambda v: int(v.version))
+        else:  # a (deprecated) stage name such as Production
+            found = client.get_latest_versions(name, stages=[ver])
+            if not found:
+                raise UserError(f"model {uri}: no version of {name!r} in stage {ver!r}")
+            mv = found[0]
+        return ModelRef(uri, f"models:/{name}/{mv.version}", "registry", name, str(mv.version), True)
+    if m := _RUN.match(uri):
+        run_id, artifact = m.groups()
+        run = client.get_run(run_id)
+        canonical = f"runs:/{run_id}/{artifact}"
+        return ModelRef(canonical, canonical, "run", run.info.run_name or run_id, run_id, True)
+    raise UserError(f"model {uri}: expected models:/NAME@ALIAS, models:/NAME/VERSION or runs:/RUN_ID/PATH")
+
+
+def _resolve_path(uri: str) -> ModelRef:
+    """A PipelineModel folder (metadata/) or an MLflow model folder (MLmodel); remote ones are checked later."""
+    if not is_local(uri):
+        clean = uri.rstrip("/")
+        return ModelRef(clean, clean, "path", clean.rsplit("/", 1)[-1], "path", None)
+    path = local_path(uri).resolve()
+    if not path.is_dir():
+        raise UserError(f"model {uri}: no such model folder (and not a models:/ or runs:/ URI)")
+    if (path / "MLmodel").is_file():
+        mlflow_format = True
+    elif (path / "metadata").is_dir():
+        mlflow_format = False
+    else:
+        raise UserError(f"model {uri}: folder is neither a Spark PipelineModel (metadata/) nor an MLflow model (MLmodel)")
+    return ModelRef(str(path), str(path), "path", path.name, "path", mlflow_format)
+
+
+# ------------------------------------------------------------------------------------------- loading (Spark)
+
+
+def load_pipeline(spark: SparkSession, ref: ModelRef, scratch: Path | None = None) -> PipelineModel:
+    """Load the PipelineModel; anything that goes wrong here means the model is unusable (UserError).
+
+    `scratch`: a local folder MLflow may download into (default: a system temp folder).
+    """
+    from pyspark.ml import PipelineModel
+
+    mlflow_format = ref.mlflow_format
+    if mlflow_format is None:
+        from xray_spark.scoring.store import HadoopFS
+
+        fs = HadoopFS(spark)
+        mlflow_format = fs.exists(f"{ref.load_uri}/MLmodel")
+        if not mlflow_format and not fs.exists(f"{ref.load_uri}/metadata"):
+            raise UserError(f"model {ref.uri}: not a Spark PipelineModel (metadata/) nor an MLflow model (MLmodel)")
+    try:
+        if mlflow_format:
+            model = _mlflow_load(ref.load_uri, scratch)
+        else:
+            model = PipelineModel.load(ref.load_uri)
+    except Exception as exc:  # unreadable artifacts, missing classes, version skew: all "unusable model"
+        first = str(exc).strip().splitlines()
+        raise UserError(f"cannot load model {ref.uri}: {type(exc).__name__}: {first[0] if first else ''}") from None
+    if not isinstance(model, PipelineModel):
+        raise UserError(f"model {ref.uri}: expected a Spark PipelineModel, got {type(model).__name__}")
+    return model
+
+
+def _mlflow_load(uri: str, scratch: Path | None) -> PipelineModel:
+    """mlflow.spark.load_model without its progress bar and INFO chatter (cron logs stay readable)."""
+    import mlflow.spark
+
+    kwargs = {}
+    if scratch is not None:
+        scratch.mkdir(parents=True, exist_ok=True)
+        kwargs["dst_path"] = str(scratch)
+    chatty = logging.getLogger("mlflow.spark")
+    level, bar = chatty.level, os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
+    chatty.setLevel(max(level, logging.WARNING))
+    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
+    try:
+        return mlflow.spark.load_model(uri, **kwargs)
+    finally:
+        chatty.setLevel(level)
+        if bar is None:
+            os.environ.pop("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", None)
+        else:
+            os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = bar
+
+
+@dataclass
+class ScoringPipeline:
+    """The loaded model split where bad input must be set aside: MLlib heads fail on null vectors."""
+
+    featurize: PipelineModel  # stages up to and including the DeepImageFeaturizer
+    head: PipelineModel  # the remaining stages (scaler, classifier, IndexToString)
+    input_col: str
+    features_col: str
+    error_col: str
+    labels: list[str]
+    label_col: str  # IndexToString output
+    probability_col: str | None  # None for heads without probabilities (LinearSVC, OneVsRest)
+
+    def prob_columns(self) -> list[str]:
+        return [f"prob_{prob_suffix(label)}" for label in self.labels]
+
+    def featurize_frame(self, df: DataFrame) -> DataFrame:
+        return self.featurize.transform(df)
+
+    def score_frame(self, featurized_ok: DataFrame) -> DataFrame:
+        return self.head.transform(featurized_ok)
+
+
+def prob_suffix(label: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "_", str(label).lower()).strip("_") or "class"
+
+
+def _flatten(stages: list[Transformer]) -> list[Transformer]:
+    from pyspark.ml import PipelineModel
+
+    out: list[Transformer] = []
+    for stage in stages:
+        out.extend(_flatten(stage.stages) if isinstance(stage, PipelineModel) else [stage])
+    return out
+
+
+def split_pipeline(model: PipelineModel, featurizer_cls: type, uri: str = "model") -> ScoringPipeline:
+    """Find the featurizer (by class) and the IndexToString (for class names) in the flattened stages."""
+    from pyspark.ml import PipelineModel
+    from pyspark.ml.feature import IndexToString
+
+    stages = _flatten(list(model.stages))
+    idx = next((i for i, s in enumerate(stages) if isinstance(s, featurizer_cls)), None)
+    if idx is None:
+        raise UserError(f"model {uri}: no {featurizer_cls.__name__} stage (stages: {[type(s).__name__ for s in stages]})")
+    feat = stages[idx]
+    rest = stages[idx + 1:]
+    decoders = [s for s in rest if isinstance(s, IndexToString)]
+    if not decoders:
+        raise UserError(f"model {uri}: no IndexToString stage after the featurizer, so class names are unknown")
+    decoder = decoders[-1]
+    labels = list(decoder.getLabels())
+    suffixes = [prob_suffix(label) for label in labels]
+    if len(set(suffixes)) != len(suffixes):
+        raise UserError(f"model {uri}: class names {labels} collide as column names {suffixes}")
+    prob_col = None
+    for stage in rest:
+        if stage.hasParam("probabilityCol") and stage.isDefined("probabilityCol"):
+            prob_col = stage.getOrDefault("probabilityCol")
+    return ScoringPipeline(
+        featurize=PipelineModel(stages=stages[: idx + 1]),
+        head=PipelineModel(stages=rest),
+        input_col=feat.getOrDefault("inputCol"),
+        features_col=feat.getOrDefault("outputCol"),
+        error_col=feat.getOrDefault("errorCol"),
+        labels=labels,
+        label_col=decoder.getOrDefault("outputCol"),
+        probability_col=prob_col,
+    )
+
+
+def featurizer_class() -> type:
+    from xray_spark.features.featurizer import DeepImageFeaturizer
+
+    return DeepImageFeaturizer

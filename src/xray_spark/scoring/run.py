@@ -1,0 +1,263 @@
+"""The scoring run: plan, then score and commit chunk by chunk, then one summary.
+
+Per chunk: re-read the candidate files, keep those whose sha256 still matches the plan, run the stages up to
+the featurizer once and persist that (without the image bytes), set aside rows with null features as
+`quarantined` (reason from the featurizer's error column), run the head on the rest, and commit the union
+as one Parquet file (see store.py). Each committed chunk is final: a crash loses at most the chunk in flight,
+and the next run scores exactly what is missing.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING
+
+from xray_spark.config import Config
+from xray_spark.errors import UserError
+from xray_spark.scoring.model import ModelRef, ScoringPipeline, is_local, local_path
+from xray_spark.scoring.plan import Candidate, Plan, chunks, plan_run, read_contents
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
+
+    from xray_spark.scoring.store import OutputStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ScoreSummary:
+    """Counts reconcile: files_seen = newly_scored + quarantined + skipped + retry_later."""
+
+    model: ModelRef
+    files_seen: int = 0
+    newly_scored: int = 0
+    quarantined: int = 0
+    skipped: int = 0  # already scored by this model version (same path, or same content elsewhere)
+    retry_later: int = 0  # changed, vanished, unreadable or too recent during this run
+    chunks: int = 0
+    seconds: float = 0.0
+
+    def lines(self) -> list[str]:
+        out = [
+            f"model: {self.model.name} version {self.model.version} ({self.model.uri})",
+            f"files seen: {self.files_seen}",
+            f"newly scored: {self.newly_scored}",
+            f"skipped as already scored: {self.skipped}",
+            f"quarantined: {self.quarantined}",
+        ]
+        if self.retry_later:
+            out.append(f"left for the next run (changed, vanished or unreadable): {self.retry_later}")
+        rate = (self.newly_scored + self.quarantined) / self.seconds if self.seconds else 0.0
+        out.append(f"chunks committed: {self.chunks} in {self.seconds:.1f}s ({rate:.1f} images/s)")
+        return out
+
+
+def _output_columns(pipe: ScoringPipeline) -> list[str]:
+    return ["path", "sha256", "status", "reason", "predicted_label", *pipe.prob_columns(), "probability",
+            "model_name", "model_version", "model_uri", "scored_at", "file_size", "modified_at"]
+
+
+def _ok_rows(pipe: ScoringPipeline, scored: DataFrame) -> DataFrame:
+    from pyspark.ml.functions import vector_to_array
+    from pyspark.sql import functions as F
+
+    cols = [F.col(pipe.label_col).cast("string").alias("predicted_label")]
+    if pipe.probability_col and pipe.probability_col in scored.columns:
+        arr = vector_to_array(F.col(pipe.probability_col), "float64")
+        cols += [F.get(arr, i).alias(name) for i, name in enumerate(pipe.prob_columns())]
+        pairs = [x for i, label in enumerate(pipe.labels) for x in (F.lit(label), F.get(arr, i))]
+        cols.append(F.create_map(*pairs).alias("probability"))
+    else:  # LinearSVC / OneVsRest heads: no probabilities, same schema
+        cols += [F.lit(None).cast("double").alias(name) for name in pipe.prob_columns()]
+        cols.append(F.lit(None).cast("map<string,double>").alias("probability"))
+    return scored.select("path", "sha256", "file_size", "modified_at", F.lit("ok").alias("status"),
+                         F.lit(None).cast("string").alias("reason"), *cols)
+
+
+def _quarantine_rows(pipe: ScoringPipeline, df: DataFrame, reason: Callable) -> DataFrame:
+    from pyspark.sql import functions as F
+
+    return df.select(
+        "path", "sha256", "file_size", "modified_at", F.lit("quarantined").alias("status"),
+        reason().cast("string").alias("reason"), F.lit(None).cast("string").alias("predicted_label"),
+        *[F.lit(None).cast("double").alias(n) for n in pipe.prob_columns()],
+        F.lit(None).cast("map<string,double>").alias("probability"),
+    )
+
+
+def _stamp(pipe: ScoringPipeline, df: DataFrame, ref: ModelRef, scored_at: datetime) -> DataFrame:
+    from pyspark.sql import functions as F
+
+    df = df.select(
+        "*", F.lit(ref.name).alias("model_name"), F.lit(ref.version).alias("model_version"),
+        F.lit(ref.uri).alias("model_uri"), F.lit(scored_at).cast("timestamp").alias("scored_at"),
+    )
+    return df.select(*_output_columns(pipe))
+
+
+def _commit_too_large(spark: SparkSession, pipe: ScoringPipeline, store: OutputStore, plan: Plan,
+                      max_bytes: int) -> int:
+    """Files over decode.max_file_bytes are never read; their quarantine row is keyed by path/size/mtime."""
+    from pyspark.sql import functions as F
+
+    if not plan.too_large:
+        return 0
+    rows = [(p, None, n, m, f"file_too_large: {n} bytes > {max_bytes}") for p, n, m in plan.too_large]
+    df = spark.createDataFrame(rows, "path string, sha256 string, file_size long, modified_at timestamp, r string")
+    scored_at = datetime.now(timezone.utc)
+    store.commit(_stamp(pipe, _quarantine_rows(pipe, df, lambda: F.col("r")), store.ref, scored_at), scored_at)
+    return len(rows)
+
+
+def balanced_partitions(spark: SparkSession, n: int, per_task: int = 32) -> int:
+    """A multiple of the cores with about `per_task` images each, so no core idles at the end of a chunk.
+
+    binaryFile packs files by bytes (e.g. 7 partitions for 210 small files: the last wave runs on one of
+    two cores); a round-robin repartition moves the chunk's bytes once but evens out the model work.
+    """
+    cores = max(1, spark.sparkContext.defaultParallelism)
+    return cores * max(1, math.ceil(n / (cores * per_task)))
+
+
+def score_chunk(spark: SparkSession, pipe: ScoringPipeline, store: OutputStore,
+                chunk: list[Candidate]) -> tuple[int, int]:
+    """Score one chunk and commit it; returns (ok, quarantined). Rows whose bytes changed are left out.
+
+    One Spark job does the work: the featurized rows are persisted (without the image bytes) and both
+    branches (head on good rows, quarantine rows) read that cache; Spark's block locking makes the second
+    reader of a partition wait for the first instead of featurizing it again. `repartition(1)` moves only
+    the small output rows, so the featurizer keeps every core and the chunk still lands as one file.
+    Counts come from an Observation on the write itself, and the expected (path, sha256) pairs are an
+    InSet: no extra jobs and the same generated code for every chunk (less JIT work per chunk).
+    """
+    from pyspark import StorageLevel
+    from pyspark.sql import Observation
+    from pyspark.sql import functions as F
+
+    key = F.concat_ws("\u0000", "path", "sha256")
+    current = (
+        read_contents(spark, [c.path for c in chunk])
+        .withColumn("sha256", F.sha2(F.col("content"), 256))
+        .where(key.isin([f"{c.path}\u0000{c.sha256}" for c in chunk]))  # unchanged since planning
+        .select("path", "sha256", F.col("length").alias("file_size"),
+                F.col("modificationTime").alias("modified_at"), F.col("content").alias(pipe.input_col))
+        .repartition(balanced_partitions(spark, len(chunk)))
+    )
+    t0 = time.time()
+    feats = pipe.featurize_frame(current).drop(pipe.input_col).persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        scored_at = datetime.now(timezone.utc)
+        good = _ok_rows(pipe, pipe.score_frame(feats.where(F.col(pipe.features_col).isNotNull())))
+        reason = lambda: F.coalesce(F.col(pipe.error_col), F.lit("no_features"))  # noqa: E731
+        bad = _quarantine_rows(pipe, feats.where(F.col(pipe.features_col).isNull()), reason)
+        counts = Observation("chunk")
+        rows = _stamp(pipe, good.unionByName(bad), store.ref, scored_at).observe(
+            counts, F.count(F.lit(1)).alias("n"), F.sum((F.col("status") == "ok").cast("long")).alias("ok"))
+        staged = store.stage(rows.repartition(1))
+        metrics = counts.get
+        n = int(metrics.get("n") or 0)
+        n_ok = int(metrics.get("ok") or 0)
+        if staged is None or n == 0:  # every file changed or vanished: commit nothing
+            if staged is not None:
+                store.discard(staged)
+            return 0, 0
+        committed = store.publish(staged, scored_at)
+        log.debug("chunk of %d: %d ok, %d quarantined in %.1fs -> %s", len(chunk), n_ok, n - n_ok,
+                  time.time() - t0, committed)
+        return n_ok, n - n_ok
+    finally:
+        feats.unpersist()
+
+
+def score_folder(spark: SparkSession, cfg: Config, ref: ModelRef, *, input_dir: str, output_dir: str,
+                 chunk_size: int = 256, min_age_seconds: float = 0.0,
+                 featurizer_cls: type | None = None) -> ScoreSummary:
+    """Score every image below `input_dir` that `ref` has not scored yet into `output_dir`.
+
+    `featurizer_cls` selects the stage after which bad rows are set aside (default: DeepImageFeaturizer).
+    """
+    from xray_spark.scoring.model import featurizer_class, load_pipeline, split_pipeline
+    from xray_spark.scoring.store import HadoopFS, OutputStore
+
+    t0 = time.time()
+    if chunk_size < 1:
+        raise UserError(f"--chunk-size must be at least 1, got {chunk_size}")
+    if not HadoopFS(spark).is_dir(input_dir):
+        raise UserError(f"--input {input_dir}: no such folder")
+    store = OutputStore(spark, output_dir, ref)
+    summary = ScoreSummary(model=ref)
+    with store.locked():
+        store.clean_stale()
+        try:
+            # loading the model and planning are independent Spark work: overlap them (~1 s per run)
+            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="score-load-model") as pool:
+                loading = pool.submit(load_pipeline, spark, ref, store.scratch_dir())
+                ledger = store.ledger().persist()
+                try:
+                    plan = plan_run(spark, input_dir, ledger, extensions=cfg.decode.extensions,
+                                    max_file_bytes=cfg.decode.max_file_bytes, min_age_seconds=min_age_seconds)
+                finally:
+                    ledger.unpersist()
+                model = loading.result()
+            pipe = split_pipeline(model, featurizer_cls or featurizer_class(), ref.uri)
+            log.debug("model loaded and run planned in %.1fs", time.time() - t0)
+            summary.files_seen = plan.files_seen
+            summary.skipped = plan.known_by_path + plan.known_by_content
+            summary.retry_later = plan.not_ready
+            if plan.too_large:
+                summary.quarantined += _commit_too_large(spark, pipe, store, plan, cfg.decode.max_file_bytes)
+                summary.chunks += 1
+            parts = chunks(plan.candidates, chunk_size)
+            done = 0
+            for i, chunk in enumerate(parts, 1):
+                tc = time.time()
+                n_ok, n_bad = score_chunk(spark, pipe, store, chunk)
+                summary.newly_scored += n_ok
+                summary.quarantined += n_bad
+                summary.retry_later += len(chunk) - n_ok - n_bad
+                summary.chunks += 1 if n_ok + n_bad else 0
+                done += len(chunk)
+                dt = time.time() - tc
+                log.info("chunk %d/%d: %d ok, %d quarantined, %d changed/unreadable in %.1fs (%.1f images/s); "
+                         "%d of %d candidates done", i, len(parts), n_ok, n_bad, len(chunk) - n_ok - n_bad, dt,
+                         (n_ok + n_bad) / dt if dt else 0.0, done, len(plan.candidates))
+        finally:
+            store.finish()
+    summary.seconds = time.time() - t0
+    return summary
+
+
+def check_arguments(input_dir: str, output_dir: str, chunk_size: int) -> None:
+    """Everything that can be checked without Spark (local paths only; other schemes are checked later)."""
+    if chunk_size < 1:
+        raise UserError(f"--chunk-size must be at least 1, got {chunk_size}")
+    if is_local(input_dir) and not local_path(input_dir).is_dir():
+        raise UserError(f"--input {input_dir}: no such folder")
+    if is_local(output_dir) and local_path(output_dir).exists() and not local_path(output_dir).is_dir():
+        raise UserError(f"--output {output_dir} exists and is not a folder")
+
+
+def score_command(spark_factory: Callable[[], SparkSession], cfg: Config, *, model: str, input_dir: str,
+                  output_dir: str, chunk_size: int) -> int:
+    """`xray-spark score`: check arguments and resolve the model BEFORE starting Spark, then score.
+
+    Bad arguments or an unusable model raise UserError (the CLI prints one line, exit 2).
+    """
+    from xray_spark.scoring.model import resolve_model
+
+    check_arguments(input_dir, output_dir, chunk_size)
+    ref = resolve_model(model, cfg)
+    log.debug("model %s -> %s version %s (load %s)", model, ref.name, ref.version, ref.load_uri)
+    summary = score_folder(spark_factory(), cfg, ref, input_dir=input_dir, output_dir=output_dir,
+                           chunk_size=chunk_size)
+    for line in summary.lines():
+        print(line)
+        log.info("score summary: %s", line)
+    return 0

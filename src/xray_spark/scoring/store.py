@@ -1,0 +1,215 @@
+"""The output folder is the ledger: what is in it was scored, what is not was not.
+
+Layout (readers see a plain Parquet dataset partitioned by `score_date`; Spark ignores `_`-prefixed folders):
+```
+OUTPUT/score_date=2025-01-31/part-<model>-<version>-<chunk uuid>.parquet   one file per committed chunk
+OUTPUT/_tmp/<model key>/<run id>/chunk-<uuid>/                               Spark writes chunks here first
+OUTPUT/_locks/<model key>.lock                                               one run per model at a time
+```
+A chunk is committed by ONE rename of ONE complete Parquet file into its `score_date=` folder. A rename is
+atomic on local disks and HDFS, and on object stores the destination object appears whole or not at all,
+so a run killed at any point (even `kill -9`) leaves each chunk either fully in the dataset or only in
+`_tmp`, which the next run deletes before reading the ledger. There is no second bookkeeping file that
+could disagree with the data.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import socket
+import time
+import uuid
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from xray_spark.errors import UserError
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from pyspark.sql import DataFrame, SparkSession
+
+    from xray_spark.scoring.model import ModelRef
+
+log = logging.getLogger(__name__)
+
+LEDGER_SCHEMA = (
+    "path string, sha256 string, model_name string, model_version string, model_uri string, "
+    "file_size long, modified_at timestamp, score_date string"
+)
+
+
+class ConcurrentRunError(RuntimeError):
+    """Another scoring run of the same model into the same output holds the lock (exit 1, try later)."""
+
+
+class HadoopFS:
+    """The few Hadoop FileSystem calls scoring needs, so output and input may live on any scheme
+    the cluster can read (file:, hdfs://, dbfs:/, abfss://, s3a://)."""
+
+    def __init__(self, spark: SparkSession) -> None:
+        self._jvm = spark.sparkContext._jvm
+        self._conf = spark.sparkContext._jsc.hadoopConfiguration()
+
+    def _path(self, uri: str):
+        return self._jvm.org.apache.hadoop.fs.Path(uri)
+
+    def _fs(self, path):
+        return path.getFileSystem(self._conf)
+
+    def qualify(self, uri: str) -> str:
+        p = self._path(uri)
+        return str(self._fs(p).makeQualified(p).toString())
+
+    def exists(self, uri: str) -> bool:
+        p = self._path(uri)
+        return bool(self._fs(p).exists(p))
+
+    def is_dir(self, uri: str) -> bool:
+        p = self._path(uri)
+        fs = self._fs(p)
+        return bool(fs.exists(p) and fs.getFileStatus(p).isDirectory())
+
+    def mkdirs(self, uri: str) -> None:
+        p = self._path(uri)
+        self._fs(p).mkdirs(p)
+
+    def delete(self, uri: str) -> bool:
+        p = self._path(uri)
+        return bool(self._fs(p).delete(p, True))
+
+    def list_names(self, uri: str) -> list[str]:
+        p = self._path(uri)
+        fs = self._fs(p)
+        if not fs.exists(p):
+            return []
+        return [str(s.getPath().getName()) for s in fs.listStatus(p)]
+
+    def rename(self, src: str, dst: str) -> None:
+        s, d = self._path(src), self._path(dst)
+        if not self._fs(s).rename(s, d):
+            raise OSError(f"rename {src} -> {dst} failed")
+
+    def local_path(self, uri: str) -> Path | None:
+        """The OS path when `uri` is on the local file system (lock files need one), else None."""
+        p = self._path(uri)
+        q = self._fs(p).makeQualified(p).toUri()
+        return Path(str(q.getPath())) if str(q.getScheme()) == "file" else None
+
+
+class OutputStore:
+    """One model's view of the output folder: its ledger, its temp space, its lock and its commits."""
+
+    def __init__(self, spark: SparkSession, output_dir: str, ref: ModelRef) -> None:
+        self.spark = spark
+        self.fs = HadoopFS(spark)
+        self.root = self.fs.qualify(output_dir).rstrip("/")
+        if self.fs.exists(self.root) and not self.fs.is_dir(self.root):
+            raise UserError(f"--output {output_dir} exists and is not a folder")
+        self.ref = ref
+        self.key = ref.file_key()
+        self.tmp_root = f"{self.root}/_tmp/{self.key}"
+        self.run_id = f"{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
+        self.run_tmp = f"{self.tmp_root}/{self.run_id}"
+
+    # -------------------------------------------------------------------------------------------- lifecycle
+
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        """Exclusive per (output, model) while a run is active.
+
+        On local disks an OS `flock`: the kernel drops it when the process dies, even on kill -9, so a
+        crashed run never leaves a stale lock behind. Other file systems have no such primitive: there the
+        scheduler must not overlap runs (cron `flock -n`, Databricks `max_concurrent_runs: 1`).
+        """
+        local = self.fs.local_path(self.root)
+        if local is None:
+            log.info("output is not on a local disk: no lock; the scheduler must not start overlapping runs")
+            yield
+            return
+        lock_path = local / "_locks" / f"{self.key}.lock"
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "unknown"
+                raise ConcurrentRunError(
+                    f"another scoring run of this model into {self.root} is active ({holder}); try again later"
+                ) from None
+            info = {"host": socket.gethostname(), "pid": os.getpid(), "run": self.run_id}
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps(info).encode(), 0)
+            yield
+        finally:
+            os.close(fd)  # closing releases the flock
+
+    def clean_stale(self) -> int:
+        """Delete temp folders of earlier runs of this model (killed mid-chunk): they were never committed."""
+        stale = self.fs.list_names(self.tmp_root)
+        for name in stale:
+            self.fs.delete(f"{self.tmp_root}/{name}")
+        if stale:
+            log.info("removed %d stale temp folder(s) of killed runs under %s", len(stale), self.tmp_root)
+        return len(stale)
+
+    def finish(self) -> None:
+        self.fs.delete(self.run_tmp)
+
+    def scratch_dir(self) -> Path | None:
+        """A local folder for this run's model download (removed with the run's temp space)."""
+        local = self.fs.local_path(self.run_tmp)
+        return None if local is None else local / "model"
+
+    # ----------------------------------------------------------------------------------------------- ledger
+
+    def ledger(self) -> DataFrame:
+        """What this model already scored: path, sha256, file_size, modified_at (one row per scored file)."""
+        from pyspark.sql import functions as F
+
+        if not self.fs.exists(self.root):
+            return self.spark.createDataFrame([], LEDGER_SCHEMA).drop("score_date")
+        df = self.spark.read.schema(LEDGER_SCHEMA).parquet(self.root)
+        for col, value in self.ref.ledger_key().items():
+            df = df.where(F.col(col) == F.lit(value))
+        return df.select("path", "sha256", "file_size", "modified_at")
+
+    # ----------------------------------------------------------------------------------------------- commit
+
+    def stage(self, rows: DataFrame) -> str | None:
+        """Write `rows` (ONE partition: the caller picks coalesce or repartition) as one Parquet file in
+        this run's temp space. Returns the file, or None when Spark wrote no data file."""
+        tmp = f"{self.run_tmp}/chunk-{uuid.uuid4().hex}"
+        rows.write.mode("error").option("maxRecordsPerFile", 0).option("compression", "snappy").parquet(tmp)
+        parts = [n for n in self.fs.list_names(tmp) if n.startswith("part-") and n.endswith(".parquet")]
+        if len(parts) > 1:
+            raise RuntimeError(f"expected one Parquet file in {tmp}, found {len(parts)}")
+        return f"{tmp}/{parts[0]}" if parts else None
+
+    def publish(self, staged: str, scored_at: datetime) -> str:
+        """The commit: ONE rename of a complete file into the dataset (atomic; see the module docstring)."""
+        day = f"{self.root}/score_date={scored_at.astimezone(timezone.utc):%Y-%m-%d}"
+        final = f"{day}/part-{self.key}-{uuid.uuid4().hex}.parquet"
+        self.fs.mkdirs(day)
+        self.fs.rename(staged, final)  # <- the commit point
+        self.fs.delete(staged.rsplit("/", 1)[0])
+        return final
+
+    def discard(self, staged: str) -> None:
+        self.fs.delete(staged.rsplit("/", 1)[0])
+
+    def commit(self, rows: DataFrame, scored_at: datetime) -> str | None:
+        """stage + publish for callers that know `rows` is not empty."""
+        t0 = time.time()
+        staged = self.stage(rows.coalesce(1))
+        if staged is None:
+            return None
+        final = self.publish(staged, scored_at)
+        log.debug("committed %s in %.1fs", final, time.time() - t0)
+        return final

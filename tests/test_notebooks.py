@@ -1,0 +1,152 @@
+"""Execute notebooks/*.ipynb end to end on a small real subset, in a real Jupyter kernel (nbclient).
+
+The kernel is this test's own interpreter (a kernelspec written to tmp_path and found through JUPYTER_PATH),
+so a clean clone where only `pip install -e .[dev]` ran needs no `ipykernel install`. Parameters are injected
+as a cell right after the notebook's `parameters` cell (papermill's convention); every path points into
+tmp_path. Notebook 03 reads a real training run (ResNet50 with seeded random weights, logistic regression,
+binary task, MLflow sqlite) made once by a module fixture.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+nbformat = pytest.importorskip("nbformat")
+nbclient = pytest.importorskip("nbclient")
+pytest.importorskip("ipykernel")
+
+REPO = Path(__file__).resolve().parents[1]
+NOTEBOOKS = REPO / "notebooks"
+PER_CLASS = 8
+KERNEL_NAME = "xray-spark-test"
+
+
+def make_subset(ozturk: Path, dest: Path, per_class: int = PER_CLASS) -> Path:
+    """`per_class` images per class plus one exact copy of a COVID image, with a manifest.csv (real sources)."""
+    manifest = pd.read_csv(ozturk / "manifest.csv", dtype=str, keep_default_na=False)
+    picked = manifest.sort_values("path").groupby("label", group_keys=False).head(per_class).copy()
+    for rel in picked["path"]:
+        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(ozturk / rel, dest / rel)
+    first = picked[picked["label"] == "covid"].iloc[0].copy()
+    copy_rel = str(Path(first["path"]).with_name("copy-of-" + Path(first["path"]).name))
+    shutil.copyfile(ozturk / first["path"], dest / copy_rel)
+    first["path"] = copy_rel
+    picked = pd.concat([picked, first.to_frame().T], ignore_index=True)
+    picked[["path", "label", "source", "patient_id"]].to_csv(dest / "manifest.csv", index=False)
+    return dest
+
+
+@pytest.fixture(scope="module")
+def nb_env(tmp_path_factory: pytest.TempPathFactory, ozturk_dir: Path):
+    """Data subset, a kernelspec for this interpreter, and a weights cache, all under tmp_path."""
+    root = tmp_path_factory.mktemp("notebooks")
+    kernels = root / "jupyter" / "kernels" / KERNEL_NAME
+    kernels.mkdir(parents=True)
+    (kernels / "kernel.json").write_text(json.dumps({
+        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "xray-spark tests", "language": "python",
+    }))
+    data = make_subset(ozturk_dir, root / "data")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("JUPYTER_PATH", str(root / "jupyter"))
+        mp.setenv("XRAY_SPARK_CACHE", str(root / "weights-cache"))  # seeded random weights are built once
+        yield {"root": root, "data": data}
+
+
+def run_notebook(name: str, params: dict[str, object], workdir: Path, timeout: int = 300):
+    """Execute one notebook with `params` injected; the executed copy is saved next to workdir for debugging."""
+    nb = nbformat.read(NOTEBOOKS / name, as_version=4)
+    idx = next(i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", []))
+    injected = nbformat.v4.new_code_cell("\n".join(f"{k} = {v!r}" for k, v in params.items()))
+    injected.metadata["tags"] = ["injected-parameters"]
+    nb.cells.insert(idx + 1, injected)
+    workdir.mkdir(parents=True, exist_ok=True)
+    client = nbclient.NotebookClient(nb, kernel_name=KERNEL_NAME, timeout=timeout, startup_timeout=120,
+                                     resources={"metadata": {"path": str(workdir)}})
+    try:
+        client.execute()
+    finally:
+        nbformat.write(nb, workdir / f"executed-{name}")
+    return nb
+
+
+def outputs(nb, kind: str) -> list:
+    """All outputs of executed cells carrying MIME type `kind` (e.g. image/png, text/html, text/plain)."""
+    found = []
+    for cell in nb.cells:
+        for out in cell.get("outputs", []):
+            if kind == "stream" and out.get("output_type") == "stream":
+                found.append(out.get("text", ""))
+            elif kind in out.get("data", {}):
+                found.append(out["data"][kind])
+    return found
+
+
+def test_notebooks_are_committed_without_outputs():
+    for path in sorted(NOTEBOOKS.glob("*.ipynb")):
+        nb = nbformat.read(path, as_version=4)
+        nbformat.validate(nb)
+        tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+        assert len(tagged) == 1, f"{path.name}: exactly one cell tagged 'parameters'"
+        for cell in nb.cells:
+            if cell.cell_type == "code":
+                assert not cell.outputs and cell.execution_count is None, f"{path.name}: outputs not stripped"
+
+
+def test_01_dataset(nb_env):
+    work = nb_env["root"] / "nb01"
+    nb = run_notebook("01_dataset.ipynb", {"DATA_DIR": str(nb_env["data"]), "OUT_DIR": str(work / "out"),
+                                           "SAMPLES_PER_CLASS": 3}, work)
+    text = "\n".join(outputs(nb, "stream"))
+    assert f"files read: {3 * PER_CLASS + 1} = ok {3 * PER_CLASS + 1} + quarantined 0" in text
+    html = "\n".join(outputs(nb, "text/html"))
+    assert "ozturk2020" in html and "covid" in html and "quarantined" in html  # class counts by source
+    assert "copy-of-" in html  # the injected exact duplicate shows up as a duplicate group
+    # sample grid, duplicate group grid, metadata shortcut plot
+    assert len(outputs(nb, "image/png")) == 3
+    assert (work / "out" / "ingest" / "duplicates" / "duplicate_groups.csv").is_file()
+
+
+def test_02_features(nb_env, training_run):
+    """Points OUT_DIR at the training run: its ingest output and feature cache are reused (same content hashes)."""
+    work = nb_env["root"] / "nb02"
+    nb = run_notebook("02_features.ipynb", {"DATA_DIR": str(nb_env["data"]), "OUT_DIR": str(training_run),
+                                            "WEIGHTS": "none", "METHOD": "pca"}, work)
+    text = "\n".join(outputs(nb, "stream"))
+    assert f"{3 * PER_CLASS + 1} images, 2048 features each (ResNet50, weights=none)" in text
+    html = "\n".join(outputs(nb, "text/html"))
+    assert "JPEG" in html and "PNG" in html
+    assert len(outputs(nb, "image/png")) == 1
+
+
+@pytest.fixture(scope="module")
+def training_run(nb_env, spark) -> Path:
+    """One real `train` run (ResNet50 random weights + lr, binary, with the metadata baseline) for notebook 03."""
+    from xray_spark.config import load_config
+    from xray_spark.train.compare import TrainSpec, run_training
+
+    out = nb_env["root"] / "train"
+    spec = TrainSpec(data=str(nb_env["data"]), out_dir=str(out), backbones=["ResNet50"], heads=["lr"],
+                     tasks=["binary"], weights="none")
+    run_training(spark, load_config(local=None), spec)
+    assert (out / "mlflow.db").is_file()
+    return out
+
+
+def test_03_results(nb_env, training_run):
+    work = nb_env["root"] / "nb03"
+    nb = run_notebook("03_results.ipynb", {"TRACKING_URI": f"sqlite:///{training_run / 'mlflow.db'}",
+                                           "ARTIFACT_DIR": str(work / "artifacts")}, work)
+    html = "\n".join(outputs(nb, "text/html"))
+    assert "ResNet50" in html and "metadata-baseline" in html and "xray-spark-binary" in html
+    # confusion matrices: the best image model and the metadata baseline, read back from MLflow artifacts
+    assert len(outputs(nb, "image/png")) == 2
+    assert len(list((work / "artifacts").rglob("*.png"))) == 2
+

@@ -1,0 +1,319 @@
+"""Batch scoring: incremental, exactly once by content, safe to kill, clear failures.
+
+Real components throughout: Spark local[2], the real DeepImageFeaturizer (ResNet50, seeded random weights),
+a LogisticRegression head fitted on its features, a real MLflow sqlite registry, and the real CLI in a
+subprocess for the kill test.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+
+from xray_spark.config import load_config
+from xray_spark.errors import UserError
+from xray_spark.scoring.model import ModelRef, resolve_model
+from xray_spark.scoring.plan import plan_run
+from xray_spark.scoring.store import LEDGER_SCHEMA, ConcurrentRunError, OutputStore
+
+CLASSES = ("covid", "no_findings", "pneumonia")
+
+
+def _images(ozturk_dir: Path, per_class: int, skip: int = 0) -> list[Path]:
+    out: list[Path] = []
+    for cls in CLASSES:
+        out += sorted((ozturk_dir / cls).iterdir())[skip:skip + per_class]
+    return out
+
+
+def _copy(files: list[Path], dest: Path) -> list[Path]:
+    dest.mkdir(parents=True, exist_ok=True)
+    return [Path(shutil.copy2(f, dest / f"{f.parent.name}__{f.name}")) for f in files]
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _read_output(spark, out: Path):
+    return spark.read.parquet(str(out)).toPandas()
+
+
+def _part_files(out: Path) -> list[Path]:
+    return sorted(out.glob("score_date=*/part-*.parquet"))
+
+
+def _path_ref(name: str = "m") -> ModelRef:
+    return ModelRef(uri=f"/models/{name}", load_uri=f"/models/{name}", kind="path", name=name, version="path",
+                    mlflow_format=False)
+
+
+# ------------------------------------------------------------------------- ledger, commit, lock, plan (fast)
+
+
+def _ledger_rows(spark, ref: ModelRef, rows: list[tuple[str, str]]):
+    from pyspark.sql import functions as F
+
+    now = datetime.now(timezone.utc)
+    data = [(p, s, ref.name, ref.version, ref.uri, 1, now, "x") for p, s in rows]
+    return spark.createDataFrame(data, LEDGER_SCHEMA).drop("score_date").withColumn("scored_at", F.lit(now))
+
+
+def test_commit_writes_one_atomic_file_and_the_ledger_reads_only_this_model(spark, tmp_path):
+    out = tmp_path / "out"
+    mine, other = _path_ref("a"), _path_ref("b")
+    store = OutputStore(spark, str(out), mine)
+    assert store.ledger().count() == 0  # no output yet: empty ledger, no error
+    now = datetime.now(timezone.utc)
+    final = store.commit(_ledger_rows(spark, mine, [("file:/x/1.png", "s1"), ("file:/x/2.png", "s2")]).repartition(3), now)
+    OutputStore(spark, str(out), other).commit(_ledger_rows(spark, other, [("file:/x/3.png", "s3")]), now)
+    assert len(_part_files(out)) == 2 and final.endswith(".parquet") and f"part-{mine.file_key()}-" in final
+    assert sorted(r.sha256 for r in store.ledger().collect()) == ["s1", "s2"]
+    assert not list((out / "_tmp").rglob("*.parquet"))  # nothing left in temp space
+
+
+def test_killed_chunk_in_temp_space_is_invisible_and_cleaned(spark, tmp_path):
+    out = tmp_path / "out"
+    ref = _path_ref()
+    store = OutputStore(spark, str(out), ref)
+    # what a run killed after writing a chunk but before its rename leaves behind
+    stale = f"{store.tmp_root}/20240101T000000-dead/chunk-1"
+    _ledger_rows(spark, ref, [("file:/x/1.png", "s1")]).coalesce(1).write.parquet(stale)
+    assert store.ledger().count() == 0  # not committed == not scored
+    assert store.clean_stale() == 1
+    assert not (out / "_tmp" / ref.file_key()).exists() or not any((out / "_tmp" / ref.file_key()).iterdir())
+
+
+def test_lock_refuses_a_second_concurrent_run(spark, tmp_path):
+    a = OutputStore(spark, str(tmp_path / "out"), _path_ref())
+    b = OutputStore(spark, str(tmp_path / "out"), _path_ref())
+    with a.locked():
+        with pytest.raises(ConcurrentRunError, match="another scoring run"):
+            with b.locked():
+                pass
+    with b.locked():  # released on exit
+        pass
+
+
+def test_plan_skips_scored_content_and_reads_only_unknown_files(spark, tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    for name, data in [("a b.png", b"A"), ("x[1].png", b"B"), ("copy_of_a.png", b"A"), ("c.jpg", b"C"),
+                       ("c_again.jpg", b"C"), ("notes.txt", b"T"), ("big.png", b"Z" * 100)]:
+        (src / name).write_bytes(data)
+    ref = _path_ref()
+    # the ledger knows a.png's content under its own path
+    listing = spark.read.format("binaryFile").load(str(src / "a b.png")).collect()[0]
+    from pyspark.sql import functions as F
+
+    ledger = (_ledger_rows(spark, ref, [(listing.path, hashlib.sha256(b"A").hexdigest())])
+              .withColumn("file_size", F.lit(listing.length)).withColumn("modified_at", F.lit(listing.modificationTime)))
+    plan = plan_run(spark, str(src), ledger.select("path", "sha256", "file_size", "modified_at"),
+                    extensions=["png", "jpg"], max_file_bytes=50)
+    assert plan.files_seen == 6 and plan.ignored == 1
+    assert plan.known_by_path == 1  # "a b.png": not even read
+    assert plan.known_by_content == 2  # copy_of_a.png (scored content) + c_again.jpg (duplicate in this run)
+    assert [Path(c.path).name for c in plan.candidates] == ["c.jpg", "x[1].png"]  # glob chars are escaped
+    assert [Path(p).name for p, _, _ in plan.too_large] == ["big.png"]
+
+
+def test_resolve_rejects_unusable_models_without_spark(tmp_path):
+    cfg = load_config(local=None)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="neither a Spark PipelineModel"):
+        resolve_model(str(tmp_path / "empty"), cfg)
+    with pytest.raises(UserError, match="no such model folder"):
+        resolve_model(str(tmp_path / "missing"), cfg)
+    cfg.tracking_uri = f"sqlite:///{tmp_path / 'absent.db'}"
+    with pytest.raises(UserError, match="does not exist"):
+        resolve_model("models:/x@champion", cfg)
+    assert not (tmp_path / "absent.db").exists()  # a lookup never creates an empty store
+
+
+# ------------------------------------------------------------------------------- the real model, end to end
+
+
+def _isolate_mlflow(mp: pytest.MonkeyPatch) -> None:
+    """MLflow keeps its URIs and active experiment in module globals and env vars: restore them afterwards
+    so later test modules do not inherit this module's sqlite store."""
+    import mlflow.tracking._model_registry.utils as registry_utils
+    import mlflow.tracking._tracking_service.utils as tracking_utils
+    import mlflow.tracking.fluent as fluent
+
+    for var in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
+        mp.delenv(var, raising=False)
+    mp.setattr(tracking_utils, "_tracking_uri", tracking_utils._tracking_uri)
+    mp.setattr(registry_utils, "_registry_uri", registry_utils._registry_uri)
+    mp.setattr(fluent, "_active_experiment_id", fluent._active_experiment_id)
+
+
+@pytest.fixture(scope="module")
+def registered(spark, ozturk_dir, tmp_path_factory):
+    """ResNet50 (seeded random weights) + LogisticRegression + IndexToString, registered as @champion."""
+    import mlflow
+    import mlflow.spark
+    from pyspark.ml import PipelineModel
+    from pyspark.ml.classification import LogisticRegression
+    from pyspark.ml.feature import IndexToString
+    from pyspark.sql import functions as F
+
+    from xray_spark.features.featurizer import DeepImageFeaturizer
+    from xray_spark.tracking import configure, register_champion
+
+    base = tmp_path_factory.mktemp("score_model")
+    with pytest.MonkeyPatch.context() as mp:
+        _isolate_mlflow(mp)
+        mp.setenv("XRAY_SPARK_CACHE", str(base / "weights"))
+        train = _copy(_images(ozturk_dir, 2, skip=40), base / "train")
+        df = spark.read.format("binaryFile").load([str(p) for p in train])
+        label = F.regexp_extract("path", r"/(covid|no_findings|pneumonia)__", 1)
+        df = df.withColumn("label", F.array_position(F.array(*[F.lit(c) for c in CLASSES]), label).cast("double") - 1)
+        featurizer = DeepImageFeaturizer(inputCol="content", outputCol="features", errorCol="featurize_error",
+                                         modelName="ResNet50", weights="none")
+        feats = featurizer.transform(df).where("features IS NOT NULL").cache()
+        head = PipelineModel(stages=[LogisticRegression(maxIter=20, regParam=0.1).fit(feats)])
+        feats.unpersist()
+        model = PipelineModel(stages=[
+            featurizer, head, IndexToString(inputCol="prediction", outputCol="predicted_label", labels=list(CLASSES)),
+        ])
+        uri = f"sqlite:///{base / 'mlflow.db'}"
+        configure(uri, base)
+        with mlflow.start_run():
+            info = mlflow.spark.log_model(model, "model", dfs_tmpdir=str(base / "dfs"),
+                                          pip_requirements=["pyspark"])
+        register_champion(info.model_uri, "xray-test")
+        model.save(str(base / "pipeline"))
+        yield {"tracking_uri": uri, "name": "xray-test", "env": dict(os.environ), "base": base}
+
+
+def _cfg(registered):
+    cfg = load_config(local=None)
+    cfg.tracking_uri = registered["tracking_uri"]
+    return cfg
+
+
+def _score(spark, registered, src: Path, out: Path, capsys, chunk_size: int = 4,
+           model: str = "models:/xray-test@champion") -> dict[str, int]:
+    from xray_spark.score import score_command
+
+    cfg = _cfg(registered)
+    cfg.decode.max_file_bytes = 1_000_000  # the test images are < 100 kB
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("XRAY_SPARK_CACHE", str(registered["base"] / "weights"))
+        rc = score_command(lambda: spark, cfg, model=model,
+                           input_dir=str(src), output_dir=str(out), chunk_size=chunk_size)
+    assert rc == 0
+    printed = capsys.readouterr().out.splitlines()
+    return {k: int(v) for k, _, v in (line.rpartition(": ") for line in printed) if v.isdigit()}
+
+
+def test_incremental_scoring_scores_each_content_once(spark, registered, ozturk_dir, tmp_path, capsys):
+    src, out = tmp_path / "in", tmp_path / "out"
+    first = _copy(_images(ozturk_dir, 2), src)
+
+    s = _score(spark, registered, src, out, capsys)
+    assert (s["files seen"], s["newly scored"], s["quarantined"], s["skipped as already scored"]) == (6, 6, 0, 0)
+    rows = _read_output(spark, out)
+    assert sorted(rows["sha256"]) == sorted(_sha(p) for p in first)
+    assert set(rows["status"]) == {"ok"} and set(rows["predicted_label"]) <= set(CLASSES)
+    assert rows[[f"prob_{c}" for c in CLASSES]].sum(axis=1).round(6).eq(1.0).all()
+    assert set(rows["model_name"]) == {"xray-test"} and set(rows["model_version"]) == {"1"}
+    assert set(rows["model_uri"]) == {"models:/xray-test@champion"} and rows["scored_at"].notna().all()
+    files_after_first = _part_files(out)
+
+    s = _score(spark, registered, src, out, capsys)  # nothing new: nothing written
+    assert (s["newly scored"], s["quarantined"], s["skipped as already scored"]) == (0, 0, 6)
+    assert _part_files(out) == files_after_first
+
+    new = _copy(_images(ozturk_dir, 1, skip=2), src)
+    shutil.copy2(first[0], src / "renamed_copy.png")
+    (src / "truncated.png").write_bytes(first[1].read_bytes()[:300])
+    (src / "garbage.jpg").write_bytes(os.urandom(2048))
+    (src / "huge.png").write_bytes(os.urandom(1_200_000))  # over decode.max_file_bytes: never read
+    s = _score(spark, registered, src, out, capsys)
+    assert (s["files seen"], s["newly scored"], s["quarantined"], s["skipped as already scored"]) == (13, 3, 3, 7)
+    rows = _read_output(spark, out)
+    assert len(rows) == 12 and rows["sha256"].dropna().is_unique
+    bad = rows[rows["status"] == "quarantined"]
+    assert sorted(Path(p).name for p in bad["path"]) == ["garbage.jpg", "huge.png", "truncated.png"]
+    assert bad["reason"].str.len().gt(0).all() and bad["predicted_label"].isna().all()
+    assert bad.loc[bad["path"].str.endswith("huge.png"), "reason"].str.startswith("file_too_large").all()
+    assert not rows["path"].str.endswith("renamed_copy.png").any()
+    assert set(rows.loc[rows["status"] == "ok", "sha256"]) == {_sha(p) for p in first + new}
+
+    s = _score(spark, registered, src, out, capsys)  # bad content is never retried, copies never rescored
+    assert (s["newly scored"], s["quarantined"], s["skipped as already scored"]) == (0, 0, 13)
+    assert len(_read_output(spark, out)) == 12
+
+
+def test_each_model_version_keeps_its_own_ledger(spark, registered, ozturk_dir, tmp_path, capsys):
+    src, out = tmp_path / "in", tmp_path / "out"
+    _copy(_images(ozturk_dir, 1, skip=5), src)
+    assert _score(spark, registered, src, out, capsys)["newly scored"] == 3
+    folder = str(registered["base"] / "pipeline")  # the same pipeline as a plain PipelineModel folder
+    assert _score(spark, registered, src, out, capsys, model=folder)["newly scored"] == 3
+    assert _score(spark, registered, src, out, capsys, model=folder)["skipped as already scored"] == 3
+    rows = _read_output(spark, out)
+    by_model = rows.groupby(["model_name", "model_version"])["sha256"].nunique().to_dict()
+    assert by_model == {("xray-test", "1"): 3, ("pipeline", "path"): 3}
+    assert set(rows.loc[rows["model_version"] == "path", "model_uri"]) == {str(Path(folder).resolve())}
+
+
+def _cli(args: list[str], registered, cwd: Path, **kwargs) -> subprocess.Popen:
+    env = dict(registered["env"], MLFLOW_TRACKING_URI=registered["tracking_uri"],
+               XRAY_SPARK_CACHE=str(registered["base"] / "weights"), PYTHONUNBUFFERED="1")
+    return subprocess.Popen([sys.executable, "-m", "xray_spark", "score", *args], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+
+
+def test_kill_9_mid_run_then_rerun_gives_exactly_one_row_per_image(spark, registered, ozturk_dir, tmp_path,
+                                                                   capsys):
+    src, out = tmp_path / "in", tmp_path / "out"
+    images = _copy(_images(ozturk_dir, 4, skip=10), src)
+    args = ["--model", "models:/xray-test@champion", "--input", str(src), "--output", str(out), "--chunk-size", "2"]
+    proc = _cli(args, registered, tmp_path, start_new_session=True)
+    try:
+        deadline = time.time() + 240
+        while not _part_files(out) and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+        assert _part_files(out), f"no chunk committed: rc={proc.poll()} {proc.stderr.read() if proc.poll() else ''}"
+        os.kill(proc.pid, signal.SIGKILL)  # kill -9 of the driver, mid-run
+        proc.wait(30)
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # the JVM this driver started, if still alive
+        except ProcessLookupError:
+            pass
+    partial = len(_read_output(spark, out))
+    assert 0 < partial < len(images), "the kill must land mid-run for this test to mean anything"
+
+    # the re-run (in this process: its Python workers already hold the backbone, which saves a minute)
+    s = _score(spark, registered, src, out, capsys, chunk_size=2)
+    assert (s["newly scored"], s["skipped as already scored"]) == (len(images) - partial, partial)
+    rows = _read_output(spark, out)
+    assert rows["sha256"].is_unique and sorted(rows["sha256"]) == sorted(_sha(p) for p in images)
+    assert not list((out / "_tmp").rglob("*.parquet"))  # the killed run's uncommitted chunk is gone
+
+
+def test_unknown_model_or_missing_input_exit_2_with_one_line_before_any_work(registered, ozturk_dir, tmp_path):
+    src, out = tmp_path / "in", tmp_path / "out"
+    _copy(_images(ozturk_dir, 1), src)
+    bad_model = _cli(["--model", "models:/nope@champion", "--input", str(src), "--output", str(out)],
+                     registered, tmp_path)
+    _, stderr = bad_model.communicate(timeout=120)
+    assert bad_model.returncode == 2
+    assert len(stderr.strip().splitlines()) == 1 and "nope" in stderr, stderr
+    missing = _cli(["--model", "models:/xray-test@champion", "--input", str(tmp_path / "absent"), "--output", str(out)],
+                   registered, tmp_path)
+    _, stderr = missing.communicate(timeout=120)
+    assert missing.returncode == 2 and len(stderr.strip().splitlines()) == 1 and "absent" in stderr, stderr
+    assert not out.exists()  # nothing written, Spark never started
