@@ -103,6 +103,8 @@ def cmd_score(args: argparse.Namespace) -> int:
     from xray_spark.score import score_command
 
     cfg, spark = _context(args)
+    if args.tracking_uri:
+        cfg.tracking_uri = args.tracking_uri
     return score_command(spark, cfg, model=args.model, input_dir=args.input, output_dir=args.output,
                          chunk_size=args.chunk_size)
 
@@ -162,6 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", required=True, metavar="DIR")
     p.add_argument("--output", required=True, metavar="DIR")
     p.add_argument("--chunk-size", type=int, default=256, metavar="N", help="images committed per step")
+    p.add_argument("--tracking-uri", metavar="URI",
+                   help="MLflow tracking/registry URI (default: config tracking_uri, else MLFLOW_TRACKING_URI)")
 
     p = add("demo", cmd_demo, "the main job: fetch (or --data), ingest, featurize, train, register, score")
     p.add_argument("--data", metavar="DIR", help="use this folder instead of fetching the Ozturk dataset")

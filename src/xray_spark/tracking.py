@@ -26,11 +26,15 @@ def configure(tracking_uri: str | None, out_dir: str | Path, experiment: str = E
 
     Local stores keep artifacts next to the database, not in the current directory's ./mlruns.
     """
+    import os
+
     import mlflow
 
     uri = tracking_uri or default_tracking_uri(out_dir)
+    experiment = os.environ.get("MLFLOW_EXPERIMENT_NAME", experiment)  # Databricks wants /Shared/... paths
     mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
+    if not uri.startswith("databricks") and not os.environ.get("MLFLOW_REGISTRY_URI"):
+        mlflow.set_registry_uri(uri)  # Databricks: keep the configured (Unity Catalog) registry
     exp = mlflow.get_experiment_by_name(experiment)
     if exp is None:
         location = None
