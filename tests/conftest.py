@@ -99,3 +99,16 @@ def trained(spark, small_data: Path, tmp_path_factory: pytest.TempPathFactory):
     spec = TrainSpec(data=str(small_data), out_dir=str(out), backbones=["ResNet50"], heads=["lr", "dt"],
                      tasks=["binary", "multiclass"], weights="none")
     return run_training(spark, cfg, spec)
+
+
+@pytest.fixture(scope="module")
+def weights_cache(tmp_path_factory: pytest.TempPathFactory):
+    """One weights cache per pytest session (shared by the feature test modules), never under $HOME."""
+    path = tmp_path_factory.getbasetemp() / "xray-weights-cache"
+    old = os.environ.get("XRAY_SPARK_CACHE")
+    os.environ["XRAY_SPARK_CACHE"] = str(path)
+    yield path
+    if old is None:
+        os.environ.pop("XRAY_SPARK_CACHE", None)
+    else:
+        os.environ["XRAY_SPARK_CACHE"] = old

@@ -4,24 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-
-@pytest.fixture(scope="module", autouse=True)
-def weights_cache(tmp_path_factory: pytest.TempPathFactory):
-    path = tmp_path_factory.getbasetemp() / "xray-weights-cache"  # shared with the other feature tests
-    old = os.environ.get("XRAY_SPARK_CACHE")
-    os.environ["XRAY_SPARK_CACHE"] = str(path)
-    yield path
-    if old is None:
-        os.environ.pop("XRAY_SPARK_CACHE", None)
-    else:
-        os.environ["XRAY_SPARK_CACHE"] = old
+pytestmark = pytest.mark.usefixtures("weights_cache")
 
 
 def _images_df(spark, payloads: list[tuple[str, bytes]]):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import os
 from pathlib import Path
 
 import numpy as np
@@ -17,17 +16,7 @@ SAMPLE = [  # mixed formats and modes on purpose: RGB JPEG, L JPEG, RGBA PNG, L 
 ]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def weights_cache(tmp_path_factory: pytest.TempPathFactory):
-    """One weights cache per pytest session (shared by the feature test modules), never under $HOME."""
-    path = tmp_path_factory.getbasetemp() / "xray-weights-cache"
-    old = os.environ.get("XRAY_SPARK_CACHE")
-    os.environ["XRAY_SPARK_CACHE"] = str(path)
-    yield path
-    if old is None:
-        os.environ.pop("XRAY_SPARK_CACHE", None)
-    else:
-        os.environ["XRAY_SPARK_CACHE"] = old
+pytestmark = pytest.mark.usefixtures("weights_cache")
 
 
 @pytest.fixture(scope="module")
