@@ -138,7 +138,6 @@ def score_chunk(spark: SparkSession, pipe: ScoringPipeline, store: OutputStore,
     InSet: no extra jobs and the same generated code for every chunk (less JIT work per chunk).
     """
     from pyspark import StorageLevel
-    from pyspark.sql import Observation
     from pyspark.sql import functions as F
 
     key = F.concat_ws("\u0000", "path", "sha256")
@@ -157,13 +156,15 @@ def score_chunk(spark: SparkSession, pipe: ScoringPipeline, store: OutputStore,
         good = _ok_rows(pipe, pipe.score_frame(feats.where(F.col(pipe.features_col).isNotNull())))
         reason = lambda: F.coalesce(F.col(pipe.error_col), F.lit("no_features"))  # noqa: E731
         bad = _quarantine_rows(pipe, feats.where(F.col(pipe.features_col).isNull()), reason)
-        counts = Observation("chunk")
-        rows = _stamp(pipe, good.unionByName(bad), store.ref, scored_at).observe(
-            counts, F.count(F.lit(1)).alias("n"), F.sum((F.col("status") == "ok").cast("long")).alias("ok"))
+        rows = _stamp(pipe, good.unionByName(bad), store.ref, scored_at)
         staged = store.stage(rows.repartition(1))
-        metrics = counts.get
-        n = int(metrics.get("n") or 0)
-        n_ok = int(metrics.get("ok") or 0)
+        # counts read back from the staged file (an Observation here broke later Python UDF jobs on the
+        # same session in Spark 4.0: "Task not serializable: ObservationManager")
+        n, n_ok = 0, 0
+        if staged is not None:
+            got = spark.read.parquet(staged).agg(
+                F.count(F.lit(1)).alias("n"), F.sum((F.col("status") == "ok").cast("long")).alias("ok")).first()
+            n, n_ok = int(got["n"] or 0), int(got["ok"] or 0)
         if staged is None or n == 0:  # every file changed or vanished: commit nothing
             if staged is not None:
                 store.discard(staged)
