@@ -21,39 +21,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from common import tree_cpu_seconds  # benchmarks/ is the script folder, so on sys.path
+
 log = logging.getLogger("benchmarks.score")
 CLASSES = ("covid", "no_findings", "pneumonia")
-
-
-def tree_cpu_seconds() -> float | None:
-    """CPU seconds used so far by this process and all its descendants (JVM, Python workers), from /proc.
-
-    On a shared machine wall time swings with other people's load; CPU seconds per image barely do, so the
-    benchmark reports both. Linux only (None elsewhere).
-    """
-    proc = Path("/proc")
-    if not (proc / "self" / "stat").exists():
-        return None
-    tick = os.sysconf("SC_CLK_TCK")
-    stats: dict[int, tuple[int, float]] = {}
-    for d in proc.iterdir():
-        if not d.name.isdigit():
-            continue
-        try:
-            fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        # after the command: state ppid ... utime(12) stime(13) cutime(14) cstime(15), 0-based from state
-        stats[int(d.name)] = (int(fields[1]), sum(int(x) for x in fields[11:15]) / tick)
-    children: dict[int, list[int]] = {}
-    for pid, (ppid, _) in stats.items():
-        children.setdefault(ppid, []).append(pid)
-    total, todo = 0.0, [os.getpid()]
-    while todo:
-        pid = todo.pop()
-        total += stats.get(pid, (0, 0.0))[1]
-        todo += children.get(pid, [])
-    return total
 
 
 def copy_images(data: Path, n: int, dest: Path) -> list[Path]:

@@ -112,3 +112,18 @@ def weights_cache(tmp_path_factory: pytest.TempPathFactory):
         os.environ.pop("XRAY_SPARK_CACHE", None)
     else:
         os.environ["XRAY_SPARK_CACHE"] = old
+
+
+def isolate_mlflow(mp: pytest.MonkeyPatch) -> None:
+    """MLflow keeps its URIs and active experiment in module globals and env vars: restore them afterwards
+    so later test modules do not inherit this module's sqlite store."""
+    import mlflow.tracking._model_registry.utils as registry_utils
+    import mlflow.tracking._tracking_service.utils as tracking_utils
+    import mlflow.tracking.fluent as fluent
+
+    for var in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
+        mp.setenv(var, "")  # records the old value (or its absence), so MLflow's own exports are undone too
+        mp.delenv(var)
+    mp.setattr(tracking_utils, "_tracking_uri", tracking_utils._tracking_uri)
+    mp.setattr(registry_utils, "_registry_uri", registry_utils._registry_uri)
+    mp.setattr(fluent, "_active_experiment_id", fluent._active_experiment_id)

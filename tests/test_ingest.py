@@ -126,3 +126,27 @@ def test_cli_ingest_small_folder_exit_0(ozturk_dir: Path, tmp_path: Path) -> Non
     split = pd.read_csv(tmp_path / "out" / "split.csv")
     assert set(split["label"]) == {"covid", "no_findings"}  # folder names mapped through config
     assert split["patient_id"].dropna().str.startswith("nih-").all()
+
+
+def test_a_later_run_reuses_ingest_only_while_folder_and_settings_match(spark, ozturk_dir: Path,
+                                                                        tmp_path: Path) -> None:
+    """train/featurize reuse `--out/ingest`; a changed folder or split seed must not reuse a stale split."""
+    from conftest import copy_subset
+    from xray_spark.data.images import load_or_ingest
+
+    data = copy_subset(ozturk_dir, tmp_path / "data", per_class=4)
+    cfg = load_config(local=None)
+    images, first = load_or_ingest(spark, data, tmp_path / "out", cfg)
+    assert len(images) == 12
+    written = (tmp_path / "out" / "ingest" / "summary.json").stat().st_mtime_ns
+    _, again = load_or_ingest(spark, data, tmp_path / "out", cfg)
+    assert again["ingest_key"] == first["ingest_key"]
+    assert (tmp_path / "out" / "ingest" / "summary.json").stat().st_mtime_ns == written  # reused, not rerun
+
+    shutil.copy(next((ozturk_dir / "covid").iterdir()), data / "covid" / "added_later.png")
+    images, grown = load_or_ingest(spark, data, tmp_path / "out", cfg)
+    assert grown["ingest_key"] != first["ingest_key"] and len(images) == 13
+
+    cfg.split.seed = 1
+    _, reseeded = load_or_ingest(spark, data, tmp_path / "out", cfg)
+    assert reseeded["ingest_key"] != grown["ingest_key"]

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import isolate_mlflow
 from xray_spark.config import load_config
 from xray_spark.errors import UserError
 from xray_spark.scoring.model import ModelRef, resolve_model
@@ -142,20 +143,6 @@ def test_resolve_rejects_unusable_models_without_spark(tmp_path):
 # ------------------------------------------------------------------------------- the real model, end to end
 
 
-def _isolate_mlflow(mp: pytest.MonkeyPatch) -> None:
-    """MLflow keeps its URIs and active experiment in module globals and env vars: restore them afterwards
-    so later test modules do not inherit this module's sqlite store."""
-    import mlflow.tracking._model_registry.utils as registry_utils
-    import mlflow.tracking._tracking_service.utils as tracking_utils
-    import mlflow.tracking.fluent as fluent
-
-    for var in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
-        mp.delenv(var, raising=False)
-    mp.setattr(tracking_utils, "_tracking_uri", tracking_utils._tracking_uri)
-    mp.setattr(registry_utils, "_registry_uri", registry_utils._registry_uri)
-    mp.setattr(fluent, "_active_experiment_id", fluent._active_experiment_id)
-
-
 @pytest.fixture(scope="module")
 def registered(spark, ozturk_dir, tmp_path_factory):
     """ResNet50 (seeded random weights) + LogisticRegression + IndexToString, registered as @champion."""
@@ -171,7 +158,7 @@ def registered(spark, ozturk_dir, tmp_path_factory):
 
     base = tmp_path_factory.mktemp("score_model")
     with pytest.MonkeyPatch.context() as mp:
-        _isolate_mlflow(mp)
+        isolate_mlflow(mp)
         mp.setenv("XRAY_SPARK_CACHE", str(base / "weights"))
         train = _copy(_images(ozturk_dir, 2, skip=40), base / "train")
         df = spark.read.format("binaryFile").load([str(p) for p in train])

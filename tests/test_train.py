@@ -59,10 +59,12 @@ def test_champions_registered_load_and_predict_new_images(trained, spark, ozturk
 
     new = copy_subset(ozturk_dir, tmp_path / "new", per_class=2, offset=100)  # not in the training subset
     shutil.copy(next((new / "covid").iterdir()), tmp_path / "spare.bin")
+    mlflow.set_tracking_uri(trained.tracking_uri)
+    mlflow.set_registry_uri(trained.tracking_uri)
     client = mlflow.MlflowClient()
     for task in ("binary", "multiclass"):
         mv = client.get_model_version_by_alias(f"xray-spark-{task}", "champion")
-        assert str(mv.version) == "1"
+        assert str(mv.version) == trained.champions[task]["version"] == "1"  # a fresh store: nothing before
         model = mlflow.spark.load_model(f"models:/xray-spark-{task}@champion")
         df = spark.read.format("binaryFile").option("recursiveFileLookup", "true").load(str(new))
         pred = model.transform(df).select("path", "predicted_label", "probability").toPandas()

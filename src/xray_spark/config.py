@@ -56,8 +56,9 @@ class TrainConfig:
     select_metric: str = "macro_f1"
     class_weights: bool = False
     cross_validate: bool = False
-    cv_folds: int = 3
+    cv_metric: str = "f1"  # MulticlassClassificationEvaluator metricName used to pick a grid point
     bootstrap_resamples: int = 1000
+    parallel_fits: int = 2  # head x task combinations fitted at once (threads sharing one SparkSession)
     seed: int = 7
     registered_model_prefix: str = "xray-spark"
     head_params: dict[str, dict[str, Any]] = field(default_factory=dict)

@@ -21,6 +21,29 @@ def default_tracking_uri(out_dir: str | Path) -> str:
     return f"sqlite:///{Path(out_dir).resolve() / 'mlflow.db'}"
 
 
+_REGISTRIES_SET_HERE: set[str] = set()
+
+
+def point_at(uri: str) -> None:
+    """Set the tracking URI and make the registry follow it, unless the user chose a registry.
+
+    A registry the user chose (MLFLOW_REGISTRY_URI, e.g. Databricks' Unity Catalog) is kept, and so is a
+    Databricks workspace's own. `mlflow.set_registry_uri` also writes MLFLOW_REGISTRY_URI into the
+    environment, so a value we wrote ourselves (now or earlier) is not a user's choice: without this check a second
+    `train` in the same process (a notebook, a test session) would register into the first run's store.
+    """
+    import os
+
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)
+    chosen = os.environ.get("MLFLOW_REGISTRY_URI")
+    if uri.startswith("databricks") or (chosen and chosen not in _REGISTRIES_SET_HERE):
+        return
+    mlflow.set_registry_uri(uri)
+    _REGISTRIES_SET_HERE.add(uri)
+
+
 def configure(tracking_uri: str | None, out_dir: str | Path, experiment: str = EXPERIMENT) -> str:
     """Point MLflow at `tracking_uri` (default: sqlite under out_dir) and return the experiment id.
 
@@ -32,9 +55,7 @@ def configure(tracking_uri: str | None, out_dir: str | Path, experiment: str = E
 
     uri = tracking_uri or default_tracking_uri(out_dir)
     experiment = os.environ.get("MLFLOW_EXPERIMENT_NAME", experiment)  # Databricks wants /Shared/... paths
-    mlflow.set_tracking_uri(uri)
-    if not uri.startswith("databricks") and not os.environ.get("MLFLOW_REGISTRY_URI"):
-        mlflow.set_registry_uri(uri)  # Databricks: keep the configured (Unity Catalog) registry
+    point_at(uri)
     exp = mlflow.get_experiment_by_name(experiment)
     if exp is None:
         location = None

@@ -5,7 +5,10 @@ Why: every later step must see the same persisted split and the same bytes inges
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -26,11 +29,32 @@ def load_or_ingest(spark, data: str | Path, out_dir: Path, cfg: Config) -> tuple
     else:
         ingest_dir = out_dir / "ingest"
         previous = ingest_dir / "summary.json"
-        if not (previous.is_file() and json.loads(previous.read_text()).get("data_dir") == str(data.resolve())):
+        key = ingest_key(data, cfg)
+        if not (previous.is_file() and json.loads(previous.read_text()).get("ingest_key") == key):
             ingest(spark, data, ingest_dir, cfg)
     summary = json.loads((ingest_dir / "summary.json").read_text())
     images = spark.read.parquet(str(ingest_dir / "images")).toPandas()
     return images, summary
+
+
+def ingest_key(data_dir: str | Path, cfg: Config) -> str:
+    """What an earlier ingest under --out must match to be reused: the folder, its listing (relative path,
+    size, mtime) and the settings that shape the split. Files added, removed or replaced, or a new split
+    seed or label mapping, mean a fresh ingest instead of a stale split."""
+    root = Path(data_dir).resolve()
+    h = hashlib.sha256(str(root).encode())
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for name in sorted(filenames):
+            p = Path(dirpath) / name
+            try:
+                st = p.stat()
+            except OSError:
+                continue
+            h.update(f"{p.relative_to(root)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    settings = {k: dataclasses.asdict(getattr(cfg, k)) for k in ("decode", "dedup", "split")}
+    h.update(json.dumps([settings, cfg.labels], sort_keys=True).encode())
+    return h.hexdigest()
 
 
 def image_contents(spark, images: pd.DataFrame, data_dir: str):

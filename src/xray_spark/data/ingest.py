@@ -133,9 +133,11 @@ def _reconcile(listing: pd.DataFrame, analyzed: pd.DataFrame) -> pd.DataFrame:
 def ingest(spark, data_dir: str | Path, out_dir: str | Path, cfg: Config) -> IngestResult:
     """Read, validate, de-duplicate and split one data folder; write everything under `out_dir`."""
     from xray_spark.data.dedup import find_duplicates
+    from xray_spark.data.images import ingest_key
     from xray_spark.data.split import assign_groups, check_no_leak, grouped_split, split_hash
 
     t0 = time.time()
+    key = ingest_key(data_dir, cfg)  # before reading: a file added mid-run must trigger the next ingest
     listing = discover(data_dir, cfg)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -178,6 +180,7 @@ def ingest(spark, data_dir: str | Path, out_dir: str | Path, cfg: Config) -> Ing
 
     summary = summarize(images, report.summary(), split_hash(split_df), time.time() - t0)
     summary["data_dir"] = str(Path(data_dir).resolve())
+    summary["ingest_key"] = key
     summary["split"]["folds"] = folds
     summary["manifest_hash"] = manifest_hash(images)
     summary_path = out / "summary.json"

@@ -88,9 +88,9 @@ def configure_tracking(cfg: Config) -> str:
     import mlflow
 
     if cfg.tracking_uri:
-        mlflow.set_tracking_uri(cfg.tracking_uri)
-        if not os.environ.get("MLFLOW_REGISTRY_URI") and not cfg.tracking_uri.startswith("databricks"):
-            mlflow.set_registry_uri(cfg.tracking_uri)
+        from xray_spark.tracking import point_at
+
+        point_at(cfg.tracking_uri)
     uri = mlflow.get_tracking_uri()
     store = None
     if uri.startswith("sqlite:///"):

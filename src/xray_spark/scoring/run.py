@@ -134,8 +134,8 @@ def score_chunk(spark: SparkSession, pipe: ScoringPipeline, store: OutputStore,
     branches (head on good rows, quarantine rows) read that cache; Spark's block locking makes the second
     reader of a partition wait for the first instead of featurizing it again. `repartition(1)` moves only
     the small output rows, so the featurizer keeps every core and the chunk still lands as one file.
-    Counts come from an Observation on the write itself, and the expected (path, sha256) pairs are an
-    InSet: no extra jobs and the same generated code for every chunk (less JIT work per chunk).
+    Counts are read back from the staged file (a small job), and the expected (path, sha256) pairs are an
+    InSet: the same generated code for every chunk (less JIT work per chunk).
     """
     from pyspark import StorageLevel
     from pyspark.sql import functions as F

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -103,9 +104,40 @@ class _Runner:
         self.rows: list[dict[str, Any]] = []
         self.confusion_pngs: dict[str, Path] = {}
         self.model_uris: dict[tuple[str, str, str], str] = {}
+        self.parent_run_id = ""
+        self.experiment_id = ""
+        self.lock = threading.Lock()
+
+    def ordered_rows(self) -> list[dict[str, Any]]:
+        """Rows in config order (task, backbone, head), whatever order the threads finished in."""
+        order = {name: i for names in (self.spec.tasks, self.spec.backbones, self.spec.heads)
+                 for i, name in enumerate(names)}
+        return sorted(self.rows, key=lambda r: (order[r["task"]], r["kind"] != "image", order.get(r["backbone"], 0),
+                                                order[r["head"]]))
+
+    def combos(self, kind: str, backbone: str, frames: dict[str, tuple[Task, Any, int]], n_features: int, *,
+               fingerprint: str, featurize_seconds: float, log_model: bool) -> None:
+        """Every head x task for one feature set, `train.parallel_fits` at a time.
+
+        Why threads: on small data MLlib fits are chains of tiny Spark jobs (LogisticRegression: ~100 LBFGS
+        iterations, each a job of a few ms of work) and saving a PipelineModel is a handful more, so one
+        combination at a time leaves the cores waiting on job latency. Results do not depend on the order.
+        """
+        from concurrent.futures import ThreadPoolExecutor
+
+        jobs = [(head, task, frame, n_train) for task, frame, n_train in frames.values() for head in self.spec.heads]
+        workers = max(1, min(self.cfg.train.parallel_fits, len(jobs)))
+        with ThreadPoolExecutor(workers, thread_name_prefix="train") as pool:
+            futures = [pool.submit(self.combo, kind, backbone, head, task, frame, n_features, fingerprint=fingerprint,
+                                   featurize_seconds=featurize_seconds, log_model=log_model, n_train=n_train)
+                       for head, task, frame, n_train in jobs]
+            for f in futures:
+                f.result()  # the first failure stops the command, as it would serially
 
     def combo(self, kind: str, backbone: str, head: str, task: Task, frame, n_features: int, *, fingerprint: str,
-              featurize_seconds: float, log_model: bool) -> None:
+              featurize_seconds: float, log_model: bool, n_train: int) -> None:
+        """One nested run. Safe to call from several threads at once: MLflow keeps the active run per
+        thread, the child names its parent explicitly, and Spark runs concurrent jobs side by side."""
         import mlflow
 
         from xray_spark.report import plot_confusion
@@ -118,13 +150,16 @@ class _Runner:
         grid = tc.param_grids.get(head) if tc.cross_validate else None
         name = f"{task.name}/{backbone}/{head}"
         log.info("train %s (%s)", name, kind)
-        with mlflow.start_run(run_name=name, nested=True) as run:
-            fit = fit_head(hs, params, frame, task, n_features, weighted=tc.class_weights, cv_grid=grid)
+        with mlflow.start_run(run_name=name, parent_run_id=self.parent_run_id,
+                              experiment_id=self.experiment_id) as run:
+            fit = fit_head(hs, params, frame, task, n_features, weighted=tc.class_weights, cv_grid=grid,
+                           cv_metric=tc.cv_metric)
             metrics = _evaluate(fit, task, tc.bootstrap_resamples, tc.seed)
             metrics.update(fit_seconds=fit.fit_seconds, featurize_seconds=featurize_seconds)
             cm = confusion(fit.y_true, fit.y_pred, task.n_classes)
-            png = plot_confusion(cm, list(task.labels), f"{task.description}\n{backbone} + {hs.title}",
-                                 self.plots / f"confusion_{task.name}_{backbone}_{head}.png")
+            with self.lock:  # matplotlib's font and text caches are not made for threads
+                png = plot_confusion(cm, list(task.labels), f"{task.description}\n{backbone} + {hs.title}",
+                                     self.plots / f"confusion_{task.name}_{backbone}_{head}.png")
             self.confusion_pngs[name] = png
             mlflow.set_tags({"kind": kind, "task": task.name, "backbone": backbone, "head": head})
             mlflow.log_params({
@@ -132,7 +167,7 @@ class _Runner:
                 "weights": self.spec.weights if kind == "image" else "n/a", "weights_fingerprint": fingerprint,
                 "split_hash": self.summary["split"]["hash"], "split_seed": self.cfg.split.seed,
                 "dataset_manifest_hash": self.summary.get("manifest_hash", ""), "class_weights": tc.class_weights,
-                "n_train": int(frame.where("split = 'train'").count()), "n_test": len(fit.y_true),
+                "n_train": n_train, "n_test": len(fit.y_true),
                 **flat_params("head", params), **({"cv_best": json.dumps(fit.cv_best)} if fit.cv_best else {}),
             })
             mlflow.log_metrics(finite_metrics(metrics))
@@ -180,6 +215,7 @@ def run_training(spark, cfg: Config, spec: TrainSpec) -> TrainResult:
             **library_versions(),
         })
         runner = _Runner(spark, cfg, spec, summary)
+        runner.parent_run_id, runner.experiment_id = parent.info.run_id, parent.info.experiment_id
         contents = image_contents(spark, images, summary["data_dir"])
         for backbone in spec.backbones:
             t0 = time.time()
@@ -190,29 +226,30 @@ def run_training(spark, cfg: Config, spec: TrainSpec) -> TrainResult:
             seconds[f"featurize_{backbone}"] = time.time() - t0
             if failed:
                 log.warning("%s: %d images could not be featurized; they are left out of training", backbone, failed)
-            frame = labels_sdf.join(feats.where("features IS NOT NULL"), "sha256").cache()
+            frame = _small_frame(spark, labels_sdf.join(feats.where("features IS NOT NULL"), "sha256"))
             n_features = len(frame.select("features").first()[0])
             t1 = time.time()
-            for task in tasks:
-                tframe = task_frame(frame, task, weighted=cfg.train.class_weights).cache()
-                for head in spec.heads:
-                    runner.combo("image", backbone, head, task, tframe, n_features, fingerprint=fingerprint,
-                                 featurize_seconds=seconds[f"featurize_{backbone}"], log_model=True)
+            frames = _task_frames(frame, tasks, cfg)
+            runner.combos("image", backbone, frames, n_features, fingerprint=fingerprint,
+                          featurize_seconds=seconds[f"featurize_{backbone}"], log_model=True)
+            for _, tframe, _ in frames.values():
                 tframe.unpersist()
             seconds[f"heads_{backbone}"] = time.time() - t1
             frame.unpersist()
+            feats.unpersist()
         if spec.baseline:
             t1 = time.time()
-            meta = metadata_features(spark.createDataFrame(_baseline_input(images))).cache()
+            meta = _small_frame(spark, metadata_features(spark.createDataFrame(_baseline_input(images))), "path")
             n_meta = len(meta.select("features").first()[0])
-            for task in tasks:
-                tframe = task_frame(meta, task, weighted=cfg.train.class_weights)
-                for head in spec.heads:
-                    runner.combo("metadata-baseline", BASELINE_NAME, head, task, tframe, n_meta,
-                                 fingerprint="n/a", featurize_seconds=0.0, log_model=False)
+            frames = _task_frames(meta, tasks, cfg)
+            runner.combos("metadata-baseline", BASELINE_NAME, frames, n_meta, fingerprint="n/a",
+                          featurize_seconds=0.0, log_model=False)
+            for _, tframe, _ in frames.values():
+                tframe.unpersist()
+            meta.unpersist()
             seconds["baseline"] = time.time() - t1
 
-        table = comparison_table(runner.rows)
+        table = comparison_table(runner.ordered_rows())
         files = {p.name: p for p in write_comparison(table, out)}
         context = _report_context(spec, summary, cfg, tracking_uri or f"sqlite:///{out.resolve()}/mlflow.db")
         files["report.md"] = write_report(table, out, context=context, confusion_pngs=runner.confusion_pngs,
@@ -231,6 +268,26 @@ def run_training(spark, cfg: Config, spec: TrainSpec) -> TrainResult:
                        tracking_uri=mlflow.get_tracking_uri(), seconds=seconds)
 
 
+def _small_frame(spark, sdf, key: str = "sha256"):
+    """Cache a training table in as many partitions as there are task slots, rows in a fixed order.
+
+    Why: the join leaves spark.sql.shuffle.partitions partitions, and every LBFGS iteration or tree level
+    then pays for that many tasks on a table of ~1000 rows. Hash partitioning by content hash plus a sort
+    keeps the row order, and so seeded models such as RandomForest, the same from run to run.
+    """
+    n = max(1, spark.sparkContext.defaultParallelism)
+    return sdf.repartition(n, key).sortWithinPartitions(key).cache()
+
+
+def _task_frames(frame, tasks: list[Task], cfg: Config) -> dict[str, tuple[Task, Any, int]]:
+    """task name -> (task, cached rows of its classes with label index and weights, number of train rows)."""
+    out = {}
+    for task in tasks:
+        tframe = task_frame(frame, task, weighted=cfg.train.class_weights).cache()
+        out[task.name] = (task, tframe, tframe.where("split = 'train'").count())
+    return out
+
+
 def _baseline_input(images: pd.DataFrame) -> pd.DataFrame:
     ok = images[images["status"] == "ok"][
         ["path", "label", "split", "fold", "group_id", "width", "height", "bit_depth", "file_size", "format", "mode"]
@@ -247,7 +304,7 @@ def _register_champions(runner: _Runner, tasks: list[Task], cfg: Config) -> dict
 
     metric = cfg.train.select_metric
     out: dict[str, dict[str, str]] = {}
-    rows = pd.DataFrame([r for r in runner.rows if r["kind"] == "image"])
+    rows = pd.DataFrame([r for r in runner.ordered_rows() if r["kind"] == "image"])
     if rows.empty:
         return out
     for task in tasks:

@@ -8,7 +8,7 @@ the multiclass task.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,59 +23,27 @@ WEIGHT = "class_weight"
 class HeadSpec:
     name: str
     title: str
+    estimator: str  # class name in pyspark.ml.classification
     scale: bool  # standardise features first (linear models, MLP)
     binary_only: bool  # MLlib implements it for two classes only -> OneVsRest for multiclass
     probabilistic: bool  # emits calibrated-ish `probability` (else scores from rawPrediction)
     supports_weights: bool
     defaults: dict[str, Any]
-    build: Callable[..., Any]
-
-
-def _lr(**p):
-    from pyspark.ml.classification import LogisticRegression
-
-    return LogisticRegression(**p)
-
-
-def _rf(**p):
-    from pyspark.ml.classification import RandomForestClassifier
-
-    return RandomForestClassifier(**p)
-
-
-def _dt(**p):
-    from pyspark.ml.classification import DecisionTreeClassifier
-
-    return DecisionTreeClassifier(**p)
-
-
-def _gbt(**p):
-    from pyspark.ml.classification import GBTClassifier
-
-    return GBTClassifier(**p)
-
-
-def _svc(**p):
-    from pyspark.ml.classification import LinearSVC
-
-    return LinearSVC(**p)
-
-
-def _mlp(**p):
-    from pyspark.ml.classification import MultilayerPerceptronClassifier
-
-    return MultilayerPerceptronClassifier(**p)
 
 
 HEADS: dict[str, HeadSpec] = {
-    "lr": HeadSpec("lr", "LogisticRegression", True, False, True, True, {"maxIter": 200, "regParam": 0.01}, _lr),
-    "rf": HeadSpec("rf", "RandomForest", False, False, True, True, {"numTrees": 100, "maxDepth": 8}, _rf),
-    "dt": HeadSpec("dt", "DecisionTree", False, False, True, True, {"maxDepth": 6}, _dt),
-    "gbt": HeadSpec("gbt", "GBT", False, True, True, True, {"maxIter": 30, "maxDepth": 4}, _gbt),
-    "svc": HeadSpec("svc", "LinearSVC", True, True, False, True, {"maxIter": 100, "regParam": 0.01}, _svc),
-    "mlp": HeadSpec("mlp", "MultilayerPerceptron", True, False, True, False, {"maxIter": 200, "hidden": 64}, _mlp),
+    "lr": HeadSpec("lr", "LogisticRegression", "LogisticRegression", True, False, True, True,
+                   {"maxIter": 200, "regParam": 0.01}),
+    "rf": HeadSpec("rf", "RandomForest", "RandomForestClassifier", False, False, True, True,
+                   {"numTrees": 100, "maxDepth": 8}),
+    "dt": HeadSpec("dt", "DecisionTree", "DecisionTreeClassifier", False, False, True, True, {"maxDepth": 6}),
+    "gbt": HeadSpec("gbt", "GBT", "GBTClassifier", False, True, True, True, {"maxIter": 30, "maxDepth": 4}),
+    "svc": HeadSpec("svc", "LinearSVC", "LinearSVC", True, True, False, True, {"maxIter": 100, "regParam": 0.01}),
+    "mlp": HeadSpec("mlp", "MultilayerPerceptron", "MultilayerPerceptronClassifier", True, False, True, False,
+                    {"maxIter": 200, "hidden": 64}),
 }
 _SEEDED = {"rf", "dt", "gbt", "mlp"}
+_EXTRA = {"mlp": {"hidden"}}  # our own knobs, turned into MLlib Params in build_head
 
 
 def get_head(name: str) -> HeadSpec:
@@ -83,6 +51,23 @@ def get_head(name: str) -> HeadSpec:
         return HEADS[name]
     except KeyError:
         raise UserError(f"unknown head {name!r}; known: {', '.join(HEADS)}") from None
+
+
+def estimator_class(spec: HeadSpec) -> type:
+    import pyspark.ml.classification as classification
+
+    return getattr(classification, spec.estimator)
+
+
+def check_param_names(spec: HeadSpec, names: Iterable[str], key: str) -> None:
+    """Fail before any Spark work when config names a Param the estimator lacks (a typo would otherwise
+    surface as a TypeError in the middle of a long run)."""
+    from pyspark.ml.param import Param
+
+    cls = estimator_class(spec)
+    bad = [n for n in names if n not in _EXTRA.get(spec.name, ()) and not isinstance(getattr(cls, n, None), Param)]
+    if bad:
+        raise UserError(f"config {key}: {spec.estimator} has no parameter {', '.join(map(repr, bad))}")
 
 
 def head_params(spec: HeadSpec, overrides: dict[str, Any] | None, seed: int) -> dict[str, Any]:
@@ -114,12 +99,12 @@ def build_head(
     common = {"featuresCol": features_col, "labelCol": LABEL, "predictionCol": "prediction"}
     use_weights = weighted and spec.supports_weights
     if spec.binary_only and n_classes > 2:
-        base = spec.build(**p)
+        base = estimator_class(spec)(**p)
         clf = OneVsRest(classifier=base, **common, rawPredictionCol="rawPrediction")
         if use_weights:
             clf.setWeightCol(WEIGHT)
     else:
-        clf = spec.build(**p, **common)
+        clf = estimator_class(spec)(**p, **common)
         if use_weights:
             clf.setWeightCol(WEIGHT)
     if not spec.scale:

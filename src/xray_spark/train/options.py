@@ -7,8 +7,19 @@ import argparse
 from xray_spark.config import Config
 from xray_spark.errors import UserError
 from xray_spark.train.compare import TrainSpec
-from xray_spark.train.heads import HEADS
+from xray_spark.train.heads import HEADS, check_param_names, get_head
 from xray_spark.train.tasks import TASKS, parse_list
+
+# Higher is better for all of these: the champion is the row with the largest value.
+SELECT_METRICS = ("macro_f1", "accuracy", "covid_f1", "covid_recall", "covid_precision", "roc_auc_macro")
+# MulticlassClassificationEvaluator metric names that every head can be scored on (no probability needed).
+CV_METRICS = ("f1", "accuracy", "weightedPrecision", "weightedRecall")
+
+
+def _one_of(value: str, allowed: tuple[str, ...], key: str) -> str:
+    if value not in allowed:
+        raise UserError(f"config {key}: {value!r} is not one of {', '.join(allowed)}")
+    return value
 
 
 def resolve_train_options(args: argparse.Namespace, cfg: Config) -> TrainSpec:
@@ -24,6 +35,11 @@ def resolve_train_options(args: argparse.Namespace, cfg: Config) -> TrainSpec:
     heads = parse_list(args.heads or tc.heads, list(HEADS), "head")
     tasks = parse_list(args.tasks or tc.tasks, list(TASKS), "task")
     weights = args.weights or tc.weights
+    _one_of(tc.select_metric, SELECT_METRICS, "train.select_metric")
+    _one_of(tc.cv_metric, CV_METRICS, "train.cv_metric")
+    for key, per_head in (("train.head_params", tc.head_params), ("train.param_grids", tc.param_grids)):
+        for head, params in per_head.items():
+            check_param_names(get_head(head), params or {}, f"{key}.{head}")
     check_weights_arg(weights)
     return TrainSpec(
         data=args.data, out_dir=args.out, backbones=backbones, heads=heads, tasks=tasks, weights=weights,
