@@ -8,7 +8,7 @@ Each is run `--repeats` times, alternating, after one warm-up; the best run of e
 machine is shared, so the best run is the least disturbed one). CPU seconds of the whole process tree are
 reported too: they barely move with other people's load. Last line: `ratio=<s/f>` (images/s, wall time).
 
-    python benchmarks/score.py --data ../shared/data/ozturk --images 256 --weights none
+    python benchmarks/score.py --data ../shared/data/ozturk --images 1024 --chunk-size 512 --weights none
 """
 
 from __future__ import annotations
@@ -91,8 +91,8 @@ def full_scoring(spark, cfg, model_dir: Path, folder: Path, out: Path, chunk_siz
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default="../shared/data/ozturk", help="folder with covid/, no_findings/, pneumonia/")
-    ap.add_argument("--images", type=int, default=256)
-    ap.add_argument("--chunk-size", type=int, default=256)
+    ap.add_argument("--images", type=int, default=1024)
+    ap.add_argument("--chunk-size", type=int, default=512)
     ap.add_argument("--backbone", default="ResNet50")
     ap.add_argument("--weights", default="none", help="none (seeded random init) is as fast as imagenet")
     ap.add_argument("--repeats", type=int, default=2)

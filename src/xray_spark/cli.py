@@ -159,11 +159,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", metavar="DIR", help="feature cache (default: OUT/features)")
     p.add_argument("--no-baseline", action="store_true", help="skip the metadata-only shortcut baseline")
 
+    from xray_spark.scoring.run import DEFAULT_CHUNK_SIZE  # light: no Spark, MLflow or TensorFlow import
+
     p = add("score", cmd_score, "score new images in a folder with a model, incrementally and exactly once")
     p.add_argument("--model", required=True, metavar="URI", help="models:/NAME@champion, runs:/..., or a PipelineModel path")
     p.add_argument("--input", required=True, metavar="DIR")
     p.add_argument("--output", required=True, metavar="DIR")
-    p.add_argument("--chunk-size", type=int, default=256, metavar="N", help="images committed per step")
+    p.add_argument("--chunk-size", type=int, default=DEFAULT_CHUNK_SIZE, metavar="N",
+                   help=f"images committed per step (default {DEFAULT_CHUNK_SIZE})")
     p.add_argument("--tracking-uri", metavar="URI",
                    help="MLflow tracking/registry URI (default: config tracking_uri, else MLFLOW_TRACKING_URI)")
 

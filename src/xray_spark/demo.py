@@ -95,7 +95,7 @@ def run_demo(spark_factory, cfg: Config, args: argparse.Namespace) -> int:
     for task, champ in result.champions.items():
         print(f"\nscoring {n_test} test-split images with {champ['uri']} ({champ['backbone']} + {champ['head']})")
         score_command(lambda: spark, cfg, model=champ["uri"], input_dir=str(out / "score_input"),
-                      output_dir=str(out / "predictions" / task), chunk_size=256)
+                      output_dir=str(out / "predictions" / task))
     print(f"\n{BANNER}\nreport:      {result.files['report.md']}\ncomparison:  {result.files['comparison.csv']}")
     print(f"predictions: {out / 'predictions'}")
     print(f"MLflow UI:   mlflow ui --backend-store-uri {result.tracking_uri}   (then open http://127.0.0.1:5000)")

@@ -127,12 +127,15 @@ class _Runner:
 
         jobs = [(head, task, frame, n_train) for task, frame, n_train in frames.values() for head in self.spec.heads]
         workers = max(1, min(self.cfg.train.parallel_fits, len(jobs)))
-        with ThreadPoolExecutor(workers, thread_name_prefix="train") as pool:
+        pool = ThreadPoolExecutor(workers, thread_name_prefix="train")
+        try:
             futures = [pool.submit(self.combo, kind, backbone, head, task, frame, n_features, fingerprint=fingerprint,
                                    featurize_seconds=featurize_seconds, log_model=log_model, n_train=n_train)
                        for head, task, frame, n_train in jobs]
             for f in futures:
-                f.result()  # the first failure stops the command, as it would serially
+                f.result()  # the first failure stops the command, as it would serially ...
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)  # ... without starting the combinations still queued
 
     def combo(self, kind: str, backbone: str, head: str, task: Task, frame, n_features: int, *, fingerprint: str,
               featurize_seconds: float, log_model: bool, n_train: int) -> None:
