@@ -127,3 +127,19 @@ def isolate_mlflow(mp: pytest.MonkeyPatch) -> None:
     mp.setattr(tracking_utils, "_tracking_uri", tracking_utils._tracking_uri)
     mp.setattr(registry_utils, "_registry_uri", registry_utils._registry_uri)
     mp.setattr(fluent, "_active_experiment_id", fluent._active_experiment_id)
+
+
+_EVIDENCE: list[str] = []
+
+
+@pytest.fixture
+def evidence():
+    """Append a line to the "evidence" section printed at the end of the run (so the CI log shows it)."""
+    return _EVIDENCE.append
+
+
+def pytest_terminal_summary(terminalreporter) -> None:  # noqa: ANN001 - pytest hook
+    if _EVIDENCE:
+        terminalreporter.section("evidence")
+        for line in _EVIDENCE:
+            terminalreporter.write_line(line)

@@ -79,13 +79,15 @@ def run_job(cluster: StandaloneCluster, env: dict, job: str, args: list[str], ex
     return res, new[0]
 
 
-def assert_ran_on_executors(cluster: StandaloneCluster, app_id: str, env: dict) -> Path:
+def assert_ran_on_executors(cluster: StandaloneCluster, app_id: str, env: dict, evidence) -> Path:  # noqa: ANN001
     """The master finished the app with cores; its executor folder holds task logs and the shipped files."""
     app = cluster.wait_app_completed(app_id)
     assert app["state"] == "FINISHED" and app["cores"] >= 1
     (executor_dir,) = cluster.executor_dirs(app_id)
     stderr = (executor_dir / "stderr").read_text(errors="replace")
     assert "Running task" in stderr and "Finished task" in stderr
+    evidence(f"cluster: {app.get('name', '?')} {app_id} FINISHED on {cluster.master_url} with {app['cores']} cores; "
+             f"executor {executor_dir.parent.name}/{executor_dir.name} ran {stderr.count('Finished task')} tasks")
     assert (executor_dir / env["pyfiles"].name).is_file()  # the package came from --py-files
     weights = list(executor_dir.glob("resnet50-seed0-*.weights.h5"))
     assert weights, f"weights were not shipped with addFile to {executor_dir}: {sorted(executor_dir.iterdir())}"
@@ -102,7 +104,7 @@ def test_executor_python_cannot_import_the_source_tree(env: dict):
     assert str(env["python"]) != sys.executable
 
 
-def test_train_then_score_on_a_standalone_cluster(cluster: StandaloneCluster, env: dict):
+def test_train_then_score_on_a_standalone_cluster(cluster: StandaloneCluster, env: dict, evidence):
     import mlflow
 
     out = env["root"] / "train"
@@ -115,7 +117,7 @@ def test_train_then_score_on_a_standalone_cluster(cluster: StandaloneCluster, en
         assert (out / name).is_file(), name
     comparison = pd.read_csv(out / "comparison.csv")
     assert {"ResNet50"} <= set(comparison["backbone"])
-    assert_ran_on_executors(cluster, train_app, env)
+    assert_ran_on_executors(cluster, train_app, env, evidence)
 
     uri = f"sqlite:///{out / 'mlflow.db'}"
     client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
@@ -137,4 +139,4 @@ def test_train_then_score_on_a_standalone_cluster(cluster: StandaloneCluster, en
     table = pd.concat(pd.read_parquet(p) for p in preds.rglob("part-*.parquet"))
     assert len(table) == n_incoming
     assert table["predicted_label"].notna().all()
-    assert_ran_on_executors(cluster, score_app, env)  # the Pipeline's featurizer ran on the executor
+    assert_ran_on_executors(cluster, score_app, env, evidence)  # the Pipeline's featurizer ran on the executor

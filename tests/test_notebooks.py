@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import shutil
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -60,7 +61,7 @@ def nb_env(tmp_path_factory: pytest.TempPathFactory, ozturk_dir: Path):
         yield {"root": root, "data": data}
 
 
-def run_notebook(name: str, params: dict[str, object], workdir: Path, timeout: int = 300):
+def run_notebook(name: str, params: dict[str, object], workdir: Path, evidence, timeout: int = 300):  # noqa: ANN001
     """Execute one notebook with `params` injected; the executed copy is saved next to workdir for debugging."""
     nb = nbformat.read(NOTEBOOKS / name, as_version=4)
     idx = next(i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", []))
@@ -70,10 +71,14 @@ def run_notebook(name: str, params: dict[str, object], workdir: Path, timeout: i
     workdir.mkdir(parents=True, exist_ok=True)
     client = nbclient.NotebookClient(nb, kernel_name=KERNEL_NAME, timeout=timeout, startup_timeout=120,
                                      resources={"metadata": {"path": str(workdir)}})
+    t0 = time.monotonic()
     try:
         client.execute()
     finally:
         nbformat.write(nb, workdir / f"executed-{name}")
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    ran = sum(c.get("execution_count") is not None for c in code)
+    evidence(f"notebook {name}: {ran}/{len(code)} code cells executed top to bottom in {time.monotonic() - t0:.0f}s")
     return nb
 
 
@@ -100,10 +105,10 @@ def test_notebooks_are_committed_without_outputs():
                 assert not cell.outputs and cell.execution_count is None, f"{path.name}: outputs not stripped"
 
 
-def test_01_dataset(nb_env):
+def test_01_dataset(nb_env, evidence):
     work = nb_env["root"] / "nb01"
     nb = run_notebook("01_dataset.ipynb", {"DATA_DIR": str(nb_env["data"]), "OUT_DIR": str(work / "out"),
-                                           "SAMPLES_PER_CLASS": 3}, work)
+                                           "SAMPLES_PER_CLASS": 3}, work, evidence)
     text = "\n".join(outputs(nb, "stream"))
     assert f"files read: {3 * PER_CLASS + 1} = ok {3 * PER_CLASS + 1} + quarantined 0" in text
     html = "\n".join(outputs(nb, "text/html"))
@@ -114,11 +119,11 @@ def test_01_dataset(nb_env):
     assert (work / "out" / "ingest" / "duplicates" / "duplicate_groups.csv").is_file()
 
 
-def test_02_features(nb_env, training_run):
+def test_02_features(nb_env, training_run, evidence):
     """Points OUT_DIR at the training run: its ingest output and feature cache are reused (same content hashes)."""
     work = nb_env["root"] / "nb02"
     nb = run_notebook("02_features.ipynb", {"DATA_DIR": str(nb_env["data"]), "OUT_DIR": str(training_run),
-                                            "WEIGHTS": "none", "METHOD": "pca"}, work)
+                                            "WEIGHTS": "none", "METHOD": "pca"}, work, evidence)
     text = "\n".join(outputs(nb, "stream"))
     assert f"{3 * PER_CLASS + 1} images, 2048 features each (ResNet50, weights=none)" in text
     html = "\n".join(outputs(nb, "text/html"))
@@ -140,10 +145,10 @@ def training_run(nb_env, spark) -> Path:
     return out
 
 
-def test_03_results(nb_env, training_run):
+def test_03_results(nb_env, training_run, evidence):
     work = nb_env["root"] / "nb03"
     nb = run_notebook("03_results.ipynb", {"TRACKING_URI": f"sqlite:///{training_run / 'mlflow.db'}",
-                                           "ARTIFACT_DIR": str(work / "artifacts")}, work)
+                                           "ARTIFACT_DIR": str(work / "artifacts")}, work, evidence)
     html = "\n".join(outputs(nb, "text/html"))
     assert "ResNet50" in html and "metadata-baseline" in html and "xray-spark-binary" in html
     # confusion matrices: the best image model and the metadata baseline, read back from MLflow artifacts

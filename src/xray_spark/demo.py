@@ -71,16 +71,18 @@ def _test_split_folder(split_csv: Path, dest: Path) -> int:
 
 
 def run_demo(spark_factory, cfg: Config, args: argparse.Namespace) -> int:
+    from xray_spark.features.backbones import backbone_names
     from xray_spark.score import score_command
     from xray_spark.train.compare import TrainSpec, run_training
     from xray_spark.train.heads import HEADS
+    from xray_spark.train.options import check_train_config
     from xray_spark.train.tasks import TASKS, parse_list
 
+    backbones = parse_list(args.backbones or "ResNet50,InceptionV3", backbone_names(), "backbone")
+    heads = parse_list(args.heads or ",".join(HEADS), list(HEADS), "head")
+    check_train_config(cfg)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    backbones = parse_list(args.backbones or "ResNet50,InceptionV3", ["ResNet50", "InceptionV3", "Xception", "VGG16",
-                                                                       "VGG19", "DenseNet121"], "backbone")
-    heads = parse_list(args.heads or ",".join(HEADS), list(HEADS), "head")
     data = _data_folder(args, out)
     weights = _resolve_weights(args.weights, backbones)
     spark = spark_factory()

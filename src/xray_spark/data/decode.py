@@ -125,7 +125,7 @@ class DecodeError(ValueError):
 # --------------------------------------------------------------------------- normalisation (shared path)
 
 
-def _stretch(x: np.ndarray) -> np.ndarray:
+def stretch(x: np.ndarray) -> np.ndarray:
     """Linear min-max stretch to uint8 [0, 255], round-half-even. uint8/uint16 go through a LUT built by
     the very same float32 formula, so the result is identical to the float path, only faster."""
     if x.dtype == np.bool_:
@@ -174,7 +174,7 @@ def _luma(r: np.ndarray, g: np.ndarray, b: np.ndarray, a: np.ndarray | None = No
     return lum
 
 
-def _luma_of(arr: np.ndarray) -> np.ndarray:
+def luma_of(arr: np.ndarray) -> np.ndarray:
     """(H,W,3|4) RGB(A) -> luminance; (H,W) passes through."""
     if arr.ndim == 2:
         return arr
@@ -259,7 +259,7 @@ def _pil_pixels(im: Image.Image) -> np.ndarray:
         return lum if a.min() == 255 else lum * (a * np.float32(1.0 / 255.0))
     elif mode not in ("RGB", "RGBA"):  # CMYK, YCbCr, LAB, HSV, RGBX, RGBa, La, ...
         im = im.convert("RGBA" if "A" in mode or "a" in mode else "RGB")
-    return _luma_of(np.asarray(im))
+    return luma_of(np.asarray(im))
 
 
 def _pil_error(e: Exception, where: str, info: ImageInfo | None = None) -> DecodeError:
@@ -305,98 +305,7 @@ def _decode_pil(data: bytes, head: bytes, max_pixels: int) -> tuple[np.ndarray, 
             raise _pil_error(e, fmt, info) from None
         info = ImageInfo(fmt, info.mode, lum.shape[1], lum.shape[0], info.bit_depth)
     try:
-        return _stretch(lum), info
-    except DecodeError as e:
-        raise DecodeError(e.reason, e.detail, info) from None
-
-
-# --------------------------------------------------------------------------- DICOM path
-
-
-def _looks_like_bare_dicom(head: bytes) -> bool:
-    """Preamble-less DICOM starts with a group 0002 (meta) or 0008 (identifying) tag, little endian."""
-    return len(head) >= 8 and head[:2] in (b"\x02\x00", b"\x08\x00") and head[3:4] == b"\x00"
-
-
-def _dicom_sanity(ds, forced: bool) -> None:
-    """pydicom parses garbage leniently; reject what is clearly not a real dataset."""
-    from pydicom.datadict import dictionary_has_tag
-
-    if not forced and "TransferSyntaxUID" not in ds.file_meta:
-        raise DecodeError("dicom_corrupt", "file meta information has no TransferSyntaxUID")
-    if not any(dictionary_has_tag(tag) for tag in ds.keys()):
-        raise DecodeError("dicom_corrupt", "no standard DICOM element could be parsed")
-    for tag in ds.keys():
-        raw = ds.get_item(tag)
-        length = getattr(raw, "length", None)
-        value = getattr(raw, "value", None)
-        if isinstance(value, bytes) and length not in (None, 0xFFFFFFFF) and len(value) < length:
-            raise DecodeError("truncated", f"DICOM element {tag} has {len(value)} of {length} bytes")
-
-
-def _decode_dicom(data: bytes, max_pixels: int, forced: bool = False) -> tuple[np.ndarray, ImageInfo]:
-    import pydicom
-    from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut, get_decoder, pixel_array
-    from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
-
-    try:
-        ds = pydicom.dcmread(io.BytesIO(data), force=forced)
-    except MemoryError:
-        raise
-    except Exception as e:  # noqa: BLE001 - pydicom raises many types on garbage
-        raise DecodeError("dicom_corrupt", f"unreadable DICOM: {type(e).__name__}: {e}") from None
-    _dicom_sanity(ds, forced)
-    if not any(t in ds for t in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
-        raise DecodeError("dicom_no_pixel_data", f"no PixelData (SOP class {ds.get('SOPClassUID', 'unknown')})")
-    try:
-        rows, cols = int(ds.Rows), int(ds.Columns)
-        photometric = str(ds.PhotometricInterpretation).strip().upper()
-        bits = int(ds.get("BitsStored") or ds.BitsAllocated)
-        frames = int(ds.get("NumberOfFrames") or 1)
-    except (AttributeError, TypeError, ValueError) as e:
-        raise DecodeError("dicom_corrupt", f"missing or invalid image attribute: {e}") from None
-    info = ImageInfo("DICOM", photometric, cols, rows, bits)
-    if rows <= 0 or cols <= 0:
-        raise DecodeError("dicom_corrupt", f"invalid size {cols}x{rows}", info)
-    if rows * cols > max_pixels:
-        raise DecodeError("too_large", f"{cols}x{rows} = {rows * cols} pixels > max_pixels {max_pixels}", info)
-    tsyntax = ds.file_meta.get("TransferSyntaxUID")
-    if tsyntax is None:  # preamble-less file without meta: use the encoding pydicom detected
-        implicit, little = ds.original_encoding
-        tsyntax = ImplicitVRLittleEndian if implicit else (ExplicitVRLittleEndian if little else ExplicitVRBigEndian)
-        ds.file_meta.TransferSyntaxUID = tsyntax
-    tsyntax = UID(str(tsyntax))
-    try:
-        available = get_decoder(tsyntax).is_available
-    except NotImplementedError:
-        available = False
-    if not available:
-        raise DecodeError("dicom_unsupported", f"no decoder for transfer syntax {tsyntax.name} ({tsyntax})", info)
-    try:
-        arr = pixel_array(ds, index=0)  # first frame only (documented): multi-frame is accepted
-        if photometric in ("MONOCHROME1", "MONOCHROME2"):
-            arr = apply_voi_lut(apply_modality_lut(arr, ds), ds)
-            if photometric == "MONOCHROME1":  # invert after windowing; min-max makes the offset irrelevant
-                arr = np.negative(arr, dtype=np.float64)
-        elif photometric == "PALETTE COLOR":
-            arr = apply_color_lut(arr, ds)
-    except MemoryError:
-        raise
-    except DecodeError:
-        raise
-    except ValueError as e:
-        reason = "truncated" if "less than expected" in str(e) else "dicom_corrupt"
-        raise DecodeError(reason, f"DICOM pixel data: {e}", info) from None
-    except Exception as e:  # noqa: BLE001
-        raise DecodeError("dicom_corrupt", f"DICOM pixel data: {type(e).__name__}: {e}", info) from None
-    if arr.ndim == 3 and arr.shape[2] in (3, 4):
-        arr = _luma_of(arr[..., :3])
-    elif arr.ndim != 2:
-        raise DecodeError("dicom_unsupported", f"pixel array shape {arr.shape} ({photometric})", info)
-    if frames > 1:
-        log.debug("multi-frame DICOM (%d frames): using the first", frames)
-    try:
-        return _stretch(arr), info
+        return stretch(lum), info
     except DecodeError as e:
         raise DecodeError(e.reason, e.detail, info) from None
 
@@ -413,17 +322,19 @@ def decode_gray(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[n
     if ImageFile.LOAD_TRUNCATED_IMAGES:
         log.warning("PIL.ImageFile.LOAD_TRUNCATED_IMAGES was enabled; resetting it so truncated files are caught")
         ImageFile.LOAD_TRUNCATED_IMAGES = False
+    from xray_spark.data.dicom import decode_dicom, looks_like_bare_dicom  # pydicom only when needed
+
     head = bytes(data[:2048])
     if head[128:132] == b"DICM":
-        return _decode_dicom(data, max_pixels)
+        return decode_dicom(data, max_pixels)
     try:
         return _decode_pil(data, head, max_pixels)
     except DecodeError as e:
-        if e.reason != "not_an_image" or not _looks_like_bare_dicom(head):
+        if e.reason != "not_an_image" or not looks_like_bare_dicom(head):
             raise
         not_image = e
     try:
-        return _decode_dicom(data, max_pixels, forced=True)
+        return decode_dicom(data, max_pixels, forced=True)
     except DecodeError as e:
         if e.reason == "dicom_corrupt":
             raise not_image from None  # the group-0002/0008 guess was wrong
@@ -472,10 +383,10 @@ def image_struct_to_gray(height: int, width: int, n_channels: int, mode: int, da
         raise DecodeError("corrupt_image", f"{got} bytes for a {width}x{height}x{n_channels} image")
     arr = np.frombuffer(data, dtype=np.uint8)
     if n_channels == 1:
-        return _stretch(arr.reshape(height, width))
+        return stretch(arr.reshape(height, width))
     arr = arr.reshape(height, width, n_channels)
     alpha = arr[..., 3] if n_channels == 4 else None
-    return _stretch(_luma(arr[..., 2], arr[..., 1], arr[..., 0], alpha))
+    return stretch(_luma(arr[..., 2], arr[..., 1], arr[..., 0], alpha))
 
 
 def pixel_sha256(gray: np.ndarray) -> str:

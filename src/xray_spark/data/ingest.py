@@ -19,7 +19,7 @@ from urllib.parse import unquote, urlparse
 import pandas as pd
 
 from xray_spark.config import Config
-from xray_spark.data.manifest import discover
+from xray_spark.data.manifest import IGNORED_NAMES, discover
 
 log = logging.getLogger(__name__)
 
@@ -150,6 +150,7 @@ def ingest(spark, data_dir: str | Path, out_dir: str | Path, cfg: Config) -> Ing
     analyzed = analyzed_sdf.toPandas()
     listed = set(listing["path"])
     extra = analyzed[~analyzed["key"].isin(listed)]
+    extra = extra[~extra["key"].map(lambda k: Path(k).name.lower() in IGNORED_NAMES)]  # manifest.csv, README, ...
     if len(extra):
         log.info("ingest: %d files under the folder are not in the manifest/class folders; ignored", len(extra))
     df = _reconcile(listing, analyzed[analyzed["key"].isin(listed)])

@@ -21,7 +21,7 @@ MANIFEST_NAME = "manifest.csv"
 COLUMNS = ["path", "rel_path", "label", "source", "patient_id", "label_status"]
 # NIH ChestX-ray8 names files <8-digit patient>_<3-digit follow-up>.png: the patient is recoverable.
 _NIH_NAME = re.compile(r"^(\d{8})_\d{3}\.png$", re.IGNORECASE)
-_IGNORED = {MANIFEST_NAME, "readme.md", "readme.txt", "license", "license.txt", ".ds_store", "thumbs.db"}
+IGNORED_NAMES = {MANIFEST_NAME, "readme.md", "readme.txt", "license", "license.txt", ".ds_store", "thumbs.db"}
 
 
 def nih_patient_id(name: str) -> str | None:
@@ -83,7 +83,7 @@ def _from_folders(root: Path, cfg: Config) -> pd.DataFrame:
     rows = []
     for path in sorted(p for p in root.rglob("*") if p.is_file()):
         rel = path.relative_to(root)
-        if path.name.lower() in _IGNORED or any(part.startswith(".") for part in rel.parts):
+        if path.name.lower() in IGNORED_NAMES or any(part.startswith(".") for part in rel.parts):
             continue
         folder = rel.parts[0] if len(rel.parts) > 1 else None
         canonical = cfg.label_for(folder) if folder else None

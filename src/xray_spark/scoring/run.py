@@ -251,7 +251,7 @@ def check_arguments(input_dir: str, output_dir: str, chunk_size: int) -> None:
 
 
 def score_command(spark_factory: Callable[[], SparkSession], cfg: Config, *, model: str, input_dir: str,
-                  output_dir: str, chunk_size: int) -> int:
+                  output_dir: str, chunk_size: int = DEFAULT_CHUNK_SIZE) -> int:
     """`xray-spark score`: check arguments and resolve the model BEFORE starting Spark, then score.
 
     Bad arguments or an unusable model raise UserError (the CLI prints one line, exit 2).

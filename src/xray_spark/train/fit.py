@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from xray_spark.errors import UserError
 from xray_spark.train.heads import LABEL, WEIGHT, HeadSpec, build_head
 from xray_spark.train.tasks import Task
 
@@ -81,14 +82,17 @@ def fit_head(
         for name, values in cv_grid.items():
             grid = grid.addGrid(clf.getParam(name), values)
         # foldCol = the persisted grouped folds: no patient or duplicate cluster straddles train/validation
+        folds = sorted(r[0] for r in train.select("fold").distinct().collect())
+        if len(folds) < 2:
+            raise UserError(f"cross-validation needs at least 2 folds on the train side, found {len(folds)}")
         cv = CrossValidator(
             estimator=estimator,
             estimatorParamMaps=grid.build(),
             evaluator=MulticlassClassificationEvaluator(labelCol=LABEL, metricName=cv_metric),
             foldCol="cv_fold",
+            numFolds=len(folds),
             parallelism=cv_parallelism,
         )
-        folds = sorted(r[0] for r in train.select("fold").distinct().collect())
         remap = F.create_map(*[x for i, f in enumerate(folds) for x in (F.lit(int(f)), F.lit(i))])
         cv_model = cv.fit(train.withColumn("cv_fold", remap[F.col("fold")]))
         model = cv_model.bestModel
@@ -99,10 +103,12 @@ def fit_head(
         model = estimator.fit(train)
     fit_seconds = time.time() - t0
     cols = ["path", "group_id", LABEL, "prediction", "rawPrediction"]
-    if spec.probabilistic:
+    # OneVsRest (GBT, LinearSVC on 3 classes) emits no `probability`, whatever its base classifier does
+    probabilistic = spec.probabilistic and not (spec.binary_only and task.n_classes > 2)
+    if probabilistic:
         cols.append("probability")
     pdf = model.transform(test).select(*cols).toPandas()
-    if spec.probabilistic:
+    if probabilistic:
         proba = np.stack([np.asarray(v.toArray(), dtype=float) for v in pdf["probability"]])
     else:
         proba = _softmax(np.stack([np.asarray(v.toArray(), dtype=float) for v in pdf["rawPrediction"]]))

@@ -26,7 +26,7 @@ class HeadSpec:
     estimator: str  # class name in pyspark.ml.classification
     scale: bool  # standardise features first (linear models, MLP)
     binary_only: bool  # MLlib implements it for two classes only -> OneVsRest for multiclass
-    probabilistic: bool  # emits calibrated-ish `probability` (else scores from rawPrediction)
+    probabilistic: bool  # emits `probability` (else scores from rawPrediction); never under OneVsRest
     supports_weights: bool
     defaults: dict[str, Any]
 

@@ -16,10 +16,19 @@ SELECT_METRICS = ("macro_f1", "accuracy", "covid_f1", "covid_recall", "covid_pre
 CV_METRICS = ("f1", "accuracy", "weightedPrecision", "weightedRecall")
 
 
-def _one_of(value: str, allowed: tuple[str, ...], key: str) -> str:
+def _one_of(value: str, allowed: tuple[str, ...], key: str) -> None:
     if value not in allowed:
         raise UserError(f"config {key}: {value!r} is not one of {', '.join(allowed)}")
-    return value
+
+
+def check_train_config(cfg: Config) -> None:
+    """The `train:` settings that name things (metrics, MLlib Params): wrong names fail here, before Spark."""
+    tc = cfg.train
+    _one_of(tc.select_metric, SELECT_METRICS, "train.select_metric")
+    _one_of(tc.cv_metric, CV_METRICS, "train.cv_metric")
+    for key, per_head in (("train.head_params", tc.head_params), ("train.param_grids", tc.param_grids)):
+        for head, params in per_head.items():
+            check_param_names(get_head(head), params or {}, f"{key}.{head}")
 
 
 def resolve_train_options(args: argparse.Namespace, cfg: Config) -> TrainSpec:
@@ -35,11 +44,7 @@ def resolve_train_options(args: argparse.Namespace, cfg: Config) -> TrainSpec:
     heads = parse_list(args.heads or tc.heads, list(HEADS), "head")
     tasks = parse_list(args.tasks or tc.tasks, list(TASKS), "task")
     weights = args.weights or tc.weights
-    _one_of(tc.select_metric, SELECT_METRICS, "train.select_metric")
-    _one_of(tc.cv_metric, CV_METRICS, "train.cv_metric")
-    for key, per_head in (("train.head_params", tc.head_params), ("train.param_grids", tc.param_grids)):
-        for head, params in per_head.items():
-            check_param_names(get_head(head), params or {}, f"{key}.{head}")
+    check_train_config(cfg)
     check_weights_arg(weights)
     return TrainSpec(
         data=args.data, out_dir=args.out, backbones=backbones, heads=heads, tasks=tasks, weights=weights,
