@@ -83,10 +83,11 @@ def assert_ran_on_executors(cluster: StandaloneCluster, app_id: str, env: dict, 
     """The master finished the app with cores; its executor folder holds task logs and the shipped files."""
     app = cluster.wait_app_completed(app_id)
     assert app["state"] == "FINISHED" and app["cores"] >= 1
+    assert app["name"] in ("xray-spark train", "xray-spark score"), app["name"]  # the command names the app
     (executor_dir,) = cluster.executor_dirs(app_id)
     stderr = (executor_dir / "stderr").read_text(errors="replace")
     assert "Running task" in stderr and "Finished task" in stderr
-    evidence(f"cluster: {app.get('name', '?')} {app_id} FINISHED on {cluster.master_url} with {app['cores']} cores; "
+    evidence(f"cluster: '{app['name']}' {app_id} FINISHED on {cluster.master_url} with {app['cores']} cores; "
              f"executor {executor_dir.parent.name}/{executor_dir.name} ran {stderr.count('Finished task')} tasks")
     assert (executor_dir / env["pyfiles"].name).is_file()  # the package came from --py-files
     weights = list(executor_dir.glob("resnet50-seed0-*.weights.h5"))

@@ -43,7 +43,8 @@ def _context(args: argparse.Namespace):
 
     cfg = load_config(args.config)
     conf = parse_conf_pairs(args.conf)
-    return cfg, (lambda: get_spark(cfg, master=args.master, conf=conf))
+    app_name = f"{cfg.spark.app_name} {args.command}"  # e.g. "xray-spark score" in the cluster UI and history
+    return cfg, (lambda: get_spark(cfg, master=args.master, conf=conf, app_name=app_name))
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
