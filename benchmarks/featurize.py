@@ -218,10 +218,11 @@ def main(argv: list[str] | None = None) -> None:
 
     from xray_spark.config import load_config
     from xray_spark.data.decode import decode_for_model
-    from xray_spark.features.cache import balanced_partitions
+    from xray_spark.features.cache import IMAGES_PER_TASK
     from xray_spark.features.featurizer import DeepImageFeaturizer
     from xray_spark.features.weights import resolve_weights, ship_weights
     from xray_spark.session import get_spark, parse_conf_pairs
+    from xray_spark.spark_io import balanced_partitions
 
     files = pick_files(args.data, args.limit)
     payloads = [f.read_bytes() for f in files]
@@ -229,7 +230,7 @@ def main(argv: list[str] | None = None) -> None:
     log.info("%d images, %.1f MB, load %.2f", n, sum(map(len, payloads)) / 1e6, os.getloadavg()[0])
     spark = get_spark(load_config(), master=args.master, conf=parse_conf_pairs(args.conf), app_name="bench-featurize")
     cores = spark.sparkContext.defaultParallelism
-    parts = args.partitions or balanced_partitions(n, cores)
+    parts = args.partitions or balanced_partitions(n, cores, IMAGES_PER_TASK)
     resolved = resolve_weights(args.backbone, args.weights, spark=spark)
 
     bb, model = raw_model(args.backbone, resolved.local_path)

@@ -16,7 +16,6 @@ Hadoop filesystem Spark can write (local, HDFS, DBFS, object stores with atomic 
 from __future__ import annotations
 
 import logging
-import math
 import re
 import threading
 import time
@@ -29,6 +28,7 @@ from pyspark.sql import functions as F
 from xray_spark.errors import UserError
 from xray_spark.features.backbones import get_backbone
 from xray_spark.features.weights import weights_fingerprint
+from xray_spark.spark_io import HadoopFS, balanced_partitions
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -87,7 +87,7 @@ def featurize_to_cache_run(
     bb = get_backbone(backbone)
     fingerprint = weights_fingerprint(bb.name, weights, spark=spark)
     path = cache_path(cache_dir, bb.name, fingerprint)
-    fs = _HadoopFS(spark, path)
+    fs = HadoopFS(spark)
 
     keys = images.select("sha256").where(F.col("sha256").isNotNull()).distinct()
     cached = _read_cache(spark, fs, path)
@@ -129,14 +129,14 @@ def _empty(spark: SparkSession) -> DataFrame:
     return spark.createDataFrame([], schema)
 
 
-def _read_cache(spark: SparkSession, fs: _HadoopFS, path: str) -> DataFrame | None:
+def _read_cache(spark: SparkSession, fs: HadoopFS, path: str) -> DataFrame | None:
     if not fs.list_parts(path):
         return None
     return spark.read.parquet(path)
 
 
 def _compute_and_append(
-    spark: SparkSession, fs: _HadoopFS, images: DataFrame, todo: DataFrame, n_todo: int, backbone: str,
+    spark: SparkSession, fs: HadoopFS, images: DataFrame, todo: DataFrame, n_todo: int, backbone: str,
     weights: str, fingerprint: str, path: str, batch_size: int, progress: bool,
 ) -> int:
     from xray_spark.features.featurizer import DeepImageFeaturizer
@@ -145,7 +145,7 @@ def _compute_and_append(
     keys = F.broadcast(todo) if n_todo <= BROADCAST_KEYS else todo
     n_rows = images.select("sha256").join(keys, "sha256", "left_semi").count()  # duplicates included
     rows = images.select("sha256", "content").join(keys, "sha256", "left_semi")
-    rows = rows.repartition(balanced_partitions(n_rows, sc.defaultParallelism))
+    rows = rows.repartition(balanced_partitions(n_rows, sc.defaultParallelism, IMAGES_PER_TASK))
     featurizer = DeepImageFeaturizer(
         inputCol="content", outputCol="features", modelName=backbone, weights=weights, batchSize=batch_size
     )
@@ -173,14 +173,6 @@ def _compute_and_append(
     return failed
 
 
-def balanced_partitions(n_rows: int, cores: int, per_task: int = IMAGES_PER_TASK) -> int:
-    """A multiple of `cores` with <= per_task rows each: every wave keeps every core busy (no lone tail task
-    on 2 cores), and round-robin repartition makes the tasks equal. An explicit count is never coalesced by AQE.
-    """
-    cores = max(1, cores)
-    return cores * max(1, math.ceil(n_rows / (cores * per_task)))
-
-
 class _Progress:
     """Log images done / total from a Spark accumulator (updated as tasks finish) every few seconds."""
 
@@ -204,28 +196,3 @@ class _Progress:
         self._stop.set()
         self._thread.join()
         self._log()
-
-
-class _HadoopFS:
-    """The few filesystem calls the cache needs, through Spark's Hadoop FileSystem (any scheme)."""
-
-    def __init__(self, spark: SparkSession, path: str) -> None:
-        self._jvm = spark.sparkContext._jvm
-        self._fs = self._path(path).getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
-
-    def _path(self, p: str):  # noqa: ANN202
-        return self._jvm.org.apache.hadoop.fs.Path(p)
-
-    def list_parts(self, folder: str) -> list[str]:
-        p = self._path(folder)
-        if not self._fs.exists(p):
-            return []
-        names = [s.getPath().toString() for s in self._fs.listStatus(p) if s.isFile()]
-        return sorted(n for n in names if n.rsplit("/", 1)[-1].startswith("part-") and n.endswith(".parquet"))
-
-    def rename(self, src: str, dst: str) -> None:
-        if not self._fs.rename(self._path(src), self._path(dst)):
-            raise OSError(f"could not move {src} to {dst}")
-
-    def delete(self, path: str) -> None:
-        self._fs.delete(self._path(path), True)

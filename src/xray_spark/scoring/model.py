@@ -186,7 +186,7 @@ def load_pipeline(spark: SparkSession, ref: ModelRef, scratch: Path | None = Non
 
     mlflow_format = ref.mlflow_format
     if mlflow_format is None:
-        from xray_spark.scoring.store import HadoopFS
+        from xray_spark.spark_io import HadoopFS
 
         fs = HadoopFS(spark)
         mlflow_format = fs.exists(f"{ref.load_uri}/MLmodel")

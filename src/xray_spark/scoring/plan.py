@@ -64,7 +64,7 @@ def read_contents(spark: SparkSession, paths: list[str]) -> DataFrame:
     """
     from pyspark.errors import AnalysisException
 
-    from xray_spark.scoring.store import HadoopFS
+    from xray_spark.spark_io import HadoopFS
 
     reader = (spark.read.format("binaryFile").option("ignoreMissingFiles", "true")
               .option("ignoreCorruptFiles", "true"))

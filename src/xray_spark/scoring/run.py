@@ -10,7 +10,6 @@ and the next run scores exactly what is missing.
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -22,6 +21,7 @@ from xray_spark.config import Config
 from xray_spark.errors import UserError
 from xray_spark.scoring.model import ModelRef, ScoringPipeline, is_local, local_path
 from xray_spark.scoring.plan import Candidate, Plan, chunks, plan_run, read_contents
+from xray_spark.spark_io import balanced_partitions
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 # adds ~1 s of fixed Spark work. benchmarks/score.py on 1024 images, 2 cores: scoring ran at 0.86 of the
 # featurizer's images/s with chunks of 256 or 512, 0.92 with one chunk of 1024.
 DEFAULT_CHUNK_SIZE = 512
+IMAGES_PER_TASK = 32  # small tasks within a chunk: no core idles while the last one finishes
 
 
 @dataclass
@@ -121,16 +122,6 @@ def _commit_too_large(spark: SparkSession, pipe: ScoringPipeline, store: OutputS
     return len(rows)
 
 
-def balanced_partitions(spark: SparkSession, n: int, per_task: int = 32) -> int:
-    """A multiple of the cores with about `per_task` images each, so no core idles at the end of a chunk.
-
-    binaryFile packs files by bytes (e.g. 7 partitions for 210 small files: the last wave runs on one of
-    two cores); a round-robin repartition moves the chunk's bytes once but evens out the model work.
-    """
-    cores = max(1, spark.sparkContext.defaultParallelism)
-    return cores * max(1, math.ceil(n / (cores * per_task)))
-
-
 def score_chunk(spark: SparkSession, pipe: ScoringPipeline, store: OutputStore,
                 chunk: list[Candidate]) -> tuple[int, int]:
     """Score one chunk and commit it; returns (ok, quarantined). Rows whose bytes changed are left out.
@@ -152,7 +143,7 @@ def score_chunk(spark: SparkSession, pipe: ScoringPipeline, store: OutputStore,
         .where(key.isin([f"{c.path}\u0000{c.sha256}" for c in chunk]))  # unchanged since planning
         .select("path", "sha256", F.col("length").alias("file_size"),
                 F.col("modificationTime").alias("modified_at"), F.col("content").alias(pipe.input_col))
-        .repartition(balanced_partitions(spark, len(chunk)))
+        .repartition(balanced_partitions(len(chunk), spark.sparkContext.defaultParallelism, IMAGES_PER_TASK))
     )
     t0 = time.time()
     feats = pipe.featurize_frame(current).drop(pipe.input_col).persist(StorageLevel.MEMORY_AND_DISK)
@@ -190,7 +181,8 @@ def score_folder(spark: SparkSession, cfg: Config, ref: ModelRef, *, input_dir: 
     `featurizer_cls` selects the stage after which bad rows are set aside (default: DeepImageFeaturizer).
     """
     from xray_spark.scoring.model import featurizer_class, load_pipeline, split_pipeline
-    from xray_spark.scoring.store import HadoopFS, OutputStore
+    from xray_spark.scoring.store import OutputStore
+    from xray_spark.spark_io import HadoopFS
 
     t0 = time.time()
     if chunk_size < 1:

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from xray_spark.errors import UserError
+from xray_spark.spark_io import HadoopFS
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -46,60 +47,6 @@ LEDGER_SCHEMA = (
 
 class ConcurrentRunError(RuntimeError):
     """Another scoring run of the same model into the same output holds the lock (exit 1, try later)."""
-
-
-class HadoopFS:
-    """The few Hadoop FileSystem calls scoring needs, so output and input may live on any scheme
-    the cluster can read (file:, hdfs://, dbfs:/, abfss://, s3a://)."""
-
-    def __init__(self, spark: SparkSession) -> None:
-        self._jvm = spark.sparkContext._jvm
-        self._conf = spark.sparkContext._jsc.hadoopConfiguration()
-
-    def _path(self, uri: str):
-        return self._jvm.org.apache.hadoop.fs.Path(uri)
-
-    def _fs(self, path):
-        return path.getFileSystem(self._conf)
-
-    def qualify(self, uri: str) -> str:
-        p = self._path(uri)
-        return str(self._fs(p).makeQualified(p).toString())
-
-    def exists(self, uri: str) -> bool:
-        p = self._path(uri)
-        return bool(self._fs(p).exists(p))
-
-    def is_dir(self, uri: str) -> bool:
-        p = self._path(uri)
-        fs = self._fs(p)
-        return bool(fs.exists(p) and fs.getFileStatus(p).isDirectory())
-
-    def mkdirs(self, uri: str) -> None:
-        p = self._path(uri)
-        self._fs(p).mkdirs(p)
-
-    def delete(self, uri: str) -> bool:
-        p = self._path(uri)
-        return bool(self._fs(p).delete(p, True))
-
-    def list_names(self, uri: str) -> list[str]:
-        p = self._path(uri)
-        fs = self._fs(p)
-        if not fs.exists(p):
-            return []
-        return [str(s.getPath().getName()) for s in fs.listStatus(p)]
-
-    def rename(self, src: str, dst: str) -> None:
-        s, d = self._path(src), self._path(dst)
-        if not self._fs(s).rename(s, d):
-            raise OSError(f"rename {src} -> {dst} failed")
-
-    def local_path(self, uri: str) -> Path | None:
-        """The OS path when `uri` is on the local file system (lock files need one), else None."""
-        p = self._path(uri)
-        q = self._fs(p).makeQualified(p).toUri()
-        return Path(str(q.getPath())) if str(q.getScheme()) == "file" else None
 
 
 class OutputStore:
