@@ -5,10 +5,16 @@ Inputs are built in memory with Pillow and pydicom; the real-data tests skip whe
 
 from __future__ import annotations
 
+import ast
 import csv
+import dataclasses
+import hashlib
 import io
+import logging
 import pickle
 import struct
+import subprocess
+import sys
 import warnings
 import zlib
 from pathlib import Path
@@ -33,6 +39,7 @@ from xray_spark.data.decode import (
     thumbnail,
     to_rgb,
 )
+from xray_spark.data.privacy import hash_identifier
 
 H, W = 48, 64  # non-square on purpose: catches swapped width/height
 
@@ -298,6 +305,130 @@ def test_dicom_without_preamble_is_read() -> None:
     assert data[128:132] != b"DICM"
     gray, info = decode_gray(data)
     assert info.format == "DICOM" and gray.shape == (64, 64)
+
+
+def _dicom_patient(patient_id, *, salt: str | None = "site-salt", flip: bool = False,
+                   max_pixels: int = D.DEFAULT_MAX_PIXELS, **extra):
+    """analyze() of a MONOCHROME2 DICOM for `patient_id` (a different picture/instance UID when flip)."""
+    arr = 4095 - _ramp16() if flip else _ramp16()
+    return analyze(_dicom(arr, PatientID=patient_id, **extra), patient_salt=salt, max_pixels=max_pixels)
+
+
+def test_dicom_patient_id_becomes_a_salted_hash_never_the_value(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        rec = _dicom_patient("PAT-123")
+        same_patient = _dicom_patient("PAT-123", flip=True)
+        other_salt = _dicom_patient("PAT-123", salt="another-salt")
+        other_patient = _dicom_patient("PAT-124")
+        no_salt = _dicom_patient("PAT-123", salt=None)
+        quarantined = _dicom_patient("PAT-123", max_pixels=100)
+    expected = "dcm-" + hashlib.sha256(b"site-salt\x00PAT-123").hexdigest()[:24]
+    assert rec.status == "ok" and rec.patient_ref == expected
+    assert hash_identifier(" PAT-123 ", "site-salt", "dcm-") == expected
+    assert same_patient.pixel_sha256 != rec.pixel_sha256 and same_patient.patient_ref == rec.patient_ref
+    assert other_salt.patient_ref.startswith("dcm-") and other_salt.patient_ref != rec.patient_ref
+    assert other_patient.patient_ref.startswith("dcm-") and other_patient.patient_ref != rec.patient_ref
+    assert no_salt.status == "ok" and no_salt.patient_ref is None
+    assert quarantined.status == "quarantined" and quarantined.patient_ref == rec.patient_ref  # header read
+    for r in (rec, same_patient, other_salt, other_patient, no_salt, quarantined):
+        assert "PAT-123" not in repr(r)
+        for f in dataclasses.fields(r):
+            value = getattr(r, f.name)
+            text = value.decode("latin-1") if isinstance(value, bytes) else str(value)
+            assert "PAT-123" not in text, f.name
+    assert "PAT-123" not in caplog.text and not any("PAT-123" in str(w.message) for w in caught)
+    gray, info = decode_gray(_dicom(_ramp16(), PatientID="PAT-123"), patient_salt="site-salt")
+    assert info.patient_ref == expected and "PAT-123" not in repr(info)
+    assert decode_gray(_dicom(_ramp16(), PatientID="PAT-123"))[1].patient_ref is None  # no salt by default
+
+
+def test_patient_ref_none_without_patient_id_or_for_other_formats() -> None:
+    assert _dicom_patient("").patient_ref is None
+    assert _dicom_patient(None).patient_ref is None
+    png = _encode(Image.fromarray(_xray_like(H, W)), "PNG")
+    assert analyze(png, patient_salt="site-salt").patient_ref is None
+    assert decode_gray(png, patient_salt="site-salt")[1].patient_ref is None
+
+
+def test_patient_ref_uses_the_specific_character_set() -> None:
+    rec = _dicom_patient("PÄT-9", SpecificCharacterSet="ISO_IR 100")  # stored as latin-1 bytes
+    assert rec.patient_ref == hash_identifier("PÄT-9", "site-salt", "dcm-")
+
+
+def test_hash_identifier_rule() -> None:
+    ref = hash_identifier("abc", "s", "p-")
+    assert ref == "p-" + hashlib.sha256(b"s\x00abc").hexdigest()[:24] == hash_identifier(" abc\n", "s", "p-")
+    with pytest.raises(ValueError, match="empty identifier") as exc:
+        hash_identifier("   ", "s", "p-")
+    assert "   " not in str(exc.value)
+
+
+# ----------------------------------------------------------------------------- module structure
+
+
+DATA_PKG = Path(__file__).resolve().parents[1] / "src" / "xray_spark" / "data"
+
+
+def _xray_imports(path: Path, package: str) -> set[str]:
+    """Every xray_spark.* module `path` imports, top-level or inside functions (not under TYPE_CHECKING)."""
+    found: set[str] = set()
+
+    def visit(node: ast.AST) -> None:
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            for child in node.orelse:
+                visit(child)
+            return
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:  # relative: resolve against this module's package
+                parts = package.split(".")
+                base = ".".join(parts[: len(parts) - node.level + 1] + ([base] if base else []))
+            found.add(base)
+            found.update(f"{base}.{a.name}" for a in node.names)  # `from pkg import module`
+        for child in ast.iter_child_nodes(node):
+            visit(child)
+
+    visit(ast.parse(path.read_text(), filename=str(path)))
+    return {m for m in found if m.startswith("xray_spark.")}
+
+
+def _find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    state: dict[str, int] = {}  # 1 = on the current path, 2 = done
+    path: list[str] = []
+
+    def dfs(node: str) -> list[str] | None:
+        state[node] = 1
+        path.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                return path[path.index(nxt):] + [nxt]
+            if nxt not in state and (cycle := dfs(nxt)):
+                return cycle
+        path.pop()
+        state[node] = 2
+        return None
+
+    return next((c for n in sorted(graph) if n not in state and (c := dfs(n))), None)
+
+
+def test_no_import_cycle_among_data_modules() -> None:
+    modules = {f"xray_spark.data.{p.stem}": p for p in DATA_PKG.glob("*.py") if p.stem != "__init__"}
+    graph = {name: _xray_imports(path, "xray_spark.data") & modules.keys() - {name}
+             for name, path in modules.items()}
+    assert {"xray_spark.data.dicom", "xray_spark.data.pixels"} <= graph["xray_spark.data.decode"]
+    assert "xray_spark.data.decode" not in graph["xray_spark.data.dicom"]
+    assert graph["xray_spark.data.pixels"] == set()
+    assert _find_cycle(graph) is None, f"import cycle: {' -> '.join(_find_cycle(graph))}"
+    assert _find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]  # the checker works
+
+
+def test_importing_decode_does_not_import_pydicom() -> None:
+    code = "import sys, xray_spark.data.decode; sys.exit('pydicom' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
 
 
 def _missing_decoder_syntax():

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import csv
+import json
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pandas as pd
 import pytest
@@ -14,6 +16,8 @@ import pytest
 from ingest_fixtures import EXPECTED, write_bad_files
 from xray_spark.config import load_config
 from xray_spark.data.ingest import ingest
+from xray_spark.data.layout import IngestLayout
+from xray_spark.paths import local_path
 
 CLI = [sys.executable, "-m", "xray_spark"]
 
@@ -37,8 +41,16 @@ def dirty_copy(ozturk_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
 
 @pytest.fixture(scope="module")
 def ingested(spark, dirty_copy: Path, tmp_path_factory: pytest.TempPathFactory):
+    """The real console command on the whole dataset with a driver result limit of 4 MiB: per-image data
+    (thumbnails, bytes) must stay on executors, or Spark refuses to bring it to the driver."""
     out = tmp_path_factory.mktemp("ingest_out")
-    return ingest(spark, dirty_copy, out, load_config(local=None))
+    proc = subprocess.run([*CLI, "ingest", "--data", str(dirty_copy), "--out", str(out),
+                           "--conf", "spark.driver.maxResultSize=4m"], capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    layout = IngestLayout(f"file:{out}")
+    summary = json.loads((out / "summary.json").read_text())
+    return SimpleNamespace(summary=summary, layout=layout, out_dir=out, stdout=proc.stdout,
+                           images=spark.read.parquet(layout.images).toPandas())
 
 
 def test_real_images_all_ok_and_counts_reconcile(ingested) -> None:
@@ -50,7 +62,7 @@ def test_real_images_all_ok_and_counts_reconcile(ingested) -> None:
 
 def test_every_bad_file_quarantined_with_its_own_reason(ingested) -> None:
     q = ingested.images[ingested.images["status"] == "quarantined"].copy()
-    q["name"] = q["path"].map(lambda p: Path(p).name)
+    q["name"] = q["path"].map(lambda p: p.rsplit("/", 1)[-1])
     codes = dict(zip(q["name"], q["reason"].str.split(":").str[0], strict=True))
     for name, code in EXPECTED.items():
         assert codes[name] == code, (name, q.set_index("name").loc[name, "reason"])
@@ -59,8 +71,8 @@ def test_every_bad_file_quarantined_with_its_own_reason(ingested) -> None:
     assert len(set(EXPECTED.values())) >= 7
 
 
-def test_images_table_schema_and_metadata(ingested, spark) -> None:
-    table = spark.read.parquet(str(ingested.files["images"])).toPandas()
+def test_images_table_schema_and_metadata(ingested) -> None:
+    table = ingested.images
     for col in ["path", "sha256", "label", "source", "patient_id", "width", "height", "format", "mode",
                 "bit_depth", "file_size", "status", "reason", "split", "fold", "group_id"]:
         assert col in table.columns
@@ -72,7 +84,7 @@ def test_images_table_schema_and_metadata(ingested, spark) -> None:
 
 
 def test_split_is_grouped_stratified_and_persisted(ingested) -> None:
-    split = pd.read_csv(ingested.files["split.csv"])
+    split = pd.read_csv(local_path(ingested.layout.split_csv))
     assert len(split) == 1124 and set(split["split"]) == {"train", "test"}
     with_patient = split.dropna(subset=["patient_id"])
     sides = with_patient.groupby("patient_id")["split"].nunique()
@@ -84,10 +96,23 @@ def test_split_is_grouped_stratified_and_persisted(ingested) -> None:
     assert (by_class.between(0.12, 0.28)).all(), by_class
 
 
-def test_duplicates_report_written(ingested) -> None:
-    dup_dir = ingested.out_dir / "duplicates"
-    assert (dup_dir / "duplicates.md").is_file() and (dup_dir / "duplicate_groups.csv").is_file()
-    assert ingested.summary["duplicates"]["n_candidates"] >= ingested.summary["duplicates"]["n_near_pairs"]
+def test_duplicates_found_on_executors_match_the_known_pairs(ingested) -> None:
+    """The Ozturk copy holds 1 byte-identical pair and 4 near-duplicate pairs (286 pHash candidates at <= 8
+    bits, the rest rejected by pixel correlation); they join 803 groups with the patients."""
+    d = ingested.summary["duplicates"]
+    assert (d["n_exact_pairs"], d["n_near_pairs"], d["n_candidates"]) == (1, 4, 286)
+    assert d["n_rejected_candidates"] == 282 and d["n_groups"] == 5
+    assert ingested.summary["split"]["groups"] == 803
+    dup_dir = local_path(ingested.layout.duplicates)
+    pairs = pd.read_csv(dup_dir / "duplicates_pairs.csv")
+    assert sorted(pairs["kind"]) == ["exact", "near", "near", "near", "near"]
+    assert (pairs["correlation"] >= 0.95).all() and not pairs["path_a"].str.startswith("/").any()  # relative
+    assert len(pd.read_csv(dup_dir / "rejected_candidates.csv")) == 282
+    groups = pd.read_csv(dup_dir / "duplicate_groups.csv")
+    split = pd.read_csv(local_path(ingested.layout.split_csv)).set_index("rel_path")
+    for _, g in groups.groupby("dup_group"):  # a duplicate group never straddles the split
+        assert split.loc[g["path"], "split"].nunique() == 1
+    assert "## All groups" in (dup_dir / "duplicates.md").read_text()
 
 
 @pytest.mark.parametrize(
@@ -124,7 +149,7 @@ def test_cli_ingest_small_folder_exit_0(ozturk_dir: Path, tmp_path: Path) -> Non
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert f"files read: {6 + len(EXPECTED)} = ok 6 + quarantined {len(EXPECTED)}" in proc.stdout
     split = pd.read_csv(tmp_path / "out" / "split.csv")
-    assert set(split["label"]) == {"covid", "no_findings"}  # folder names mapped through config
+    assert len(split) == 6 and set(split["label"]) == {"covid", "no_findings"}  # folder names mapped through config
     assert split["patient_id"].dropna().str.startswith("nih-").all()
 
 
@@ -136,17 +161,46 @@ def test_a_later_run_reuses_ingest_only_while_folder_and_settings_match(spark, o
 
     data = copy_subset(ozturk_dir, tmp_path / "data", per_class=4)
     cfg = load_config(local=None)
-    images, first = load_or_ingest(spark, data, tmp_path / "out", cfg)
-    assert len(images) == 12
+    images, first, _ = load_or_ingest(spark, str(data), str(tmp_path / "out"), cfg)
+    assert images.count() == 12
     written = (tmp_path / "out" / "ingest" / "summary.json").stat().st_mtime_ns
-    _, again = load_or_ingest(spark, data, tmp_path / "out", cfg)
+    _, again, _ = load_or_ingest(spark, str(data), str(tmp_path / "out"), cfg)
     assert again["ingest_key"] == first["ingest_key"]
     assert (tmp_path / "out" / "ingest" / "summary.json").stat().st_mtime_ns == written  # reused, not rerun
 
     shutil.copy(next((ozturk_dir / "covid").iterdir()), data / "covid" / "added_later.png")
-    images, grown = load_or_ingest(spark, data, tmp_path / "out", cfg)
-    assert grown["ingest_key"] != first["ingest_key"] and len(images) == 13
+    images, grown, _ = load_or_ingest(spark, str(data), str(tmp_path / "out"), cfg)
+    assert grown["ingest_key"] != first["ingest_key"] and images.count() == 13
 
     cfg.split.seed = 1
-    _, reseeded = load_or_ingest(spark, data, tmp_path / "out", cfg)
+    _, reseeded, _ = load_or_ingest(spark, str(data), str(tmp_path / "out"), cfg)
     assert reseeded["ingest_key"] != grown["ingest_key"]
+
+
+def test_odd_names_huge_empty_and_hidden_files_each_get_a_row(spark, ozturk_dir: Path, tmp_path: Path) -> None:
+    """Names with a percent-escape, '+', a space or non-ASCII are read as they are; a sparse file over 2 GiB is
+    quarantined from its length without being read (Spark's binaryFile cannot hold it); an empty file and a
+    `_`-prefixed name, which Spark's file sources skip silently, still get their own quarantine rows."""
+    data = tmp_path / "data"
+    real = sorted((ozturk_dir / "no_findings").iterdir())
+    odd = ["scan%20one.png", "a+b.png", "with space.png", "ünïcödé.png"]
+    for label, offset in (("covid", 0), ("no_findings", 10), ("pneumonia", 20)):
+        (data / label).mkdir(parents=True)
+        for i in range(3):
+            shutil.copy(real[offset + i], data / label / f"plain{i}.png")
+    for i, name in enumerate(odd):
+        shutil.copy(real[40 + i], data / "covid" / name)
+    with open(data / "pneumonia" / "huge.png", "wb") as fh:
+        fh.truncate(2200 * 1024 * 1024)  # sparse: takes no disk space
+    (data / "pneumonia" / "empty.png").write_bytes(b"")
+    shutil.copy(real[50], data / "no_findings" / "_hidden.png")
+    result = ingest(spark, str(data), str(tmp_path / "out"), load_config(local=None))
+    rows = result.images.toPandas().set_index("rel_path")
+    for name in odd:
+        row = rows.loc[f"covid/{name}"]
+        assert row["status"] == "ok" and row["path"] == f"file:{data}/covid/{name}", row.to_dict()
+    assert rows.loc["pneumonia/huge.png", "reason"].startswith("file_too_large: 2306867200 bytes")
+    assert rows.loc["pneumonia/empty.png", "reason"].startswith("empty_file")
+    assert rows.loc["no_findings/_hidden.png", "reason"].startswith("hidden_name")
+    s = result.summary
+    assert s["files_read"] == 9 + len(odd) + 3 == s["ok"] + s["quarantined"] and s["quarantined"] == 3

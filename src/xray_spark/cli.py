@@ -48,14 +48,14 @@ def _context(args: argparse.Namespace):
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
+    from xray_spark.data.files import check_local_data_dir
     from xray_spark.data.ingest import format_summary, ingest
-    from xray_spark.data.manifest import check_data_dir
 
-    check_data_dir(args.data)  # fail fast (exit 2) before starting a JVM
+    check_local_data_dir(args.data)  # fail fast (exit 2) before starting a JVM
     cfg, spark = _context(args)
     result = ingest(spark(), args.data, args.out, cfg)
     print(format_summary(result.summary))
-    print(f"images table: {result.files['images']}\nsplit: {result.files['split.csv']}")
+    print(f"images table: {result.layout.images}\nsplit: {result.layout.split_csv}")
     return 0
 
 
@@ -160,14 +160,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", metavar="DIR", help="feature cache (default: OUT/features)")
     p.add_argument("--no-baseline", action="store_true", help="skip the metadata-only shortcut baseline")
 
-    from xray_spark.scoring.run import DEFAULT_CHUNK_SIZE  # light: no Spark, MLflow or TensorFlow import
+    from xray_spark.scoring.run import IMAGES_PER_TASK, WAVES_PER_CHUNK  # light: no Spark/MLflow/TF import
 
     p = add("score", cmd_score, "score new images in a folder with a model, incrementally and exactly once")
     p.add_argument("--model", required=True, metavar="URI", help="models:/NAME@champion, runs:/..., or a PipelineModel path")
     p.add_argument("--input", required=True, metavar="DIR")
     p.add_argument("--output", required=True, metavar="DIR")
-    p.add_argument("--chunk-size", type=int, default=DEFAULT_CHUNK_SIZE, metavar="N",
-                   help=f"images committed per step (default {DEFAULT_CHUNK_SIZE})")
+    p.add_argument("--chunk-size", type=int, default=None, metavar="N",
+                   help=f"images committed per step (default: {IMAGES_PER_TASK * WAVES_PER_CHUNK} per core "
+                        f"of the cluster, e.g. {2 * IMAGES_PER_TASK * WAVES_PER_CHUNK} on 2 cores)")
     p.add_argument("--tracking-uri", metavar="URI",
                    help="MLflow tracking/registry URI (default: config tracking_uri, else MLFLOW_TRACKING_URI)")
 

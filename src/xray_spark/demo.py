@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import shutil
 from pathlib import Path
 
 from xray_spark.config import Config
@@ -56,18 +55,25 @@ def _data_folder(args: argparse.Namespace, out: Path) -> Path:
     return target
 
 
-def _test_split_folder(split_csv: Path, dest: Path) -> int:
-    """Copy the test-split images into a fresh folder: the 'new images' the champion scores."""
-    import pandas as pd
+def _test_split_folder(spark, ingest_dir: str, dest: str) -> int:
+    """Copy the test-split images into a fresh folder: the 'new images' the champion scores.
 
-    split = pd.read_csv(split_csv)
-    test = split[split["split"] == "test"]
-    if dest.exists():
-        shutil.rmtree(dest)
-    dest.mkdir(parents=True)
-    for i, path in enumerate(test["path"]):
-        shutil.copyfile(path, dest / f"{i:05d}_{Path(path).name}")
-    return len(test)
+    The demo's test split is a few hundred files: their paths come to the driver one partition at a time.
+    """
+    from xray_spark import paths
+    from xray_spark.data.layout import IngestLayout
+    from xray_spark.spark_io import HadoopFS
+
+    fs = HadoopFS(spark)
+    target = paths.qualify(spark, dest)
+    fs.delete(target)
+    fs.mkdirs(target)
+    test = (spark.read.parquet(IngestLayout(ingest_dir).images).where("status = 'ok' AND split = 'test'")
+            .select("path").orderBy("path"))
+    n = 0
+    for n, row in enumerate(test.toLocalIterator(), 1):
+        fs.copy(row["path"], paths.join(target, f"{n - 1:05d}_{paths.file_name(row['path'])}"))
+    return n
 
 
 def run_demo(spark_factory, cfg: Config, args: argparse.Namespace) -> int:
@@ -90,7 +96,7 @@ def run_demo(spark_factory, cfg: Config, args: argparse.Namespace) -> int:
                      weights=weights, tracking_uri=args.tracking_uri)
     result = run_training(spark, cfg, spec)
 
-    n_test = _test_split_folder(out / "ingest" / "split.csv", out / "score_input")
+    n_test = _test_split_folder(spark, result.ingest_dir, str(out / "score_input"))
     import mlflow
 
     cfg.tracking_uri = mlflow.get_tracking_uri()

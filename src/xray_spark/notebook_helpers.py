@@ -73,12 +73,10 @@ def start(
 def dataset(spark: SparkSession, cfg: Config, data_dir: str | Path, out_dir: str | Path) -> tuple[pd.DataFrame, dict, Path]:
     """(images table, ingest summary, ingest folder): ingests `data_dir` once, then reuses the output."""
     from xray_spark.data.images import load_or_ingest
+    from xray_spark.paths import local_path
 
-    out = Path(out_dir)
-    images, summary = load_or_ingest(spark, data_dir, out, cfg)
-    data = Path(data_dir)
-    ingest_dir = data if (data / "summary.json").is_file() else out / "ingest"
-    return images, summary, ingest_dir
+    images, summary, layout = load_or_ingest(spark, str(data_dir), str(out_dir), cfg)
+    return images.toPandas(), summary, local_path(layout.root)  # a notebook's look at a small dataset
 
 
 def class_counts(images: pd.DataFrame) -> pd.DataFrame:
@@ -226,9 +224,11 @@ def features(
     from xray_spark.features.cache import featurize_to_cache
 
     images, summary, _ = dataset(spark, cfg, data_dir, out_dir)
-    contents = image_contents(spark, images, summary["data_dir"])
+    contents = image_contents(spark, summary, cfg)
     cache = str(cache_dir or Path(out_dir) / "features")
-    feats = featurize_to_cache(spark, contents, backbone, weights, cache).select("sha256", "features").toPandas()
+    keys = spark.createDataFrame(images.loc[images["status"] == "ok", ["sha256"]].drop_duplicates())
+    feats = featurize_to_cache(spark, contents, backbone, weights, cache, keys=keys)
+    feats = feats.select("sha256", "features").toPandas()
     feats = feats[feats["features"].notna()]
     feats["features"] = [np.asarray(v.toArray() if hasattr(v, "toArray") else v, dtype=np.float32)
                          for v in feats["features"]]

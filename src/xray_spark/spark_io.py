@@ -1,12 +1,15 @@
-"""Spark I/O helpers shared by the feature cache and scoring: Hadoop FileSystem calls and task sizing.
+"""Spark I/O helpers shared by ingest, the feature cache and scoring: Hadoop FileSystem calls and task sizing.
 
-Why one module: both write Parquet part files into staging folders and rename them into place, on whatever
+Why one module: they all write Parquet part files into staging folders and rename them into place, on whatever
 filesystem Spark can reach, and both spread images over equal tasks before running a backbone.
 """
 
 from __future__ import annotations
 
 import math
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -23,6 +26,24 @@ def balanced_partitions(n_rows: int, cores: int, per_task: int) -> int:
     """
     cores = max(1, cores)
     return cores * max(1, math.ceil(n_rows / (cores * per_task)))
+
+
+@contextmanager
+def explicit_broadcasts_only(spark: SparkSession) -> Iterator[None]:
+    """Within the block Spark broadcasts only what the code marks with `F.broadcast` (ids, component
+    tables). Why: an automatic broadcast join collects its small side through the driver, and a table of
+    ~1000 images with thumbnails is "small" to Spark (10 MB threshold) but per-image data the driver must
+    not hold (spark.driver.maxResultSize of a few MiB fails it)."""
+    key = "spark.sql.autoBroadcastJoinThreshold"
+    previous = spark.conf.get(key, None)
+    spark.conf.set(key, "-1")
+    try:
+        yield
+    finally:
+        if previous is None:
+            spark.conf.unset(key)
+        else:
+            spark.conf.set(key, previous)
 
 
 class HadoopFS:
@@ -80,6 +101,71 @@ class HadoopFS:
         s, d = self._path(src), self._path(dst)
         if not self._fs(s).rename(s, d):
             raise OSError(f"rename {src} -> {dst} failed")
+
+    def file_count(self, uri: str) -> int:
+        """Every file below `uri`, hidden and empty ones included (one Hadoop ContentSummary call)."""
+        p = self._path(uri)
+        return int(self._fs(p).getContentSummary(p).getFileCount())
+
+    def walk_files(self, uri: str, limit: int) -> Iterator[tuple[str, int]]:
+        """(uri, length) of the files below `uri`, at most `limit` of them. Local folders are walked with
+        os.walk (fast); other schemes through Hadoop's iterator (one call per file: for exceptions only)."""
+        local = self.local_path(uri)
+        n = 0
+        if local is not None:
+            prefix = self.qualify(uri).rstrip("/")
+            for dirpath, _, names in os.walk(local):
+                for name in names:
+                    full = Path(dirpath) / name
+                    rel = full.relative_to(local).as_posix()
+                    yield f"{prefix}/{rel}", full.stat().st_size if full.is_file() else 0
+                    n += 1
+                    if n >= limit:
+                        return
+            return
+        p = self._path(uri)
+        it = self._fs(p).listFiles(p, True)
+        while it.hasNext() and n < limit:
+            status = it.next()
+            yield str(status.getPath().toString()), int(status.getLen())
+            n += 1
+
+    def write_text(self, uri: str, text: str) -> None:
+        """Create or overwrite a small text file (reports, summary.json) on any scheme."""
+        p = self._path(uri)
+        out = self._fs(p).create(p, True)
+        try:
+            out.write(bytearray(text.encode("utf-8")))
+        finally:
+            out.close()
+
+    def read_text(self, uri: str) -> str:
+        p = self._path(uri)
+        stream = self._fs(p).open(p)
+        try:
+            jvm = self._jvm
+            data = jvm.org.apache.commons.io.IOUtils.toByteArray(stream)
+        finally:
+            stream.close()
+        return bytes(data).decode("utf-8")
+
+    def copy(self, src: str, dst: str) -> None:
+        """Copy one file (possibly across schemes) with Hadoop's FileUtil."""
+        s, d = self._path(src), self._path(dst)
+        ok = self._jvm.org.apache.hadoop.fs.FileUtil.copy(self._fs(s), s, self._fs(d), d, False, True, self._conf)
+        if not ok:
+            raise OSError(f"copy {src} -> {dst} failed")
+
+    def single_file(self, folder: str, dest: str, suffix: str) -> str:
+        """Spark wrote `folder` with one partition: move its one `part-*suffix` to `dest`, drop the folder."""
+        names = [n for n in self.list_names(folder) if n.startswith("part-") and n.endswith(suffix)]
+        if len(names) != 1:
+            raise OSError(f"expected one part-*{suffix} file in {folder}, found {len(names)}")
+        if self.exists(dest):
+            self.delete(dest)
+        self.rename(f"{folder}/{names[0]}", dest)
+        self.delete(folder)
+        return dest
 
     def local_path(self, uri: str) -> Path | None:
         """The OS path when `uri` is on the local file system (lock files need one), else None."""

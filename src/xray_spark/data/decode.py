@@ -1,5 +1,7 @@
 """Bytes -> one normalised 8-bit luminance array, or a stable reason why not (pure functions, no Spark).
 
+Pillow formats here, DICOM in dicom.py; steps 3-4 below and the error/info types live in pixels.py.
+
 Why one path for every source: in the reference data, format, colour mode and bit depth alone separate
 COVID from non-COVID images (see shared/data/README.md). Every decoder here ends in the same steps, so a
 model sees pixels, not file-format trivia:
@@ -19,6 +21,8 @@ DICOM (``DICM`` at offset 128; a preamble-less file whose first tag is in group 
 pydicom's ``force=True`` when Pillow does not recognise it): ``pixel_array`` of the first frame only
 (multi-frame files are accepted, frames 2.. ignored), modality LUT (rescale slope/intercept), VOI LUT or
 WindowCenter/Width, MONOCHROME1 inverted *after* windowing (as torchxrayvision does), then step 4.
+With ``patient_salt``, PatientID (0010,0020) becomes ``ImageInfo.patient_ref``, a salted hash (privacy.py);
+the value itself is never kept, logged or put in a message.
 Colour DICOM (RGB/YBR, converted to RGB by pydicom; PALETTE COLOR through its LUT) follows step 3.
 Compressed transfer syntaxes decode when pydicom has a plugin for them (here: JPEG baseline/JPEG 2000 via
 Pillow, RLE via pydicom); others are ``dicom_unsupported``.
@@ -57,23 +61,19 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
+from xray_spark.data.dicom import decode_dicom, looks_like_bare_dicom  # imports pydicom only when called
+from xray_spark.data.pixels import REASONS, DecodeError, ImageInfo, luma, luma_of, stretch
+
+__all__ = [
+    "DEFAULT_MAX_PIXELS", "REASONS", "RESIZE_FILTER", "DecodeError", "ImageInfo", "ImageRecord", "analyze",
+    "decode_for_model", "decode_gray", "image_struct_to_gray", "phash_hex", "pixel_sha256", "resize",
+    "stretch", "thumbnail", "to_rgb",
+]
+
 log = logging.getLogger(__name__)
 
 RESIZE_FILTER: str = "bilinear"  # PIL Image.Resampling.BILINEAR: antialiases on downscale (support scales)
 DEFAULT_MAX_PIXELS: int = 100_000_000
-
-REASONS: dict[str, str] = {
-    "empty_file": "the file has 0 bytes",
-    "not_an_image": "the bytes are not any image format we recognise (e.g. text)",
-    "unsupported_format": "a recognised container we do not decode (PDF, SVG, HEIC, other Pillow formats, ...)",
-    "truncated": "the image data ends early (partial download/copy)",
-    "corrupt_image": "the header is recognised but the data is broken (bad CRC, garbage, NaN/inf pixels)",
-    "too_large": "width*height exceeds max_pixels (decompression-bomb guard, checked before decoding)",
-    "dicom_no_pixel_data": "a DICOM file without PixelData (e.g. a structured report)",
-    "dicom_corrupt": "a DICOM file that pydicom cannot parse, or with missing/invalid image attributes",
-    "dicom_unsupported": "a DICOM transfer syntax without an installed decoder, or an unknown photometric",
-    "blank_image": "every pixel has the same luminance: nothing to normalise",
-}
 
 _RESAMPLE = Image.Resampling.BILINEAR
 for _plugin in ("Bmp", "Gif", "Jpeg", "Mpo", "Png", "Tiff", "WebP"):  # register exactly the readers we use
@@ -82,7 +82,6 @@ for _plugin in ("Bmp", "Gif", "Jpeg", "Mpo", "Png", "Tiff", "WebP"):  # register
     except ImportError:  # e.g. Pillow built without WebP: those files become unsupported_format
         log.debug("Pillow plugin %s unavailable", _plugin)
 _PIL_FORMATS = tuple(f for f in ("PNG", "JPEG", "MPO", "BMP", "TIFF", "GIF", "WEBP") if f in Image.OPEN)
-_R, _G, _B = np.float32(0.299), np.float32(0.587), np.float32(0.114)
 _MODE_BITS = {"1": 1, "I": 32, "F": 32}
 _SUPPORTED_MAGIC = (
     (b"\x89PNG\r\n\x1a\n", "PNG"), (b"\xff\xd8\xff", "JPEG"), (b"GIF87a", "GIF"), (b"GIF89a", "GIF"),
@@ -94,92 +93,6 @@ _UNSUPPORTED_MAGIC = (
     (b"\x00\x00\x00\x0cJXL ", "JPEG XL"), (b"\xff\x0a", "JPEG XL"), (b"DDS ", "DDS"), (b"qoif", "QOI"),
     (b"PK\x03\x04", "ZIP"), (b"\x1f\x8b", "gzip"), (b"\x76\x2f\x31\x01", "OpenEXR"), (b"#?RADIANCE", "HDR"),
 )
-
-
-@dataclass(frozen=True)
-class ImageInfo:
-    """What the source file was, before normalisation (metadata for the shortcut baseline and reports)."""
-
-    format: str  # "PNG","JPEG","BMP","TIFF","GIF","WEBP","DICOM"
-    mode: str  # PIL mode of the source, or DICOM PhotometricInterpretation
-    width: int  # after EXIF orientation (= decoded array's shape[1])
-    height: int
-    bit_depth: int  # bits per sample of the source (PNG IHDR / TIFF BitsPerSample / DICOM BitsStored)
-
-
-class DecodeError(ValueError):
-    """Why bytes could not become a normalised image. `info` is set when the header was readable."""
-
-    def __init__(self, reason: str, detail: str, info: ImageInfo | None = None) -> None:
-        if reason not in REASONS:
-            raise ValueError(f"unknown decode reason code {reason!r}")
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
-        self.detail = detail
-        self.info = info
-
-    def __reduce__(self):  # keeps the exception picklable across Spark/multiprocessing boundaries
-        return (DecodeError, (self.reason, self.detail, self.info))
-
-
-# --------------------------------------------------------------------------- normalisation (shared path)
-
-
-def stretch(x: np.ndarray) -> np.ndarray:
-    """Linear min-max stretch to uint8 [0, 255], round-half-even. uint8/uint16 go through a LUT built by
-    the very same float32 formula, so the result is identical to the float path, only faster."""
-    if x.dtype == np.bool_:
-        x = x.view(np.uint8)
-    if x.dtype in (np.uint8, np.uint16):
-        mn, mx = int(x.min()), int(x.max())
-        if mn == mx:
-            raise DecodeError("blank_image", f"every pixel is {mn}")
-        if x.dtype == np.uint8 and mn == 0 and mx == 255:
-            return x.copy(order="C")  # identity, but always a private, writable, contiguous array
-        lut = _stretch_float(np.arange(mx + 1, dtype=np.float32), mn, mx)  # entries < mn are never used
-        return np.take(lut, x)
-    if x.dtype.kind not in "iuf":
-        raise DecodeError("corrupt_image", f"pixel type {x.dtype} cannot be normalised")
-    small = x.dtype.itemsize <= (4 if x.dtype.kind == "f" else 2)
-    xf = x.astype(np.float32 if small else np.float64)  # always a private copy: _stretch_float works in place
-    if xf.dtype.kind == "f" and not np.isfinite(xf).all():
-        raise DecodeError("corrupt_image", "pixels contain NaN or infinity")
-    mn, mx = xf.min(), xf.max()
-    if mn == mx:
-        raise DecodeError("blank_image", f"every pixel is {mn}")
-    return _stretch_float(xf, mn, mx)
-
-
-def _stretch_float(xf: np.ndarray, mn, mx) -> np.ndarray:
-    """(x - min) * 255 / (max - min), rounded; works in place on `xf` (callers pass a private array)."""
-    xf -= xf.dtype.type(mn)
-    xf *= xf.dtype.type(255.0) / xf.dtype.type(mx - mn)
-    np.rint(xf, out=xf)
-    np.clip(xf, 0, 255, out=xf)
-    return xf.astype(np.uint8)
-
-
-def _luma(r: np.ndarray, g: np.ndarray, b: np.ndarray, a: np.ndarray | None = None) -> np.ndarray:
-    """ITU-R 601-2 luminance of 2-D channel views, alpha composited onto black. Returns an array for _stretch."""
-    if np.array_equal(r, g) and np.array_equal(r, b):
-        lum = r  # grey stored as colour: exact, no weights, no copy
-    else:
-        lum = r.astype(np.float32)
-        lum *= _R
-        lum += g * _G
-        lum += b * _B
-    if a is not None and a.min() < 255:
-        lum = lum.astype(np.float32) if lum.dtype != np.float32 else lum
-        lum *= a * np.float32(1.0 / 255.0)
-    return lum
-
-
-def luma_of(arr: np.ndarray) -> np.ndarray:
-    """(H,W,3|4) RGB(A) -> luminance; (H,W) passes through."""
-    if arr.ndim == 2:
-        return arr
-    alpha = arr[..., 3] if arr.shape[2] == 4 else None
-    return _luma(arr[..., 0], arr[..., 1], arr[..., 2], alpha)
 
 
 def _check_gray(gray: np.ndarray) -> np.ndarray:
@@ -313,20 +226,21 @@ def _decode_pil(data: bytes, head: bytes, max_pixels: int) -> tuple[np.ndarray, 
 # --------------------------------------------------------------------------- public API
 
 
-def decode_gray(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, ImageInfo]:
+def decode_gray(
+    data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, patient_salt: str | None = None
+) -> tuple[np.ndarray, ImageInfo]:
     """bytes -> (H x W uint8 luminance normalised to [0, 255], source info). Raises DecodeError.
 
-    The array is always a fresh C-contiguous, writable buffer that shares memory with nothing."""
+    The array is always a fresh C-contiguous, writable buffer that shares memory with nothing. With a
+    `patient_salt`, a DICOM's PatientID becomes ``info.patient_ref`` (privacy.hash_identifier)."""
     if not data:
         raise DecodeError("empty_file", "0 bytes")
     if ImageFile.LOAD_TRUNCATED_IMAGES:
         log.warning("PIL.ImageFile.LOAD_TRUNCATED_IMAGES was enabled; resetting it so truncated files are caught")
         ImageFile.LOAD_TRUNCATED_IMAGES = False
-    from xray_spark.data.dicom import decode_dicom, looks_like_bare_dicom  # pydicom only when needed
-
     head = bytes(data[:2048])
     if head[128:132] == b"DICM":
-        return decode_dicom(data, max_pixels)
+        return decode_dicom(data, max_pixels, patient_salt=patient_salt)
     try:
         return _decode_pil(data, head, max_pixels)
     except DecodeError as e:
@@ -334,7 +248,7 @@ def decode_gray(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[n
             raise
         not_image = e
     try:
-        return decode_dicom(data, max_pixels, forced=True)
+        return decode_dicom(data, max_pixels, forced=True, patient_salt=patient_salt)
     except DecodeError as e:
         if e.reason == "dicom_corrupt":
             raise not_image from None  # the group-0002/0008 guess was wrong
@@ -386,7 +300,7 @@ def image_struct_to_gray(height: int, width: int, n_channels: int, mode: int, da
         return stretch(arr.reshape(height, width))
     arr = arr.reshape(height, width, n_channels)
     alpha = arr[..., 3] if n_channels == 4 else None
-    return stretch(_luma(arr[..., 2], arr[..., 1], arr[..., 0], alpha))
+    return stretch(luma(arr[..., 2], arr[..., 1], arr[..., 0], alpha))
 
 
 def pixel_sha256(gray: np.ndarray) -> str:
@@ -423,21 +337,30 @@ class ImageRecord:
     pixel_sha256: str | None = None
     phash: str | None = None
     thumb: bytes | None = None  # thumbnail(...).tobytes(), thumb_size x thumb_size
+    patient_ref: str | None = None  # ImageInfo.patient_ref: salted hash of the DICOM PatientID, not the value
 
 
-def analyze(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, thumb_size: int = 128) -> ImageRecord:
+def analyze(
+    data: bytes,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    thumb_size: int = 128,
+    patient_salt: str | None = None,
+) -> ImageRecord:
     """Decode once and summarise; never raises (bad input becomes status 'quarantined' + reason)."""
     try:
-        gray, info = decode_gray(data, max_pixels=max_pixels)
+        gray, info = decode_gray(data, max_pixels=max_pixels, patient_salt=patient_salt)
         return ImageRecord(
             "ok", None, info.format, info.mode, info.width, info.height, info.bit_depth,
-            pixel_sha256(gray), phash_hex(gray), thumbnail(gray, thumb_size).tobytes(),
+            pixel_sha256(gray), phash_hex(gray), thumbnail(gray, thumb_size).tobytes(), info.patient_ref,
         )
     except DecodeError as e:
         i = e.info
         if i is None:
             return ImageRecord("quarantined", str(e))
-        return ImageRecord("quarantined", str(e), i.format, i.mode, i.width, i.height, i.bit_depth)
+        return ImageRecord(
+            "quarantined", str(e), i.format, i.mode, i.width, i.height, i.bit_depth, patient_ref=i.patient_ref
+        )
     except Exception as e:  # noqa: BLE001 - ingest must never crash on one file
         log.warning("unexpected decode failure: %s: %s", type(e).__name__, e)
         return ImageRecord("quarantined", f"decode_failed: {type(e).__name__}: {e}")

@@ -1,7 +1,7 @@
 """DICOM bytes -> the same normalised 8-bit luminance as every other format (see decode.py's docstring).
 
 Why its own module: pydicom's parsing, sanity checks and LUT chain are a job of their own, and pydicom is
-imported only when a DICOM file turns up.
+imported only when a DICOM file turns up. Imports pixels.py and privacy.py only, never decode.py.
 """
 
 from __future__ import annotations
@@ -11,9 +11,13 @@ import logging
 
 import numpy as np
 
-from xray_spark.data.decode import DecodeError, ImageInfo, luma_of, stretch
+from xray_spark.data.pixels import DecodeError, ImageInfo, luma_of, stretch
+from xray_spark.data.privacy import hash_identifier
 
 log = logging.getLogger(__name__)
+
+PATIENT_REF_PREFIX: str = "dcm-"
+_PATIENT_ID = 0x00100020
 
 
 def looks_like_bare_dicom(head: bytes) -> bool:
@@ -37,7 +41,38 @@ def _dicom_sanity(ds, forced: bool) -> None:
             raise DecodeError("truncated", f"DICOM element {tag} has {len(value)} of {length} bytes")
 
 
-def decode_dicom(data: bytes, max_pixels: int, forced: bool = False) -> tuple[np.ndarray, ImageInfo]:
+def _patient_ref(ds, salt: str | None) -> str | None:
+    """Salted hash of PatientID (0010,0020), or None (no salt, no or empty PatientID, unreadable value).
+
+    Reads the raw element bytes and decodes them without pydicom's value validation, whose warnings quote
+    the value; the clear text exists only inside this function and nothing about it is logged."""
+    if salt is None:
+        return None
+    from pydicom.values import convert_single_string
+
+    try:
+        value = getattr(ds.get_item(_PATIENT_ID), "value", None)
+        if isinstance(value, bytes):  # the usual case: still a RawDataElement straight from dcmread
+            charset = ds.original_character_set  # "" / one name / a list, as read from (0008,0005)
+            encodings = [c for c in ([charset] if isinstance(charset, str) else charset) if c] or None
+            value = convert_single_string(value, encodings)
+        elif value is not None and not isinstance(value, str):  # already converted to a MultiValue
+            value = "\\".join(str(v) for v in value)
+        if not value or not value.strip():
+            return None
+        return hash_identifier(value, salt, PATIENT_REF_PREFIX)
+    except MemoryError:
+        raise
+    except Exception as e:  # noqa: BLE001 - an odd PatientID must not fail the decode; never log the value
+        log.debug("PatientID unreadable (%s): no patient_ref", type(e).__name__)
+        return None
+
+
+def decode_dicom(
+    data: bytes, max_pixels: int, forced: bool = False, *, patient_salt: str | None = None
+) -> tuple[np.ndarray, ImageInfo]:
+    """DICOM bytes -> (normalised uint8 luminance, info). Raises DecodeError. `forced`: no preamble/meta.
+    With `patient_salt`, info.patient_ref is the salted hash of PatientID (see _patient_ref)."""
     import pydicom
     from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut, get_decoder, pixel_array
     from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
@@ -49,6 +84,7 @@ def decode_dicom(data: bytes, max_pixels: int, forced: bool = False) -> tuple[np
     except Exception as e:  # noqa: BLE001 - pydicom raises many types on garbage
         raise DecodeError("dicom_corrupt", f"unreadable DICOM: {type(e).__name__}: {e}") from None
     _dicom_sanity(ds, forced)
+    ref = _patient_ref(ds, patient_salt)
     if not any(t in ds for t in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
         raise DecodeError("dicom_no_pixel_data", f"no PixelData (SOP class {ds.get('SOPClassUID', 'unknown')})")
     try:
@@ -58,7 +94,7 @@ def decode_dicom(data: bytes, max_pixels: int, forced: bool = False) -> tuple[np
         frames = int(ds.get("NumberOfFrames") or 1)
     except (AttributeError, TypeError, ValueError) as e:
         raise DecodeError("dicom_corrupt", f"missing or invalid image attribute: {e}") from None
-    info = ImageInfo("DICOM", photometric, cols, rows, bits)
+    info = ImageInfo("DICOM", photometric, cols, rows, bits, ref)
     if rows <= 0 or cols <= 0:
         raise DecodeError("dicom_corrupt", f"invalid size {cols}x{rows}", info)
     if rows * cols > max_pixels:

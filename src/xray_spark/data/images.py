@@ -1,78 +1,69 @@
-"""Reuse-or-run ingestion and re-read image bytes for the ok rows: shared by featurize, train and demo.
+"""Reuse-or-run ingestion and the image bytes of an ingested folder: shared by featurize, train, demo.
 
-Why: every later step must see the same persisted split and the same bytes ingest validated.
+Why: every later step must see the same persisted split and the same bytes ingest validated, and must
+not hold per-image rows on the driver: the images table comes back as a Spark DataFrame over Parquet.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
 import json
-import os
-from pathlib import Path
+import logging
+from typing import TYPE_CHECKING
 
-import pandas as pd
-
+from xray_spark import paths
 from xray_spark.config import Config
+from xray_spark.data.files import labelled_listing, listing_fingerprint, open_data_folder, unlisted_files
+from xray_spark.data.ingest import ingest
+from xray_spark.data.layout import IngestLayout
+from xray_spark.spark_io import HadoopFS
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
+
+log = logging.getLogger(__name__)
 
 
-def load_or_ingest(spark, data: str | Path, out_dir: Path, cfg: Config) -> tuple[pd.DataFrame, dict]:
-    """An ingest output folder (images/ + split.csv) is reused as is; a raw data folder is ingested first.
+def load_or_ingest(spark: SparkSession, data: str, out_dir: str,
+                   cfg: Config) -> tuple[DataFrame, dict, IngestLayout]:
+    """An ingest output folder (images/ + summary.json) is reused as is; a raw data folder is ingested into
+    OUT/ingest first, unless an earlier ingest there saw the same listing and settings (same ingest_key).
 
     Reusing keeps the split identical across every later train/featurize run (paired comparisons).
     """
-    from xray_spark.data.ingest import ingest
-
-    data = Path(data)
-    if (data / "summary.json").is_file() and (data / "images").is_dir():
-        ingest_dir = data
+    fs = HadoopFS(spark)
+    given = IngestLayout(paths.qualify(spark, str(data)))
+    if fs.exists(given.summary_json) and fs.is_dir(given.images):
+        layout = given
     else:
-        ingest_dir = out_dir / "ingest"
-        previous = ingest_dir / "summary.json"
-        key = ingest_key(data, cfg)
-        if not (previous.is_file() and json.loads(previous.read_text()).get("ingest_key") == key):
-            ingest(spark, data, ingest_dir, cfg)
-    summary = json.loads((ingest_dir / "summary.json").read_text())
-    images = spark.read.parquet(str(ingest_dir / "images")).toPandas()
-    return images, summary
+        layout = IngestLayout.under(paths.qualify(spark, str(out_dir)))
+        if not _reusable(spark, fs, layout, str(data), cfg):
+            ingest(spark, str(data), layout.root, cfg)
+    summary = json.loads(fs.read_text(layout.summary_json))
+    return spark.read.parquet(layout.images), summary, layout
 
 
-def ingest_key(data_dir: str | Path, cfg: Config) -> str:
-    """What an earlier ingest under --out must match to be reused: the folder, its listing (relative path,
-    size, mtime) and the settings that shape the split. Files added, removed or replaced, or a new split
-    seed or label mapping, mean a fresh ingest instead of a stale split."""
-    root = Path(data_dir).resolve()
-    h = hashlib.sha256(str(root).encode())
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames.sort()
-        for name in sorted(filenames):
-            p = Path(dirpath) / name
-            try:
-                st = p.stat()
-            except OSError:
-                continue
-            h.update(f"{p.relative_to(root)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-    settings = {k: dataclasses.asdict(getattr(cfg, k)) for k in ("decode", "dedup", "split")}
-    h.update(json.dumps([settings, cfg.labels], sort_keys=True).encode())
-    return h.hexdigest()
+def _reusable(spark: SparkSession, fs: HadoopFS, layout: IngestLayout, data: str, cfg: Config) -> bool:
+    if not fs.exists(layout.summary_json):
+        return False
+    previous = json.loads(fs.read_text(layout.summary_json)).get("ingest_key")
+    folder = open_data_folder(spark, data)
+    listing = labelled_listing(spark, folder, cfg, unlisted_files(spark, folder, folder.files.count()))
+    return previous == listing_fingerprint(listing, cfg)
 
 
-def image_contents(spark, images: pd.DataFrame, data_dir: str):
-    """(sha256, content) for the ok images, read again with binaryFile (one row per distinct content)."""
+def image_contents(spark: SparkSession, summary: dict, cfg: Config) -> DataFrame:
+    """(sha256, content) for the files of an ingested folder, read once and not shuffled here.
+
+    Rows are every readable file under the folder (up to decode.max_file_bytes); callers keep the contents
+    they need by a semi-join on sha256 keys (ids) with the ok images, e.g. the feature cache's missing keys.
+    """
     from pyspark.sql import functions as F
 
-    from xray_spark.data.ingest import read_binary_files
-
-    ok = images[images["status"] == "ok"][["path", "sha256"]]
-    wanted = spark.createDataFrame(ok)
-    files = read_binary_files(spark, data_dir).select("path", "content")
-    files = files.withColumn("key", path_key_expr(F.col("path"))).drop("path")
-    joined = files.join(wanted, files["key"] == wanted["path"], "inner").select("sha256", "content")
-    return joined.dropDuplicates(["sha256"])
+    files = spark.read.format("binaryFile").option("recursiveFileLookup", "true").load(summary["data_dir"])
+    return (files.where(F.col("length") <= cfg.decode.max_file_bytes)
+            .select(F.sha2(F.col("content"), 256).alias("sha256"), "content"))
 
 
-def path_key_expr(col):
-    """Spark-side twin of ingest.path_key: binaryFile URI `file:/a%20b/x.png` -> `/a b/x.png`."""
-    from pyspark.sql import functions as F
-
-    return F.url_decode(F.regexp_replace(col, r"^file:(//)?", ""))
+def ok_keys(images: DataFrame) -> DataFrame:
+    """Distinct content hashes of the ok images: what featurizing an ingested folder must cover."""
+    return images.where("status = 'ok'").select("sha256").distinct()

@@ -1,53 +1,69 @@
-"""Folders/manifests -> images table (Parquet) + duplicates report + persisted grouped split.
+"""Folders/manifests -> images table (Parquet) + duplicates report + persisted grouped split, on executors.
 
-Why Spark here: reading and decoding thousands of multi-megabyte files is the part that scales with the
-data; the de-duplication and split work on a small per-image table (hashes, 128x128 thumbnails) on the driver.
+Why this shape: collections outgrow one machine (NIH ChestX-ray14 112k images, MIMIC-CXR 377k), so every
+step that touches per-image data runs on executors and the driver sees ids and small aggregates only:
+1. list the folder once with binaryFile (any Hadoop scheme) and attach labels (data/files.py);
+2. read each file's bytes once: files over decode.max_file_bytes are filtered by `length` before `content`
+   is selected (never read), the rest decoded in mapInPandas; hashes and a 128x128 thumbnail per image go
+   to a scratch Parquet (`_work/`), thumbnails stay there;
+3. de-duplicate on executors (data/dedup.py), group patients + duplicates over integer edges
+   (data/groups.py), assign folds from one row per group (data/split.py);
+4. write images/, split.csv, quarantine.csv, duplicates/ and summary.json through Hadoop.
 Counts always reconcile: files read = ok + quarantined.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
-from urllib.parse import unquote, urlparse
 
 import pandas as pd
 
+from xray_spark import paths
 from xray_spark.config import Config
-from xray_spark.data.manifest import IGNORED_NAMES, discover
+from xray_spark.data.files import (
+    IGNORED_NAMES,
+    SALT_ENV,
+    DataFolder,
+    extra_files,
+    labelled_listing,
+    listing_fingerprint,
+    open_data_folder,
+    unlisted_files,
+)
+from xray_spark.data.ingest_report import summarize, write_duplicates_report
+from xray_spark.data.layout import IngestLayout
+from xray_spark.spark_io import HadoopFS, explicit_broadcasts_only
 
 log = logging.getLogger(__name__)
 
 ANALYZED_SCHEMA = (
-    "key string, sha256 string, file_size long, format string, mode string, width int, height int, "
-    "bit_depth int, status string, reason string, pixel_sha256 string, phash string, thumb binary"
+    "path string, id long, sha256 string, format string, mode string, width int, height int, bit_depth int, "
+    "status string, reason string, pixel_sha256 string, phash string, patient_ref string, thumb binary"
 )
 IMAGE_COLUMNS = [
     "path", "rel_path", "sha256", "label", "source", "patient_id", "width", "height", "format", "mode",
     "bit_depth", "file_size", "status", "reason", "pixel_sha256", "phash", "group_id", "dup_group", "fold", "split",
 ]
+SPLIT_COLUMNS = ["path", "rel_path", "label", "source", "patient_id", "sha256", "group_id", "dup_group", "fold",
+                 "split"]
+_DEFAULT_SALT = "xray-spark"
 
 
-def path_key(uri: str) -> str:
-    """Spark's binaryFile `path` (a URI) -> plain local path, to join with the driver-side listing."""
-    parsed = urlparse(uri)
-    return unquote(parsed.path) if parsed.scheme in ("file", "") else uri
+def patient_salt() -> str:
+    """Salt for hashing DICOM PatientIDs: $XRAY_SPARK_PATIENT_SALT (keep it secret, keep it stable), else a
+    fixed default (then a hash is only as safe as the ids are hard to guess: set the variable)."""
+    salt = os.environ.get(SALT_ENV)
+    if not salt:
+        log.debug("%s not set: DICOM patient ids are hashed with the default salt", SALT_ENV)
+    return salt or _DEFAULT_SALT
 
 
-def read_binary_files(spark, root: str | Path, partitions: int | None = None):
-    """All files below `root` via Spark's binaryFile source, spread over enough partitions for every core."""
-    df = spark.read.format("binaryFile").option("recursiveFileLookup", "true").load(str(root))
-    n = partitions or max(2, spark.sparkContext.defaultParallelism * 4)
-    return df.repartition(n)
-
-
-def _analyze_partition(max_pixels: int, max_file_bytes: int, thumb_size: int):
-    """mapInPandas function: decode each file once, return metadata, hashes and a thumbnail."""
+def _analyze_partition(root: str, max_pixels: int, thumb_size: int, salt: str):
+    """mapInPandas function: decode each file once; return metadata, hashes, a patient ref and a thumbnail."""
 
     def run(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         import hashlib
@@ -58,191 +74,180 @@ def _analyze_partition(max_pixels: int, max_file_bytes: int, thumb_size: int):
 
         from xray_spark.data.decode import analyze
 
+        columns = [c.split()[0] for c in ANALYZED_SCHEMA.split(", ")]
         for pdf in batches:
             out = []
-            for path, content, length in zip(pdf["path"], pdf["content"], pdf["length"], strict=True):
+            for path, content, ident in zip(pdf["path"], pdf["content"], pdf["id"], strict=True):
                 data = bytes(content) if content is not None else b""
-                row = {"key": path_key(path), "sha256": hashlib.sha256(data).hexdigest(), "file_size": int(length)}
-                if length > max_file_bytes:
-                    row.update(status="quarantined", reason=f"file_too_large: {length} bytes > {max_file_bytes}")
-                else:
-                    rec = analyze(data, max_pixels=max_pixels, thumb_size=thumb_size)
-                    row.update(
-                        format=rec.format, mode=rec.mode, width=rec.width, height=rec.height,
-                        bit_depth=rec.bit_depth, status=rec.status, reason=rec.reason,
-                        pixel_sha256=rec.pixel_sha256, phash=rec.phash, thumb=rec.thumb,
-                    )
-                out.append(row)
-            yield pd.DataFrame(out, columns=[c.split()[0] for c in ANALYZED_SCHEMA.split(", ")])
+                rec = analyze(data, max_pixels=max_pixels, thumb_size=thumb_size, patient_salt=salt)
+                out.append({
+                    "path": path, "id": ident, "sha256": hashlib.sha256(data).hexdigest(), "format": rec.format,
+                    "mode": rec.mode, "width": rec.width, "height": rec.height, "bit_depth": rec.bit_depth,
+                    "status": rec.status, "reason": rec.reason, "pixel_sha256": rec.pixel_sha256,
+                    "phash": rec.phash, "patient_ref": rec.patient_ref, "thumb": rec.thumb,
+                })
+            yield pd.DataFrame(out, columns=columns)
 
     return run
 
 
 @dataclass
 class IngestResult:
-    out_dir: Path
-    images: pd.DataFrame
+    layout: IngestLayout
+    images: object  # Spark DataFrame over layout.images
     summary: dict
-    files: dict[str, Path] = field(default_factory=dict)
-
-    @property
-    def ok(self) -> pd.DataFrame:
-        return self.images[self.images["status"] == "ok"]
+    files: dict[str, str] = field(default_factory=dict)
 
 
-def effective_folds(labels: pd.Series, groups: pd.Series, folds: int) -> int:
-    """Small folders (smoke tests, a first look) cannot fill `folds` stratified folds: use fewer, and say so."""
-    from xray_spark.errors import UserError
+def _decode_stage(spark, folder: DataFolder, layout: IngestLayout, cfg: Config):
+    """Read every listed file's bytes once (oversized files filtered by length first) into _work/analyzed."""
+    from pyspark.sql import functions as F
 
-    per_class = pd.DataFrame({"label": labels.to_numpy(), "group": groups.to_numpy()}).groupby("label")["group"].nunique()
-    if per_class.empty or per_class.min() < 2:
-        raise UserError(f"too few images to split: groups per class {per_class.to_dict()}; need at least 2 per class")
-    usable = int(min(folds, per_class.min()))
-    if usable < folds:
-        log.warning("only %d groups in the smallest class: using %d folds instead of %d (test share 1/%d)",
-                    per_class.min(), usable, folds, usable)
-    return usable
+    from xray_spark.data.groups import image_id_col
 
-
-def _why_not_read(path: str) -> str:
-    """Spark's file sources skip zero-byte files; say which of the possible reasons applies."""
-    if not os.path.exists(path):
-        return "missing_file: listed in the manifest but not found"
-    if os.path.isfile(path) and os.path.getsize(path) == 0:
-        return "empty_file: 0 bytes"
-    return "unreadable: listed but not returned by the file source"
+    name = F.lower(F.regexp_extract("path", r"([^/]*)$", 1))
+    rel = paths.rel_path_col(F.col("path"), folder.root)
+    todo = (folder.files.where(F.col("length") <= cfg.decode.max_file_bytes)  # pushed into the file scan
+            .where(~name.isin(sorted(IGNORED_NAMES)))
+            .select("path", image_id_col(rel).alias("id"), "content"))
+    target = paths.join(layout.work, "analyzed")
+    todo.mapInPandas(
+        _analyze_partition(folder.root, cfg.decode.max_pixels, cfg.dedup.thumb_size, patient_salt()), ANALYZED_SCHEMA
+    ).write.mode("overwrite").parquet(target)
+    return spark.read.parquet(target)
 
 
-def _reconcile(listing: pd.DataFrame, analyzed: pd.DataFrame) -> pd.DataFrame:
-    """Join the driver listing with what Spark read; whatever is missing or unlabelled becomes a quarantine row."""
-    df = listing.merge(analyzed, how="left", left_on="path", right_on="key").drop(columns=["key"])
-    missing = df["status"].isna()
-    df.loc[missing, "status"] = "quarantined"
-    df.loc[missing, "reason"] = df.loc[missing, "path"].map(_why_not_read)
-    sizes = df.loc[missing, "path"].map(lambda p: os.path.getsize(p) if os.path.isfile(p) else None)
-    df["file_size"] = df["file_size"].astype("Int64")
-    df.loc[missing, "file_size"] = sizes.astype("Int64")
-    bad_label = df["label_status"] != "ok"
-    df.loc[bad_label, "reason"] = df.loc[bad_label].apply(
-        lambda r: r["label_status"] if r["status"] == "ok" else f"{r['label_status']}; {r['reason']}", axis=1
+def _reconcile(listing, analyzed, max_file_bytes: int):
+    """Listing joined with what was decoded; anything not decoded or not labelled becomes a quarantine row."""
+    from pyspark.sql import functions as F
+
+    from xray_spark.data.groups import image_id_col
+
+    a = analyzed.drop("thumb", "id")
+    df = listing.join(a, "path", "left")
+    hidden = F.col("rel_path").rlike(r"(^|/)_")
+    why = (F.when(F.col("length").isNull(), F.lit("missing_file: listed in the manifest but not found"))
+           .when(F.col("length") == 0, F.lit("empty_file: 0 bytes"))
+           .when(hidden, F.lit("hidden_name: Spark's file sources skip names starting with '_'; rename the file"))
+           .when(F.col("length") > max_file_bytes,
+                 F.format_string("file_too_large: %d bytes > %d", F.col("length"), F.lit(max_file_bytes)))
+           .otherwise(F.lit("unreadable: listed but not returned by the file source")))
+    undecoded = F.col("status").isNull()
+    reason = F.when(undecoded, why).otherwise(F.col("reason"))
+    bad_label = F.col("label_status") != "ok"
+    reason = F.when(bad_label & ~undecoded & (F.col("status") == "ok"), F.col("label_status")).when(
+        bad_label, F.concat_ws("; ", F.col("label_status"), reason)).otherwise(reason)
+    status = F.when(undecoded | bad_label, F.lit("quarantined")).otherwise(F.col("status"))
+    return df.select(
+        "path", "rel_path", image_id_col(F.col("rel_path")).alias("id"), "sha256", "label", "source",
+        F.coalesce("patient_id", "patient_ref").alias("patient_id"), "width", "height", "format", "mode",
+        "bit_depth", F.col("length").alias("file_size"), status.alias("status"), reason.alias("reason"),
+        "pixel_sha256", "phash",
     )
-    df.loc[bad_label, "status"] = "quarantined"
-    return df.drop(columns=["label_status"])
 
 
-def ingest(spark, data_dir: str | Path, out_dir: str | Path, cfg: Config) -> IngestResult:
-    """Read, validate, de-duplicate and split one data folder; write everything under `out_dir`."""
+def _groups_and_split(spark, ok, thumbs, cfg: Config):
+    """ok rows -> + group_id, dup_group, fold, split; and the duplicates found on the way."""
     from xray_spark.data.dedup import find_duplicates
-    from xray_spark.data.images import ingest_key
-    from xray_spark.data.split import assign_groups, check_no_leak, grouped_split, split_hash
+    from xray_spark.data.groups import assign_group_ids, component_frame, star_edges
+    from xray_spark.data.split import check_no_leak, split_images
+
+    dups = find_duplicates(ok, thumbs, max_hamming=cfg.dedup.phash_max_hamming,
+                           min_correlation=cfg.dedup.pixel_min_correlation, thumb_size=cfg.dedup.thumb_size)
+    dup_edges = dups.edges.select("a", "b")
+    all_edges = dup_edges.unionByName(star_edges(ok, "patient_id"))
+    grouped = assign_group_ids(ok, component_frame(spark, all_edges), "group_id", "g-")
+    grouped = assign_group_ids(grouped, component_frame(spark, dup_edges), "dup_group", "dup-", singletons=False)
+    split, folds = split_images(spark, grouped, seed=cfg.split.seed, folds=cfg.split.folds,
+                                test_fold=cfg.split.test_fold)
+    split = split.select("path", "id", "rel_path", "label", "group_id", "dup_group", "fold", "split",
+                         "patient_id", "sha256").cache()
+    check_no_leak(split)
+    return split, dups, folds
+
+
+def ingest(spark, data_dir: str, out_dir: str, cfg: Config) -> IngestResult:
+    """Read, validate, de-duplicate and split one data folder; write everything under `out_dir`."""
+    with explicit_broadcasts_only(spark):
+        return _ingest(spark, data_dir, out_dir, cfg)
+
+
+def _ingest(spark, data_dir: str, out_dir: str, cfg: Config) -> IngestResult:
+    from pyspark.sql import functions as F
+
+    from xray_spark.data.split import split_hash
 
     t0 = time.time()
-    key = ingest_key(data_dir, cfg)  # before reading: a file added mid-run must trigger the next ingest
-    listing = discover(data_dir, cfg)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    log.info("ingest: %d files listed under %s; decoding with Spark", len(listing), data_dir)
+    fs = HadoopFS(spark)
+    folder = open_data_folder(spark, str(data_dir))
+    layout = IngestLayout(paths.qualify(spark, str(out_dir)))
+    n_spark = folder.files.count()
+    listing = labelled_listing(spark, folder, cfg, unlisted_files(spark, folder, n_spark)).cache()
+    key = listing_fingerprint(listing, cfg)  # before reading: a file added mid-run triggers the next ingest
+    log.info("ingest: %d files listed under %s; decoding with Spark", listing.count(), folder.root)
+    if folder.manifest:
+        n_extra = extra_files(folder, listing).count()
+        if n_extra:
+            log.info("ingest: %d files under the folder are not in the manifest; ignored", n_extra)
 
-    files = read_binary_files(spark, Path(data_dir).resolve())
-    analyzed_sdf = files.select("path", "content", "length").mapInPandas(
-        _analyze_partition(cfg.decode.max_pixels, cfg.decode.max_file_bytes, cfg.dedup.thumb_size), ANALYZED_SCHEMA
-    )
-    analyzed = analyzed_sdf.toPandas()
-    listed = set(listing["path"])
-    extra = analyzed[~analyzed["key"].isin(listed)]
-    extra = extra[~extra["key"].map(lambda k: Path(k).name.lower() in IGNORED_NAMES)]  # manifest.csv, README, ...
-    if len(extra):
-        log.info("ingest: %d files under the folder are not in the manifest/class folders; ignored", len(extra))
-    df = _reconcile(listing, analyzed[analyzed["key"].isin(listed)])
-    log.info("ingest: decoded %d files in %.1fs", len(df), time.time() - t0)
+    analyzed = _decode_stage(spark, folder, layout, cfg)
+    table = _reconcile(listing, analyzed, cfg.decode.max_file_bytes).cache()
+    n_ids = table.agg(F.countDistinct("id").alias("d"), F.count(F.lit(1)).alias("n")).first()
+    if n_ids["d"] != n_ids["n"]:
+        raise RuntimeError("ingest: two relative paths hash to the same 64-bit id; please report this")
+    log.info("ingest: decoded %d files in %.1fs", n_ids["n"], time.time() - t0)
 
-    ok = df[df["status"] == "ok"].reset_index(drop=True)
-    report = find_duplicates(
-        ok[["path", "sha256", "label", "patient_id", "pixel_sha256", "phash", "thumb"]],
-        max_hamming=cfg.dedup.phash_max_hamming,
-        min_correlation=cfg.dedup.pixel_min_correlation,
-        thumb_size=cfg.dedup.thumb_size,
-    )
-    dup_files = report.write(out / "duplicates")
-    groups = assign_groups(ok, report.pairs)
-    folds = effective_folds(ok["label"], groups, cfg.split.folds)
-    split_df = grouped_split(ok, groups, seed=cfg.split.seed, folds=folds, test_fold=min(cfg.split.test_fold, folds - 1))
-    check_no_leak(split_df)
-    dup_groups = report.groups.set_index("path")["dup_group"] if len(report.groups) else pd.Series(dtype=str)
-    split_df["dup_group"] = split_df["path"].map(dup_groups)
+    ok = table.where("status = 'ok'").cache()
+    split, dups, folds = _groups_and_split(spark, ok, analyzed.select("id", "thumb"), cfg)
+    images = table.join(split.select("id", "group_id", "dup_group", "fold", "split"), "id", "left")
+    images.select(*IMAGE_COLUMNS).write.mode("overwrite").parquet(layout.images)
+    images = spark.read.parquet(layout.images)
 
-    images = df.drop(columns=["thumb"]).merge(
-        split_df[["path", "group_id", "dup_group", "fold", "split"]], how="left", on="path"
-    )
-    images["fold"] = images["fold"].astype("Int64")
-    images = images[IMAGE_COLUMNS]
-    files_out = _write_outputs(spark, images, out)
-    files_out.update({f"duplicates/{p.name}": p for p in dup_files})
-
-    summary = summarize(images, report.summary(), split_hash(split_df), time.time() - t0)
-    summary["data_dir"] = str(Path(data_dir).resolve())
-    summary["ingest_key"] = key
+    files = _write_tables(fs, images, layout)
+    files.update(write_duplicates_report(fs, dups, ok, split, layout.duplicates))
+    summary = summarize(images, dups.counts, split, split_hash(images.where("status = 'ok'")), time.time() - t0)
+    summary.update(data_dir=folder.root, ingest_key=key, manifest_hash=manifest_hash(images))
     summary["split"]["folds"] = folds
-    summary["manifest_hash"] = manifest_hash(images)
-    summary_path = out / "summary.json"
-    summary_path.write_text(json.dumps(summary, indent=2, sort_keys=True))
-    files_out["summary.json"] = summary_path
-    return IngestResult(out_dir=out, images=images, summary=summary, files=files_out)
+    fs.write_text(layout.summary_json, _json(summary))
+    files["summary.json"] = layout.summary_json
+    for df in (listing, table, ok, split, dups.pairs):
+        df.unpersist()
+    fs.delete(layout.work)
+    return IngestResult(layout=layout, images=images, summary=summary, files=files)
 
 
-def _write_outputs(spark, images: pd.DataFrame, out: Path) -> dict[str, Path]:
-    """images/ (Parquet via Spark), split.csv (the persisted split every later run reuses), quarantine.csv."""
-    table = out / "images"
-    spark.createDataFrame(images.astype(object).where(images.notna(), None), schema=_images_schema()).coalesce(
-        1
-    ).write.mode("overwrite").parquet(str(table))
-    ok = images[images["status"] == "ok"]
-    split_csv = out / "split.csv"
-    ok[["path", "rel_path", "label", "source", "patient_id", "sha256", "group_id", "dup_group", "fold", "split"]].to_csv(
-        split_csv, index=False
-    )
-    quarantine_csv = out / "quarantine.csv"
-    images[images["status"] != "ok"][["path", "label", "file_size", "reason"]].to_csv(quarantine_csv, index=False)
-    return {"images": table, "split.csv": split_csv, "quarantine.csv": quarantine_csv}
+def _json(obj: dict) -> str:
+    import json
+
+    return json.dumps(obj, indent=2, sort_keys=True)
 
 
-def _images_schema():
-    from pyspark.sql.types import IntegerType, LongType, StringType, StructField, StructType
+def _write_tables(fs: HadoopFS, images, layout: IngestLayout) -> dict[str, str]:
+    """split.csv (the persisted split every later run reuses) and quarantine.csv, each one file via Spark."""
+    from pyspark.sql import functions as F
 
-    types = {"width": IntegerType(), "height": IntegerType(), "bit_depth": IntegerType(), "fold": IntegerType(),
-             "file_size": LongType()}
-    return StructType([StructField(c, types.get(c, StringType()), True) for c in IMAGE_COLUMNS])
-
-
-def summarize(images: pd.DataFrame, dup_summary: dict, split_id: str, seconds: float) -> dict:
-    """Counts that must reconcile: read = ok + quarantined, per class, plus split and duplicate figures."""
-    ok = images[images["status"] == "ok"]
-    quarantined = images[images["status"] != "ok"]
-    return {
-        "files_read": int(len(images)),
-        "ok": int(len(ok)),
-        "quarantined": int(len(quarantined)),
-        "per_class_ok": {str(k): int(v) for k, v in ok["label"].value_counts().sort_index().items()},
-        "quarantine_reasons": {
-            str(k): int(v) for k, v in quarantined["reason"].fillna("").str.split(":").str[0].value_counts().items()
-        },
-        "split": {
-            "hash": split_id,
-            "train": int((ok["split"] == "train").sum()),
-            "test": int((ok["split"] == "test").sum()),
-            "groups": int(ok["group_id"].nunique()),
-        },
-        "duplicates": {k: int(v) for k, v in dup_summary.items()},
-        "seconds": round(seconds, 1),
+    out = {"images": layout.images}
+    tables = {
+        layout.split_csv: images.where("status = 'ok'").select(*SPLIT_COLUMNS).orderBy("rel_path"),
+        layout.quarantine_csv: images.where("status != 'ok'").select("path", "label", "file_size", "reason")
+        .orderBy("path"),
     }
+    for target, df in tables.items():
+        tmp = target + "._parts"
+        df.select(*[F.col(c) for c in df.columns]).coalesce(1).write.mode("overwrite").option("header", "true") \
+            .option("escape", '"').csv(tmp)
+        fs.single_file(tmp, target, ".csv")
+        out[paths.file_name(target)] = target
+    return out
 
 
-def manifest_hash(images: pd.DataFrame) -> str:
+def manifest_hash(images) -> str:
     """Identifies the dataset content (relative path, label, bytes) independent of where it lives."""
-    import hashlib
+    from pyspark.sql import functions as F
 
-    rows = images[["rel_path", "label", "sha256"]].astype(str).sort_values("rel_path").to_csv(index=False)
-    return hashlib.sha256(rows.encode()).hexdigest()
+    line = F.concat_ws("\t", "rel_path", "label", F.coalesce("sha256", F.lit("")))
+    row = images.agg(F.sha2(F.concat_ws("\n", F.sort_array(F.collect_list(line))), 256).alias("h")).first()
+    return str(row["h"])
 
 
 def format_summary(summary: dict) -> str:

@@ -1,142 +1,113 @@
 """Grouped, stratified train/test split: no patient and no duplicate group ever sits on both sides.
 
 Why groups: an image-level split puts follow-ups of one patient (and near-identical copies) in train and
-test, so the test score measures recall of a person, not diagnosis. A group joins every image of one
-patient_id and every confirmed duplicate pair, transitively; folds are assigned per group.
+test, so the test score measures recall of a person, not diagnosis. Folds are assigned per group by
+scikit-learn's StratifiedGroupKFold, from one row per (group, label) with its image count: the driver
+sees group ids and counts, never image rows. Group ids derive from relative paths, so the split does not
+change when the data folder moves or is mounted under another scheme.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
 from sklearn.model_selection import StratifiedGroupKFold
+
+from xray_spark.errors import UserError
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
 
 log = logging.getLogger(__name__)
 
 
-def clean_patient_ids(values: pd.Series) -> pd.Series:
-    """None / NaN / empty / whitespace -> NA: an unknown patient links nothing."""
-    text = values.astype("string").str.strip()
-    return text.where(text.notna() & (text != ""), pd.NA)
+def group_label_counts(images: DataFrame) -> pd.DataFrame:
+    """(group_id, label, n): one small row per group and label, collected for the fold assignment."""
+    return images.groupBy("group_id", "label").count().withColumnRenamed("count", "n").toPandas()
 
 
-def _star_edges(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Rows sharing a code (>= 0) -> edges from the first such row to each other one."""
-    pos = np.flatnonzero(codes >= 0)
-    first = pd.Series(pos).groupby(codes[pos]).transform("first").to_numpy()
-    keep = pos != first
-    return first[keep], pos[keep]
+def effective_folds(counts: pd.DataFrame, folds: int) -> int:
+    """Small folders (smoke tests, a first look) cannot fill `folds` stratified folds: use fewer, and say so."""
+    per_class = counts.groupby("label")["group_id"].nunique()
+    if per_class.empty or per_class.min() < 2:
+        raise UserError(f"too few images to split: groups per class {per_class.to_dict()}; need at least 2 per class")
+    usable = int(min(folds, per_class.min()))
+    if usable < folds:
+        log.warning("only %d groups in the smallest class: using %d folds instead of %d (test share 1/%d)",
+                    per_class.min(), usable, folds, usable)
+    return usable
 
 
-def assign_groups(df: pd.DataFrame, dup_pairs: pd.DataFrame | None = None) -> pd.Series:
-    """Group id per row (index aligned with `df`): connected components of patient links + duplicate pairs.
-
-    Ids are derived from the member paths, so they do not depend on row order.
-    """
-    n = len(df)
-    if n == 0:
-        return pd.Series([], index=df.index, dtype=object, name="group_id")
-    paths = df["path"].astype(str).to_numpy()
-    if pd.Series(paths).duplicated().any():
-        raise ValueError(f"assign_groups: duplicated path(s), e.g. {pd.Series(paths)[pd.Series(paths).duplicated()].iat[0]}")
-    heads, tails = [], []
-    if "patient_id" in df.columns:
-        codes, _ = pd.factorize(clean_patient_ids(df["patient_id"]))
-        a, b = _star_edges(codes.astype(np.int64))
-        heads.append(a)
-        tails.append(b)
-    if dup_pairs is not None and len(dup_pairs):
-        pos = pd.Series(np.arange(n), index=paths)
-        known = dup_pairs["path_a"].isin(pos.index) & dup_pairs["path_b"].isin(pos.index)
-        if (~known).any():
-            log.debug("assign_groups: %d duplicate pairs name paths not in df; ignored", int((~known).sum()))
-        heads.append(pos[dup_pairs.loc[known, "path_a"]].to_numpy())
-        tails.append(pos[dup_pairs.loc[known, "path_b"]].to_numpy())
-    a = np.concatenate(heads) if heads else np.empty(0, np.int64)
-    b = np.concatenate(tails) if tails else np.empty(0, np.int64)
-    graph = coo_matrix((np.ones(len(a), dtype=np.int8), (a, b)), shape=(n, n))
-    _, comp = connected_components(graph, directed=False)
-    ids = pd.Series(paths).groupby(comp).agg(
-        lambda p: "g-" + hashlib.sha256("\n".join(sorted(p)).encode()).hexdigest()[:12]
-    )
-    return pd.Series(ids.reindex(comp).to_numpy(), index=df.index, name="group_id", dtype=object)
-
-
-def grouped_split(
-    df: pd.DataFrame, groups: pd.Series, *, seed: int = 42, folds: int = 5, test_fold: int = 0
-) -> pd.DataFrame:
-    """`df` copy + group_id, fold (0..folds-1) and split (test = fold == test_fold; ~1/folds of the data).
-
-    StratifiedGroupKFold stratified on label. It walks groups in sorted-id order (then shuffles with the
-    seed), and group ids come from member paths, so the result depends on the seed and the data, not on
-    the order rows arrived in from Spark (tested).
-    """
+def assign_folds(counts: pd.DataFrame, *, seed: int, folds: int) -> pd.DataFrame:
+    """(group_id, label, n) -> (group_id, fold). StratifiedGroupKFold stratifies on labels weighted by image
+    counts; its inputs are expanded from the counts (ints only) and groups are visited in sorted-id order,
+    so the folds depend on the seed and the data, not on the order rows arrive in."""
     if folds < 2:
-        raise ValueError(f"grouped_split: folds must be >= 2, got {folds}")
-    if not 0 <= test_fold < folds:
-        raise ValueError(f"grouped_split: test_fold must be in 0..{folds - 1}, got {test_fold}")
-    if len(groups) != len(df) or not groups.index.equals(df.index):
-        raise ValueError("grouped_split: `groups` must be index-aligned with `df` (use assign_groups(df, ...))")
-    if groups.isna().any():
-        raise ValueError(f"grouped_split: {int(groups.isna().sum())} row(s) have no group id")
-    if df["label"].isna().any():
-        raise ValueError(f"grouped_split: {int(df['label'].isna().sum())} row(s) have no label")
-    n_groups = groups.nunique()
-    if n_groups < folds:
-        raise ValueError(
-            f"grouped_split: only {n_groups} group(s) (patients/duplicate groups) for {folds} folds; "
-            f"need at least {folds} groups — add data or lower split.folds"
-        )
-    out = df.copy()
-    out["group_id"] = groups.astype(str)
-    fold = np.full(len(out), -1, dtype=np.int64)
+        raise ValueError(f"assign_folds: folds must be >= 2, got {folds}")
+    counts = counts.sort_values(["group_id", "label"]).reset_index(drop=True)
+    gids, g_code = np.unique(counts["group_id"].to_numpy(dtype=str), return_inverse=True)
+    if len(gids) < folds:
+        raise ValueError(f"assign_folds: only {len(gids)} group(s) for {folds} folds; add data or lower split.folds")
+    _, y_code = np.unique(counts["label"].to_numpy(dtype=str), return_inverse=True)
+    n = counts["n"].to_numpy(dtype=np.int64)
+    y, groups = np.repeat(y_code, n), np.repeat(g_code, n)
+    fold_of_group = np.full(len(gids), -1, dtype=np.int64)
     splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
-    labels = out["label"].astype(str).to_numpy()
-    for k, (_, test_idx) in enumerate(splitter.split(np.zeros(len(out)), labels, out["group_id"].to_numpy())):
-        fold[test_idx] = k
-    if (fold < 0).any():  # StratifiedGroupKFold covers every row; this guards a future sklearn change
-        raise RuntimeError("grouped_split: some rows were not assigned to a fold")
-    out["fold"] = fold
-    out["split"] = np.where(fold == test_fold, "test", "train")
-    log.info("split: %d groups, %d folds (seed %d): %d train / %d test images", n_groups, folds, seed,
-             int((out["split"] == "train").sum()), int((out["split"] == "test").sum()))
-    return out
+    for k, (_, test_idx) in enumerate(splitter.split(np.zeros(len(y)), y, groups)):
+        fold_of_group[np.unique(groups[test_idx])] = k
+    if (fold_of_group < 0).any():  # StratifiedGroupKFold covers every group; guards a future sklearn change
+        raise RuntimeError("assign_folds: some groups were not assigned to a fold")
+    return pd.DataFrame({"group_id": gids, "fold": fold_of_group.astype(np.int32)})
 
 
-def split_hash(split_df: pd.DataFrame) -> str:
-    """sha256 over sorted (content sha256 or path, split, fold): names the split in MLflow params.
+def split_images(spark: SparkSession, images: DataFrame, *, seed: int, folds: int,
+                 test_fold: int) -> tuple[DataFrame, int]:
+    """images (group_id, label, ...) -> + fold, split ("test" when fold == test_fold); returns the folds used."""
+    from pyspark.sql import functions as F
 
-    The content hash is preferred so the id survives moving the data folder.
-    """
-    if "sha256" in split_df.columns:
-        sha = split_df["sha256"].astype("string")
-        keys = sha.where(sha.notna() & (sha.str.len() > 0), split_df["path"].astype(str))
-    else:
-        keys = split_df["path"].astype(str)
-    rows = sorted(zip(keys.astype(str), split_df["split"].astype(str), split_df["fold"].astype(int), strict=True))
-    digest = hashlib.sha256()
-    for key, side, fold in rows:
-        digest.update(f"{key}\t{side}\t{fold}\n".encode())
-    return digest.hexdigest()
+    counts = group_label_counts(images)
+    used = effective_folds(counts, folds)
+    table = assign_folds(counts, seed=seed, folds=used)
+    test = min(test_fold, used - 1)
+    fold_df = spark.createDataFrame(table, "group_id string, fold int")
+    out = images.join(F.broadcast(fold_df), "group_id", "left").withColumn(
+        "split", F.when(F.col("fold") == test, "test").otherwise("train"))
+    sides = table["fold"].value_counts()
+    log.info("split: %d groups, %d folds (seed %d, test fold %d): %d test groups", len(table), used, seed, test,
+             int(sides.get(test, 0)))
+    return out, used
 
 
-def check_no_leak(split_df: pd.DataFrame) -> None:
+def check_no_leak(images: DataFrame) -> None:
     """Raise ValueError naming any patient_id / group_id / dup_group found in both train and test."""
+    from pyspark.sql import functions as F
+
     problems = []
     for col in ("patient_id", "group_id", "dup_group"):
-        if col not in split_df.columns:
+        if col not in images.columns:
             continue
-        values = clean_patient_ids(split_df[col])
-        known = values.notna()
-        sides = split_df.loc[known, "split"].groupby(values[known]).nunique()
-        leaking = sorted(sides[sides > 1].index)
-        if leaking:
-            shown = ", ".join(leaking[:5]) + (f" (+{len(leaking) - 5} more)" if len(leaking) > 5 else "")
-            problems.append(f"{len(leaking)} {col}(s) in both train and test: {shown}")
+        key = F.trim(F.col(col))
+        leaking = (images.where(key.isNotNull() & (key != "")).groupBy(key.alias("k"))
+                   .agg(F.countDistinct("split").alias("sides")).where("sides > 1"))
+        found = [r["k"] for r in leaking.orderBy("k").limit(6).collect()]
+        if found:
+            total = leaking.count()
+            shown = ", ".join(found[:5]) + (f" (+{total - 5} more)" if total > 5 else "")
+            problems.append(f"{total} {col}(s) in both train and test: {shown}")
     if problems:
         raise ValueError("split leak: " + "; ".join(problems))
+
+
+def split_hash(images: DataFrame) -> str:
+    """sha256 over the sorted lines "key<TAB>split<TAB>fold" (key: content sha256, else the relative path):
+    names the split in MLflow params and survives moving the data folder. One row comes back."""
+    from pyspark.sql import functions as F
+
+    key = F.coalesce(F.when(F.length("sha256") > 0, F.col("sha256")), F.col("rel_path"))
+    line = F.concat_ws("\t", key, F.col("split"), F.col("fold").cast("string"))
+    row = images.agg(F.sha2(F.concat(F.concat_ws("\n", F.sort_array(F.collect_list(line))), F.lit("\n")),
+                            256).alias("h")).first()
+    return str(row["h"])

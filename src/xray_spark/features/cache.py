@@ -6,8 +6,9 @@ are cheap and re-run often. Keying by the *content* hash (not the path) means re
 hit the cache, and keying by the weights fingerprint means a different weights file never serves stale
 features.
 
-Layout: `<cache_dir>/<Backbone>/<fingerprint, made path-safe>/part-<run>-<n>.parquet`, one set of part
-files per run that added rows. A run writes to `_staging-<run>/` (ignored by Parquet readers because of
+Layout: `<cache_dir>/<Backbone>/<fingerprint, made path-safe>/f32/part-<run>-<n>.parquet`, one set of part
+files per run that added rows. Features are stored as float32 arrays (half the bytes of MLlib's double
+vectors) and handed to callers as vectors. A run writes to `_staging-<run>/` (ignored by Parquet readers because of
 the leading underscore), then renames each finished part file into place: a crash leaves either whole part
 files (valid rows: the next run skips them) or an ignored staging folder, never half a file. Works on any
 Hadoop filesystem Spark can write (local, HDFS, DBFS, object stores with atomic rename semantics per file).
@@ -38,6 +39,7 @@ log = logging.getLogger(__name__)
 CACHE_COLUMNS = ("sha256", "backbone", "weights_fingerprint", "features", "featurize_error")
 IMAGES_PER_TASK = 256  # upper bound; tasks are also >= 1 batch so the model never runs on slivers
 BROADCAST_KEYS = 1_000_000  # missing sha256 keys (64 chars each) broadcast below this count
+CACHE_FORMAT = "f32"  # layout version: features as array<float>
 
 
 @dataclass(frozen=True)
@@ -58,26 +60,28 @@ def safe_fingerprint(fingerprint: str) -> str:
 
 
 def cache_path(cache_dir: str, backbone: str, fingerprint: str) -> str:
-    return f"{str(cache_dir).rstrip('/')}/{get_backbone(backbone).name}/{safe_fingerprint(fingerprint)}"
+    return f"{str(cache_dir).rstrip('/')}/{get_backbone(backbone).name}/{safe_fingerprint(fingerprint)}/{CACHE_FORMAT}"
 
 
 def featurize_to_cache(
     spark: SparkSession, images: DataFrame, backbone: str, weights: str, cache_dir: str, *,
-    batch_size: int = 32, progress: bool = True,
+    batch_size: int = 32, progress: bool = True, keys: DataFrame | None = None,
 ) -> DataFrame:
-    """Features for every row of `images` (columns sha256, content), computing only sha256s not cached yet.
+    """Features for the wanted sha256 keys, computing only those not cached yet from `images` (columns
+    sha256, content).
 
-    Returns (sha256, backbone, weights_fingerprint, features, featurize_error), one row per input row
-    (rows with a null sha256 are dropped). Progress (images done / total) is logged while computing.
+    `keys` (one column sha256) names what is wanted; without it, every sha256 of `images` (which then costs a
+    pass over the bytes). Returns (sha256, backbone, weights_fingerprint, features, featurize_error), one row
+    per key that has features or an error. Progress (images done / total) is logged while computing.
     """
     return featurize_to_cache_run(
-        spark, images, backbone, weights, cache_dir, batch_size=batch_size, progress=progress
+        spark, images, backbone, weights, cache_dir, batch_size=batch_size, progress=progress, keys=keys
     )[0]
 
 
 def featurize_to_cache_run(
     spark: SparkSession, images: DataFrame, backbone: str, weights: str, cache_dir: str, *,
-    batch_size: int = 32, progress: bool = True,
+    batch_size: int = 32, progress: bool = True, keys: DataFrame | None = None,
 ) -> tuple[DataFrame, CacheRun]:
     """As featurize_to_cache, plus a CacheRun saying what was computed."""
     start = time.perf_counter()
@@ -89,7 +93,9 @@ def featurize_to_cache_run(
     path = cache_path(cache_dir, bb.name, fingerprint)
     fs = HadoopFS(spark)
 
-    keys = images.select("sha256").where(F.col("sha256").isNotNull()).distinct()
+    if keys is None:
+        keys = images.select("sha256")
+    keys = keys.select("sha256").where(F.col("sha256").isNotNull()).distinct()
     cached = _read_cache(spark, fs, path)
     if cached is None:
         todo = keys
@@ -111,9 +117,12 @@ def featurize_to_cache_run(
         )
     table = cached if n_todo == 0 else _read_cache(spark, fs, path)
     if table is None:  # nothing requested and nothing cached: an empty result with the right schema
-        result = images.select("sha256").limit(0).crossJoin(_empty(spark))
+        result = keys.limit(0).crossJoin(_empty(spark))
     else:
-        result = images.select("sha256").join(table.dropDuplicates(["sha256"]), "sha256", "inner")
+        from pyspark.ml.functions import array_to_vector
+
+        result = keys.join(table.dropDuplicates(["sha256"]), "sha256", "inner").withColumn(
+            "features", array_to_vector("features"))
     run = CacheRun(path, fingerprint, requested, n_todo, failed, time.perf_counter() - start)
     log.info("feature cache %s: %d requested, %d computed (%d failed) in %.1fs",
              path, run.requested, run.computed, run.failed, run.seconds)
@@ -126,6 +135,7 @@ def _empty(spark: SparkSession) -> DataFrame:
 
     schema = StructType([StructField(c, StringType()) for c in CACHE_COLUMNS[1:3]]
                         + [StructField("features", VectorUDT()), StructField("featurize_error", StringType())])
+    # (the result type callers see; on disk features are array<float>)
     return spark.createDataFrame([], schema)
 
 
@@ -139,13 +149,16 @@ def _compute_and_append(
     spark: SparkSession, fs: HadoopFS, images: DataFrame, todo: DataFrame, n_todo: int, backbone: str,
     weights: str, fingerprint: str, path: str, batch_size: int, progress: bool,
 ) -> int:
+    from pyspark.ml.functions import vector_to_array
+
     from xray_spark.features.featurizer import DeepImageFeaturizer
 
     sc = spark.sparkContext
+    # broadcast keys (ids, not bytes): the image bytes are not shuffled by the filter, only once by the
+    # balanced repartition below. Copies of one content under two paths are rare: n_todo sizes the tasks.
     keys = F.broadcast(todo) if n_todo <= BROADCAST_KEYS else todo
-    n_rows = images.select("sha256").join(keys, "sha256", "left_semi").count()  # duplicates included
     rows = images.select("sha256", "content").join(keys, "sha256", "left_semi")
-    rows = rows.repartition(balanced_partitions(n_rows, sc.defaultParallelism, IMAGES_PER_TASK))
+    rows = rows.repartition(balanced_partitions(n_todo, sc.defaultParallelism, IMAGES_PER_TASK))
     featurizer = DeepImageFeaturizer(
         inputCol="content", outputCol="features", modelName=backbone, weights=weights, batchSize=batch_size
     )
@@ -153,11 +166,12 @@ def _compute_and_append(
     featurizer._progress = counter
     out = featurizer.transform(rows).select(
         "sha256", F.lit(backbone).alias("backbone"), F.lit(fingerprint).alias("weights_fingerprint"),
-        "features", "featurize_error",
+        F.when(F.col("features").isNotNull(), vector_to_array("features", "float32")).alias("features"),
+        "featurize_error",
     ).dropDuplicates(["sha256"])  # the same bytes under two paths: computed twice (rare), stored once
     run_id = f"{time.strftime('%Y%m%d%H%M%S')}-{uuid.uuid4().hex[:8]}"
     staging = f"{path}/_staging-{run_id}"
-    reporter = _Progress(counter, n_rows, backbone) if progress else None
+    reporter = _Progress(counter, n_todo, backbone) if progress else None
     try:
         out.write.mode("errorifexists").parquet(staging)
     finally:

@@ -33,19 +33,18 @@ def check_weights_arg(weights: str) -> str:
 def featurize_folder(spark, cfg: Config, *, data: str, backbone: str, weights: str, out_dir: str,
                      batch_size: int | None = None) -> str:
     """Ingest-or-reuse, then compute the missing features into `out_dir`; returns a one-paragraph summary."""
-    from xray_spark.data.images import image_contents, load_or_ingest
+    from xray_spark.data.images import image_contents, load_or_ingest, ok_keys
     from xray_spark.features.cache import featurize_to_cache
 
     check_weights_arg(weights)
-    out = Path(out_dir)
     t0 = time.time()
-    images, summary = load_or_ingest(spark, data, out, cfg)
-    contents = image_contents(spark, images, summary["data_dir"])
+    images, summary, _ = load_or_ingest(spark, data, out_dir, cfg)
+    contents = image_contents(spark, summary, cfg)
     kwargs = {"batch_size": batch_size} if batch_size else {}
-    feats = featurize_to_cache(spark, contents, backbone, weights, str(out), **kwargs)
+    feats = featurize_to_cache(spark, contents, backbone, weights, out_dir, keys=ok_keys(images), **kwargs)
     counts = feats.selectExpr("count(*) AS n", "count(features) AS ok").first()
     seconds = time.time() - t0
     return (
         f"featurized {counts['ok']} of {counts['n']} distinct images with {backbone} (weights {weights}) "
-        f"in {seconds:.1f}s; {counts['n'] - counts['ok']} could not be decoded; cache: {out}"
+        f"in {seconds:.1f}s; {counts['n'] - counts['ok']} could not be decoded; cache: {out_dir}"
     )

@@ -19,7 +19,7 @@ from typing import Any
 import pandas as pd
 
 from xray_spark.config import Config
-from xray_spark.data.images import image_contents, load_or_ingest
+from xray_spark.data.images import image_contents, load_or_ingest, ok_keys
 from xray_spark.train.baseline import BASELINE_NAME, metadata_features
 from xray_spark.train.fit import FitResult, fit_head, task_frame
 from xray_spark.train.heads import get_head, head_params
@@ -49,12 +49,15 @@ class TrainResult:
     parent_run_id: str = ""
     tracking_uri: str = ""
     seconds: dict[str, float] = field(default_factory=dict)
+    ingest_dir: str = ""  # the ingest output the run used (IngestLayout root)
 
 
-def _labels_frame(spark, images: pd.DataFrame):
-    ok = images[images["status"] == "ok"][["path", "sha256", "label", "split", "fold", "group_id"]].copy()
-    ok["fold"] = ok["fold"].astype(int)
-    return spark.createDataFrame(ok)
+def _labels_frame(images):
+    """The ok images' labels and split (a Spark DataFrame over the images table; nothing is collected)."""
+    from pyspark.sql import functions as F
+
+    return images.where("status = 'ok'").select("path", "sha256", "label", "split", F.col("fold").cast("int"),
+                                                 "group_id")
 
 
 def full_pipeline(backbone: str, weights: str, head_model, task: Task):
@@ -203,8 +206,8 @@ def run_training(spark, cfg: Config, spec: TrainSpec) -> TrainResult:
     out = Path(spec.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tasks = [get_task(t) for t in spec.tasks]
-    images, summary = load_or_ingest(spark, spec.data, out, cfg)
-    labels_sdf = _labels_frame(spark, images).cache()
+    images, summary, layout = load_or_ingest(spark, spec.data, str(out), cfg)
+    labels_sdf = _labels_frame(images).cache()
     tracking_uri = spec.tracking_uri or cfg.tracking_uri
     configure(tracking_uri, out)
     cache_dir = spec.cache_dir or cfg.cache_dir or str(out / "features")
@@ -219,10 +222,10 @@ def run_training(spark, cfg: Config, spec: TrainSpec) -> TrainResult:
         })
         runner = _Runner(spark, cfg, spec, summary)
         runner.parent_run_id, runner.experiment_id = parent.info.run_id, parent.info.experiment_id
-        contents = image_contents(spark, images, summary["data_dir"])
+        contents, keys = image_contents(spark, summary, cfg), ok_keys(images)
         for backbone in spec.backbones:
             t0 = time.time()
-            feats = featurize_to_cache(spark, contents, backbone, spec.weights, cache_dir)
+            feats = featurize_to_cache(spark, contents, backbone, spec.weights, cache_dir, keys=keys)
             feats = feats.select("sha256", "features", "featurize_error", "weights_fingerprint").cache()
             fingerprint = feats.select("weights_fingerprint").first()[0]
             failed = feats.where("features IS NULL").count()
@@ -242,7 +245,7 @@ def run_training(spark, cfg: Config, spec: TrainSpec) -> TrainResult:
             feats.unpersist()
         if spec.baseline:
             t1 = time.time()
-            meta = _small_frame(spark, metadata_features(spark.createDataFrame(_baseline_input(images))), "path")
+            meta = _small_frame(spark, metadata_features(_baseline_input(images)), "path")
             n_meta = len(meta.select("features").first()[0])
             frames = _task_frames(meta, tasks, cfg)
             runner.combos("metadata-baseline", BASELINE_NAME, frames, n_meta, fingerprint="n/a",
@@ -268,7 +271,7 @@ def run_training(spark, cfg: Config, spec: TrainSpec) -> TrainResult:
             print(format_reference_table(table, task.name))
     labels_sdf.unpersist()
     return TrainResult(comparison=table, champions=champions, files=files, parent_run_id=parent.info.run_id,
-                       tracking_uri=mlflow.get_tracking_uri(), seconds=seconds)
+                       tracking_uri=mlflow.get_tracking_uri(), seconds=seconds, ingest_dir=layout.root)
 
 
 def _small_frame(spark, sdf, key: str = "sha256"):
@@ -291,14 +294,13 @@ def _task_frames(frame, tasks: list[Task], cfg: Config) -> dict[str, tuple[Task,
     return out
 
 
-def _baseline_input(images: pd.DataFrame) -> pd.DataFrame:
-    ok = images[images["status"] == "ok"][
-        ["path", "label", "split", "fold", "group_id", "width", "height", "bit_depth", "file_size", "format", "mode"]
-    ].copy()
-    ok["fold"] = ok["fold"].astype(int)
-    for c in ("width", "height", "bit_depth", "file_size"):
-        ok[c] = ok[c].astype(float)
-    return ok
+def _baseline_input(images):
+    """The ok images' metadata (what the shortcut baseline may use), as a Spark DataFrame."""
+    from pyspark.sql import functions as F
+
+    return images.where("status = 'ok'").select(
+        "path", "label", "split", F.col("fold").cast("int"), "group_id",
+        *[F.col(c).cast("double") for c in ("width", "height", "bit_depth", "file_size")], "format", "mode")
 
 
 def _register_champions(runner: _Runner, tasks: list[Task], cfg: Config) -> dict[str, dict[str, str]]:

@@ -32,13 +32,13 @@ def check_train_config(cfg: Config) -> None:
 
 
 def resolve_train_options(args: argparse.Namespace, cfg: Config) -> TrainSpec:
-    from xray_spark.data.manifest import check_data_dir
+    from xray_spark.data.files import check_local_data_dir
     from xray_spark.features.backbones import backbone_names
     from xray_spark.features.run import check_weights_arg
 
     if not args.data:
         raise UserError("--data is required (an image folder or an ingest output folder)")
-    check_data_dir(args.data)
+    check_local_data_dir(args.data)
     tc = cfg.train
     backbones = parse_list(args.backbones or tc.backbones, backbone_names(), "backbone")
     heads = parse_list(args.heads or tc.heads, list(HEADS), "head")

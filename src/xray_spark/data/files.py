@@ -1,0 +1,239 @@
+"""Listing a data folder through Spark/Hadoop (any scheme) and attaching labels: class folders or a manifest.
+
+Why Spark: `--data` may be `/Volumes/...`, `dbfs:/...`, `s3a://...`, `hdfs://...` or a local folder with
+100k+ files; the driver must not walk it or hold a row per file. Spark's `binaryFile` source lists files
+(in parallel for large trees) and the same DataFrame later reads the bytes, so the folder is listed once.
+
+Two things Spark's file sources skip without a word: zero-byte files and names starting with `_` or `.`.
+Hadoop's ContentSummary counts every file; when it counts more than Spark listed, the few missing files
+are found (a walk of the folder, only then) and become quarantine rows instead of vanishing. Names under a
+`.`-prefixed folder or file (`.DS_Store`, `.git/`) are ignored, as version control and OS clutter.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from xray_spark import paths
+from xray_spark.config import Config
+from xray_spark.errors import UserError
+
+if TYPE_CHECKING:
+    from pyspark.sql import Column, DataFrame, SparkSession
+
+log = logging.getLogger(__name__)
+
+MANIFEST_NAME = "manifest.csv"
+IGNORED_NAMES = {MANIFEST_NAME, "readme.md", "readme.txt", "license", "license.txt", ".ds_store", "thumbs.db"}
+NIH_NAME = r"^(\d{8})_\d{3}\.[Pp][Nn][Gg]$"  # NIH ChestX-ray8: <8-digit patient>_<3-digit follow-up>.png
+LISTING_COLUMNS = ["path", "rel_path", "label", "source", "patient_id", "label_status", "length", "modified"]
+SALT_ENV = "XRAY_SPARK_PATIENT_SALT"  # secret salt for hashing DICOM PatientIDs (see ingest.patient_salt)
+_UNLISTED_SCAN_LIMIT = 100_000  # files the slow path looks at individually before giving up with a count
+
+
+@dataclass(frozen=True)
+class DataFolder:
+    """A `--data` folder: its qualified URI, the binaryFile DataFrame over it, and whether it has a manifest."""
+
+    root: str
+    files: DataFrame  # binaryFile rows (path, modificationTime, length, content); content read only when selected
+    manifest: str | None
+
+
+def check_local_data_dir(data_dir: str) -> None:
+    """Fail fast (exit 2, before a JVM starts) for a local --data that is missing, not a folder or empty."""
+    if not paths.is_local(data_dir):
+        return  # other schemes are checked through Hadoop once Spark runs (open_data_folder)
+    p = paths.local_path(data_dir)
+    if not p.exists():
+        raise UserError(f"--data folder does not exist: {p}")
+    if not p.is_dir():
+        raise UserError(f"--data is not a folder: {p}")
+    if not any(p.iterdir()):
+        raise UserError(f"--data folder is empty: {p}")
+
+
+def open_data_folder(spark: SparkSession, data_dir: str) -> DataFolder:
+    """Qualify `data_dir` under the session's filesystem, check it exists, and list it with binaryFile."""
+    from xray_spark.spark_io import HadoopFS
+
+    check_local_data_dir(data_dir)
+    root = paths.qualify(spark, data_dir)
+    fs = HadoopFS(spark)
+    if not fs.is_dir(root):
+        raise UserError(f"--data folder does not exist or is not a folder: {root}")
+    files = spark.read.format("binaryFile").option("recursiveFileLookup", "true").load(root)
+    manifest = paths.join(root, MANIFEST_NAME)
+    return DataFolder(root=root, files=files, manifest=manifest if fs.exists(manifest) else None)
+
+
+def norm_label_col(col: Column) -> Column:
+    """Spark twin of config._norm_label: lower case, spaces, '-' and '_' removed."""
+    from pyspark.sql import functions as F
+
+    return F.regexp_replace(F.lower(F.trim(col)), r"[\s_\-]+", "")
+
+
+def label_map_col(cfg: Config, raw: Column) -> Column:
+    """Canonical label for a folder name or manifest label (null when config does not map it)."""
+    from pyspark.sql import functions as F
+
+    from xray_spark.config import _norm_label
+
+    pairs: dict[str, str] = {}
+    for canonical, aliases in cfg.labels.items():
+        for name in [canonical, *aliases]:
+            pairs.setdefault(_norm_label(name), canonical)
+    if not pairs:
+        return F.lit(None).cast("string")
+    literal = F.create_map(*[F.lit(x) for kv in sorted(pairs.items()) for x in kv])
+    return F.element_at(literal, norm_label_col(raw))
+
+
+def _name_col(path: Column) -> Column:
+    from pyspark.sql import functions as F
+
+    return F.regexp_extract(path, r"([^/]*)$", 1)
+
+
+def nih_patient_col(path: Column) -> Column:
+    """`.../00000013_005.png` -> `nih-00000013`; null for names that do not follow the NIH scheme."""
+    from pyspark.sql import functions as F
+
+    digits = F.regexp_extract(_name_col(path), NIH_NAME, 1)
+    return F.when(digits != "", F.concat(F.lit("nih-"), digits))
+
+
+def _clean(col: Column) -> Column:
+    from pyspark.sql import functions as F
+
+    text = F.trim(col)
+    return F.when(text != "", text)
+
+
+def labelled_listing(spark: SparkSession, folder: DataFolder, cfg: Config,
+                     unlisted: list[tuple[str, int]] | None = None) -> DataFrame:
+    """One row per candidate file (LISTING_COLUMNS); label_status says why a row cannot be used ("ok" if it can).
+
+    `unlisted`: files Spark's listing skipped (see unlisted_files), added so they get quarantine rows.
+    Manifest rows whose file was not found keep length null (missing_file).
+    """
+    listed = _listed(folder)
+    if unlisted:
+        from pyspark.sql import functions as F
+
+        extra = spark.createDataFrame(unlisted, "path string, length long").select(
+            "path", "length", F.lit(None).cast("timestamp").alias("modified"),
+            paths.rel_path_col(F.col("path"), folder.root).alias("rel_path"))
+        listed = listed.unionByName(extra)
+    if folder.manifest:
+        return _with_manifest(spark, folder, listed, cfg)
+    return _with_folders(folder, listed, cfg)
+
+
+def _listed(folder: DataFolder) -> DataFrame:
+    from pyspark.sql import functions as F
+
+    rel = paths.rel_path_col(F.col("path"), folder.root)
+    return (folder.files.select("path", "length", F.col("modificationTime").alias("modified"))
+            .withColumn("rel_path", rel)
+            .where(~F.lower(_name_col(F.col("path"))).isin(sorted(IGNORED_NAMES))))
+
+
+def _with_folders(folder: DataFolder, listed: DataFrame, cfg: Config) -> DataFrame:
+    from pyspark.sql import functions as F
+
+    top = F.when(F.instr("rel_path", "/") > 0, F.substring_index("rel_path", "/", 1))
+    canonical = label_map_col(cfg, top)
+    status = (F.when(top.isNull(), F.lit("unlabelled: file is not inside a class folder"))
+              .when(canonical.isNull(), F.format_string("unknown_label: folder '%s' is not mapped in config labels", top))
+              .otherwise(F.lit("ok")))
+    return listed.select(
+        "path", "rel_path", F.coalesce(canonical, top).alias("label"), F.lit(paths.file_name(folder.root)).alias("source"),
+        nih_patient_col(F.col("path")).alias("patient_id"), status.alias("label_status"), "length", "modified",
+    )
+
+
+def _with_manifest(spark: SparkSession, folder: DataFolder, listed: DataFrame, cfg: Config) -> DataFrame:
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    raw = spark.read.option("header", "true").option("inferSchema", "false").csv(folder.manifest)
+    missing = {"path", "label"} - set(raw.columns)
+    if missing:
+        raise UserError(f"{folder.manifest}: missing column(s) {', '.join(sorted(missing))}; "
+                        "need path,label[,source][,patient_id]")
+    col = lambda name: F.col(name) if name in raw.columns else F.lit(None).cast("string")  # noqa: E731
+    rows = (raw.select(_clean(F.col("path")).alias("entry"), col("label").alias("raw_label"),
+                       _clean(col("source")).alias("m_source"), _clean(col("patient_id")).alias("m_patient"),
+                       F.monotonically_increasing_id().alias("_order"))
+            .where(F.col("entry").isNotNull())
+            .withColumn("path", paths.resolve_col(F.col("entry"), folder.root)))
+    first = Window.partitionBy("path").orderBy("_order")
+    rows = rows.withColumn("_n", F.row_number().over(first))
+    dupes = rows.where("_n > 1").count()
+    if dupes:
+        log.warning("%d manifest rows list a path twice; keeping the first", dupes)
+    rows = rows.where("_n = 1")
+    canonical = label_map_col(cfg, F.col("raw_label"))
+    status = F.when(canonical.isNotNull(), F.lit("ok")).otherwise(
+        F.format_string("unknown_label: '%s' is not mapped in config labels", F.col("raw_label")))
+    joined = rows.join(listed.select("path", "length", "modified"), "path", "left")
+    rel = F.coalesce(paths.rel_path_col(F.col("path"), folder.root), F.col("entry"))
+    return joined.select(
+        "path", rel.alias("rel_path"), F.coalesce(canonical, _clean(F.col("raw_label"))).alias("label"),
+        F.coalesce("m_source", F.lit(paths.file_name(folder.root))).alias("source"),
+        F.coalesce("m_patient", nih_patient_col(F.col("path"))).alias("patient_id"),
+        status.alias("label_status"), "length", "modified",
+    )
+
+
+def extra_files(folder: DataFolder, listing: DataFrame) -> DataFrame:
+    """Files under a manifest folder that the manifest does not name (ignored, counted in the log)."""
+    return _listed(folder).select("path").join(listing.select("path"), "path", "left_anti")
+
+
+def unlisted_files(spark: SparkSession, folder: DataFolder, n_listed: int) -> list[tuple[str, int]]:
+    """(uri, length) of the files Spark's listing skipped: zero-byte files and `_`-prefixed names.
+
+    Cheap check first (one ContentSummary call); the folder is walked only when counts differ, and the
+    result is bounded by how many files were skipped, not by the folder's size.
+    """
+    from xray_spark.spark_io import HadoopFS
+
+    fs = HadoopFS(spark)
+    total = fs.file_count(folder.root)
+    if total <= n_listed:
+        return []
+    log.info("ingest: %d files under %s were not listed by Spark (empty, or names starting with '_'/'.'); "
+             "looking for them", total - n_listed, folder.root)
+    found = []
+    for uri, length in fs.walk_files(folder.root, limit=_UNLISTED_SCAN_LIMIT):
+        rel = paths.relativize(folder.root, uri) or uri
+        parts = rel.split("/")
+        if any(p.startswith(".") for p in parts):
+            continue  # OS / version-control clutter, as before
+        if length == 0 or any(p.startswith("_") for p in parts):
+            found.append((uri, length))
+    return found
+
+
+def listing_fingerprint(listing: DataFrame, cfg: Config) -> str:
+    """What an earlier ingest must match to be reused: the folder's listing (relative path, size, mtime) and
+    the settings that shape the split. Order-independent and computed on executors (one small row back)."""
+    from pyspark.sql import functions as F
+
+    row = listing.agg(
+        F.count(F.lit(1)).alias("n"),
+        F.bit_xor(F.xxhash64("rel_path", "length", "modified", "label", "patient_id")).alias("x"),
+    ).first()
+    settings = {k: dataclasses.asdict(getattr(cfg, k)) for k in ("decode", "dedup", "split")}
+    payload = json.dumps([row["n"], row["x"], settings, cfg.labels, os.environ.get(SALT_ENV, "")], sort_keys=True,
+                         default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()
