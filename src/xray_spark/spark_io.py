@@ -29,21 +29,34 @@ def balanced_partitions(n_rows: int, cores: int, per_task: int) -> int:
 
 
 @contextmanager
-def explicit_broadcasts_only(spark: SparkSession) -> Iterator[None]:
+def sql_conf(spark: SparkSession, settings: dict[str, str]) -> Iterator[None]:
+    """Session SQL settings for the duration of a block, then put back as they were (planning reads them
+    when an action runs, so the block must contain the action)."""
+    previous = {k: spark.conf.get(k, None) for k in settings}
+    for k, v in settings.items():
+        spark.conf.set(k, v)
+    try:
+        yield
+    finally:
+        for k, v in previous.items():
+            if v is None:
+                spark.conf.unset(k)
+            else:
+                spark.conf.set(k, v)
+
+
+def explicit_broadcasts_only(spark: SparkSession):
     """Within the block Spark broadcasts only what the code marks with `F.broadcast` (ids, component
     tables). Why: an automatic broadcast join collects its small side through the driver, and a table of
     ~1000 images with thumbnails is "small" to Spark (10 MB threshold) but per-image data the driver must
     not hold (spark.driver.maxResultSize of a few MiB fails it)."""
-    key = "spark.sql.autoBroadcastJoinThreshold"
-    previous = spark.conf.get(key, None)
-    spark.conf.set(key, "-1")
-    try:
-        yield
-    finally:
-        if previous is None:
-            spark.conf.unset(key)
-        else:
-            spark.conf.set(key, previous)
+    return sql_conf(spark, {"spark.sql.autoBroadcastJoinThreshold": "-1"})
+
+
+# binaryFile packs files into tasks by bytes, counting each file as at least openCostInBytes (4 MB by
+# default): 100k PNGs of 15 kB would make ~3000 tasks. Counting a file as 1 MB gives ~128 files a task
+# (tens of tasks per 10k images) while multi-megabyte originals still spread over many tasks.
+IMAGE_FILE_OPEN_COST = {"spark.sql.files.openCostInBytes": str(1 << 20)}
 
 
 class HadoopFS:

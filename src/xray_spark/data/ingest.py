@@ -36,7 +36,7 @@ from xray_spark.data.files import (
 )
 from xray_spark.data.ingest_report import summarize, write_duplicates_report
 from xray_spark.data.layout import IngestLayout
-from xray_spark.spark_io import HadoopFS, explicit_broadcasts_only
+from xray_spark.spark_io import IMAGE_FILE_OPEN_COST, HadoopFS, explicit_broadcasts_only, sql_conf
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ def patient_salt() -> str:
     return salt or _DEFAULT_SALT
 
 
-def _analyze_partition(root: str, max_pixels: int, thumb_size: int, salt: str):
+def _analyze_partition(max_pixels: int, thumb_size: int, salt: str):
     """mapInPandas function: decode each file once; return metadata, hashes, a patient ref and a thumbnail."""
 
     def run(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
@@ -111,9 +111,11 @@ def _decode_stage(spark, folder: DataFolder, layout: IngestLayout, cfg: Config):
             .where(~name.isin(sorted(IGNORED_NAMES)))
             .select("path", image_id_col(rel).alias("id"), "content"))
     target = paths.join(layout.work, "analyzed")
-    todo.mapInPandas(
-        _analyze_partition(folder.root, cfg.decode.max_pixels, cfg.dedup.thumb_size, patient_salt()), ANALYZED_SCHEMA
-    ).write.mode("overwrite").parquet(target)
+    with sql_conf(spark, IMAGE_FILE_OPEN_COST):
+        todo.mapInPandas(
+            _analyze_partition(cfg.decode.max_pixels, cfg.dedup.thumb_size, patient_salt()),
+            ANALYZED_SCHEMA,
+        ).write.mode("overwrite").parquet(target)
     return spark.read.parquet(target)
 
 
