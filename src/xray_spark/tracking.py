@@ -11,6 +11,9 @@ import platform
 from pathlib import Path
 from typing import Any
 
+from xray_spark import paths
+from xray_spark.errors import UserError
+
 log = logging.getLogger(__name__)
 
 EXPERIMENT = "xray-spark"
@@ -18,7 +21,11 @@ CHAMPION = "champion"
 
 
 def default_tracking_uri(out_dir: str | Path) -> str:
-    return f"sqlite:///{Path(out_dir).resolve() / 'mlflow.db'}"
+    """sqlite under --out: needs a local folder (sqlite cannot live on dbfs:/ or s3a://)."""
+    if not paths.is_local(str(out_dir)):
+        raise UserError(f"--out {out_dir} is not on a local disk, so MLflow's default sqlite store cannot live "
+                        "there: pass --tracking-uri (or set MLFLOW_TRACKING_URI)")
+    return f"sqlite:///{paths.local_path(str(out_dir)).resolve() / 'mlflow.db'}"
 
 
 _REGISTRIES_SET_HERE: set[str] = set()

@@ -7,25 +7,22 @@ summary); cache.py owns the keyed Parquet store.
 from __future__ import annotations
 
 import logging
-import re
 import time
-from pathlib import Path
 
+from xray_spark import paths
 from xray_spark.config import Config
 from xray_spark.errors import UserError
 
 log = logging.getLogger(__name__)
-_URI = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*:/")
 
 
 def check_weights_arg(weights: str) -> str:
     """`imagenet`, `none`, an existing local file, or a Hadoop-style URI (dbfs:/, hdfs://, s3a://...)."""
     if weights in ("imagenet", "none"):
         return weights
-    if _URI.match(weights) and not weights.startswith("file:"):
-        return weights
-    path = Path(weights.removeprefix("file://").removeprefix("file:")).expanduser()
-    if not path.is_file():
+    if not paths.is_local(weights):
+        return weights  # checked through Hadoop once Spark runs
+    if not paths.local_path(weights).is_file():
         raise UserError(f"--weights: expected imagenet, none or a weights file; no file at {weights}")
     return weights
 

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from xray_spark import paths
 from xray_spark.errors import UserError
 from xray_spark.features.backbones import KERAS_WEIGHTS_BASE_URL, Backbone, get_backbone
 
@@ -44,7 +45,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 WEIGHT_SUFFIXES = (".weights.h5", ".h5", ".hdf5", ".keras")
-_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*:/")
 _NONE = re.compile(r"^(none|random)(?::seed=(-?\d+))?$", re.IGNORECASE)
 _digest_memo: dict[tuple[str, str, int, int], str] = {}
 
@@ -257,8 +257,8 @@ def _local_copy(spec: str, root: Path, spark: SparkSession | None) -> Path:
         raise UserError(
             f"weights {spec!r} is neither 'imagenet', 'none' nor a Keras weights file ({', '.join(WEIGHT_SUFFIXES)})"
         )
-    if not _SCHEME.match(spec):
-        path = Path(spec).expanduser()
+    if paths.is_local(spec):  # plain paths, FUSE mounts (/Volumes, /dbfs) and file: URIs need no Spark
+        path = paths.local_path(spec)
         if not path.is_file():
             raise UserError(f"weights file not found: {path}")
         return path
