@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import time
 from pathlib import Path
 
 import numpy as np
@@ -32,12 +31,10 @@ def test_second_run_computes_nothing_and_new_images_are_appended(spark, payloads
     first_batch = payloads[:6] + [("dup/copy.png", payloads[0][1]), ("bad/x.png", b"not an image at all")]
     images = _images_df(spark, first_batch)
 
-    t0 = time.perf_counter()
     df1, run1 = featurize_to_cache_run(spark, images, "ResNet50", "none", cache_dir, batch_size=8)
     rows1 = df1.collect()
-    t_first = time.perf_counter() - t0
     assert (run1.requested, run1.computed, run1.failed) == (7, 7, 1)  # 6 images + 1 bad; the copy is one sha
-    assert len(rows1) == 8  # one row per input row, the duplicate included
+    assert len(rows1) == 7  # one row per content: the copy under a second path shares its row
     assert any("featurize ResNet50: 8/8 images" in m for m in caplog.messages)  # progress: rows incl. the copy
     bad_sha = hashlib.sha256(b"not an image at all").hexdigest()
     by_sha = {r.sha256: r for r in rows1}
@@ -48,24 +45,22 @@ def test_second_run_computes_nothing_and_new_images_are_appended(spark, payloads
     assert run1.fingerprint.startswith("none:seed=0:keras=")
 
     folder = Path(cache_path(cache_dir, "ResNet50", run1.fingerprint))
-    assert folder.parent.name == "ResNet50" and ":" not in folder.name
+    assert folder.name == "f32" and folder.parent.parent.name == "ResNet50" and ":" not in folder.parent.name
     parts1 = {p.name: p.stat().st_mtime_ns for p in folder.glob("part-*.parquet")}
     assert parts1 and not list(folder.glob("_staging-*"))
 
+    assert {f.dataType.simpleString() for f in df1.sparkSession.read.parquet(str(folder)).schema
+            if f.name == "features"} == {"array<float>"}  # stored as float32, handed out as vectors
+
     caplog.clear()
-    t0 = time.perf_counter()
     df2, run2 = featurize_to_cache_run(spark, images, "ResNet50", "none", cache_dir, batch_size=8)
     rows2 = df2.collect()
-    t_second = time.perf_counter() - t0
     assert run2.computed == 0
     assert any("nothing to compute" in m for m in caplog.messages)
     assert {p.name for p in folder.glob("part-*.parquet")} == set(parts1)
     a = {r.sha256: r.features for r in rows1 if r.features is not None}
     b = {r.sha256: r.features for r in rows2 if r.features is not None}
     assert a.keys() == b.keys() and all(np.array_equal(a[k].toArray(), b[k].toArray()) for k in a)
-    logging.getLogger(__name__).info("cache: first run %.2fs, second run %.2fs (%.1fx)", t_first, t_second,
-                                     t_first / t_second)
-    assert t_second < t_first  # the >=10x figure is measured in benchmarks/featurize.py --cache-dir
 
     more = _images_df(spark, payloads)  # 2 new images
     df3 = featurize_to_cache(spark, more, "ResNet50", "none", cache_dir, batch_size=8, progress=False)

@@ -24,6 +24,7 @@ from xray_spark.config import load_config
 from xray_spark.errors import UserError
 from xray_spark.scoring.model import ModelRef, resolve_model
 from xray_spark.scoring.plan import plan_run
+from xray_spark.scoring.run import default_chunk_size
 from xray_spark.scoring.store import LEDGER_SCHEMA, ConcurrentRunError, OutputStore
 
 CLASSES = ("covid", "no_findings", "pneumonia")
@@ -58,6 +59,20 @@ def _path_ref(name: str = "m") -> ModelRef:
                     mlflow_format=False)
 
 
+def _registry_ref(name: str, version: str) -> ModelRef:
+    uri = f"models:/{name}/{version}"
+    return ModelRef(uri=uri, load_uri=uri, kind="registry", name=name, version=version, mlflow_format=True)
+
+
+def _plant_garbage(out: Path, file_key: str, day: str = "2024-01-01") -> Path:
+    """A non-Parquet file named like a committed chunk of the model whose file_key() is `file_key`:
+    reading it fails, so any run that reads it fails."""
+    garbage = out / f"score_date={day}" / f"part-{file_key}-{os.urandom(16).hex()}.parquet"
+    garbage.parent.mkdir(parents=True, exist_ok=True)
+    garbage.write_bytes(b"not parquet " * 100)
+    return garbage
+
+
 # ------------------------------------------------------------------------- ledger, commit, lock, plan (fast)
 
 
@@ -80,6 +95,28 @@ def test_commit_writes_one_atomic_file_and_the_ledger_reads_only_this_model(spar
     assert len(_part_files(out)) == 2 and final.endswith(".parquet") and f"part-{mine.file_key()}-" in final
     assert sorted(r.sha256 for r in store.ledger().collect()) == ["s1", "s2"]
     assert not list((out / "_tmp").rglob("*.parquet"))  # nothing left in temp space
+
+
+def test_ledger_reads_only_this_model_versions_files(spark, tmp_path):
+    out = tmp_path / "out[1]"  # glob characters in the output folder are escaped
+    v1, v10 = _registry_ref("m", "1"), _registry_ref("m", "10")
+    store = OutputStore(spark, str(out), v1)
+    out.mkdir()
+    _plant_garbage(out, v10.file_key())  # key "m-10" starts with "m-1"
+    _plant_garbage(out, f"{v1.file_key()}-0123abcd")  # like a uri-keyed model's "<name>-<version>-<sha1>"
+    assert store.ledger().count() == 0  # the folder exists but holds none of m/1's files: empty, no error
+    now = datetime.now(timezone.utc)
+    store.commit(_ledger_rows(spark, v1, [("file:/x/1.png", "s1")]), now)
+    _plant_garbage(out, v10.file_key(), day=f"{now:%Y-%m-%d}")
+    ledger = store.ledger()
+    assert sorted(r.sha256 for r in ledger.collect()) == ["s1"]
+    assert ledger.columns == ["path", "sha256", "file_size", "modified_at"]
+    files = [f.rsplit("/", 1)[-1] for f in store.committed_files()]
+    assert len(files) == 1 and files[0].startswith(f"part-{v1.file_key()}-")
+
+
+def test_default_chunk_size_follows_parallelism(spark):
+    assert spark.sparkContext.defaultParallelism == 2 and default_chunk_size(spark) == 512
 
 
 def test_killed_chunk_in_temp_space_is_invisible_and_cleaned(spark, tmp_path):
@@ -188,7 +225,7 @@ def _cfg(registered):
     return cfg
 
 
-def _score(spark, registered, src: Path, out: Path, capsys, chunk_size: int = 4,
+def _score(spark, registered, src: Path, out: Path, capsys, chunk_size: int | None = 4,
            model: str = "models:/xray-test@champion") -> dict[str, int]:
     from xray_spark.score import score_command
 
@@ -255,6 +292,51 @@ def test_each_model_version_keeps_its_own_ledger(spark, registered, ozturk_dir, 
     assert set(rows.loc[rows["model_version"] == "path", "model_uri"]) == {str(Path(folder).resolve())}
 
 
+def _own_rows(spark, out: Path, ref: ModelRef):
+    """This model's rows only (a plain read of `out` would trip over planted garbage files)."""
+    return spark.read.option("basePath", str(out)).parquet(*OutputStore(spark, str(out), ref).committed_files()).toPandas()
+
+
+def test_other_models_files_are_never_read(spark, registered, ozturk_dir, tmp_path, capsys):
+    src, out = tmp_path / "in", tmp_path / "out"
+    images = _copy(_images(ozturk_dir, 1, skip=7), src)
+    # unreadable files named like chunks of versions 10 and 2 of the same registered model (this one is 1)
+    _plant_garbage(out, _registry_ref("xray-test", "10").file_key())
+    _plant_garbage(out, _registry_ref("xray-test", "2").file_key(), day=f"{datetime.now(timezone.utc):%Y-%m-%d}")
+    s = _score(spark, registered, src, out, capsys)
+    assert (s["files seen"], s["newly scored"], s["quarantined"], s["skipped as already scored"]) == (3, 3, 0, 0)
+    s = _score(spark, registered, src, out, capsys)  # now the ledger has files of its own next to the garbage
+    assert (s["files seen"], s["newly scored"], s["quarantined"], s["skipped as already scored"]) == (3, 0, 0, 3)
+    rows = _own_rows(spark, out, _registry_ref("xray-test", "1"))
+    assert sorted(rows["sha256"]) == sorted(_sha(p) for p in images)
+    assert rows["score_date"].notna().all()
+
+
+def test_file_names_are_kept_exactly_and_huge_files_are_never_read(spark, registered, ozturk_dir, tmp_path,
+                                                                    capsys):
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    names = ["scan%20one.png", "a+b.png", "with space.png", "ünï.png"]  # %20 is literal: no URL decoding
+    for name, image in zip(names, _images(ozturk_dir, 2, skip=20)[:4], strict=True):
+        shutil.copy2(image, src / name)
+    assert len({_sha(src / n) for n in names}) == 4
+    with open(src / "huge.png", "wb") as f:  # sparse: 2200 MiB on paper, no blocks on disk
+        f.truncate(2200 * 1024 * 1024)
+    s = _score(spark, registered, src, out, capsys, chunk_size=None)  # default: default_chunk_size(spark)
+    assert (s["files seen"], s["newly scored"], s["quarantined"], s["skipped as already scored"]) == (5, 4, 1, 0)
+    assert s["files seen"] == s["newly scored"] + s["quarantined"]
+    rows = _read_output(spark, out).set_index("path")
+    assert sorted(rows.index) == sorted(f"file:{src / n}" for n in [*names, "huge.png"])
+    for name in names:
+        row = rows.loc[f"file:{src / name}"]
+        assert (row["status"], row["sha256"]) == ("ok", _sha(src / name)) and row["reason"] is None
+    huge = rows.loc[f"file:{src}/huge.png"]
+    assert huge["status"] == "quarantined" and huge["reason"].startswith("file_too_large") and huge["sha256"] is None
+    assert huge["file_size"] == 2200 * 1024 * 1024
+    s = _score(spark, registered, src, out, capsys)  # the ledger matches every name: nothing is read again
+    assert (s["files seen"], s["newly scored"], s["quarantined"], s["skipped as already scored"]) == (5, 0, 0, 5)
+
+
 def _cli(args: list[str], registered, cwd: Path, **kwargs) -> subprocess.Popen:
     env = dict(registered["env"], MLFLOW_TRACKING_URI=registered["tracking_uri"],
                XRAY_SPARK_CACHE=str(registered["base"] / "weights"), PYTHONUNBUFFERED="1")
@@ -303,4 +385,8 @@ def test_unknown_model_or_missing_input_exit_2_with_one_line_before_any_work(reg
                    registered, tmp_path)
     _, stderr = missing.communicate(timeout=120)
     assert missing.returncode == 2 and len(stderr.strip().splitlines()) == 1 and "absent" in stderr, stderr
+    zero = _cli(["--model", "models:/xray-test@champion", "--input", str(src), "--output", str(out),
+                 "--chunk-size", "0"], registered, tmp_path)
+    _, stderr = zero.communicate(timeout=120)
+    assert zero.returncode == 2 and len(stderr.strip().splitlines()) == 1 and "chunk-size" in stderr, stderr
     assert not out.exists()  # nothing written, Spark never started

@@ -122,7 +122,7 @@ def featurize_to_cache_run(
         from pyspark.ml.functions import array_to_vector
 
         result = keys.join(table.dropDuplicates(["sha256"]), "sha256", "inner").withColumn(
-            "features", array_to_vector("features"))
+            "features", F.when(F.col("features").isNotNull(), array_to_vector("features")))
     run = CacheRun(path, fingerprint, requested, n_todo, failed, time.perf_counter() - start)
     log.info("feature cache %s: %d requested, %d computed (%d failed) in %.1fs",
              path, run.requested, run.computed, run.failed, run.seconds)
@@ -200,7 +200,8 @@ class _Progress:
     def _log(self) -> None:
         done, elapsed = self.counter.value, time.perf_counter() - self.start
         rate = done / elapsed if elapsed > 0 else 0.0
-        log.info("featurize %s: %d/%d images (%.1f img/s)", self.backbone, done, self.total, rate)
+        # the total counts distinct contents; a copy under a second path is featurized too (rare)
+        log.info("featurize %s: %d/%d images (%.1f img/s)", self.backbone, done, max(done, self.total), rate)
 
     def _run(self) -> None:
         while not self._stop.wait(self.every):

@@ -14,7 +14,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import unquote
 
+from xray_spark import paths
 from xray_spark.config import Config
 from xray_spark.errors import UserError
 
@@ -24,7 +26,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*:")
 _ALIAS = re.compile(r"^models:/([^/@]+)@([^/@]+)/?$")
 _VERSION = re.compile(r"^models:/([^/@]+)/([^/@]+)/?$")
 _LOGGED = re.compile(r"^models:/(m-[0-9a-fA-F]+)/?$")
@@ -67,15 +68,6 @@ def _safe(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._]+", "_", text).strip("_") or "x"
 
 
-def is_local(uri: str) -> bool:
-    """True for plain paths and file: URIs (checked without Spark); other schemes need Hadoop's FileSystem."""
-    return uri.startswith("file:") or not _SCHEME.match(uri) or bool(re.match(r"^[A-Za-z]:[\\/]", uri))
-
-
-def local_path(uri: str) -> Path:
-    return Path(re.sub(r"^file:(//)?", "", uri)).expanduser()
-
-
 # --------------------------------------------------------------------------------------- resolution (no Spark)
 
 
@@ -93,10 +85,11 @@ def configure_tracking(cfg: Config) -> str:
         point_at(cfg.tracking_uri)
     uri = mlflow.get_tracking_uri()
     store = None
+    # tracking URIs are RFC URIs (MLflow percent-encodes them), not Hadoop-form names: decode like MLflow does
     if uri.startswith("sqlite:///"):
-        store = Path(uri[len("sqlite:///"):])
-    elif uri.startswith("file:"):
-        store = local_path(uri)
+        store = Path(unquote(uri[len("sqlite:///"):]))  # SQLAlchemy decodes the database path
+    elif paths.scheme(uri) == "file":
+        store = paths.from_file_uri(uri)
     if store is not None and not store.exists():
         raise UserError(
             f"MLflow tracking store {uri} does not exist: set MLFLOW_TRACKING_URI or `tracking_uri` in the config"
@@ -159,10 +152,10 @@ def _resolve_mlflow(uri: str) -> ModelRef:
 
 def _resolve_path(uri: str) -> ModelRef:
     """A PipelineModel folder (metadata/) or an MLflow model folder (MLmodel); remote ones are checked later."""
-    if not is_local(uri):
+    if not paths.is_local(uri):
         clean = uri.rstrip("/")
-        return ModelRef(clean, clean, "path", clean.rsplit("/", 1)[-1], "path", None)
-    path = local_path(uri).resolve()
+        return ModelRef(clean, clean, "path", paths.file_name(clean), "path", None)
+    path = paths.local_path(uri).resolve()
     if not path.is_dir():
         raise UserError(f"model {uri}: no such model folder (and not a models:/ or runs:/ URI)")
     if (path / "MLmodel").is_file():
@@ -189,8 +182,8 @@ def load_pipeline(spark: SparkSession, ref: ModelRef, scratch: Path | None = Non
         from xray_spark.spark_io import HadoopFS
 
         fs = HadoopFS(spark)
-        mlflow_format = fs.exists(f"{ref.load_uri}/MLmodel")
-        if not mlflow_format and not fs.exists(f"{ref.load_uri}/metadata"):
+        mlflow_format = fs.exists(paths.join(ref.load_uri, "MLmodel"))
+        if not mlflow_format and not fs.exists(paths.join(ref.load_uri, "metadata")):
             raise UserError(f"model {ref.uri}: not a Spark PipelineModel (metadata/) nor an MLflow model (MLmodel)")
     try:
         if mlflow_format:

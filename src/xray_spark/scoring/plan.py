@@ -13,18 +13,20 @@ reads is left for the next run rather than recorded under the wrong hash.
 from __future__ import annotations
 
 import logging
-import re
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING
 
+from xray_spark.paths import glob_escape, is_local
+
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from pyspark.sql import DataFrame, SparkSession
 
 log = logging.getLogger(__name__)
-
-_GLOB = re.compile(r"([\\\[\]{}*?])")
 
 
 @dataclass(frozen=True)
@@ -46,21 +48,33 @@ class Plan:
     candidates: list[Candidate] = field(default_factory=list)
 
 
-def glob_escape(path: str) -> str:
-    """DataFrameReader.load globs its paths: a file called `x[1].png` must be escaped to be found."""
-    return _GLOB.sub(r"\\\1", path)
-
-
 _DISCOVERY = "spark.sql.sources.parallelPartitionDiscovery.threshold"
+
+
+@contextmanager
+def listed_on_driver(spark: SparkSession, paths: list[str]) -> Iterator[None]:
+    """Around a read of these explicit files: local files are looked up on the driver. With more than 32
+    explicit paths Spark otherwise lists them with a distributed job (one task per path: ~2 s per 256 files
+    here). Remote stores keep that job, where it saves one round trip per file. (The file index is built
+    when the DataFrame is created, so the setting only needs to hold for that call.)
+    """
+    if not all(is_local(p) for p in paths):
+        yield
+        return
+    previous = spark.conf.get(_DISCOVERY, None)
+    spark.conf.set(_DISCOVERY, str(max(len(paths) + 1, 32)))
+    try:
+        yield
+    finally:
+        if previous is None:
+            spark.conf.unset(_DISCOVERY)
+        else:
+            spark.conf.set(_DISCOVERY, previous)
 
 
 def read_contents(spark: SparkSession, paths: list[str]) -> DataFrame:
     """binaryFile rows for exactly these files. Files deleted since listing, or unreadable, are left out
     (not an error): the caller compares what came back with what it asked for.
-
-    Local files are looked up on the driver: with more than 32 explicit paths Spark otherwise lists them
-    with a distributed job (one task per path: ~2 s per 256 files here). Remote stores keep that job,
-    where it saves one round trip per file.
     """
     from pyspark.errors import AnalysisException
 
@@ -68,11 +82,7 @@ def read_contents(spark: SparkSession, paths: list[str]) -> DataFrame:
 
     reader = (spark.read.format("binaryFile").option("ignoreMissingFiles", "true")
               .option("ignoreCorruptFiles", "true"))
-    local = all(p.startswith("file:") for p in paths)
-    previous = spark.conf.get(_DISCOVERY, None)
-    if local:
-        spark.conf.set(_DISCOVERY, str(max(len(paths) + 1, 32)))
-    try:
+    with listed_on_driver(spark, paths):
         try:
             return reader.load([glob_escape(p) for p in paths])
         except AnalysisException as exc:  # load() checks existence up front; drop the vanished ones once
@@ -84,12 +94,6 @@ def read_contents(spark: SparkSession, paths: list[str]) -> DataFrame:
             if not present:
                 return spark.createDataFrame([], "path string, modificationTime timestamp, length long, content binary")
             return reader.load([glob_escape(p) for p in present])
-    finally:
-        if local:
-            if previous is None:
-                spark.conf.unset(_DISCOVERY)
-            else:
-                spark.conf.set(_DISCOVERY, previous)
 
 
 def list_files(spark: SparkSession, input_dir: str, extensions: list[str]) -> DataFrame:

@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING
 
 from xray_spark.config import Config
 from xray_spark.errors import UserError
-from xray_spark.scoring.model import ModelRef, ScoringPipeline, is_local, local_path
+from xray_spark.paths import glob_escape, is_local, local_path
+from xray_spark.scoring.model import ModelRef, ScoringPipeline
 from xray_spark.scoring.plan import Candidate, Plan, chunks, plan_run, read_contents
 from xray_spark.spark_io import balanced_partitions
 
@@ -30,11 +31,17 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# Images per committed chunk. A kill loses at most one chunk of work (~20 s at 512 on 2 cores); each chunk
-# adds ~1 s of fixed Spark work. benchmarks/score.py on 1024 images, 2 cores: scoring ran at 0.86 of the
-# featurizer's images/s with chunks of 256 or 512, 0.92 with one chunk of 1024.
-DEFAULT_CHUNK_SIZE = 512
 IMAGES_PER_TASK = 32  # small tasks within a chunk: no core idles while the last one finishes
+# Default images per committed chunk: this many waves of IMAGES_PER_TASK-image tasks on every core (512 on
+# 2 cores). A kill loses at most one chunk of work (~20 s on 2 cores); each chunk adds ~1 s of fixed Spark
+# work. benchmarks/score.py on 1024 images, 2 cores: scoring ran at 0.86 of the featurizer's images/s with
+# chunks of 256 or 512, 0.92 with one chunk of 1024. Scaling with the cores keeps that ratio on a cluster.
+WAVES_PER_CHUNK = 8
+
+
+def default_chunk_size(spark: SparkSession) -> int:
+    """The `--chunk-size` default: defaultParallelism x IMAGES_PER_TASK x WAVES_PER_CHUNK (512 on 2 cores)."""
+    return max(1, spark.sparkContext.defaultParallelism) * IMAGES_PER_TASK * WAVES_PER_CHUNK
 
 
 @dataclass
@@ -158,7 +165,7 @@ def score_chunk(spark: SparkSession, pipe: ScoringPipeline, store: OutputStore,
         # same session in Spark 4.0: "Task not serializable: ObservationManager")
         n, n_ok = 0, 0
         if staged is not None:
-            got = spark.read.parquet(staged).agg(
+            got = spark.read.parquet(glob_escape(staged)).agg(
                 F.count(F.lit(1)).alias("n"), F.sum((F.col("status") == "ok").cast("long")).alias("ok")).first()
             n, n_ok = int(got["n"] or 0), int(got["ok"] or 0)
         if staged is None or n == 0:  # every file changed or vanished: commit nothing
@@ -174,10 +181,11 @@ def score_chunk(spark: SparkSession, pipe: ScoringPipeline, store: OutputStore,
 
 
 def score_folder(spark: SparkSession, cfg: Config, ref: ModelRef, *, input_dir: str, output_dir: str,
-                 chunk_size: int = DEFAULT_CHUNK_SIZE, min_age_seconds: float = 0.0,
+                 chunk_size: int | None = None, min_age_seconds: float = 0.0,
                  featurizer_cls: type | None = None) -> ScoreSummary:
     """Score every image below `input_dir` that `ref` has not scored yet into `output_dir`.
 
+    `chunk_size` None means `default_chunk_size(spark)`.
     `featurizer_cls` selects the stage after which bad rows are set aside (default: DeepImageFeaturizer).
     """
     from xray_spark.scoring.model import featurizer_class, load_pipeline, split_pipeline
@@ -185,8 +193,10 @@ def score_folder(spark: SparkSession, cfg: Config, ref: ModelRef, *, input_dir: 
     from xray_spark.spark_io import HadoopFS
 
     t0 = time.time()
-    if chunk_size < 1:
-        raise UserError(f"--chunk-size must be at least 1, got {chunk_size}")
+    check_chunk_size(chunk_size)
+    if chunk_size is None:
+        chunk_size = default_chunk_size(spark)
+        log.info("chunk size %d (default for %d cores)", chunk_size, spark.sparkContext.defaultParallelism)
     if not HadoopFS(spark).is_dir(input_dir):
         raise UserError(f"--input {input_dir}: no such folder")
     store = OutputStore(spark, output_dir, ref)
@@ -232,10 +242,14 @@ def score_folder(spark: SparkSession, cfg: Config, ref: ModelRef, *, input_dir: 
     return summary
 
 
-def check_arguments(input_dir: str, output_dir: str, chunk_size: int) -> None:
-    """Everything that can be checked without Spark (local paths only; other schemes are checked later)."""
-    if chunk_size < 1:
+def check_chunk_size(chunk_size: int | None) -> None:
+    if chunk_size is not None and chunk_size < 1:
         raise UserError(f"--chunk-size must be at least 1, got {chunk_size}")
+
+
+def check_arguments(input_dir: str, output_dir: str, chunk_size: int | None) -> None:
+    """Everything that can be checked without Spark (local paths only; other schemes are checked later)."""
+    check_chunk_size(chunk_size)
     if is_local(input_dir) and not local_path(input_dir).is_dir():
         raise UserError(f"--input {input_dir}: no such folder")
     if is_local(output_dir) and local_path(output_dir).exists() and not local_path(output_dir).is_dir():
@@ -243,8 +257,10 @@ def check_arguments(input_dir: str, output_dir: str, chunk_size: int) -> None:
 
 
 def score_command(spark_factory: Callable[[], SparkSession], cfg: Config, *, model: str, input_dir: str,
-                  output_dir: str, chunk_size: int = DEFAULT_CHUNK_SIZE) -> int:
+                  output_dir: str, chunk_size: int | None = None) -> int:
     """`xray-spark score`: check arguments and resolve the model BEFORE starting Spark, then score.
+
+    `chunk_size` None (the CLI default) means `default_chunk_size(spark)` once Spark is up.
 
     Bad arguments or an unusable model raise UserError (the CLI prints one line, exit 2).
     """

@@ -27,6 +27,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from xray_spark import paths
 from xray_spark.errors import UserError
 from xray_spark.spark_io import HadoopFS
 
@@ -43,6 +44,9 @@ LEDGER_SCHEMA = (
     "path string, sha256 string, model_name string, model_version string, model_uri string, "
     "file_size long, modified_at timestamp, score_date string"
 )
+LEDGER_COLUMNS = ("path", "sha256", "file_size", "modified_at")
+# publish() names each chunk `part-<file_key>-<uuid4 hex>.parquet`; this glob matches exactly that id
+_CHUNK_ID_GLOB = "[0-9a-f]" * 32
 
 
 class ConcurrentRunError(RuntimeError):
@@ -55,14 +59,14 @@ class OutputStore:
     def __init__(self, spark: SparkSession, output_dir: str, ref: ModelRef) -> None:
         self.spark = spark
         self.fs = HadoopFS(spark)
-        self.root = self.fs.qualify(output_dir).rstrip("/")
+        self.root = paths.qualify(spark, output_dir)
         if self.fs.exists(self.root) and not self.fs.is_dir(self.root):
             raise UserError(f"--output {output_dir} exists and is not a folder")
         self.ref = ref
         self.key = ref.file_key()
-        self.tmp_root = f"{self.root}/_tmp/{self.key}"
+        self.tmp_root = paths.join(self.root, f"_tmp/{self.key}")
         self.run_id = f"{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
-        self.run_tmp = f"{self.tmp_root}/{self.run_id}"
+        self.run_tmp = paths.join(self.tmp_root, self.run_id)
 
     # -------------------------------------------------------------------------------------------- lifecycle
 
@@ -74,7 +78,7 @@ class OutputStore:
         crashed run never leaves a stale lock behind. Other file systems have no such primitive: there the
         scheduler must not overlap runs (cron `flock -n`, Databricks `max_concurrent_runs: 1`).
         """
-        local = self.fs.local_path(self.root)
+        local = paths.local_or_none(self.root)
         if local is None:
             log.info("output is not on a local disk: no lock; the scheduler must not start overlapping runs")
             yield
@@ -101,7 +105,7 @@ class OutputStore:
         """Delete temp folders of earlier runs of this model (killed mid-chunk): they were never committed."""
         stale = self.fs.list_names(self.tmp_root)
         for name in stale:
-            self.fs.delete(f"{self.tmp_root}/{name}")
+            self.fs.delete(paths.join(self.tmp_root, name))
         if stale:
             log.info("removed %d stale temp folder(s) of killed runs under %s", len(stale), self.tmp_root)
         return len(stale)
@@ -111,45 +115,73 @@ class OutputStore:
 
     def scratch_dir(self) -> Path | None:
         """A local folder for this run's model download (removed with the run's temp space)."""
-        local = self.fs.local_path(self.run_tmp)
+        local = paths.local_or_none(self.run_tmp)
         return None if local is None else local / "model"
 
     # ----------------------------------------------------------------------------------------------- ledger
 
+    def ledger_glob(self) -> str:
+        """This model's committed chunk files and nothing else (see `publish` for the name).
+
+        The key is followed by `-` and exactly 32 hex digits, so key `m-1` never matches `m-10`'s files,
+        nor those of a longer key that starts with `m-1-` (uri-keyed models add a `-<sha1>` component).
+        """
+        return paths.join(paths.glob_escape(self.root), f"score_date=*/part-{self.key}-{_CHUNK_ID_GLOB}.parquet")
+
+    def committed_files(self) -> list[str]:
+        """The files `ledger_glob()` matches (qualified URIs, sorted), globbed once on the driver."""
+        jvm = self.spark.sparkContext._jvm
+        pattern = jvm.org.apache.hadoop.fs.Path(self.ledger_glob())
+        found = pattern.getFileSystem(self.spark.sparkContext._jsc.hadoopConfiguration()).globStatus(pattern)
+        return sorted(str(s.getPath().toString()) for s in (found or []) if s.isFile())
+
     def ledger(self) -> DataFrame:
-        """What this model already scored: path, sha256, file_size, modified_at (one row per scored file)."""
+        """What this model already scored: path, sha256, file_size, modified_at (one row per scored file).
+
+        Reads only this model's chunk files, never those of other models and versions sharing the output, so
+        a run costs what this model has scored plus what is new. The glob is resolved here rather than by
+        Spark: no files is an empty ledger (Spark fails on an empty glob), and Spark's streaming-metadata
+        probe of a single glob path logs a stack trace. `basePath` keeps `score_date` a column.
+        """
         from pyspark.sql import functions as F
 
-        if not self.fs.exists(self.root):
-            return self.spark.createDataFrame([], LEDGER_SCHEMA).drop("score_date")
-        df = self.spark.read.schema(LEDGER_SCHEMA).parquet(self.root)
+        from xray_spark.scoring.plan import listed_on_driver
+
+        files = self.committed_files() if self.fs.exists(self.root) else []
+        log.debug("ledger of %s: %d chunk file(s)", self.key, len(files))
+        if not files:
+            return self.spark.createDataFrame([], LEDGER_SCHEMA).select(*LEDGER_COLUMNS)
+        with listed_on_driver(self.spark, files):
+            df = (self.spark.read.schema(LEDGER_SCHEMA).option("basePath", self.root)
+                  .parquet(*[paths.glob_escape(f) for f in files]))
+        # pushed-down guard for model names that file_key() makes alike (`a b` and `a_b` both give `a_b`)
         for col, value in self.ref.ledger_key().items():
             df = df.where(F.col(col) == F.lit(value))
-        return df.select("path", "sha256", "file_size", "modified_at")
+        return df.select(*LEDGER_COLUMNS)
 
     # ----------------------------------------------------------------------------------------------- commit
 
     def stage(self, rows: DataFrame) -> str | None:
         """Write `rows` (ONE partition: the caller picks coalesce or repartition) as one Parquet file in
         this run's temp space. Returns the file, or None when Spark wrote no data file."""
-        tmp = f"{self.run_tmp}/chunk-{uuid.uuid4().hex}"
+        tmp = paths.join(self.run_tmp, f"chunk-{uuid.uuid4().hex}")
         rows.write.mode("error").option("maxRecordsPerFile", 0).option("compression", "snappy").parquet(tmp)
         parts = [n for n in self.fs.list_names(tmp) if n.startswith("part-") and n.endswith(".parquet")]
         if len(parts) > 1:
             raise RuntimeError(f"expected one Parquet file in {tmp}, found {len(parts)}")
-        return f"{tmp}/{parts[0]}" if parts else None
+        return paths.join(tmp, parts[0]) if parts else None
 
     def publish(self, staged: str, scored_at: datetime) -> str:
         """The commit: ONE rename of a complete file into the dataset (atomic; see the module docstring)."""
-        day = f"{self.root}/score_date={scored_at.astimezone(timezone.utc):%Y-%m-%d}"
-        final = f"{day}/part-{self.key}-{uuid.uuid4().hex}.parquet"
+        day = paths.join(self.root, f"score_date={scored_at.astimezone(timezone.utc):%Y-%m-%d}")
+        final = paths.join(day, f"part-{self.key}-{uuid.uuid4().hex}.parquet")  # named for ledger_glob()
         self.fs.mkdirs(day)
         self.fs.rename(staged, final)  # <- the commit point
-        self.fs.delete(staged.rsplit("/", 1)[0])
+        self.fs.delete(paths.parent(staged))
         return final
 
     def discard(self, staged: str) -> None:
-        self.fs.delete(staged.rsplit("/", 1)[0])
+        self.fs.delete(paths.parent(staged))
 
     def commit(self, rows: DataFrame, scored_at: datetime) -> str | None:
         """stage + publish for callers that know `rows` is not empty."""
