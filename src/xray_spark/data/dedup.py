@@ -36,7 +36,7 @@ def phash_long(col):
     """16 hex chars -> the 64-bit value as a signed long (bit pattern kept); null when malformed."""
     from pyspark.sql import functions as F
 
-    ok = col.rlike(r"^[0-9a-fA-F]{16}$")
+    ok = col.rlike(r"^[0-9a-fA-F]{16}\z")  # \z: Java's `$` would also accept a trailing line break
     hi = F.conv(F.substring(col, 1, 8), 16, 10).cast("long")
     lo = F.conv(F.substring(col, 9, 8), 16, 10).cast("long")
     return F.when(ok, F.shiftleft(hi, 32).bitwiseOR(lo))
@@ -150,11 +150,14 @@ def find_duplicates(images: DataFrame, thumbs: DataFrame, *, max_hamming: int = 
             .select("a", "b", "hamming")).cache()
     members = cand.select(F.col("a").alias("id")).union(cand.select(F.col("b").alias("id"))).distinct()
     needed = thumbs.join(F.broadcast(members), "id", "left_semi")  # only candidate members move
-    with_thumbs = (cand.join(needed.select(F.col("id").alias("a"), F.col("thumb").alias("ta")), "a")
-             .join(needed.select(F.col("id").alias("b"), F.col("thumb").alias("tb")), "b"))
+    # left joins: a candidate whose thumbnail is missing is still counted, and rejected
+    with_thumbs = (cand.join(needed.select(F.col("id").alias("a"), F.col("thumb").alias("ta")), "a", "left")
+                   .join(needed.select(F.col("id").alias("b"), F.col("thumb").alias("tb")), "b", "left"))
     scored = with_thumbs.mapInPandas(_correlate(thumb_size * thumb_size), _CORR_SCHEMA).cache()
-    # Spark orders NaN above every number: a flat thumbnail (NaN) must be excluded explicitly
-    confirmed = ~F.isnan("correlation") & (F.col("correlation") >= min_correlation)
+    # an undefined correlation (flat or missing thumbnail) arrives as null from Arrow; Spark would also order
+    # NaN above every number: neither may confirm a pair, and both must land in `rejected`
+    corr = F.col("correlation")
+    confirmed = F.coalesce(corr.isNotNull() & ~F.isnan(corr) & (corr >= min_correlation), F.lit(False))
     near = scored.where(confirmed).select("a", "b", F.lit("near").alias("kind"), "hamming", "correlation")
     rejected = scored.where(~confirmed)
     pairs = exact.select("a", "b", F.lit("exact").alias("kind"), F.lit(None).cast("int").alias("hamming"),
