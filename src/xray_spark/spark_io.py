@@ -6,8 +6,11 @@ filesystem Spark can reach, and both spread images over equal tasks before runni
 
 from __future__ import annotations
 
+import logging
 import math
 import os
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,6 +18,8 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
+
+log = logging.getLogger(__name__)
 
 
 def balanced_partitions(n_rows: int, cores: int, per_task: int) -> int:
@@ -57,6 +62,33 @@ def explicit_broadcasts_only(spark: SparkSession):
 # default): 100k PNGs of 15 kB would make ~3000 tasks. Counting a file as 1 MB gives ~128 files a task
 # (tens of tasks per 10k images) while multi-megabyte originals still spread over many tasks.
 IMAGE_FILE_OPEN_COST = {"spark.sql.files.openCostInBytes": str(1 << 20)}
+
+
+class Progress:
+    """Log `what: done/total images (rate)` from a Spark accumulator (updated as tasks finish) every few
+    seconds, so long jobs (decoding 100k files, featurizing) show they are moving."""
+
+    def __init__(self, counter, total: int, what: str, every: float = 10.0) -> None:  # noqa: ANN001
+        self.counter, self.total, self.what, self.every = counter, total, what, every
+        self.start = time.perf_counter()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="spark-progress", daemon=True)
+        self._thread.start()
+
+    def _log(self) -> None:
+        done, elapsed = self.counter.value, time.perf_counter() - self.start
+        rate = done / elapsed if elapsed > 0 else 0.0
+        # totals may count distinct contents while a copy under a second path is processed too (rare)
+        log.info("%s: %d/%d images (%.1f img/s)", self.what, done, max(done, self.total), rate)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every):
+            self._log()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._log()
 
 
 class HadoopFS:
@@ -179,6 +211,12 @@ class HadoopFS:
         self.rename(f"{folder}/{names[0]}", dest)
         self.delete(folder)
         return dest
+
+    def write_csv(self, df, target: str) -> str:  # noqa: ANN001 - a Spark DataFrame
+        """One CSV file with a header at `target` (reports and split.csv people open), written by Spark."""
+        tmp = target + "._parts"
+        df.coalesce(1).write.mode("overwrite").option("header", "true").option("escape", '"').csv(tmp)
+        return self.single_file(tmp, target, ".csv")
 
     def local_path(self, uri: str) -> Path | None:
         """The OS path when `uri` is on the local file system (lock files need one), else None."""

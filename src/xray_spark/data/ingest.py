@@ -36,7 +36,7 @@ from xray_spark.data.files import (
 )
 from xray_spark.data.ingest_report import summarize, write_duplicates_report
 from xray_spark.data.layout import IngestLayout
-from xray_spark.spark_io import IMAGE_FILE_OPEN_COST, HadoopFS, explicit_broadcasts_only, sql_conf
+from xray_spark.spark_io import IMAGE_FILE_OPEN_COST, HadoopFS, Progress, explicit_broadcasts_only, sql_conf
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +62,9 @@ def patient_salt() -> str:
     return salt or _DEFAULT_SALT
 
 
-def _analyze_partition(max_pixels: int, thumb_size: int, salt: str):
-    """mapInPandas function: decode each file once; return metadata, hashes, a patient ref and a thumbnail."""
+def _analyze_partition(max_pixels: int, thumb_size: int, salt: str, counter=None):  # noqa: ANN001
+    """mapInPandas function: decode each file once; return metadata, hashes, a patient ref and a thumbnail.
+    `counter` (a Spark accumulator) counts decoded files for the progress log."""
 
     def run(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         import hashlib
@@ -86,6 +87,8 @@ def _analyze_partition(max_pixels: int, thumb_size: int, salt: str):
                     "status": rec.status, "reason": rec.reason, "pixel_sha256": rec.pixel_sha256,
                     "phash": rec.phash, "patient_ref": rec.patient_ref, "thumb": rec.thumb,
                 })
+            if counter is not None:
+                counter.add(len(out))
             yield pd.DataFrame(out, columns=columns)
 
     return run
@@ -99,7 +102,7 @@ class IngestResult:
     files: dict[str, str] = field(default_factory=dict)
 
 
-def _decode_stage(spark, folder: DataFolder, layout: IngestLayout, cfg: Config):
+def _decode_stage(spark, folder: DataFolder, layout: IngestLayout, cfg: Config, n_files: int):
     """Read every listed file's bytes once (oversized files filtered by length first) into _work/analyzed."""
     from pyspark.sql import functions as F
 
@@ -111,11 +114,16 @@ def _decode_stage(spark, folder: DataFolder, layout: IngestLayout, cfg: Config):
             .where(~name.isin(sorted(IGNORED_NAMES)))
             .select("path", image_id_col(rel).alias("id"), "content"))
     target = paths.join(layout.work, "analyzed")
-    with sql_conf(spark, IMAGE_FILE_OPEN_COST):
-        todo.mapInPandas(
-            _analyze_partition(cfg.decode.max_pixels, cfg.dedup.thumb_size, patient_salt()),
-            ANALYZED_SCHEMA,
-        ).write.mode("overwrite").parquet(target)
+    counter = spark.sparkContext.accumulator(0)
+    progress = Progress(counter, n_files, "ingest: decode")
+    try:
+        with sql_conf(spark, IMAGE_FILE_OPEN_COST):
+            todo.mapInPandas(
+                _analyze_partition(cfg.decode.max_pixels, cfg.dedup.thumb_size, patient_salt(), counter),
+                ANALYZED_SCHEMA,
+            ).write.mode("overwrite").parquet(target)
+    finally:
+        progress.stop()
     return spark.read.parquet(target)
 
 
@@ -186,13 +194,14 @@ def _ingest(spark, data_dir: str, out_dir: str, cfg: Config) -> IngestResult:
     n_spark = folder.files.count()
     listing = labelled_listing(spark, folder, cfg, unlisted_files(spark, folder, n_spark)).cache()
     key = listing_fingerprint(listing, cfg)  # before reading: a file added mid-run triggers the next ingest
-    log.info("ingest: %d files listed under %s; decoding with Spark", listing.count(), folder.root)
+    n_listed = listing.count()
+    log.info("ingest: %d files listed under %s; decoding with Spark", n_listed, folder.root)
     if folder.manifest:
         n_extra = extra_files(folder, listing).count()
         if n_extra:
             log.info("ingest: %d files under the folder are not in the manifest; ignored", n_extra)
 
-    analyzed = _decode_stage(spark, folder, layout, cfg)
+    analyzed = _decode_stage(spark, folder, layout, cfg, n_listed)
     table = _reconcile(listing, analyzed, cfg.decode.max_file_bytes).cache()
     n_ids = table.agg(F.countDistinct("id").alias("d"), F.count(F.lit(1)).alias("n")).first()
     if n_ids["d"] != n_ids["n"]:
@@ -226,8 +235,6 @@ def _json(obj: dict) -> str:
 
 def _write_tables(fs: HadoopFS, images, layout: IngestLayout) -> dict[str, str]:
     """split.csv (the persisted split every later run reuses) and quarantine.csv, each one file via Spark."""
-    from pyspark.sql import functions as F
-
     out = {"images": layout.images}
     tables = {
         layout.split_csv: images.where("status = 'ok'").select(*SPLIT_COLUMNS).orderBy("rel_path"),
@@ -235,11 +242,7 @@ def _write_tables(fs: HadoopFS, images, layout: IngestLayout) -> dict[str, str]:
         .orderBy("path"),
     }
     for target, df in tables.items():
-        tmp = target + "._parts"
-        df.select(*[F.col(c) for c in df.columns]).coalesce(1).write.mode("overwrite").option("header", "true") \
-            .option("escape", '"').csv(tmp)
-        fs.single_file(tmp, target, ".csv")
-        out[paths.file_name(target)] = target
+        out[paths.file_name(target)] = fs.write_csv(df, target)
     return out
 
 

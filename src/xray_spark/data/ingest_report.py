@@ -55,12 +55,6 @@ def summarize(images: DataFrame, dup_counts: dict[str, int], split: DataFrame, s
     }
 
 
-def _csv(fs: HadoopFS, df: DataFrame, target: str) -> str:
-    tmp = target + "._parts"
-    df.coalesce(1).write.mode("overwrite").option("header", "true").option("escape", '"').csv(tmp)
-    return fs.single_file(tmp, target, ".csv")
-
-
 def write_duplicates_report(fs: HadoopFS, dups: Duplicates, ok: DataFrame, split: DataFrame,
                             folder: str) -> dict[str, str]:
     """duplicates_pairs.csv, duplicate_groups.csv, rejected_candidates.csv and a readable duplicates.md."""
@@ -93,9 +87,9 @@ def write_duplicates_report(fs: HadoopFS, dups: Duplicates, ok: DataFrame, split
               .orderBy(F.desc("label_conflict"), F.desc("group_size"), "dup_group", "path")).cache()
 
     out = {
-        "duplicates/duplicates_pairs.csv": _csv(fs, pairs, paths.join(folder, "duplicates_pairs.csv")),
-        "duplicates/duplicate_groups.csv": _csv(fs, groups, paths.join(folder, "duplicate_groups.csv")),
-        "duplicates/rejected_candidates.csv": _csv(fs, rejected, paths.join(folder, "rejected_candidates.csv")),
+        "duplicates/duplicates_pairs.csv": fs.write_csv(pairs, paths.join(folder, "duplicates_pairs.csv")),
+        "duplicates/duplicate_groups.csv": fs.write_csv(groups, paths.join(folder, "duplicate_groups.csv")),
+        "duplicates/rejected_candidates.csv": fs.write_csv(rejected, paths.join(folder, "rejected_candidates.csv")),
     }
     shown_groups = groups.select("dup_group").distinct().limit(MD_MAX_GROUPS)
     sample = groups.join(shown_groups, "dup_group", "left_semi").orderBy(

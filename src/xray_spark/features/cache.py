@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import re
-import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -29,7 +28,7 @@ from pyspark.sql import functions as F
 from xray_spark.errors import UserError
 from xray_spark.features.backbones import get_backbone
 from xray_spark.features.weights import weights_fingerprint
-from xray_spark.spark_io import HadoopFS, balanced_partitions
+from xray_spark.spark_io import HadoopFS, Progress, balanced_partitions
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -171,7 +170,7 @@ def _compute_and_append(
     ).dropDuplicates(["sha256"])  # the same bytes under two paths: computed twice (rare), stored once
     run_id = f"{time.strftime('%Y%m%d%H%M%S')}-{uuid.uuid4().hex[:8]}"
     staging = f"{path}/_staging-{run_id}"
-    reporter = _Progress(counter, n_todo, backbone) if progress else None
+    reporter = Progress(counter, n_todo, f"featurize {backbone}") if progress else None
     try:
         out.write.mode("errorifexists").parquet(staging)
     finally:
@@ -185,29 +184,3 @@ def _compute_and_append(
     failed = spark.read.parquet(*moved).where(F.col("featurize_error").isNotNull()).count() if moved else 0
     log.info("feature cache %s: appended %d rows (%d failed to decode)", path, n_todo, failed)
     return failed
-
-
-class _Progress:
-    """Log images done / total from a Spark accumulator (updated as tasks finish) every few seconds."""
-
-    def __init__(self, counter, total: int, backbone: str, every: float = 10.0) -> None:  # noqa: ANN001
-        self.counter, self.total, self.backbone, self.every = counter, total, backbone, every
-        self.start = time.perf_counter()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="featurize-progress", daemon=True)
-        self._thread.start()
-
-    def _log(self) -> None:
-        done, elapsed = self.counter.value, time.perf_counter() - self.start
-        rate = done / elapsed if elapsed > 0 else 0.0
-        # the total counts distinct contents; a copy under a second path is featurized too (rare)
-        log.info("featurize %s: %d/%d images (%.1f img/s)", self.backbone, done, max(done, self.total), rate)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.every):
-            self._log()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join()
-        self._log()
