@@ -32,7 +32,6 @@ log = logging.getLogger(__name__)
 MANIFEST_NAME = "manifest.csv"
 IGNORED_NAMES = {MANIFEST_NAME, "readme.md", "readme.txt", "license", "license.txt", ".ds_store", "thumbs.db"}
 NIH_NAME = r"^(\d{8})_\d{3}\.[Pp][Nn][Gg]$"  # NIH ChestX-ray8: <8-digit patient>_<3-digit follow-up>.png
-LISTING_COLUMNS = ["path", "rel_path", "label", "source", "patient_id", "label_status", "length", "modified"]
 SALT_ENV = "XRAY_SPARK_PATIENT_SALT"  # secret salt for hashing DICOM PatientIDs (see ingest.patient_salt)
 _UNLISTED_SCAN_LIMIT = 100_000  # files the slow path looks at individually before giving up with a count
 
@@ -119,7 +118,8 @@ def _clean(col: Column) -> Column:
 
 def labelled_listing(spark: SparkSession, folder: DataFolder, cfg: Config,
                      unlisted: list[tuple[str, int]] | None = None) -> DataFrame:
-    """One row per candidate file (LISTING_COLUMNS); label_status says why a row cannot be used ("ok" if it can).
+    """One row per candidate file: path, rel_path, label, source, patient_id, label_status ("ok", or why the
+    row cannot be used), length, modified.
 
     `unlisted`: files Spark's listing skipped (see unlisted_files), added so they get quarantine rows.
     Manifest rows whose file was not found keep length null (missing_file).
