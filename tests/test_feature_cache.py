@@ -26,7 +26,7 @@ def payloads(ozturk_dir: Path) -> list[tuple[str, bytes]]:
 def test_second_run_computes_nothing_and_new_images_are_appended(spark, payloads, tmp_path, caplog):
     from xray_spark.features.cache import cache_path, featurize_to_cache, featurize_to_cache_run
 
-    caplog.set_level(logging.INFO, logger="xray_spark.features.cache")
+    caplog.set_level(logging.INFO, logger="xray_spark")  # the cache and its progress logger (spark_io)
     cache_dir = str(tmp_path / "features")
     first_batch = payloads[:6] + [("dup/copy.png", payloads[0][1]), ("bad/x.png", b"not an image at all")]
     images = _images_df(spark, first_batch)
