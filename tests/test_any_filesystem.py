@@ -45,7 +45,8 @@ def test_ingest_train_score_under_a_viewfs_default_filesystem(spark, ozturk_dir:
     assert by_rel.equals(local.set_index("rel_path")[["group_id", "fold", "split"]].sort_index())
 
     db = f"sqlite:///{tmp_path}/mlflow.db"
-    proc = _run(["train", "--data", str(data), "--backbones", "ResNet50", "--heads", "lr", "--tasks", "binary",
+    # train reuses the ingest output (same split) instead of ingesting again
+    proc = _run(["train", "--data", str(out), "--backbones", "ResNet50", "--heads", "lr", "--tasks", "binary",
                  "--weights", "none", "--out", str(train_out), "--tracking-uri", db])
     assert "champion binary: models:/xray-spark-binary@champion" in proc.stdout
     assert pd.read_csv(train_out / "comparison.csv")["task"].eq("binary").all()

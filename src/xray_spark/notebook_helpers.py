@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from xray_spark.paths import local_path
+
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
     from pyspark.sql import SparkSession
@@ -73,7 +75,6 @@ def start(
 def dataset(spark: SparkSession, cfg: Config, data_dir: str | Path, out_dir: str | Path) -> tuple[pd.DataFrame, dict, Path]:
     """(images table, ingest summary, ingest folder): ingests `data_dir` once, then reuses the output."""
     from xray_spark.data.images import load_or_ingest
-    from xray_spark.paths import local_path
 
     images, summary, layout = load_or_ingest(spark, str(data_dir), str(out_dir), cfg)
     return images.toPandas(), summary, local_path(layout.root)  # a notebook's look at a small dataset
@@ -112,7 +113,7 @@ def _gray_preview(path: str, size: int) -> np.ndarray:
     """The image as the pipeline normalises it (one luminance channel, full range), squeezed to size x size."""
     from xray_spark.data.decode import decode_gray, resize
 
-    gray, _ = decode_gray(Path(path).read_bytes())
+    gray, _ = decode_gray(local_path(path).read_bytes())  # the images table names files by URI (file:/...)
     return resize(gray, size)
 
 
@@ -138,18 +139,19 @@ def sample_grid(images: pd.DataFrame, per_class: int = 4, size: int = 160, seed:
 
 
 def duplicate_groups(ingest_dir: str | Path, images: pd.DataFrame | None = None) -> pd.DataFrame:
-    """ingest's duplicates/duplicate_groups.csv (one row per image in a group), with each image's label.
+    """ingest's duplicates/duplicate_groups.csv (one row per image in a group, paths relative to the data
+    folder), with each image's label and full path when `images` is given.
 
     Empty (same columns) when ingest found no duplicates.
     """
     path = Path(ingest_dir) / "duplicates" / "duplicate_groups.csv"
     try:
-        groups = pd.read_csv(path)
+        groups = pd.read_csv(path).rename(columns={"path": "rel_path"})
     except (FileNotFoundError, pd.errors.EmptyDataError):
-        groups = pd.DataFrame(columns=["path", "dup_group", "dup_kind", "group_size", "labels", "label_conflict"])
-    if images is not None and "label" not in groups:
-        groups = groups.merge(images[["path", "label"]], on="path", how="left")
-    groups["file"] = groups["path"].map(lambda p: "/".join(Path(str(p)).parts[-2:]))
+        groups = pd.DataFrame(columns=["rel_path", "dup_group", "dup_kind", "group_size", "labels", "label_conflict"])
+    if images is not None:
+        groups = groups.merge(images[["rel_path", "path", "label"]], on="rel_path", how="left")
+    groups["file"] = groups["rel_path"]
     first = [c for c in ("dup_group", "dup_kind", "label", "file", "group_size", "label_conflict") if c in groups]
     return groups[first + [c for c in groups.columns if c not in first]]
 
@@ -179,7 +181,7 @@ def duplicate_group_grid(groups: pd.DataFrame, max_groups: int = 4, size: int = 
             if c < len(members):
                 m = members.iloc[c]
                 ax.imshow(_gray_preview(m["path"], size), cmap="gray", vmin=0, vmax=255)
-                ax.set_title(f"{gid}\n{m['label']}: {Path(m['path']).name[:22]}", fontsize=7)
+                ax.set_title(f"{gid}\n{m['label']}: {str(m['rel_path']).rsplit('/', 1)[-1][:22]}", fontsize=7)
     fig.suptitle("Duplicate groups (kept on one side of the split)")
     return fig
 
