@@ -16,6 +16,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from xray_spark import paths
+
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
@@ -105,10 +107,6 @@ class HadoopFS:
     def _fs(self, path):
         return path.getFileSystem(self._conf)
 
-    def qualify(self, uri: str) -> str:
-        p = self._path(uri)
-        return str(self._fs(p).makeQualified(p).toString())
-
     def exists(self, uri: str) -> bool:
         p = self._path(uri)
         return bool(self._fs(p).exists(p))
@@ -155,10 +153,10 @@ class HadoopFS:
     def walk_files(self, uri: str, limit: int) -> Iterator[tuple[str, int]]:
         """(uri, length) of the files below `uri`, at most `limit` of them. Local folders are walked with
         os.walk (fast); other schemes through Hadoop's iterator (one call per file: for exceptions only)."""
-        local = self.local_path(uri)
+        local = paths.local_or_none(uri)  # `uri` is qualified (paths.qualify): the prefix of every result
         n = 0
         if local is not None:
-            prefix = self.qualify(uri).rstrip("/")
+            prefix = uri.rstrip("/")
             for dirpath, _, names in os.walk(local):
                 for name in names:
                     full = Path(dirpath) / name
@@ -217,9 +215,3 @@ class HadoopFS:
         tmp = target + "._parts"
         df.coalesce(1).write.mode("overwrite").option("header", "true").option("escape", '"').csv(tmp)
         return self.single_file(tmp, target, ".csv")
-
-    def local_path(self, uri: str) -> Path | None:
-        """The OS path when `uri` is on the local file system (lock files need one), else None."""
-        p = self._path(uri)
-        q = self._fs(p).makeQualified(p).toUri()
-        return Path(str(q.getPath())) if str(q.getScheme()) == "file" else None
