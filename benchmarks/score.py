@@ -74,7 +74,7 @@ def featurizer_only(spark, model, folder: Path) -> float:  # noqa: ANN001
 
 
 def full_scoring(spark, cfg, model_dir: Path, folder: Path, out: Path, chunk_size: int) -> float:  # noqa: ANN001
-    from xray_spark.score import resolve_model, score_folder
+    from xray_spark.scoring import resolve_model, score_folder
 
     shutil.rmtree(out, ignore_errors=True)
     ref = resolve_model(str(model_dir), cfg)

@@ -26,9 +26,15 @@ def _data_root() -> Path | None:
 
 @pytest.fixture(scope="session")
 def data_root() -> Path:
+    """The real data folder. Missing: skip on a developer machine, FAIL when `$CI` is set (non-empty), so a CI
+    run that lost its data cannot pass by skipping every real-data test. Every test that reads real images
+    gets them through this fixture (or ozturk_dir / raw_sample_dir, which depend on it)."""
     root = _data_root()
     if root is None:
-        pytest.skip("real X-ray data not found: set XRAY_SPARK_TEST_DATA or place it at ../shared/data")
+        message = "real X-ray data not found: set XRAY_SPARK_TEST_DATA or place it at ../shared/data"
+        if os.environ.get("CI", "").strip():
+            pytest.fail(f"{message} (CI is set, so this is a failure, not a skip)", pytrace=False)
+        pytest.skip(message)
     return root
 
 
@@ -91,7 +97,7 @@ def small_data(ozturk_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
 def trained(spark, small_data: Path, tmp_path_factory: pytest.TempPathFactory):
     """One real `train` run (ResNet50 random init, lr + dt, both tasks) shared by the tests that need models."""
     from xray_spark.config import load_config
-    from xray_spark.train.compare import TrainSpec, run_training
+    from xray_spark.train.runner import TrainSpec, run_training
 
     out = tmp_path_factory.mktemp("train_out")
     cfg = load_config(local=None)

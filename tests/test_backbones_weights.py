@@ -3,11 +3,15 @@ user files (local and through Hadoop FS), and bit-identical seeded random init."
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import hashlib
 import http.server
 import shutil
 import threading
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote
 
 import numpy as np
@@ -15,6 +19,21 @@ import pytest
 
 from xray_spark.errors import UserError
 from xray_spark.features import backbones, weights
+
+
+@contextlib.contextmanager
+def overridden(name: str, **changes: Any) -> Iterator[backbones.Backbone]:
+    """Temporarily replace fields of a registry entry (e.g. the published hash of a test file).
+
+    Only the driver reads these fields (weights resolution); executors never consult the hash.
+    """
+    key = name.strip().lower()
+    original = backbones.get_backbone(name)
+    backbones._registry[key] = dataclasses.replace(original, **changes)
+    try:
+        yield backbones._registry[key]
+    finally:
+        backbones._registry[key] = original
 
 
 @pytest.fixture()
@@ -74,7 +93,7 @@ def served(tmp_path: Path, small_weights_file: Path, monkeypatch: pytest.MonkeyP
     server = _Server(root)
     monkeypatch.setenv("XRAY_SPARK_WEIGHTS_BASE_URL", server.url)
     md5 = hashlib.md5(small_weights_file.read_bytes()).hexdigest()
-    with backbones.overridden("ResNet50", weights_hash=md5, hash_algorithm="md5"):
+    with overridden("ResNet50", weights_hash=md5, hash_algorithm="md5"):
         yield server, root / bb.weights_url_path, md5
     server.close()
 
@@ -113,7 +132,7 @@ def test_corrupt_cached_file_is_replaced(cache, served, small_weights_file):
 def test_sha256_published_hash_is_verified_with_sha256(cache, served, small_weights_file):
     server, _, _ = served
     sha = hashlib.sha256(small_weights_file.read_bytes()).hexdigest()
-    with backbones.overridden("ResNet50", weights_hash=sha, hash_algorithm="sha256"):
+    with overridden("ResNet50", weights_hash=sha, hash_algorithm="sha256"):
         resolved = weights.resolve_weights("ResNet50", "imagenet")
         assert resolved.fingerprint == f"imagenet:{sha}"
     assert len(server.requests) == 1

@@ -23,16 +23,26 @@ def payloads(ozturk_dir: Path) -> list[tuple[str, bytes]]:
     return [(str(p), p.read_bytes()) for p in files]
 
 
-def test_second_run_computes_nothing_and_new_images_are_appended(spark, payloads, tmp_path, caplog):
+def test_second_run_computes_nothing_and_new_images_are_appended(spark, payloads, tmp_path, caplog, monkeypatch):
     from xray_spark.features.cache import cache_path, featurize_to_cache, featurize_to_cache_run
+    from xray_spark.features.featurizer import DeepImageFeaturizer
 
     caplog.set_level(logging.INFO, logger="xray_spark")  # the cache and its progress logger (spark_io)
+    model_calls: list[int] = []  # one entry per featurizer.transform: proof of (no) featurizing, not a timing
+    transform = DeepImageFeaturizer.transform
+
+    def counting_transform(self, dataset, params=None):
+        model_calls.append(1)
+        return transform(self, dataset, params)
+
+    monkeypatch.setattr(DeepImageFeaturizer, "transform", counting_transform)
     cache_dir = str(tmp_path / "features")
     first_batch = payloads[:6] + [("dup/copy.png", payloads[0][1]), ("bad/x.png", b"not an image at all")]
     images = _images_df(spark, first_batch)
 
     df1, run1 = featurize_to_cache_run(spark, images, "ResNet50", "none", cache_dir, batch_size=8)
     rows1 = df1.collect()
+    assert len(model_calls) == 1
     assert (run1.requested, run1.computed, run1.failed) == (7, 7, 1)  # 6 images + 1 bad; the copy is one sha
     assert len(rows1) == 7  # one row per content: the copy under a second path shares its row
     assert any("featurize ResNet50: 8/8 images" in m for m in caplog.messages)  # progress: rows incl. the copy
@@ -55,6 +65,7 @@ def test_second_run_computes_nothing_and_new_images_are_appended(spark, payloads
     caplog.clear()
     df2, run2 = featurize_to_cache_run(spark, images, "ResNet50", "none", cache_dir, batch_size=8)
     rows2 = df2.collect()
+    assert len(model_calls) == 1, "the second run must not featurize again"
     assert run2.computed == 0
     assert any("nothing to compute" in m for m in caplog.messages)
     assert {p.name for p in folder.glob("part-*.parquet")} == set(parts1)
@@ -65,6 +76,8 @@ def test_second_run_computes_nothing_and_new_images_are_appended(spark, payloads
     more = _images_df(spark, payloads)  # 2 new images
     df3 = featurize_to_cache(spark, more, "ResNet50", "none", cache_dir, batch_size=8, progress=False)
     assert df3.count() == len(payloads)
+    assert len(model_calls) == 2  # one featurizer pass, for the 2 new images only
+    assert any("2 of 8 images missing" in m for m in caplog.messages)
     parts3 = {p.name: p.stat().st_mtime_ns for p in folder.glob("part-*.parquet")}
     assert {k: parts3[k] for k in parts1} == parts1  # old part files untouched
     assert len(parts3) > len(parts1)

@@ -135,7 +135,7 @@ def test_02_features(nb_env, training_run, evidence):
 def training_run(nb_env, spark) -> Path:
     """One real `train` run (ResNet50 random weights + lr, binary, with the metadata baseline) for notebook 03."""
     from xray_spark.config import load_config
-    from xray_spark.train.compare import TrainSpec, run_training
+    from xray_spark.train.runner import TrainSpec, run_training
 
     out = nb_env["root"] / "train"
     spec = TrainSpec(data=str(nb_env["data"]), out_dir=str(out), backbones=["ResNet50"], heads=["lr"],

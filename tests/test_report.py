@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from xray_spark.report import (
+from xray_spark.train.report import (
     REFERENCE_HEADER,
     baseline_comparison,
     comparison_table,

@@ -227,17 +227,16 @@ def _cfg(registered):
 
 def _score(spark, registered, src: Path, out: Path, capsys, chunk_size: int | None = 4,
            model: str = "models:/xray-test@champion") -> dict[str, int]:
-    from xray_spark.score import score_command
+    from xray_spark.scoring import score_command
 
     cfg = _cfg(registered)
     cfg.decode.max_file_bytes = 1_000_000  # the test images are < 100 kB
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("XRAY_SPARK_CACHE", str(registered["base"] / "weights"))
-        rc = score_command(lambda: spark, cfg, model=model,
-                           input_dir=str(src), output_dir=str(out), chunk_size=chunk_size)
-    assert rc == 0
-    printed = capsys.readouterr().out.splitlines()
-    return {k: int(v) for k, _, v in (line.rpartition(": ") for line in printed) if v.isdigit()}
+        summary = score_command(lambda: spark, cfg, model=model,
+                                input_dir=str(src), output_dir=str(out), chunk_size=chunk_size)
+    assert capsys.readouterr().out == "", "only cli.py prints"
+    return {k: int(v) for k, _, v in (line.rpartition(": ") for line in summary.lines()) if v.isdigit()}
 
 
 def test_incremental_scoring_scores_each_content_once(spark, registered, ozturk_dir, tmp_path, capsys):

@@ -1,20 +1,12 @@
 """xray-spark: Spark-native chest X-ray classification.
 
-`DeepImageFeaturizer` is imported lazily so that `import xray_spark` stays cheap (no TensorFlow import)
-for jobs that only ingest or score metadata.
+`DeepImageFeaturizer` is the sparkdl-compatible entry point; importing it does not import TensorFlow
+(the featurizer loads TensorFlow only when it first runs a model).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from xray_spark.features.featurizer import DeepImageFeaturizer
 
 __version__ = "0.1.0"
 __all__ = ["DeepImageFeaturizer", "__version__"]
-
-
-def __getattr__(name: str) -> Any:
-    if name == "DeepImageFeaturizer":
-        from xray_spark.features.featurizer import DeepImageFeaturizer
-
-        return DeepImageFeaturizer
-    raise AttributeError(name)

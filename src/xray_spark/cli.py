@@ -1,6 +1,6 @@
 """`xray-spark` console script: argument parsing and exit codes only; the work lives in the package.
 
-Exit codes (DESIGN contract): 0 success, 2 bad arguments/config/input location, 1 anything else.
+Exit codes: 0 success, 2 bad arguments/config/input location, 1 anything else.
 Errors are one line on stderr; `--verbose` adds the traceback for debugging.
 """
 
@@ -11,8 +11,21 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 
+from xray_spark.config import load_config
+from xray_spark.data.fetch import fetch_dataset
+from xray_spark.data.files import check_local_data_dir
+from xray_spark.data.ingest import format_summary, ingest
+from xray_spark.demo import run_demo
 from xray_spark.errors import UserError
-from xray_spark.session import add_spark_arguments
+from xray_spark.features.backbones import get_backbone
+from xray_spark.features.run import featurize_folder
+from xray_spark.logs import setup_logging
+from xray_spark.scoring.run import IMAGES_PER_TASK, WAVES_PER_CHUNK, score_command
+from xray_spark.session import add_spark_arguments, get_spark, parse_conf_pairs
+from xray_spark.train.options import resolve_train_options
+from xray_spark.train.report import format_reference_table
+from xray_spark.train.runner import TrainResult, run_training
+from xray_spark.train.tasks import get_task
 
 log = logging.getLogger("xray_spark")
 
@@ -25,22 +38,8 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
-def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-        stream=sys.stderr,
-    )
-    for noisy in ("py4j", "matplotlib", "PIL", "urllib3", "alembic", "mlflow.store", "h5py", "absl"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-
-
 def _context(args: argparse.Namespace):
     """Config + SparkSession from the shared --config/--master/--conf arguments."""
-    from xray_spark.config import load_config
-    from xray_spark.session import get_spark, parse_conf_pairs
-
     cfg = load_config(args.config)
     conf = parse_conf_pairs(args.conf)
     app_name = f"{cfg.spark.app_name} {args.command}"  # e.g. "xray-spark score" in the cluster UI and history
@@ -48,9 +47,6 @@ def _context(args: argparse.Namespace):
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
-    from xray_spark.data.files import check_local_data_dir
-    from xray_spark.data.ingest import format_summary, ingest
-
     check_local_data_dir(args.data)  # fail fast (exit 2) before starting a JVM
     cfg, spark = _context(args)
     result = ingest(spark(), args.data, args.out, cfg)
@@ -60,8 +56,6 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
 
 def cmd_fetch(args: argparse.Namespace) -> int:
-    from xray_spark.data.fetch import fetch_dataset
-
     result = fetch_dataset(args.name, args.to, base_url=args.base_url, limit=args.limit, progress=not args.quiet,
                            workers=args.workers, timeout=args.timeout)
     print(result.summary())
@@ -71,9 +65,6 @@ def cmd_fetch(args: argparse.Namespace) -> int:
 
 
 def cmd_featurize(args: argparse.Namespace) -> int:
-    from xray_spark.features.backbones import get_backbone
-    from xray_spark.features.run import featurize_folder
-
     get_backbone(args.backbone)  # unknown name -> exit 2 before Spark starts
     cfg, spark = _context(args)
     summary = featurize_folder(spark(), cfg, data=args.data, backbone=args.backbone, weights=args.weights,
@@ -83,17 +74,16 @@ def cmd_featurize(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from xray_spark.train.compare import TrainSpec, run_training
-    from xray_spark.train.options import resolve_train_options
-
     cfg, spark = _context(args)
-    spec: TrainSpec = resolve_train_options(args, cfg)
-    result = run_training(spark(), cfg, spec)
-    _print_train_result(result)
+    spec = resolve_train_options(args, cfg)
+    _print_train_result(run_training(spark(), cfg, spec))
     return 0
 
 
-def _print_train_result(result) -> None:
+def _print_train_result(result: TrainResult) -> None:
+    for task in result.comparison["task"].drop_duplicates():
+        print(f"\n{get_task(task).description} (test split, 95% intervals)")
+        print(format_reference_table(result.comparison, task))
     print(f"\nreport: {result.files['report.md']}\ncomparison: {result.files['comparison.csv']}")
     for task, champ in result.champions.items():
         print(f"champion {task}: {champ['uri']} (version {champ['version']}: {champ['backbone']} + {champ['head']})")
@@ -101,20 +91,35 @@ def _print_train_result(result) -> None:
 
 
 def cmd_score(args: argparse.Namespace) -> int:
-    from xray_spark.score import score_command
-
     cfg, spark = _context(args)
     if args.tracking_uri:
         cfg.tracking_uri = args.tracking_uri
-    return score_command(spark, cfg, model=args.model, input_dir=args.input, output_dir=args.output,
-                         chunk_size=args.chunk_size)
+    summary = score_command(spark, cfg, model=args.model, input_dir=args.input, output_dir=args.output,
+                            chunk_size=args.chunk_size)
+    print("\n".join(summary.lines()))
+    return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from xray_spark.demo import run_demo
-
     cfg, spark = _context(args)
-    return run_demo(spark, cfg, args)
+    demo = run_demo(spark, cfg, args)
+    banner = "=" * 78
+    if demo.weights_fallback:
+        print(f"{banner}\nImageNet weights are not available here ({demo.weights_fallback}).\n"
+              "The demo continued with RANDOM (seeded) weights: its numbers are NOT ImageNet-feature results.\n"
+              f"Pass --weights PATH or run once with internet to get the real thing.\n{banner}")
+    _print_train_result(demo.train)
+    for task, summary in demo.scores.items():
+        print(f"\nscored {demo.n_test} test-split images with the {task} champion:")
+        print("\n".join(f"  {line}" for line in summary.lines()))
+    train = demo.train
+    print(f"\n{banner}\nreport:      {train.files['report.md']}\ncomparison:  {train.files['comparison.csv']}")
+    print(f"predictions: {demo.predictions}")
+    print(f"MLflow UI:   mlflow ui --backend-store-uri {train.tracking_uri}   (then open http://127.0.0.1:5000)")
+    if demo.weights == "none":
+        print("NOTE: features came from randomly initialised backbones (no ImageNet weights were used).")
+    print(banner)
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -160,8 +165,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", metavar="DIR", help="feature cache (default: OUT/features)")
     p.add_argument("--no-baseline", action="store_true", help="skip the metadata-only shortcut baseline")
 
-    from xray_spark.scoring.run import IMAGES_PER_TASK, WAVES_PER_CHUNK  # light: no Spark/MLflow/TF import
-
     p = add("score", cmd_score, "score new images in a folder with a model, incrementally and exactly once")
     p.add_argument("--model", required=True, metavar="URI", help="models:/NAME@champion, runs:/..., or a PipelineModel path")
     p.add_argument("--input", required=True, metavar="DIR")
@@ -186,7 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    _setup_logging(args.verbose)
+    setup_logging(logging.DEBUG if args.verbose else logging.INFO, sys.stderr)
     try:
         return int(args.func(args) or 0)
     except UserError as exc:

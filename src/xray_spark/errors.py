@@ -1,4 +1,7 @@
-"""Errors the CLI turns into one clear line and an exit code (see DESIGN: 2 = bad input, 1 = anything else)."""
+"""Errors the CLI turns into one clear line and an exit code.
+
+Exit codes: 0 success, 2 bad arguments/config/input location (a UserError), 1 anything else.
+"""
 
 from __future__ import annotations
 

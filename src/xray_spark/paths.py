@@ -15,6 +15,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import unquote, urlparse
+
+from pyspark.sql import functions as F
 
 if TYPE_CHECKING:
     from pyspark.sql import Column, SparkSession
@@ -53,8 +56,6 @@ def from_file_uri(uri: str) -> Path:
     """An RFC 8089 `file:` URI as MLflow and `Path.as_uri()` write them -> the OS path, percent-DEcoded
     (`file:///a%20b/mlruns` -> `/a b/mlruns`), the way MLflow itself opens it. Only for such URIs (e.g. an
     MLflow tracking store): a Hadoop-form file name is never decoded (use `local_path`)."""
-    from urllib.parse import unquote, urlparse
-
     return Path(unquote(urlparse(uri).path))
 
 
@@ -87,8 +88,6 @@ def relativize(root: str, uri: str) -> str | None:
 
 def rel_path_col(path: Column, root: str) -> Column:
     """Spark twin of `relativize` for a column of listed paths (null when not below `root`)."""
-    from pyspark.sql import functions as F
-
     prefix = root.rstrip("/") + "/"
     return F.when(path.startswith(prefix), F.substring(path, len(prefix) + 1, 1 << 30))
 
@@ -99,8 +98,6 @@ def resolve_col(rel: Column, root: str) -> Column:
     Relative entries join `root`; entries with a scheme are kept; absolute paths (`/x/y.png`) take the
     scheme and authority of `root`, as Hadoop resolves them against the manifest's filesystem.
     """
-    from pyspark.sql import functions as F
-
     m = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*:(//[^/]*)?)", root)
     authority = m.group(1) if m else ""
     return (F.when(rel.rlike(r"^[A-Za-z][A-Za-z0-9+.-]*:"), rel)

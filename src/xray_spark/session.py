@@ -13,6 +13,9 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from pyspark import SparkConf, SparkContext
+from pyspark.sql import SparkSession
+
 from xray_spark.config import Config
 from xray_spark.errors import UserError
 
@@ -51,7 +54,6 @@ def _submitted_conf() -> dict[str, str]:
     """Settings spark-submit already passed to this driver (empty when Python started the JVM itself)."""
     if not os.environ.get("PYSPARK_GATEWAY_PORT"):
         return {}
-    from pyspark import SparkConf, SparkContext
 
     SparkContext._ensure_initialized()
     return dict(SparkConf().getAll())
@@ -67,8 +69,6 @@ def get_spark(
 
     Under spark-submit the master and confs given on its command line win; config only fills gaps.
     """
-    from pyspark.sql import SparkSession
-
     settings = dict(cfg.spark.conf)
     settings.update(conf or {})
     # Python workers run TensorFlow: give each concurrent task a share of the cores, not all of them.

@@ -7,7 +7,10 @@ Why a module: the train command, the demo and the notebooks must agree on the tr
 from __future__ import annotations
 
 import logging
+import math
+import os
 import platform
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
@@ -39,9 +42,7 @@ def point_at(uri: str) -> None:
     environment, so a value we wrote ourselves (now or earlier) is not a user's choice: without this check a second
     `train` in the same process (a notebook, a test session) would register into the first run's store.
     """
-    import os
-
-    import mlflow
+    import mlflow  # lazy: a slow import that argument checks skip
 
     mlflow.set_tracking_uri(uri)
     chosen = os.environ.get("MLFLOW_REGISTRY_URI")
@@ -56,9 +57,7 @@ def configure(tracking_uri: str | None, out_dir: str | Path, experiment: str = E
 
     Local stores keep artifacts next to the database, not in the current directory's ./mlruns.
     """
-    import os
-
-    import mlflow
+    import mlflow  # lazy: a slow import that argument checks skip
 
     uri = tracking_uri or default_tracking_uri(out_dir)
     experiment = os.environ.get("MLFLOW_EXPERIMENT_NAME", experiment)  # Databricks wants /Shared/... paths
@@ -78,8 +77,6 @@ def configure(tracking_uri: str | None, out_dir: str | Path, experiment: str = E
 
 def library_versions() -> dict[str, str]:
     """Versions that change numbers: recorded as params on every run."""
-    from importlib.metadata import PackageNotFoundError, version
-
     out = {"python": platform.python_version()}
     for pkg in ("pyspark", "tensorflow-cpu", "tensorflow", "keras", "mlflow", "numpy", "pillow", "pydicom"):
         try:
@@ -95,8 +92,6 @@ def flat_params(prefix: str, params: dict[str, Any]) -> dict[str, str]:
 
 def finite_metrics(metrics: dict[str, Any]) -> dict[str, float]:
     """MLflow rejects NaN in some stores and non-numbers everywhere: keep finite floats only."""
-    import math
-
     out = {}
     for k, v in metrics.items():
         if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v)):
@@ -110,8 +105,8 @@ def registered_name(prefix: str, task: str) -> str:
 
 def register_champion(model_uri: str, name: str, description: str = "") -> str:
     """Register `model_uri` under `name` and point the `champion` alias at the new version."""
-    import mlflow
-    from mlflow import MlflowClient
+    import mlflow  # lazy: a slow import that argument checks skip
+    from mlflow import MlflowClient  # lazy: a slow import that argument checks skip
 
     mv = mlflow.register_model(model_uri, name)
     client = MlflowClient()

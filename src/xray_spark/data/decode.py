@@ -58,6 +58,7 @@ import io
 import logging
 from dataclasses import dataclass
 
+import imagehash
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
@@ -65,17 +66,16 @@ from xray_spark.data.dicom import decode_dicom, looks_like_bare_dicom  # imports
 from xray_spark.data.pixels import REASONS, DecodeError, ImageInfo, luma, luma_of, stretch
 
 __all__ = [
-    "DEFAULT_MAX_PIXELS", "REASONS", "RESIZE_FILTER", "DecodeError", "ImageInfo", "ImageRecord", "analyze",
+    "DEFAULT_MAX_PIXELS", "REASONS", "DecodeError", "ImageInfo", "ImageRecord", "analyze",
     "decode_for_model", "decode_gray", "image_struct_to_gray", "phash_hex", "pixel_sha256", "resize",
     "stretch", "thumbnail", "to_rgb",
 ]
 
 log = logging.getLogger(__name__)
 
-RESIZE_FILTER: str = "bilinear"  # PIL Image.Resampling.BILINEAR: antialiases on downscale (support scales)
 DEFAULT_MAX_PIXELS: int = 100_000_000
 
-_RESAMPLE = Image.Resampling.BILINEAR
+_RESAMPLE = Image.Resampling.BILINEAR  # PIL bilinear: antialiases on downscale (its support scales)
 for _plugin in ("Bmp", "Gif", "Jpeg", "Mpo", "Png", "Tiff", "WebP"):  # register exactly the readers we use
     try:
         importlib.import_module(f"PIL.{_plugin}ImagePlugin")
@@ -256,7 +256,7 @@ def decode_gray(
 
 
 def resize(gray: np.ndarray, size: int) -> np.ndarray:
-    """(H,W) uint8 -> (size, size) uint8 with RESIZE_FILTER. Aspect ratio is NOT preserved (as sparkdl did):
+    """(H,W) uint8 -> (size, size) uint8, PIL bilinear (_RESAMPLE). Aspect ratio is NOT preserved (as sparkdl did):
     every source is squeezed the same way, so padding/letterbox bars cannot become a cue. Returns the input
     itself when it already has that shape."""
     _check_gray(gray)
@@ -313,8 +313,6 @@ def pixel_sha256(gray: np.ndarray) -> str:
 
 def phash_hex(gray: np.ndarray) -> str:
     """imagehash.phash (64-bit DCT hash) as 16 hex chars: the near-duplicate candidate key."""
-    import imagehash
-
     return str(imagehash.phash(Image.fromarray(np.ascontiguousarray(_check_gray(gray)))))
 
 

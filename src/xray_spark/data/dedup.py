@@ -21,6 +21,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
+from pyspark.sql import functions as F
+
+from xray_spark.data.groups import star_edges
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame
@@ -34,8 +37,6 @@ _CORR_SCHEMA = "a long, b long, hamming int, correlation double"
 
 def phash_long(col):
     """16 hex chars -> the 64-bit value as a signed long (bit pattern kept); null when malformed."""
-    from pyspark.sql import functions as F
-
     ok = col.rlike(r"^[0-9a-fA-F]{16}\z")  # \z: Java's `$` would also accept a trailing line break
     hi = F.conv(F.substring(col, 1, 8), 16, 10).cast("long")
     lo = F.conv(F.substring(col, 9, 8), 16, 10).cast("long")
@@ -44,8 +45,6 @@ def phash_long(col):
 
 def band_keys(hashes: DataFrame) -> DataFrame:
     """(id, h) -> (band, key, id, h): per band, the band value and each single-bit flip of it."""
-    from pyspark.sql import functions as F
-
     parts = []
     for band, (start, width) in enumerate(BANDS):
         value = F.shiftrightunsigned("h", start).bitwiseAND(F.lit((1 << width) - 1))
@@ -61,8 +60,6 @@ def band_keys(hashes: DataFrame) -> DataFrame:
 
 def hamming_candidates(hashes: DataFrame, max_hamming: int) -> DataFrame:
     """All pairs a < b of (id, h) rows with popcount(h_a XOR h_b) <= max_hamming: (a, b, hamming)."""
-    from pyspark.sql import functions as F
-
     if max_hamming > MAX_HAMMING_COVERED:
         raise ValueError(f"banded search covers Hamming <= {MAX_HAMMING_COVERED}, asked for {max_hamming}")
     keys = band_keys(hashes)
@@ -123,8 +120,6 @@ class Duplicates:
 
 def exact_edges(images: DataFrame) -> DataFrame:
     """Images with the same decoded pixels (or bytes): a star per hash, linear in the group size."""
-    from xray_spark.data.groups import star_edges
-
     out = None
     for col in ("pixel_sha256", "sha256"):
         e = star_edges(images, col)
@@ -138,8 +133,6 @@ def find_duplicates(images: DataFrame, thumbs: DataFrame, *, max_hamming: int = 
 
     Returned frames are cached (they are small: one row per pair) and counted once.
     """
-    from pyspark.sql import functions as F
-
     exact = exact_edges(images).cache()
     hashes = images.select("id", phash_long(F.col("phash")).alias("h"), "pixel_sha256").where("h IS NOT NULL")
     cand = hamming_candidates(hashes.select("id", "h"), max_hamming)

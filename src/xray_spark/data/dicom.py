@@ -10,6 +10,11 @@ import io
 import logging
 
 import numpy as np
+import pydicom
+from pydicom.datadict import dictionary_has_tag
+from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut, get_decoder, pixel_array
+from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.values import convert_single_string
 
 from xray_spark.data.pixels import DecodeError, ImageInfo, luma_of, stretch
 from xray_spark.data.privacy import hash_identifier
@@ -27,8 +32,6 @@ def looks_like_bare_dicom(head: bytes) -> bool:
 
 def _dicom_sanity(ds, forced: bool) -> None:
     """pydicom parses garbage leniently; reject what is clearly not a real dataset."""
-    from pydicom.datadict import dictionary_has_tag
-
     if not forced and "TransferSyntaxUID" not in ds.file_meta:
         raise DecodeError("dicom_corrupt", "file meta information has no TransferSyntaxUID")
     if not any(dictionary_has_tag(tag) for tag in ds.keys()):
@@ -48,7 +51,6 @@ def _patient_ref(ds, salt: str | None) -> str | None:
     the value; the clear text exists only inside this function and nothing about it is logged."""
     if salt is None:
         return None
-    from pydicom.values import convert_single_string
 
     try:
         value = getattr(ds.get_item(_PATIENT_ID), "value", None)
@@ -73,10 +75,6 @@ def decode_dicom(
 ) -> tuple[np.ndarray, ImageInfo]:
     """DICOM bytes -> (normalised uint8 luminance, info). Raises DecodeError. `forced`: no preamble/meta.
     With `patient_salt`, info.patient_ref is the salted hash of PatientID (see _patient_ref)."""
-    import pydicom
-    from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut, get_decoder, pixel_array
-    from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
-
     try:
         ds = pydicom.dcmread(io.BytesIO(data), force=forced)
     except MemoryError:

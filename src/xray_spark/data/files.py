@@ -20,9 +20,13 @@ import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from pyspark.sql import Window
+from pyspark.sql import functions as F
+
 from xray_spark import paths
-from xray_spark.config import Config
+from xray_spark.config import Config, _norm_label
 from xray_spark.errors import UserError
+from xray_spark.spark_io import HadoopFS
 
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame, SparkSession
@@ -60,8 +64,6 @@ def check_local_data_dir(data_dir: str) -> None:
 
 def open_data_folder(spark: SparkSession, data_dir: str) -> DataFolder:
     """Qualify `data_dir` under the session's filesystem, check it exists, and list it with binaryFile."""
-    from xray_spark.spark_io import HadoopFS
-
     check_local_data_dir(data_dir)
     root = paths.qualify(spark, data_dir)
     fs = HadoopFS(spark)
@@ -74,17 +76,11 @@ def open_data_folder(spark: SparkSession, data_dir: str) -> DataFolder:
 
 def norm_label_col(col: Column) -> Column:
     """Spark twin of config._norm_label: lower case, spaces, '-' and '_' removed."""
-    from pyspark.sql import functions as F
-
     return F.regexp_replace(F.lower(F.trim(col)), r"[\s_\-]+", "")
 
 
 def label_map_col(cfg: Config, raw: Column) -> Column:
     """Canonical label for a folder name or manifest label (null when config does not map it)."""
-    from pyspark.sql import functions as F
-
-    from xray_spark.config import _norm_label
-
     pairs: dict[str, str] = {}
     for canonical, aliases in cfg.labels.items():
         for name in [canonical, *aliases]:
@@ -96,22 +92,16 @@ def label_map_col(cfg: Config, raw: Column) -> Column:
 
 
 def _name_col(path: Column) -> Column:
-    from pyspark.sql import functions as F
-
     return F.regexp_extract(path, r"([^/]*)$", 1)
 
 
 def nih_patient_col(path: Column) -> Column:
     """`.../00000013_005.png` -> `nih-00000013`; null for names that do not follow the NIH scheme."""
-    from pyspark.sql import functions as F
-
     digits = F.regexp_extract(_name_col(path), NIH_NAME, 1)
     return F.when(digits != "", F.concat(F.lit("nih-"), digits))
 
 
 def _clean(col: Column) -> Column:
-    from pyspark.sql import functions as F
-
     text = F.trim(col)
     return F.when(text != "", text)
 
@@ -126,8 +116,6 @@ def labelled_listing(spark: SparkSession, folder: DataFolder, cfg: Config,
     """
     listed = _listed(folder)
     if unlisted:
-        from pyspark.sql import functions as F
-
         extra = spark.createDataFrame(unlisted, "path string, length long").select(
             "path", "length", F.lit(None).cast("timestamp").alias("modified"),
             paths.rel_path_col(F.col("path"), folder.root).alias("rel_path"))
@@ -138,8 +126,6 @@ def labelled_listing(spark: SparkSession, folder: DataFolder, cfg: Config,
 
 
 def _listed(folder: DataFolder) -> DataFrame:
-    from pyspark.sql import functions as F
-
     rel = paths.rel_path_col(F.col("path"), folder.root)
     return (folder.files.select("path", "length", F.col("modificationTime").alias("modified"))
             .withColumn("rel_path", rel)
@@ -147,8 +133,6 @@ def _listed(folder: DataFolder) -> DataFrame:
 
 
 def _with_folders(folder: DataFolder, listed: DataFrame, cfg: Config) -> DataFrame:
-    from pyspark.sql import functions as F
-
     top = F.when(F.instr("rel_path", "/") > 0, F.substring_index("rel_path", "/", 1))
     canonical = label_map_col(cfg, top)
     status = (F.when(top.isNull(), F.lit("unlabelled: file is not inside a class folder"))
@@ -161,9 +145,6 @@ def _with_folders(folder: DataFolder, listed: DataFrame, cfg: Config) -> DataFra
 
 
 def _with_manifest(spark: SparkSession, folder: DataFolder, listed: DataFrame, cfg: Config) -> DataFrame:
-    from pyspark.sql import Window
-    from pyspark.sql import functions as F
-
     raw = spark.read.option("header", "true").option("inferSchema", "false").csv(folder.manifest)
     missing = {"path", "label"} - set(raw.columns)
     if missing:
@@ -205,8 +186,6 @@ def unlisted_files(spark: SparkSession, folder: DataFolder, n_listed: int) -> li
     Cheap check first (one ContentSummary call); the folder is walked only when counts differ, and the
     result is bounded by how many files were skipped, not by the folder's size.
     """
-    from xray_spark.spark_io import HadoopFS
-
     fs = HadoopFS(spark)
     total = fs.file_count(folder.root)
     if total <= n_listed:
@@ -227,8 +206,6 @@ def unlisted_files(spark: SparkSession, folder: DataFolder, n_listed: int) -> li
 def listing_fingerprint(listing: DataFrame, cfg: Config) -> str:
     """What an earlier ingest must match to be reused: the folder's listing (relative path, size, mtime) and
     the settings that shape the split. Order-independent and computed on executors (one small row back)."""
-    from pyspark.sql import functions as F
-
     row = listing.agg(
         F.count(F.lit(1)).alias("n"),
         F.bit_xor(F.xxhash64("rel_path", "length", "modified", "label", "patient_id")).alias("x"),

@@ -11,6 +11,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import numpy as np
+import pandas as pd
+from pyspark.sql import Window
+from pyspark.sql import functions as F
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
@@ -20,16 +23,11 @@ if TYPE_CHECKING:
 
 def image_id_col(rel_path):
     """A 64-bit id per image from its relative path (ingest checks the ids are distinct)."""
-    from pyspark.sql import functions as F
-
     return F.xxhash64(rel_path)
 
 
 def star_edges(images: DataFrame, key: str) -> DataFrame:
     """Rows sharing a non-empty `key` -> edges (a, b) from the smallest id to each other one."""
-    from pyspark.sql import Window
-    from pyspark.sql import functions as F
-
     keyed = images.where(F.col(key).isNotNull() & (F.trim(F.col(key)) != "")).select("id", F.trim(key).alias("_k"))
     first = F.min("id").over(Window.partitionBy("_k"))
     return keyed.select(first.alias("a"), F.col("id").alias("b")).where(F.col("a") != F.col("b"))
@@ -51,8 +49,6 @@ def components(edges: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def component_frame(spark: SparkSession, edges: DataFrame) -> DataFrame:
     """Edges (a, b) on executors -> (id, root) for every node that has an edge; only int pairs cross."""
-    import pandas as pd
-
     pdf = edges.select("a", "b").toPandas()
     nodes, roots = components(pdf[["a", "b"]].to_numpy(dtype=np.int64))
     return spark.createDataFrame(pd.DataFrame({"id": nodes, "root": roots}), "id long, root long")
@@ -62,8 +58,6 @@ def assign_group_ids(images: DataFrame, roots: DataFrame, column: str, prefix: s
                      singletons: bool = True) -> DataFrame:
     """images (id, rel_path, ...) + (id, root) -> images with `column`: prefix + hash of the sorted member
     relative paths. Images without an edge form their own group (or get null when `singletons` is False)."""
-    from pyspark.sql import functions as F
-
     with_root = images.join(F.broadcast(roots), "id", "left")  # roots came from the driver: ints only
     if not singletons:
         grouped = with_root.where("root IS NOT NULL")

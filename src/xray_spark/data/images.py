@@ -10,6 +10,8 @@ import json
 import logging
 from typing import TYPE_CHECKING
 
+from pyspark.sql import functions as F
+
 from xray_spark import paths
 from xray_spark.config import Config
 from xray_spark.data.files import labelled_listing, listing_fingerprint, open_data_folder, unlisted_files
@@ -57,8 +59,6 @@ def image_contents(spark: SparkSession, summary: dict, cfg: Config) -> DataFrame
     Rows are every readable file under the folder (up to decode.max_file_bytes); callers keep the contents
     they need by a semi-join on sha256 keys (ids) with the ok images, e.g. the feature cache's missing keys.
     """
-    from pyspark.sql import functions as F
-
     files = spark.read.format("binaryFile").option("recursiveFileLookup", "true").load(summary["data_dir"])
     return (files.where(F.col("length") <= cfg.decode.max_file_bytes)
             .select(F.sha2(F.col("content"), 256).alias("sha256"), "content"))

@@ -14,16 +14,22 @@ Counts always reconcile: files read = ok + quarantined.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import pandas as pd
+from pyspark.sql import functions as F
 
 from xray_spark import paths
 from xray_spark.config import Config
+from xray_spark.data.decode import analyze
+from xray_spark.data.dedup import find_duplicates
 from xray_spark.data.files import (
     IGNORED_NAMES,
     SALT_ENV,
@@ -34,8 +40,10 @@ from xray_spark.data.files import (
     open_data_folder,
     unlisted_files,
 )
+from xray_spark.data.groups import assign_group_ids, component_frame, image_id_col, star_edges
 from xray_spark.data.ingest_report import summarize, write_duplicates_report
 from xray_spark.data.layout import IngestLayout
+from xray_spark.data.split import check_no_leak, split_hash, split_images
 from xray_spark.spark_io import IMAGE_FILE_OPEN_COST, HadoopFS, Progress, explicit_broadcasts_only, sql_conf
 
 log = logging.getLogger(__name__)
@@ -67,13 +75,8 @@ def _analyze_partition(max_pixels: int, thumb_size: int, salt: str, counter=None
     `counter` (a Spark accumulator) counts decoded files for the progress log."""
 
     def run(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        import hashlib
-        import warnings
-
         # pydicom warns on every odd tag of a corrupt file; the reason column already says what is wrong
         warnings.simplefilter("ignore", UserWarning)
-
-        from xray_spark.data.decode import analyze
 
         columns = [c.split()[0] for c in ANALYZED_SCHEMA.split(", ")]
         for pdf in batches:
@@ -104,10 +107,6 @@ class IngestResult:
 
 def _decode_stage(spark, folder: DataFolder, layout: IngestLayout, cfg: Config, n_files: int):
     """Read every listed file's bytes once (oversized files filtered by length first) into _work/analyzed."""
-    from pyspark.sql import functions as F
-
-    from xray_spark.data.groups import image_id_col
-
     name = F.lower(F.regexp_extract("path", r"([^/]*)$", 1))
     rel = paths.rel_path_col(F.col("path"), folder.root)
     todo = (folder.files.where(F.col("length") <= cfg.decode.max_file_bytes)  # pushed into the file scan
@@ -129,10 +128,6 @@ def _decode_stage(spark, folder: DataFolder, layout: IngestLayout, cfg: Config, 
 
 def _reconcile(listing, analyzed, max_file_bytes: int):
     """Listing joined with what was decoded; anything not decoded or not labelled becomes a quarantine row."""
-    from pyspark.sql import functions as F
-
-    from xray_spark.data.groups import image_id_col
-
     a = analyzed.drop("thumb", "id")
     df = listing.join(a, "path", "left")
     hidden = F.col("rel_path").rlike(r"(^|/)_")
@@ -158,10 +153,6 @@ def _reconcile(listing, analyzed, max_file_bytes: int):
 
 def _groups_and_split(spark, ok, thumbs, cfg: Config):
     """ok rows -> + group_id, dup_group, fold, split; and the duplicates found on the way."""
-    from xray_spark.data.dedup import find_duplicates
-    from xray_spark.data.groups import assign_group_ids, component_frame, star_edges
-    from xray_spark.data.split import check_no_leak, split_images
-
     dups = find_duplicates(ok, thumbs, max_hamming=cfg.dedup.phash_max_hamming,
                            min_correlation=cfg.dedup.pixel_min_correlation, thumb_size=cfg.dedup.thumb_size)
     dup_edges = dups.edges.select("a", "b")
@@ -183,10 +174,6 @@ def ingest(spark, data_dir: str, out_dir: str, cfg: Config) -> IngestResult:
 
 
 def _ingest(spark, data_dir: str, out_dir: str, cfg: Config) -> IngestResult:
-    from pyspark.sql import functions as F
-
-    from xray_spark.data.split import split_hash
-
     t0 = time.time()
     fs = HadoopFS(spark)
     folder = open_data_folder(spark, str(data_dir))
@@ -228,8 +215,6 @@ def _ingest(spark, data_dir: str, out_dir: str, cfg: Config) -> IngestResult:
 
 
 def _json(obj: dict) -> str:
-    import json
-
     return json.dumps(obj, indent=2, sort_keys=True)
 
 
@@ -248,8 +233,6 @@ def _write_tables(fs: HadoopFS, images, layout: IngestLayout) -> dict[str, str]:
 
 def manifest_hash(images) -> str:
     """Identifies the dataset content (relative path, label, bytes) independent of where it lives."""
-    from pyspark.sql import functions as F
-
     line = F.concat_ws("\t", "rel_path", "label", F.coalesce("sha256", F.lit("")))
     row = images.agg(F.sha2(F.concat_ws("\n", F.sort_array(F.collect_list(line))), 256).alias("h")).first()
     return str(row["h"])

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from pyspark.sql import Window
+from pyspark.sql import functions as F
+
 from xray_spark import paths
 
 if TYPE_CHECKING:
@@ -23,8 +26,6 @@ MD_MAX_REJECTED = 20
 def summarize(images: DataFrame, dup_counts: dict[str, int], split: DataFrame, split_id: str,
               seconds: float) -> dict:
     """Counts that must reconcile: read = ok + quarantined, per class, plus split and duplicate figures."""
-    from pyspark.sql import functions as F
-
     by = images.groupBy("status", "label", F.split(F.coalesce("reason", F.lit("")), ":").getItem(0).alias("code"),
                         "split").count().collect()
     ok = [r for r in by if r["status"] == "ok"]
@@ -58,9 +59,6 @@ def summarize(images: DataFrame, dup_counts: dict[str, int], split: DataFrame, s
 def write_duplicates_report(fs: HadoopFS, dups: Duplicates, ok: DataFrame, split: DataFrame,
                             folder: str) -> dict[str, str]:
     """duplicates_pairs.csv, duplicate_groups.csv, rejected_candidates.csv and a readable duplicates.md."""
-    from pyspark.sql import Window
-    from pyspark.sql import functions as F
-
     names = ok.select("id", "rel_path")
 
     def named(df: DataFrame) -> DataFrame:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
+from pyspark.sql import functions as F
 from sklearn.model_selection import StratifiedGroupKFold
 
 from xray_spark.errors import UserError
@@ -66,8 +67,6 @@ def assign_folds(counts: pd.DataFrame, *, seed: int, folds: int) -> pd.DataFrame
 def split_images(spark: SparkSession, images: DataFrame, *, seed: int, folds: int,
                  test_fold: int) -> tuple[DataFrame, int]:
     """images (group_id, label, ...) -> + fold, split ("test" when fold == test_fold); returns the folds used."""
-    from pyspark.sql import functions as F
-
     counts = group_label_counts(images)
     used = effective_folds(counts, folds)
     table = assign_folds(counts, seed=seed, folds=used)
@@ -83,8 +82,6 @@ def split_images(spark: SparkSession, images: DataFrame, *, seed: int, folds: in
 
 def check_no_leak(images: DataFrame) -> None:
     """Raise ValueError naming any patient_id / group_id / dup_group found in both train and test."""
-    from pyspark.sql import functions as F
-
     problems = []
     for col in ("patient_id", "group_id", "dup_group"):
         if col not in images.columns:
@@ -104,8 +101,6 @@ def check_no_leak(images: DataFrame) -> None:
 def split_hash(images: DataFrame) -> str:
     """sha256 over the sorted lines "key<TAB>split<TAB>fold" (key: content sha256, else the relative path):
     names the split in MLflow params and survives moving the data folder. One row comes back."""
-    from pyspark.sql import functions as F
-
     key = F.coalesce(F.when(F.length("sha256") > 0, F.col("sha256")), F.col("rel_path"))
     line = F.concat_ws("\t", key, F.col("split"), F.col("fold").cast("string"))
     row = images.agg(F.sha2(F.concat(F.concat_ws("\n", F.sort_array(F.collect_list(line))), F.lit("\n")),

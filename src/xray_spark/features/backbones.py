@@ -19,10 +19,7 @@ pooled, 64x smaller, and what the DeepImageFeaturizer papers' downstream heads a
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import importlib
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -31,7 +28,7 @@ import numpy as np
 from xray_spark.errors import UserError
 
 if TYPE_CHECKING:
-    import keras
+    import keras  # lazy: loads TensorFlow, needed only where a model runs
 
 KERAS_WEIGHTS_BASE_URL = "https://storage.googleapis.com/tensorflow/keras-applications/"
 
@@ -116,18 +113,3 @@ def get_backbone(name: str) -> Backbone:
         return _registry[str(name).strip().lower()]
     except KeyError:
         raise UserError(f"unknown backbone {name!r}; choose one of {', '.join(backbone_names())}") from None
-
-
-@contextlib.contextmanager
-def overridden(name: str, **changes: Any) -> Iterator[Backbone]:
-    """Test-only: temporarily replace fields of a registry entry (e.g. the published hash of a test file).
-
-    Only the driver reads these fields (weights resolution); executors never consult the hash.
-    """
-    key = name.strip().lower()
-    original = get_backbone(name)
-    _registry[key] = dataclasses.replace(original, **changes)
-    try:
-        yield _registry[key]
-    finally:
-        _registry[key] = original

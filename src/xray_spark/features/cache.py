@@ -23,10 +23,14 @@ import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from pyspark.ml.functions import array_to_vector, vector_to_array
+from pyspark.ml.linalg import VectorUDT
 from pyspark.sql import functions as F
+from pyspark.sql.types import StringType, StructField, StructType
 
 from xray_spark.errors import UserError
 from xray_spark.features.backbones import get_backbone
+from xray_spark.features.featurizer import DeepImageFeaturizer
 from xray_spark.features.weights import weights_fingerprint
 from xray_spark.spark_io import HadoopFS, Progress, balanced_partitions
 
@@ -118,8 +122,6 @@ def featurize_to_cache_run(
     if table is None:  # nothing requested and nothing cached: an empty result with the right schema
         result = keys.limit(0).crossJoin(_empty(spark))
     else:
-        from pyspark.ml.functions import array_to_vector
-
         result = keys.join(table.dropDuplicates(["sha256"]), "sha256", "inner").withColumn(
             "features", F.when(F.col("features").isNotNull(), array_to_vector("features")))
     run = CacheRun(path, fingerprint, requested, n_todo, failed, time.perf_counter() - start)
@@ -129,9 +131,6 @@ def featurize_to_cache_run(
 
 
 def _empty(spark: SparkSession) -> DataFrame:
-    from pyspark.ml.linalg import VectorUDT
-    from pyspark.sql.types import StringType, StructField, StructType
-
     schema = StructType([StructField(c, StringType()) for c in CACHE_COLUMNS[1:3]]
                         + [StructField("features", VectorUDT()), StructField("featurize_error", StringType())])
     # (the result type callers see; on disk features are array<float>)
@@ -148,10 +147,6 @@ def _compute_and_append(
     spark: SparkSession, fs: HadoopFS, images: DataFrame, todo: DataFrame, n_todo: int, backbone: str,
     weights: str, fingerprint: str, path: str, batch_size: int, progress: bool,
 ) -> int:
-    from pyspark.ml.functions import vector_to_array
-
-    from xray_spark.features.featurizer import DeepImageFeaturizer
-
     sc = spark.sparkContext
     # broadcast keys (ids, not bytes): the image bytes are not shuffled by the filter, only once by the
     # balanced repartition below. Copies of one content under two paths are rare: n_todo sizes the tasks.

@@ -36,17 +36,25 @@ import os
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from pyspark import keyword_only
+from pyspark import TaskContext, keyword_only
+from pyspark.accumulators import _accumulatorRegistry
 from pyspark.ml import Transformer
+from pyspark.ml.functions import array_to_vector, predict_batch_udf
 from pyspark.ml.param import Param, Params, TypeConverters
 from pyspark.ml.param.shared import HasInputCol, HasOutputCol
 from pyspark.ml.util import DefaultParamsReadable, DefaultParamsWritable
 from pyspark.sql import functions as F
 from pyspark.sql.types import ArrayType, BinaryType, FloatType, StringType, StructField, StructType
 
+from xray_spark.data.decode import DecodeError, decode_for_model, image_struct_to_gray, resize, to_rgb
 from xray_spark.errors import UserError
 from xray_spark.features.backbones import backbone_names, get_backbone
-from xray_spark.features.weights import resolve_weights, ship_weights, weights_cache_dir
+from xray_spark.features.weights import (
+    executor_weights_path,
+    resolve_weights,
+    ship_weights,
+    weights_cache_dir,
+)
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame
@@ -70,7 +78,8 @@ class _DeepImageFeaturizerParams(HasInputCol, HasOutputCol):
     )
     scaleHint: Param[str] = Param(
         Params._dummy(), "scaleHint",
-        "sparkdl compatibility, ignored: every image is resized by the same path (area-average downscale)",
+        "sparkdl compatibility, ignored: every image is resized by the same path "
+        "(xray_spark.data.decode.resize, PIL bilinear)",
         typeConverter=TypeConverters.toString,
     )
     weights: Param[str] = Param(
@@ -158,14 +167,6 @@ class DeepImageFeaturizer(Transformer, _DeepImageFeaturizerParams, DefaultParams
     def setErrorCol(self, value: str) -> DeepImageFeaturizer:
         return self._set(errorCol=value)
 
-    def weightsFingerprint(self) -> str:
-        """The resolved weights' fingerprint (resolving them on the driver if needed), for MLflow tags."""
-        from pyspark.sql import SparkSession
-
-        from xray_spark.features.weights import weights_fingerprint
-
-        return weights_fingerprint(self.getModelName(), self.getWeights(), spark=SparkSession.getActiveSession())
-
     # ------------------------------------------------------------------------------------------ transform
 
     def _validate(self) -> None:
@@ -229,8 +230,6 @@ class DeepImageFeaturizer(Transformer, _DeepImageFeaturizerParams, DefaultParams
 
 
 def _array_to_vector(col):
-    from pyspark.ml.functions import array_to_vector
-
     return array_to_vector(col)
 
 
@@ -248,7 +247,6 @@ def make_featurize_udf(
     Marked non-deterministic so the optimizer never duplicates it when both struct fields are selected.
     `progress` (an accumulator) is captured only so each task deserializes its own copy; see _add_progress.
     """
-    from pyspark.ml.functions import predict_batch_udf
 
     def make_predict_fn():
         _ = progress  # keep the accumulator in the pickled closure (registered per task on deserialize)
@@ -277,7 +275,6 @@ def _add_progress(aid: int | None, n: int) -> None:
     """
     if aid is None:
         return
-    from pyspark.accumulators import _accumulatorRegistry
 
     acc = _accumulatorRegistry.get(aid)
     if acc is not None:
@@ -289,15 +286,13 @@ def tf_threads() -> int:
 
     XRAY_SPARK_TF_THREADS if set; else the task's `spark.task.cpus` when above 1 (a task that reserved k
     cores may use k threads); else TF_NUM_INTRAOP_THREADS (session.py sets 1); else 1. One thread per
-    concurrent task is the measured best on small machines: the cores stay busy without TF's intra-op
-    synchronisation, and threads x tasks never exceeds the cores.
+    concurrent task because Spark already runs one task per core: the cores stay busy without TF's
+    intra-op synchronisation, and threads x tasks never exceeds the cores.
     """
     explicit = os.environ.get("XRAY_SPARK_TF_THREADS", "").strip()
     if explicit.isdigit() and int(explicit) > 0:
         return int(explicit)
     try:
-        from pyspark import TaskContext
-
         ctx = TaskContext.get()
         if ctx is not None and ctx.cpus() > 1:
             return int(ctx.cpus())
@@ -309,7 +304,7 @@ def tf_threads() -> int:
 
 def configure_tf_threads(n: int) -> None:
     """Cap TensorFlow's pools before its runtime starts (later calls raise; then the first setting stays)."""
-    import tensorflow as tf
+    import tensorflow as tf  # lazy: loads TensorFlow, needed only where a model runs
 
     try:
         tf.config.threading.set_intra_op_parallelism_threads(n)
@@ -333,8 +328,6 @@ class WorkerFeaturizer:
     """Executor-side: decode a batch to uint8, run the model on the images that decoded, report the rest."""
 
     def __init__(self, backbone: str, ship_name: str, weights_path: str | None = None) -> None:
-        from xray_spark.features.weights import executor_weights_path
-
         self.backbone = get_backbone(backbone)
         self.model = load_model(self.backbone.name, weights_path or executor_weights_path(ship_name))
 
@@ -344,8 +337,6 @@ class WorkerFeaturizer:
         return np.asarray(self.model.predict_on_batch(x), dtype=np.float32)
 
     def _run(self, n: int, decode_one) -> dict[str, np.ndarray]:  # noqa: ANN001
-        from xray_spark.data.decode import DecodeError
-
         size = self.backbone.input_size
         batch = np.empty((n, size, size, 3), dtype=np.uint8)
         errors = np.full(n, None, dtype=object)
@@ -363,8 +354,6 @@ class WorkerFeaturizer:
         return {"features": feats, "error": errors}
 
     def featurize_bytes(self, contents: np.ndarray) -> dict[str, np.ndarray]:
-        from xray_spark.data.decode import DecodeError, decode_for_model
-
         size = self.backbone.input_size
 
         def one(i: int) -> np.ndarray:
@@ -376,8 +365,6 @@ class WorkerFeaturizer:
         return self._run(len(contents), one)
 
     def featurize_structs(self, height, width, n_channels, mode, data) -> dict[str, np.ndarray]:  # noqa: ANN001
-        from xray_spark.data.decode import DecodeError, image_struct_to_gray, resize, to_rgb
-
         size = self.backbone.input_size
 
         def one(i: int) -> np.ndarray:

@@ -11,7 +11,9 @@ import time
 
 from xray_spark import paths
 from xray_spark.config import Config
+from xray_spark.data.images import image_contents, load_or_ingest, ok_keys
 from xray_spark.errors import UserError
+from xray_spark.features.cache import featurize_to_cache
 
 log = logging.getLogger(__name__)
 
@@ -30,9 +32,6 @@ def check_weights_arg(weights: str) -> str:
 def featurize_folder(spark, cfg: Config, *, data: str, backbone: str, weights: str, out_dir: str,
                      batch_size: int | None = None) -> str:
     """Ingest-or-reuse, then compute the missing features into `out_dir`; returns a one-paragraph summary."""
-    from xray_spark.data.images import image_contents, load_or_ingest, ok_keys
-    from xray_spark.features.cache import featurize_to_cache
-
     check_weights_arg(weights)
     t0 = time.time()
     images, summary, _ = load_or_ingest(spark, data, out_dir, cfg)

@@ -35,6 +35,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pyspark import SparkFiles
+from pyspark.sql import SparkSession
+
 from xray_spark import paths
 from xray_spark.errors import UserError
 from xray_spark.features.backbones import KERAS_WEIGHTS_BASE_URL, Backbone, get_backbone
@@ -109,7 +112,7 @@ def file_digest(path: str | os.PathLike, algorithm: str = "sha256") -> str:
 
 
 def none_fingerprint(seed: int) -> str:
-    import keras
+    import keras  # lazy: loads TensorFlow, needed only where a model runs
 
     return f"none:seed={seed}:keras={keras.__version__}"
 
@@ -163,8 +166,6 @@ def ship_weights(spark: SparkSession, resolved: ResolvedWeights) -> str:
 
 def executor_weights_path(ship_name: str) -> str:
     """Executor side: the shipped file's local path. Never downloads; a missing file is a driver bug."""
-    from pyspark import SparkFiles
-
     path = SparkFiles.get(ship_name)
     if not os.path.isfile(path):
         raise RuntimeError(
@@ -231,7 +232,7 @@ def _download(url: str, target: Path, bb: Backbone) -> None:
 
 def _random_init_file(bb: Backbone, seed: int, root: Path) -> Path:
     """Build the seeded random model once on the driver and save its weights; reuse the file afterwards."""
-    import keras
+    import keras  # lazy: loads TensorFlow, needed only where a model runs
 
     target = root / "none" / f"{bb.name.lower()}-seed{seed}-keras{keras.__version__}.weights.h5"
     if target.is_file():
@@ -263,8 +264,6 @@ def _local_copy(spec: str, root: Path, spark: SparkSession | None) -> Path:
             raise UserError(f"weights file not found: {path}")
         return path
     if spark is None:
-        from pyspark.sql import SparkSession
-
         spark = SparkSession.getActiveSession()
     if spark is None:
         raise UserError(f"weights {spec!r} is a URI: it needs an active Spark session to copy it (Hadoop FS)")

@@ -16,9 +16,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import unquote
 
+from pyspark.ml import PipelineModel
+from pyspark.ml.feature import IndexToString
+
 from xray_spark import paths
 from xray_spark.config import Config
 from xray_spark.errors import UserError
+from xray_spark.features.featurizer import DeepImageFeaturizer
+from xray_spark.spark_io import HadoopFS
+from xray_spark.tracking import point_at
 
 if TYPE_CHECKING:
     from pyspark.ml import PipelineModel, Transformer
@@ -77,11 +83,9 @@ def configure_tracking(cfg: Config) -> str:
     A sqlite or file store that does not exist is an error: looking a model up must not silently create
     an empty database in the current directory.
     """
-    import mlflow
+    import mlflow  # lazy: a slow import that argument checks skip
 
     if cfg.tracking_uri:
-        from xray_spark.tracking import point_at
-
         point_at(cfg.tracking_uri)
     uri = mlflow.get_tracking_uri()
     store = None
@@ -103,7 +107,7 @@ def resolve_model(model: str, cfg: Config) -> ModelRef:
     if not uri:
         raise UserError("--model is empty")
     if uri.startswith(("models:/", "runs:/")):
-        from mlflow.exceptions import MlflowException
+        from mlflow.exceptions import MlflowException  # lazy: a slow import that argument checks skip
 
         tracking = configure_tracking(cfg)
         try:
@@ -117,7 +121,7 @@ def resolve_model(model: str, cfg: Config) -> ModelRef:
 
 
 def _resolve_mlflow(uri: str) -> ModelRef:
-    from mlflow import MlflowClient
+    from mlflow import MlflowClient  # lazy: a slow import that argument checks skip
 
     client = MlflowClient()
     if m := _LOGGED.match(uri):
@@ -175,12 +179,8 @@ def load_pipeline(spark: SparkSession, ref: ModelRef, scratch: Path | None = Non
 
     `scratch`: a local folder MLflow may download into (default: a system temp folder).
     """
-    from pyspark.ml import PipelineModel
-
     mlflow_format = ref.mlflow_format
     if mlflow_format is None:
-        from xray_spark.spark_io import HadoopFS
-
         fs = HadoopFS(spark)
         mlflow_format = fs.exists(paths.join(ref.load_uri, "MLmodel"))
         if not mlflow_format and not fs.exists(paths.join(ref.load_uri, "metadata")):
@@ -200,7 +200,7 @@ def load_pipeline(spark: SparkSession, ref: ModelRef, scratch: Path | None = Non
 
 def _mlflow_load(uri: str, scratch: Path | None) -> PipelineModel:
     """mlflow.spark.load_model without its progress bar and INFO chatter (cron logs stay readable)."""
-    import mlflow.spark
+    import mlflow.spark  # lazy: a slow import that argument checks skip
 
     kwargs = {}
     if scratch is not None:
@@ -248,8 +248,6 @@ def prob_suffix(label: str) -> str:
 
 
 def _flatten(stages: list[Transformer]) -> list[Transformer]:
-    from pyspark.ml import PipelineModel
-
     out: list[Transformer] = []
     for stage in stages:
         out.extend(_flatten(stage.stages) if isinstance(stage, PipelineModel) else [stage])
@@ -258,9 +256,6 @@ def _flatten(stages: list[Transformer]) -> list[Transformer]:
 
 def split_pipeline(model: PipelineModel, featurizer_cls: type, uri: str = "model") -> ScoringPipeline:
     """Find the featurizer (by class) and the IndexToString (for class names) in the flattened stages."""
-    from pyspark.ml import PipelineModel
-    from pyspark.ml.feature import IndexToString
-
     stages = _flatten(list(model.stages))
     idx = next((i for i, s in enumerate(stages) if isinstance(s, featurizer_cls)), None)
     if idx is None:
@@ -292,6 +287,4 @@ def split_pipeline(model: PipelineModel, featurizer_cls: type, uri: str = "model
 
 
 def featurizer_class() -> type:
-    from xray_spark.features.featurizer import DeepImageFeaturizer
-
     return DeepImageFeaturizer

@@ -19,7 +19,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING
 
+from pyspark.errors import AnalysisException
+from pyspark.sql import functions as F
+
 from xray_spark.paths import glob_escape, is_local
+from xray_spark.spark_io import HadoopFS
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -54,8 +58,8 @@ _DISCOVERY = "spark.sql.sources.parallelPartitionDiscovery.threshold"
 @contextmanager
 def listed_on_driver(spark: SparkSession, paths: list[str]) -> Iterator[None]:
     """Around a read of these explicit files: local files are looked up on the driver. With more than 32
-    explicit paths Spark otherwise lists them with a distributed job (one task per path: ~2 s per 256 files
-    here). Remote stores keep that job, where it saves one round trip per file. (The file index is built
+    explicit paths Spark otherwise lists them with a distributed job (one task per path, each costing more
+    than the local lookup it replaces). Remote stores keep that job, where it saves one round trip per file. (The file index is built
     when the DataFrame is created, so the setting only needs to hold for that call.)
     """
     if not all(is_local(p) for p in paths):
@@ -76,10 +80,6 @@ def read_contents(spark: SparkSession, paths: list[str]) -> DataFrame:
     """binaryFile rows for exactly these files. Files deleted since listing, or unreadable, are left out
     (not an error): the caller compares what came back with what it asked for.
     """
-    from pyspark.errors import AnalysisException
-
-    from xray_spark.spark_io import HadoopFS
-
     reader = (spark.read.format("binaryFile").option("ignoreMissingFiles", "true")
               .option("ignoreCorruptFiles", "true"))
     with listed_on_driver(spark, paths):
@@ -102,8 +102,6 @@ def list_files(spark: SparkSession, input_dir: str, extensions: list[str]) -> Da
     Spark skips names starting with `.` or `_`, so writers can drop files atomically: copy to `.x.tmp`,
     then rename to `x.png`.
     """
-    from pyspark.sql import functions as F
-
     listing = (spark.read.format("binaryFile").option("recursiveFileLookup", "true").load(input_dir)
                .select("path", "length", "modificationTime"))
     if not extensions:
@@ -115,8 +113,6 @@ def list_files(spark: SparkSession, input_dir: str, extensions: list[str]) -> Da
 def plan_run(spark: SparkSession, input_dir: str, ledger: DataFrame, *, extensions: list[str],
              max_file_bytes: int, min_age_seconds: float = 0.0) -> Plan:
     """Decide the candidates; everything returned is small (paths and hashes), content stays on executors."""
-    from pyspark.sql import functions as F
-
     t0 = time.time()
     plan = Plan()
     listing = list_files(spark, input_dir, extensions)
@@ -155,8 +151,6 @@ def plan_run(spark: SparkSession, input_dir: str, ledger: DataFrame, *, extensio
 
 def _hash_and_dedupe(spark: SparkSession, paths: list[str], ledger: DataFrame, plan: Plan) -> None:
     """One job: hash the files, flag hashes this model already scored; dedupe the rest on the driver."""
-    from pyspark.sql import functions as F
-
     scored = ledger.where(F.col("sha256").isNotNull()).select("sha256", F.lit(True).alias("scored")).distinct()
     hashed = (read_contents(spark, paths)
               .select("path", "length", "modificationTime", F.sha2(F.col("content"), 256).alias("sha256"))

@@ -17,12 +17,24 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING
 
+from pyspark import StorageLevel
+from pyspark.ml.functions import vector_to_array
+from pyspark.sql import functions as F
+
 from xray_spark.config import Config
 from xray_spark.errors import UserError
 from xray_spark.paths import glob_escape, is_local, local_path
-from xray_spark.scoring.model import ModelRef, ScoringPipeline
+from xray_spark.scoring.model import (
+    ModelRef,
+    ScoringPipeline,
+    featurizer_class,
+    load_pipeline,
+    resolve_model,
+    split_pipeline,
+)
 from xray_spark.scoring.plan import Candidate, Plan, chunks, plan_run, read_contents
-from xray_spark.spark_io import balanced_partitions
+from xray_spark.scoring.store import OutputStore
+from xray_spark.spark_io import HadoopFS, balanced_partitions
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -33,9 +45,10 @@ log = logging.getLogger(__name__)
 
 IMAGES_PER_TASK = 32  # small tasks within a chunk: no core idles while the last one finishes
 # Default images per committed chunk: this many waves of IMAGES_PER_TASK-image tasks on every core (512 on
-# 2 cores). A kill loses at most one chunk of work (~20 s on 2 cores); each chunk adds ~1 s of fixed Spark
-# work. benchmarks/score.py on 1024 images, 2 cores: scoring ran at 0.86 of the featurizer's images/s with
-# chunks of 256 or 512, 0.92 with one chunk of 1024. Scaling with the cores keeps that ratio on a cluster.
+# 2 cores). The size is a trade-off: a kill loses at most one uncommitted chunk, so smaller is safer; but
+# every chunk pays a fixed amount of Spark work (its jobs and its commit) whatever its size, so smaller
+# chunks score fewer images per second (benchmarks/score.py measures scoring against the bare featurizer).
+# Counting in waves per core keeps that fixed cost the same share of a chunk's work on any cluster size.
 WAVES_PER_CHUNK = 8
 
 
@@ -78,9 +91,6 @@ def _output_columns(pipe: ScoringPipeline) -> list[str]:
 
 
 def _ok_rows(pipe: ScoringPipeline, scored: DataFrame) -> DataFrame:
-    from pyspark.ml.functions import vector_to_array
-    from pyspark.sql import functions as F
-
     cols = [F.col(pipe.label_col).cast("string").alias("predicted_label")]
     if pipe.probability_col and pipe.probability_col in scored.columns:
         arr = vector_to_array(F.col(pipe.probability_col), "float64")
@@ -95,8 +105,6 @@ def _ok_rows(pipe: ScoringPipeline, scored: DataFrame) -> DataFrame:
 
 
 def _quarantine_rows(pipe: ScoringPipeline, df: DataFrame, reason: Callable) -> DataFrame:
-    from pyspark.sql import functions as F
-
     return df.select(
         "path", "sha256", "file_size", "modified_at", F.lit("quarantined").alias("status"),
         reason().cast("string").alias("reason"), F.lit(None).cast("string").alias("predicted_label"),
@@ -106,8 +114,6 @@ def _quarantine_rows(pipe: ScoringPipeline, df: DataFrame, reason: Callable) -> 
 
 
 def _stamp(pipe: ScoringPipeline, df: DataFrame, ref: ModelRef, scored_at: datetime) -> DataFrame:
-    from pyspark.sql import functions as F
-
     df = df.select(
         "*", F.lit(ref.name).alias("model_name"), F.lit(ref.version).alias("model_version"),
         F.lit(ref.uri).alias("model_uri"), F.lit(scored_at).cast("timestamp").alias("scored_at"),
@@ -118,8 +124,6 @@ def _stamp(pipe: ScoringPipeline, df: DataFrame, ref: ModelRef, scored_at: datet
 def _commit_too_large(spark: SparkSession, pipe: ScoringPipeline, store: OutputStore, plan: Plan,
                       max_bytes: int) -> int:
     """Files over decode.max_file_bytes are never read; their quarantine row is keyed by path/size/mtime."""
-    from pyspark.sql import functions as F
-
     if not plan.too_large:
         return 0
     rows = [(p, None, n, m, f"file_too_large: {n} bytes > {max_bytes}") for p, n, m in plan.too_large]
@@ -140,9 +144,6 @@ def score_chunk(spark: SparkSession, pipe: ScoringPipeline, store: OutputStore,
     Counts are read back from the staged file (a small job), and the expected (path, sha256) pairs are an
     InSet: the same generated code for every chunk (less JIT work per chunk).
     """
-    from pyspark import StorageLevel
-    from pyspark.sql import functions as F
-
     key = F.concat_ws("\u0000", "path", "sha256")
     current = (
         read_contents(spark, [c.path for c in chunk])
@@ -188,10 +189,6 @@ def score_folder(spark: SparkSession, cfg: Config, ref: ModelRef, *, input_dir: 
     `chunk_size` None means `default_chunk_size(spark)`.
     `featurizer_cls` selects the stage after which bad rows are set aside (default: DeepImageFeaturizer).
     """
-    from xray_spark.scoring.model import featurizer_class, load_pipeline, split_pipeline
-    from xray_spark.scoring.store import OutputStore
-    from xray_spark.spark_io import HadoopFS
-
     t0 = time.time()
     check_chunk_size(chunk_size)
     if chunk_size is None:
@@ -204,7 +201,8 @@ def score_folder(spark: SparkSession, cfg: Config, ref: ModelRef, *, input_dir: 
     with store.locked():
         store.clean_stale()
         try:
-            # loading the model and planning are independent Spark work: overlap them (~1 s per run)
+            # loading the model and planning are independent Spark work: overlap them, so a run waits for
+            # the slower of the two instead of their sum
             with ThreadPoolExecutor(max_workers=1, thread_name_prefix="score-load-model") as pool:
                 loading = pool.submit(load_pipeline, spark, ref, store.scratch_dir())
                 ledger = store.ledger().persist()
@@ -257,21 +255,18 @@ def check_arguments(input_dir: str, output_dir: str, chunk_size: int | None) -> 
 
 
 def score_command(spark_factory: Callable[[], SparkSession], cfg: Config, *, model: str, input_dir: str,
-                  output_dir: str, chunk_size: int | None = None) -> int:
+                  output_dir: str, chunk_size: int | None = None) -> ScoreSummary:
     """`xray-spark score`: check arguments and resolve the model BEFORE starting Spark, then score.
 
     `chunk_size` None (the CLI default) means `default_chunk_size(spark)` once Spark is up.
 
     Bad arguments or an unusable model raise UserError (the CLI prints one line, exit 2).
     """
-    from xray_spark.scoring.model import resolve_model
-
     check_arguments(input_dir, output_dir, chunk_size)
     ref = resolve_model(model, cfg)
     log.debug("model %s -> %s version %s (load %s)", model, ref.name, ref.version, ref.load_uri)
     summary = score_folder(spark_factory(), cfg, ref, input_dir=input_dir, output_dir=output_dir,
                            chunk_size=chunk_size)
     for line in summary.lines():
-        print(line)
         log.info("score summary: %s", line)
-    return 0
+    return summary

@@ -27,8 +27,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pyspark.sql import functions as F
+
 from xray_spark import paths
 from xray_spark.errors import UserError
+from xray_spark.scoring.plan import listed_on_driver
 from xray_spark.spark_io import HadoopFS
 
 if TYPE_CHECKING:
@@ -143,10 +146,6 @@ class OutputStore:
         Spark: no files is an empty ledger (Spark fails on an empty glob), and Spark's streaming-metadata
         probe of a single glob path logs a stack trace. `basePath` keeps `score_date` a column.
         """
-        from pyspark.sql import functions as F
-
-        from xray_spark.scoring.plan import listed_on_driver
-
         files = self.committed_files() if self.fs.exists(self.root) else []
         log.debug("ledger of %s: %d chunk file(s)", self.key, len(files))
         if not files:

@@ -6,6 +6,10 @@ sees a pixel scores near the image models, the dataset, not the model, is being 
 
 from __future__ import annotations
 
+from pyspark.ml import Pipeline
+from pyspark.ml.feature import OneHotEncoder, StringIndexer, VectorAssembler
+from pyspark.sql import functions as F
+
 NUMERIC = ["width", "height", "bit_depth", "log_file_size"]
 CATEGORICAL = ["format", "mode"]
 BASELINE_NAME = "metadata-only"
@@ -13,10 +17,6 @@ BASELINE_NAME = "metadata-only"
 
 def metadata_features(images_sdf):
     """images table rows -> same rows + `features` vector built from metadata only (a fitted Spark pipeline)."""
-    from pyspark.ml import Pipeline
-    from pyspark.ml.feature import OneHotEncoder, StringIndexer, VectorAssembler
-    from pyspark.sql import functions as F
-
     df = images_sdf.withColumn("log_file_size", F.log1p(F.col("file_size").cast("double")))
     for c in ("width", "height", "bit_depth"):
         df = df.withColumn(c, F.coalesce(F.col(c).cast("double"), F.lit(0.0)))

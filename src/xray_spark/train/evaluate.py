@@ -340,7 +340,8 @@ def _resampled(
         out["ece"] = _ece_from_sums(counts @ conf_gb, counts @ corr_gb, n_r)
     auc_wanted = [m for m in proba_wanted if m.startswith("roc_auc_")]
     if auc_wanted:
-        # row weights (R, n) can be large: chunk the resamples to keep memory bounded (~40 MB per chunk)
+        # row weights (R, n) can be large: chunk the resamples so one chunk's (chunk, n) float64 weights hold
+        # at most 5M values (40 MB), or a single resample's row when n alone is larger
         chunk = max(1, 5_000_000 // max(1, yt.size))
         parts: dict[str, list[np.ndarray]] = {m: [] for m in auc_wanted}
         for start in range(0, counts.shape[0], chunk):

@@ -12,6 +12,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from pyspark.ml.evaluation import MulticlassClassificationEvaluator
+from pyspark.ml.tuning import CrossValidator, ParamGridBuilder
+from pyspark.sql import functions as F
 
 from xray_spark.errors import UserError
 from xray_spark.train.heads import LABEL, WEIGHT, HeadSpec, build_head
@@ -34,8 +37,6 @@ class FitResult:
 
 def task_frame(sdf, task: Task, *, weighted: bool):
     """Keep the task's classes, add the fixed label index and (optionally) inverse-frequency class weights."""
-    from pyspark.sql import functions as F
-
     df = sdf.where(F.col("label").isin(list(task.labels)))
     mapping = F.create_map(*[x for i, lab in enumerate(task.labels) for x in (F.lit(lab), F.lit(float(i)))])
     df = df.withColumn(LABEL, mapping[F.col("label")])
@@ -67,17 +68,12 @@ def fit_head(
     cv_parallelism: int = 1,
 ) -> FitResult:
     """Fit on split == train (optionally grouped k-fold CrossValidator on the persisted folds), predict test."""
-    from pyspark.sql import functions as F
-
     estimator, clf = build_head(spec, task.n_classes, n_features, params, weighted=weighted)
     train = frame.where(F.col("split") == "train")
     test = frame.where(F.col("split") == "test")
     cv_best = None
     t0 = time.time()
     if cv_grid:
-        from pyspark.ml.evaluation import MulticlassClassificationEvaluator
-        from pyspark.ml.tuning import CrossValidator, ParamGridBuilder
-
         grid = ParamGridBuilder()
         for name, values in cv_grid.items():
             grid = grid.addGrid(clf.getParam(name), values)

@@ -12,6 +12,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+import pyspark.ml.classification as classification
+from pyspark.ml import Pipeline
+from pyspark.ml.classification import OneVsRest
+from pyspark.ml.feature import StandardScaler
+from pyspark.ml.param import Param
+
 from xray_spark.errors import UserError
 
 FEATURES = "features"
@@ -54,16 +60,12 @@ def get_head(name: str) -> HeadSpec:
 
 
 def estimator_class(spec: HeadSpec) -> type:
-    import pyspark.ml.classification as classification
-
     return getattr(classification, spec.estimator)
 
 
 def check_param_names(spec: HeadSpec, names: Iterable[str], key: str) -> None:
     """Fail before any Spark work when config names a Param the estimator lacks (a typo would otherwise
     surface as a TypeError in the middle of a long run)."""
-    from pyspark.ml.param import Param
-
     cls = estimator_class(spec)
     bad = [n for n in names if n not in _EXTRA.get(spec.name, ()) and not isinstance(getattr(cls, n, None), Param)]
     if bad:
@@ -85,10 +87,6 @@ def build_head(
     """(estimator, classifier): an unfitted Pipeline reading `features`/`label_index` and writing
     prediction/probability/rawPrediction, and the classifier stage inside it (for CrossValidator grids).
     """
-    from pyspark.ml import Pipeline
-    from pyspark.ml.classification import OneVsRest
-    from pyspark.ml.feature import StandardScaler
-
     p = dict(params)
     features_col = "scaled_features" if spec.scale else FEATURES
     if spec.name == "mlp":

@@ -5,9 +5,12 @@ from __future__ import annotations
 import argparse
 
 from xray_spark.config import Config
+from xray_spark.data.files import check_local_data_dir
 from xray_spark.errors import UserError
-from xray_spark.train.compare import TrainSpec
+from xray_spark.features.backbones import backbone_names
+from xray_spark.features.run import check_weights_arg
 from xray_spark.train.heads import HEADS, check_param_names, get_head
+from xray_spark.train.runner import TrainSpec
 from xray_spark.train.tasks import TASKS, parse_list
 
 # Higher is better for all of these: the champion is the row with the largest value.
@@ -32,10 +35,6 @@ def check_train_config(cfg: Config) -> None:
 
 
 def resolve_train_options(args: argparse.Namespace, cfg: Config) -> TrainSpec:
-    from xray_spark.data.files import check_local_data_dir
-    from xray_spark.features.backbones import backbone_names
-    from xray_spark.features.run import check_weights_arg
-
     if not args.data:
         raise UserError("--data is required (an image folder or an ingest output folder)")
     check_local_data_dir(args.data)

@@ -1,0 +1,292 @@
+"""`xray-spark train`: every backbone x head x task on one persisted grouped split, tracked in MLflow.
+
+Flow: ingest (or reuse its output) -> featurize once per backbone (feature cache) -> `compare.fit_and_evaluate`
+for each task and head -> nested MLflow run with the full PipelineModel (decode -> featurize -> head -> label
+decode) -> comparison table, report, plots -> `champion` alias per task. The metadata-only baseline runs beside
+the image models on the same split.
+
+This module is the only place in training that logs to MLflow, writes reports and registers champions; the
+computing lives in compare.py, fit.py and evaluate.py. It prints nothing: the CLI shows the result.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from pyspark.sql import DataFrame, SparkSession
+
+from xray_spark.config import Config
+from xray_spark.data.images import image_contents, load_or_ingest, ok_keys
+from xray_spark.features.cache import featurize_to_cache
+from xray_spark.tracking import (
+    configure,
+    finite_metrics,
+    flat_params,
+    library_versions,
+    register_champion,
+    registered_name,
+)
+from xray_spark.train.baseline import BASELINE_NAME, metadata_features
+from xray_spark.train.compare import (
+    BASELINE,
+    IMAGE,
+    ComboResult,
+    FeatureSet,
+    baseline_input,
+    champion_rows,
+    fit_and_evaluate,
+    full_pipeline,
+    labels_frame,
+    small_frame,
+    task_frames,
+)
+from xray_spark.train.report import comparison_table, plot_confusion, write_comparison, write_report
+from xray_spark.train.tasks import Task, get_task
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainSpec:
+    data: str
+    out_dir: str
+    backbones: list[str]
+    heads: list[str]
+    tasks: list[str]
+    weights: str
+    tracking_uri: str | None = None
+    cache_dir: str | None = None
+    baseline: bool = True
+
+
+@dataclass
+class TrainResult:
+    comparison: pd.DataFrame
+    champions: dict[str, dict[str, str]] = field(default_factory=dict)
+    files: dict[str, Path] = field(default_factory=dict)
+    parent_run_id: str = ""
+    tracking_uri: str = ""
+    seconds: dict[str, float] = field(default_factory=dict)
+    ingest_dir: str = ""  # the ingest output the run used (IngestLayout root)
+
+
+def _signature():
+    from mlflow.models import ModelSignature  # lazy: a slow import that argument checks skip
+    from mlflow.types import ColSpec, Schema  # lazy: a slow import that argument checks skip
+
+    return ModelSignature(
+        inputs=Schema([ColSpec("binary", "content")]), outputs=Schema([ColSpec("double", "prediction")])
+    )
+
+
+def _pip_requirements() -> list[str]:
+    return [f"xray-spark=={version('xray-spark')}", f"pyspark=={version('pyspark')}", f"keras=={version('keras')}"]
+
+
+class _Tracker:
+    """Logs each combination as a nested run of one parent; collects the rows, plots and model URIs."""
+
+    def __init__(self, spec: TrainSpec, cfg: Config, summary: dict, parent_run_id: str, experiment_id: str):
+        self.spec, self.cfg, self.summary = spec, cfg, summary
+        self.parent_run_id, self.experiment_id = parent_run_id, experiment_id
+        self.plots = Path(spec.out_dir) / "plots"
+        self.plots.mkdir(parents=True, exist_ok=True)
+        self.rows: list[dict[str, Any]] = []
+        self.confusion_pngs: dict[str, Path] = {}
+        self.model_uris: dict[tuple[str, str, str], str] = {}
+        self.lock = threading.Lock()
+
+    def log(self, res: ComboResult) -> None:
+        """One nested run. Safe from several threads: MLflow keeps the active run per thread and the child
+        names its parent explicitly."""
+        import mlflow  # lazy: a slow import that argument checks skip
+        import mlflow.spark  # lazy: a slow import that argument checks skip
+
+        fs, task = res.features, res.task
+        with self.lock:  # matplotlib's font and text caches are not made for threads
+            png = plot_confusion(res.confusion, list(task.labels),
+                                 f"{task.description}\n{fs.backbone} + {res.row('')['head_title']}",
+                                 self.plots / f"confusion_{task.name}_{fs.backbone}_{res.head}.png")
+        with mlflow.start_run(run_name=res.name, parent_run_id=self.parent_run_id,
+                              experiment_id=self.experiment_id) as run:
+            mlflow.set_tags({"kind": fs.kind, "task": task.name, "backbone": fs.backbone, "head": res.head})
+            mlflow.log_params({
+                "task": task.name, "labels": ",".join(task.labels), "backbone": fs.backbone, "head": res.head,
+                "weights": self.spec.weights if fs.kind == IMAGE else "n/a", "weights_fingerprint": fs.fingerprint,
+                "split_hash": self.summary["split"]["hash"], "split_seed": self.cfg.split.seed,
+                "dataset_manifest_hash": self.summary.get("manifest_hash", ""),
+                "class_weights": self.cfg.train.class_weights, "n_train": res.n_train, "n_test": len(res.fit.y_true),
+                **flat_params("head", res.params),
+                **({"cv_best": json.dumps(res.fit.cv_best)} if res.fit.cv_best else {}),
+            })
+            mlflow.log_metrics(finite_metrics(res.metrics))
+            mlflow.log_artifact(str(png), "plots")
+            mlflow.log_text(pd.DataFrame(res.confusion, index=task.labels, columns=task.labels).to_csv(),
+                            "confusion.csv")
+            if fs.kind == IMAGE:
+                info = mlflow.spark.log_model(
+                    full_pipeline(fs.backbone, self.spec.weights, res.fit.model, task), "model",
+                    signature=_signature(), pip_requirements=_pip_requirements(),
+                )
+                self.model_uris[(task.name, fs.backbone, res.head)] = info.model_uri
+        with self.lock:
+            self.confusion_pngs[res.name] = png
+            self.rows.append({**res.row(self.spec.weights), "run_id": run.info.run_id})
+
+    def ordered_rows(self) -> list[dict[str, Any]]:
+        """Rows in config order (task, backbone, head), whatever order the threads finished in."""
+        order = {name: i for names in (self.spec.tasks, self.spec.backbones, self.spec.heads)
+                 for i, name in enumerate(names)}
+        return sorted(self.rows, key=lambda r: (order[r["task"]], r["kind"] != IMAGE, order.get(r["backbone"], 0),
+                                                order[r["head"]]))
+
+
+def _run_combinations(features: FeatureSet, heads: list[str], cfg: Config, log_one: Callable[[ComboResult], None]):
+    """Fit, evaluate and log every head x task of one feature set, `train.parallel_fits` at a time.
+
+    Why threads: on small data MLlib fits are chains of tiny Spark jobs (LogisticRegression: ~100 LBFGS
+    iterations, each a job of a few ms of work) and saving a PipelineModel is a handful more, so one
+    combination at a time leaves the cores waiting on job latency. Results do not depend on the order.
+    """
+    jobs = [(head, tf) for tf in features.tasks for head in heads]
+    workers = max(1, min(cfg.train.parallel_fits, len(jobs)))
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="train")
+    try:
+        futures = [pool.submit(lambda h=head, t=tf: log_one(fit_and_evaluate(features, h, t, cfg))) for head, tf in jobs]
+        for f in futures:
+            f.result()  # the first failure stops the command, as it would serially ...
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)  # ... without starting the combinations still queued
+
+
+def _image_features(spark: SparkSession, labels: DataFrame, feats: DataFrame, tasks: list[Task], cfg: Config,
+                    backbone: str, fingerprint: str, seconds: float) -> tuple[FeatureSet, DataFrame]:
+    frame = small_frame(spark, labels.join(feats.where("features IS NOT NULL"), "sha256"))
+    n_features = len(frame.select("features").first()[0])
+    return FeatureSet(IMAGE, backbone, task_frames(frame, tasks, cfg), n_features, fingerprint, seconds), frame
+
+
+def _baseline_features(spark: SparkSession, images: DataFrame, tasks: list[Task], cfg: Config
+                       ) -> tuple[FeatureSet, DataFrame]:
+    frame = small_frame(spark, metadata_features(baseline_input(images)), "path")
+    n_features = len(frame.select("features").first()[0])
+    return FeatureSet(BASELINE, BASELINE_NAME, task_frames(frame, tasks, cfg), n_features, "n/a", 0.0), frame
+
+
+def _release(features: FeatureSet, frame: DataFrame) -> None:
+    for tf in features.tasks:
+        tf.frame.unpersist()
+    frame.unpersist()
+
+
+def run_training(spark: SparkSession, cfg: Config, spec: TrainSpec) -> TrainResult:
+    """The whole `train` command; see the module docstring."""
+    import mlflow  # lazy: a slow import that argument checks skip
+
+    t_start = time.time()
+    out = Path(spec.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tasks = [get_task(t) for t in spec.tasks]
+    images, summary, layout = load_or_ingest(spark, spec.data, str(out), cfg)
+    labels = labels_frame(images).cache()
+    configure(spec.tracking_uri or cfg.tracking_uri, out)
+    tracking_uri = mlflow.get_tracking_uri()
+    cache_dir = spec.cache_dir or cfg.cache_dir or str(out / "features")
+    seconds: dict[str, float] = {}
+
+    with mlflow.start_run(run_name=f"train {','.join(spec.backbones)} x {','.join(spec.heads)}") as parent:
+        mlflow.log_params({
+            "backbones": ",".join(spec.backbones), "heads": ",".join(spec.heads), "tasks": ",".join(spec.tasks),
+            "weights": spec.weights, "split_hash": summary["split"]["hash"], "split_seed": cfg.split.seed,
+            "dataset_manifest_hash": summary.get("manifest_hash", ""), "data": str(spec.data),
+            **library_versions(),
+        })
+        tracker = _Tracker(spec, cfg, summary, parent.info.run_id, parent.info.experiment_id)
+        contents, keys = image_contents(spark, summary, cfg), ok_keys(images)
+        for backbone in spec.backbones:
+            t0 = time.time()
+            feats = featurize_to_cache(spark, contents, backbone, spec.weights, cache_dir, keys=keys)
+            feats = feats.select("sha256", "features", "featurize_error", "weights_fingerprint").cache()
+            fingerprint = feats.select("weights_fingerprint").first()[0]
+            failed = feats.where("features IS NULL").count()
+            seconds[f"featurize_{backbone}"] = time.time() - t0
+            if failed:
+                log.warning("%s: %d images could not be featurized; they are left out of training", backbone, failed)
+            features, frame = _image_features(spark, labels, feats, tasks, cfg, backbone, fingerprint,
+                                              seconds[f"featurize_{backbone}"])
+            t1 = time.time()
+            _run_combinations(features, spec.heads, cfg, tracker.log)
+            seconds[f"heads_{backbone}"] = time.time() - t1
+            _release(features, frame)
+            feats.unpersist()
+        if spec.baseline:
+            t1 = time.time()
+            features, frame = _baseline_features(spark, images, tasks, cfg)
+            _run_combinations(features, spec.heads, cfg, tracker.log)
+            _release(features, frame)
+            seconds["baseline"] = time.time() - t1
+
+        rows = tracker.ordered_rows()
+        table = comparison_table(rows)
+        files = {p.name: p for p in write_comparison(table, out)}
+        context = _report_context(spec, summary, cfg, tracking_uri)
+        files["report.md"] = write_report(table, out, context=context, confusion_pngs=tracker.confusion_pngs,
+                                          metric=cfg.train.select_metric)
+        for p in files.values():
+            mlflow.log_artifact(str(p), "comparison")
+        champions = _register_champions(tracker, rows, spec, cfg)
+        mlflow.set_tags({f"champion.{t}": json.dumps(c) for t, c in champions.items()})
+        seconds["total"] = time.time() - t_start
+        mlflow.log_metrics({f"seconds_{k}": v for k, v in seconds.items()})
+    labels.unpersist()
+    return TrainResult(comparison=table, champions=champions, files=files, parent_run_id=parent.info.run_id,
+                       tracking_uri=tracking_uri, seconds=seconds, ingest_dir=layout.root)
+
+
+def _register_champions(tracker: _Tracker, rows: list[dict[str, Any]], spec: TrainSpec, cfg: Config
+                        ) -> dict[str, dict[str, str]]:
+    """Best image model per task by the configured metric (ties: accuracy) -> registry alias `champion`."""
+    metric = cfg.train.select_metric
+    out: dict[str, dict[str, str]] = {}
+    for task, best in champion_rows(rows, spec.tasks, metric).items():
+        uri = tracker.model_uris[(task, best["backbone"], best["head"])]
+        name = registered_name(cfg.train.registered_model_prefix, task)
+        desc = f"{best['backbone']} + {best['head_title']}; {metric}={best[metric]:.3f}; weights={spec.weights}"
+        version = register_champion(uri, name, desc)
+        out[task] = {"name": name, "version": version, "uri": f"models:/{name}@champion",
+                     "backbone": str(best["backbone"]), "head": str(best["head"]), metric: f"{best[metric]:.4f}"}
+    return out
+
+
+def _report_context(spec: TrainSpec, summary: dict, cfg: Config, tracking_uri: str) -> dict[str, str]:
+    """The facts report.md states about this run (dataset, split, weights, intervals, what it could not show)."""
+    weights_note = {
+        "none": "random initialisation (seeded): NOT ImageNet features; numbers measure what random features plus"
+        " the dataset's cues can do",
+        "imagenet": "ImageNet weights (Keras applications)",
+    }.get(spec.weights, f"weights file {spec.weights}")
+    context = {
+        "dataset": f"{spec.data} ({summary['ok']} ok images of {summary['files_read']} read; per class "
+        + ", ".join(f"{k} {v}" for k, v in summary["per_class_ok"].items()) + ")",
+        "split": f"grouped (patient + confirmed near-duplicates), stratified, seed {cfg.split.seed}, "
+        f"{cfg.split.folds} folds, test = fold {cfg.split.test_fold}; hash {summary['split']['hash'][:12]}; "
+        f"train {summary['split']['train']}, test {summary['split']['test']}",
+        "weights": weights_note,
+        "intervals": f"95% percentile bootstrap over test groups, {cfg.train.bootstrap_resamples} resamples; "
+        "Wilson for COVID recall",
+        "tracking": tracking_uri,
+    }
+    if spec.weights == "none":
+        context["not measured here"] = ("what ImageNet features would score: this run used random weights "
+                                        "(pass --weights imagenet or a weights file)")
+    return context
