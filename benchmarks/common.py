@@ -1,4 +1,5 @@
-"""Helpers shared by the benchmark scripts (run as `python benchmarks/<name>.py`, so this folder is on sys.path)."""
+"""Helpers shared by the benchmark scripts (run as `python benchmarks/<name>.py`, so this folder is on
+sys.path)."""
 
 from __future__ import annotations
 

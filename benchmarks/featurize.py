@@ -70,7 +70,7 @@ def interleaved(variants: dict[str, Callable[[], float | None]], rounds: int) ->
     return best
 
 
-def raw_model(backbone: str, weights_path: Path):  # noqa: ANN201
+def raw_model(backbone: str, weights_path: Path):
     from xray_spark.features.backbones import get_backbone
 
     bb = get_backbone(backbone)
@@ -79,7 +79,8 @@ def raw_model(backbone: str, weights_path: Path):  # noqa: ANN201
     return bb, model
 
 
-def _raw_worker(backbone: str, weights_path: str, x: np.ndarray, batch_size: int, barrier, commands, out) -> None:  # noqa: ANN001
+def _raw_worker(backbone: str, weights_path: str, x: np.ndarray, batch_size: int, barrier, commands,
+                out) -> None:
     """A persistent process with 1 TF thread: on each command, sync with its peers and time one pass."""
     import tensorflow as tf
 
@@ -104,7 +105,8 @@ class RawProcessPool:
         self.barrier, self.out = ctx.Barrier(procs), ctx.Queue()  # kept alive: children unpickle it
         self.commands = [ctx.Queue() for _ in range(procs)]
         self.workers = [
-            ctx.Process(target=_raw_worker, args=(backbone, str(weights_path), share, batch_size, self.barrier, q, self.out))
+            ctx.Process(target=_raw_worker,
+                        args=(backbone, str(weights_path), share, batch_size, self.barrier, q, self.out))
             for share, q in zip(np.array_split(x, procs), self.commands, strict=True)
         ]
         for w in self.workers:
@@ -122,7 +124,7 @@ class RawProcessPool:
             w.join()
 
 
-def iterator_udf_variant(backbone: str, ship_name: str, batch_size: int):  # noqa: ANN201
+def iterator_udf_variant(backbone: str, ship_name: str, batch_size: int):
     """(c2) the same worker code behind a plain iterator pandas UDF instead of predict_batch_udf."""
     from pyspark.sql.functions import pandas_udf
 
@@ -140,7 +142,7 @@ def iterator_udf_variant(backbone: str, ship_name: str, batch_size: int):  # noq
     return featurize.asNondeterministic()
 
 
-def reference_pandas_udf(spark, backbone: str, weights_path: Path):  # noqa: ANN001, ANN201
+def reference_pandas_udf(spark, backbone: str, weights_path: Path):
     """(b) The reference recipe: scalar-iterator pandas UDF, model rebuilt from broadcast weights per task."""
     from pyspark.sql.functions import pandas_udf
 
@@ -150,12 +152,12 @@ def reference_pandas_udf(spark, backbone: str, weights_path: Path):  # noqa: ANN
     bc_weights = spark.sparkContext.broadcast(model.get_weights())
     name = bb.name
 
-    def model_fn():  # noqa: ANN202
+    def model_fn():
         m = get_backbone(name).build(weights=None)
         m.set_weights(bc_weights.value)
         return m
 
-    def featurize_series(m, content: pd.Series) -> pd.Series:  # noqa: ANN001
+    def featurize_series(m, content: pd.Series) -> pd.Series:
         from xray_spark.data.decode import decode_for_model
 
         b = get_backbone(name)
@@ -172,7 +174,8 @@ def reference_pandas_udf(spark, backbone: str, weights_path: Path):  # noqa: ANN
     return featurize_udf
 
 
-def cache_timings(spark, payloads: list[bytes], backbone: str, weights: str, batch_size: int, root: str) -> tuple[float, float]:  # noqa: ANN001
+def cache_timings(spark, payloads: list[bytes], backbone: str, weights: str, batch_size: int,
+                  root: str) -> tuple[float, float]:
     """Seconds for a first featurize_to_cache run and a second (fully cached) run, results materialised."""
     from xray_spark.features.cache import featurize_to_cache_run
 
@@ -199,13 +202,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--partitions", type=int, default=0,
                    help="input partitions (default: a multiple of the cores, <= 256 images each)")
-    p.add_argument("--repeat", type=int, default=1, help="interleaved timed rounds after the warm-up (best kept)")
+    p.add_argument("--repeat", type=int, default=1,
+                   help="interleaved timed rounds after the warm-up (best kept)")
     p.add_argument("--master", default="local[2]")
     p.add_argument("--conf", action="append", default=[], metavar="K=V", help="extra Spark conf, repeatable")
     p.add_argument("--skip-reference", action="store_true", help="skip (b), the reference recipe")
-    p.add_argument("--skip-processes", action="store_true", help="skip (a2), raw Keras in one process per core")
+    p.add_argument("--skip-processes", action="store_true",
+                   help="skip (a2), raw Keras in one process per core")
     p.add_argument("--iterator-variant", action="store_true", help="also time (c2), an iterator pandas UDF")
-    p.add_argument("--cache-dir", help="also time featurize_to_cache twice (first run, cached run) under this dir")
+    p.add_argument("--cache-dir",
+                   help="also time featurize_to_cache twice (first run, cached run) under this dir")
     return p.parse_args(argv)
 
 
@@ -228,7 +234,8 @@ def main(argv: list[str] | None = None) -> None:
     payloads = [f.read_bytes() for f in files]
     n = len(files)
     log.info("%d images, %.1f MB, load %.2f", n, sum(map(len, payloads)) / 1e6, os.getloadavg()[0])
-    spark = get_spark(load_config(), master=args.master, conf=parse_conf_pairs(args.conf), app_name="bench-featurize")
+    spark = get_spark(load_config(), master=args.master, conf=parse_conf_pairs(args.conf),
+                      app_name="bench-featurize")
     cores = spark.sparkContext.defaultParallelism
     parts = args.partitions or balanced_partitions(n, cores, IMAGES_PER_TASK)
     resolved = resolve_weights(args.backbone, args.weights, spark=spark)
@@ -243,10 +250,10 @@ def main(argv: list[str] | None = None) -> None:
     for i, f in enumerate(files):
         shutil.copyfile(f, staged / f"{i:05d}{f.suffix.lower()}")
 
-    def source():  # noqa: ANN202
+    def source():
         return spark.read.format("binaryFile").load(str(staged)).repartition(parts)
 
-    def spark_run(column_fn) -> Callable[[], None]:  # noqa: ANN001
+    def spark_run(column_fn) -> Callable[[], None]:
         return lambda: source().select(column_fn().alias("f")).write.format("noop").mode("overwrite").save()
 
     def predict() -> None:
@@ -286,8 +293,10 @@ def main(argv: list[str] | None = None) -> None:
 
     cache_line = ""
     if args.cache_dir:
-        first, second = cache_timings(spark, payloads, args.backbone, args.weights, args.batch_size, args.cache_dir)
-        cache_line = f" cache_first_s={first:.2f} cache_second_s={second:.2f} cache_speedup={first / second:.1f}"
+        first, second = cache_timings(spark, payloads, args.backbone, args.weights, args.batch_size,
+                                      args.cache_dir)
+        cache_line = (f" cache_first_s={first:.2f} cache_second_s={second:.2f} "
+                      f"cache_speedup={first / second:.1f}")
 
     env = spark.sparkContext.environment
     print(f"\nbackbone={args.backbone} images={n} batch={args.batch_size} partitions={parts} "
@@ -307,7 +316,8 @@ def main(argv: list[str] | None = None) -> None:
     for label, value in rows:
         print(f"{label:<46}{value:>10.2f}")
     print(f"ratio_vs_raw={c / a:.3f} ratio_vs_pandas_udf={c / b:.3f} raw_ips={a:.2f} pandas_udf_ips={b:.2f} "
-          f"featurizer_ips={c:.2f} ratio_vs_raw_processes={c / a2:.3f} raw_processes_ips={a2:.2f}{cache_line}")
+          f"featurizer_ips={c:.2f} ratio_vs_raw_processes={c / a2:.3f} raw_processes_ips={a2:.2f}"
+          f"{cache_line}")
 
 
 if __name__ == "__main__":

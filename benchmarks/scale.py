@@ -9,9 +9,9 @@ Why. Ingest must scale with the data, not with the driver: per image the driver 
 aggregates (a hash, an id), never thumbnails or pixel data. 100k 128x128 thumbnails are 1.6 GB; with
 `maxResultSize=64m` any attempt to collect them fails loudly, and the driver's peak RSS shows what it did
 hold. Wall time should grow near-linearly: `growth` = t(100k) / t(10k), goal <= 11 (10x the data plus a
-little: the near-duplicate search is a banded self-join, not an all-pairs comparison). `copies_grouped` checks that the
-de-duplication still finds the planted copies at scale: each copy is filed under a fresh patient id, so
-only de-duplication can put it in its original's group.
+little: the near-duplicate search is a banded self-join, not an all-pairs comparison). `copies_grouped`
+checks that the de-duplication still finds the planted copies at scale: each copy is filed under a fresh
+patient id, so only de-duplication can put it in its original's group.
 
 The data (generated here, kept under --workdir and reused when size, seed and image size match):
   - distinct images: random smooth grayscale fields (multi-octave low-resolution noise upsampled bicubically,

@@ -39,7 +39,7 @@ def copy_images(data: Path, n: int, dest: Path) -> list[Path]:
     return [Path(shutil.copy2(p, dest / f"{p.parent.name}__{p.name}")) for p in picked[:n]]
 
 
-def build_model(spark, train: list[Path], backbone: str, weights: str, out: Path):  # noqa: ANN001, ANN201
+def build_model(spark, train: list[Path], backbone: str, weights: str, out: Path):
     """featurizer + LogisticRegression (fitted on a few images) + IndexToString, saved as a PipelineModel."""
     from pyspark.ml import PipelineModel
     from pyspark.ml.classification import LogisticRegression
@@ -50,19 +50,21 @@ def build_model(spark, train: list[Path], backbone: str, weights: str, out: Path
 
     df = spark.read.format("binaryFile").load([str(p) for p in train])
     label = F.regexp_extract("path", r"/(covid|no_findings|pneumonia)__", 1)
-    df = df.withColumn("label", F.array_position(F.array(*[F.lit(c) for c in CLASSES]), label).cast("double") - 1)
+    df = df.withColumn("label",
+                       F.array_position(F.array(*[F.lit(c) for c in CLASSES]), label).cast("double") - 1)
     feat = DeepImageFeaturizer(inputCol="content", outputCol="features", errorCol="featurize_error",
                                modelName=backbone, weights=weights)
     feats = feat.transform(df).where("features IS NOT NULL").cache()
     head = PipelineModel(stages=[LogisticRegression(maxIter=20, regParam=0.1).fit(feats)])
     feats.unpersist()
-    model = PipelineModel(stages=[feat, head, IndexToString(inputCol="prediction", outputCol="predicted_label",
-                                                            labels=list(CLASSES))])
+    model = PipelineModel(stages=[feat, head,
+                                  IndexToString(inputCol="prediction", outputCol="predicted_label",
+                                                labels=list(CLASSES))])
     model.write().overwrite().save(str(out))
     return model
 
 
-def featurizer_only(spark, model, folder: Path) -> float:  # noqa: ANN001
+def featurizer_only(spark, model, folder: Path) -> float:
     """Seconds to featurize every file in `folder` with the model's own featurizer stage."""
     from xray_spark.scoring.model import featurizer_class, split_pipeline
 
@@ -73,7 +75,7 @@ def featurizer_only(spark, model, folder: Path) -> float:  # noqa: ANN001
     return time.perf_counter() - t
 
 
-def full_scoring(spark, cfg, model_dir: Path, folder: Path, out: Path, chunk_size: int) -> float:  # noqa: ANN001
+def full_scoring(spark, cfg, model_dir: Path, folder: Path, out: Path, chunk_size: int) -> float:
     from xray_spark.scoring import resolve_model, score_folder
 
     shutil.rmtree(out, ignore_errors=True)
@@ -90,14 +92,16 @@ def full_scoring(spark, cfg, model_dir: Path, folder: Path, out: Path, chunk_siz
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", default="../shared/data/ozturk", help="folder with covid/, no_findings/, pneumonia/")
+    ap.add_argument("--data", default="../shared/data/ozturk",
+                    help="folder with covid/, no_findings/, pneumonia/")
     ap.add_argument("--images", type=int, default=1024)
     ap.add_argument("--chunk-size", type=int, default=512)
     ap.add_argument("--backbone", default="ResNet50")
     ap.add_argument("--weights", default="none", help="none (seeded random init) is as fast as imagenet")
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--master", default="local[2]")
-    ap.add_argument("--verbose", action="store_true", help="per-phase timings of the scoring runs (debug log)")
+    ap.add_argument("--verbose", action="store_true",
+                    help="per-phase timings of the scoring runs (debug log)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
@@ -118,8 +122,8 @@ def main() -> None:
         files = copy_images(Path(args.data), args.images, folder)
         warm = work / "warm"
         copy_images(Path(args.data), 6, warm)
-        model = build_model(spark, copy_images(Path(args.data), 9, work / "train"), args.backbone, args.weights,
-                            work / "model")
+        model = build_model(spark, copy_images(Path(args.data), 9, work / "train"), args.backbone,
+                            args.weights, work / "model")
         log.info("warm-up (loads the backbone in every Python worker)")
         featurizer_only(spark, model, warm)
         full_scoring(spark, cfg, work / "model", warm, work / "warm_out", args.chunk_size)
@@ -136,15 +140,20 @@ def main() -> None:
             log.info("repeat %d: featurizer %.1fs, scoring %.1fs", r + 1, f_runs[-1], s_runs[-1])
         n = len(files)
         f_ips, s_ips = n / min(f_runs), n / min(s_runs)
-        print(f"images: {n}, backbone {args.backbone} (weights {args.weights}), chunk size {args.chunk_size}, "
-              f"master {args.master}, {os.cpu_count()} CPUs (shared machine: timings are noisy)")
+        print(f"images: {n}, backbone {args.backbone} (weights {args.weights}), "
+              f"chunk size {args.chunk_size}, master {args.master}, {os.cpu_count()} CPUs "
+              "(shared machine: timings are noisy)")
         print(f"{'variant':<20}{'best s':>10}{'images/s':>12}   all runs (s)")
-        print(f"{'featurizer only':<20}{min(f_runs):>10.1f}{f_ips:>12.2f}   {', '.join(f'{x:.1f}' for x in f_runs)}")
-        print(f"{'full scoring':<20}{min(s_runs):>10.1f}{s_ips:>12.2f}   {', '.join(f'{x:.1f}' for x in s_runs)}")
+        print(f"{'featurizer only':<20}{min(f_runs):>10.1f}{f_ips:>12.2f}   "
+              f"{', '.join(f'{x:.1f}' for x in f_runs)}")
+        print(f"{'full scoring':<20}{min(s_runs):>10.1f}{s_ips:>12.2f}   "
+              f"{', '.join(f'{x:.1f}' for x in s_runs)}")
         if f_cpu:
-            print(f"CPU seconds (this process tree, less sensitive to other load): featurizer {min(f_cpu):.1f}, "
-                  f"scoring {min(s_cpu):.1f} -> cpu_ratio={min(f_cpu) / min(s_cpu):.3f}")
-        print(f"ratio={s_ips / f_ips:.3f} (scoring images/s / featurizer images/s, wall time; target >= 0.85)")
+            print("CPU seconds (this process tree, less sensitive to other load): "
+                  f"featurizer {min(f_cpu):.1f}, scoring {min(s_cpu):.1f} -> "
+                  f"cpu_ratio={min(f_cpu) / min(s_cpu):.3f}")
+        print(f"ratio={s_ips / f_ips:.3f} (scoring images/s / featurizer images/s, wall time; "
+              "target >= 0.85)")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -9,8 +9,8 @@ The issue's goal: with features cached, the 12 combinations of
 and prints, per setting, the best wall time of the image combinations (fit, evaluate with 1000 bootstrap
 resamples, confusion plot, nested MLflow run with the full PipelineModel), of the metadata baseline, and of
 the whole command. (CPU seconds are not shown: Spark's Python workers exit when idle, taking theirs along.)
-It also checks that every run produced the same
-metrics (concurrency must not change results). Last line: `image_combos_s=<best> ... serial_over_parallel=<r>`.
+It also checks that every run produced the same metrics (concurrency must not change results). Last line:
+`image_combos_s=<best> ... serial_over_parallel=<r>`.
 
     python benchmarks/train.py --data ../shared/data/ozturk --weights none
 """
@@ -39,7 +39,8 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--backbones", default="ResNet50,InceptionV3")
     ap.add_argument("--heads", default="lr,rf,dt")
     ap.add_argument("--tasks", default="binary,multiclass")
-    ap.add_argument("--weights", default="none", help="none (seeded random init) trains exactly as fast as imagenet")
+    ap.add_argument("--weights", default="none",
+                    help="none (seeded random init) trains exactly as fast as imagenet")
     ap.add_argument("--parallel", default="1,3", help="train.parallel_fits values to compare")
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--master", default="local[2]")
@@ -95,17 +96,18 @@ def main() -> None:
                 rows[p].append(run(f"warm_p{p}_r{r}", ingest_dir, p))
 
         print(f"\n{n_combos} image combinations ({args.backbones} x {args.heads} x {args.tasks}, weights "
-              f"{args.weights}) + metadata baseline; master {args.master}, {os.cpu_count()} CPUs; shared machine")
+              f"{args.weights}) + metadata baseline; master {args.master}, {os.cpu_count()} CPUs; "
+              "shared machine")
         print(f"cold run (featurize {cold['featurize']:.1f}s): {cold['wall']:.1f}s")
-        print(f"{'parallel_fits':<14}{'image combos s':>15}{'per combo s':>12}{'baseline s':>11}{'featurize s':>12}"
-              f"{'whole train s':>14}   (best of {args.repeats}; all image-combo runs)")
+        print(f"{'parallel_fits':<14}{'image combos s':>15}{'per combo s':>12}{'baseline s':>11}"
+              f"{'featurize s':>12}{'whole train s':>14}   (best of {args.repeats}; all image-combo runs)")
         best = {}
         for p in settings:
             b = min(rows[p], key=lambda x: x["image_combos"])
             best[p] = b
             runs = ", ".join(f"{x['image_combos']:.1f}" for x in rows[p])
-            print(f"{p:<14}{b['image_combos']:>15.1f}{b['image_combos'] / n_combos:>12.2f}{b['baseline']:>11.1f}"
-                  f"{b['featurize']:>12.1f}{b['wall']:>14.1f}   {runs}")
+            print(f"{p:<14}{b['image_combos']:>15.1f}{b['image_combos'] / n_combos:>12.2f}"
+                  f"{b['baseline']:>11.1f}{b['featurize']:>12.1f}{b['wall']:>14.1f}   {runs}")
         frames = list(metrics.values())
         same = all(f.equals(frames[0]) for f in frames[1:])
         print(f"identical metrics in all {len(frames)} runs: {'yes' if same else 'NO'}")

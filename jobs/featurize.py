@@ -1,4 +1,5 @@
-"""spark-submit entry point: `spark-submit jobs/featurize.py ARGS` == `xray-spark featurize ARGS` (no logic here)."""
+"""spark-submit entry point: `spark-submit jobs/featurize.py ARGS` == `xray-spark featurize ARGS` (no logic
+here)."""
 
 import sys
 

@@ -1,4 +1,5 @@
-"""spark-submit entry point: `spark-submit jobs/ingest.py ARGS` == `xray-spark ingest ARGS` (no logic here)."""
+"""spark-submit entry point: `spark-submit jobs/ingest.py ARGS` == `xray-spark ingest ARGS` (no logic
+here)."""
 
 import sys
 

@@ -81,7 +81,7 @@ def _kill_group(proc: subprocess.Popen, grace: float = 15.0) -> None:
 
 def _get_json(url: str, timeout: float = 5.0) -> dict | None:
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 - loopback only
+        with urllib.request.urlopen(url, timeout=timeout) as resp:  # loopback only
             return json.loads(resp.read().decode())
     except (urllib.error.URLError, OSError, ValueError):
         return None
@@ -117,7 +117,7 @@ class StandaloneCluster:
 
     def _spawn(self, name: str, args: Sequence[str], cwd: Path) -> subprocess.Popen:
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        out = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 - closed with the process
+        out = open(self.log_dir / f"{name}.log", "ab")  # closed with the process
         cmd = [str(spark_home() / "bin" / "spark-class"), *args]
         proc = subprocess.Popen(cmd, cwd=cwd, env=clean_env(), stdout=out, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True)
@@ -130,8 +130,10 @@ class StandaloneCluster:
         self.root.mkdir(parents=True, exist_ok=True)
         self.work_dir.mkdir(parents=True, exist_ok=True)
         self._spawn("master", ["org.apache.spark.deploy.master.Master", "--host", "127.0.0.1",
-                               "--port", str(self.master_port), "--webui-port", str(self.master_ui_port)], self.root)
-        self._spawn("worker", ["org.apache.spark.deploy.worker.Worker", self.master_url, "--host", "127.0.0.1",
+                               "--port", str(self.master_port), "--webui-port", str(self.master_ui_port)],
+                    self.root)
+        self._spawn("worker", ["org.apache.spark.deploy.worker.Worker", self.master_url,
+                               "--host", "127.0.0.1",
                                "--cores", str(self.cores), "--memory", self.memory,
                                "--webui-port", str(self.worker_ui_port), "--work-dir", str(self.work_dir)],
                     self.root)
@@ -145,7 +147,8 @@ class StandaloneCluster:
                 log.info("standalone cluster up: %s (UI %s)", self.master_url, self.master_ui)
                 return self
             time.sleep(0.5)
-        raise TimeoutError(f"worker did not register with {self.master_url} in {timeout}s:\n{self.logs_tail()}")
+        raise TimeoutError(f"worker did not register with {self.master_url} in {timeout}s:\n"
+                           f"{self.logs_tail()}")
 
     def master_json(self) -> dict | None:
         """The master web UI's /json: workers, active and completed applications with their executors."""
@@ -160,7 +163,8 @@ class StandaloneCluster:
                 if app.get("id") == app_id:
                     return app
             time.sleep(0.5)
-        raise TimeoutError(f"application {app_id} did not complete on {self.master_url}: {self.master_json()}")
+        raise TimeoutError(f"application {app_id} did not complete on {self.master_url}: "
+                           f"{self.master_json()}")
 
     def executor_dirs(self, app_id: str) -> list[Path]:
         """The worker's per-executor folders for one app: stdout, stderr and every shipped file land here."""
@@ -186,7 +190,8 @@ def build_wheel(out_dir: Path, repo: Path = REPO) -> tuple[Path, Path]:
     res = subprocess.run(["bash", str(repo / "scripts" / "build_wheel.sh"), str(out_dir)], cwd=repo, env=env,
                          capture_output=True, text=True, timeout=300)
     if res.returncode != 0:
-        raise RuntimeError(f"wheel build failed ({res.returncode}):\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}")
+        raise RuntimeError(f"wheel build failed ({res.returncode}):\n{res.stdout[-3000:]}\n"
+                           f"{res.stderr[-3000:]}")
     wheels = sorted(out_dir.glob("xray_spark-*.whl"))
     zips = sorted(out_dir.glob("xray_spark-*-pyfiles.zip"))
     if len(wheels) != 1 or len(zips) != 1:
@@ -229,8 +234,10 @@ def spark_submit(
     log_name: str,
     timeout: float = 300.0,
 ) -> subprocess.CompletedProcess:
-    """Run `spark-submit --master spark://... script args` in client mode; output goes to logs/<log_name>.log."""
-    cmd = [str(spark_home() / "bin" / "spark-submit"), "--master", cluster.master_url, "--deploy-mode", "client"]
+    """Run `spark-submit --master spark://... script args` in client mode; output goes to
+    logs/<log_name>.log."""
+    cmd = [str(spark_home() / "bin" / "spark-submit"), "--master", cluster.master_url,
+           "--deploy-mode", "client"]
     if properties_file is not None:
         cmd += ["--properties-file", str(properties_file)]
     files = [str(p) for p in py_files]
@@ -257,7 +264,8 @@ def spark_submit(
 
 
 def copy_subset(src: Path, dest: Path, per_class: int) -> Path:
-    """First `per_class` images (sorted by name) of each class folder of `src`, into class folders of `dest`."""
+    """First `per_class` images (sorted by name) of each class folder of `src`, into class folders of
+    `dest`."""
     dest.mkdir(parents=True, exist_ok=True)
     for cls in sorted(p for p in src.iterdir() if p.is_dir()):
         files = sorted(f for f in cls.iterdir() if f.suffix.lower() in _CLASS_EXTS)[:per_class]

@@ -95,7 +95,8 @@ def small_data(ozturk_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
 
 @pytest.fixture(scope="session")
 def trained(spark, small_data: Path, tmp_path_factory: pytest.TempPathFactory):
-    """One real `train` run (ResNet50 random init, lr + dt, both tasks) shared by the tests that need models."""
+    """One real `train` run (ResNet50 random init, lr + dt, both tasks) shared by the tests that need
+    models."""
     from xray_spark.config import load_config
     from xray_spark.train.runner import TrainSpec, run_training
 
@@ -127,7 +128,8 @@ def isolate_mlflow(mp: pytest.MonkeyPatch) -> None:
     import mlflow.tracking._tracking_service.utils as tracking_utils
     import mlflow.tracking.fluent as fluent
 
-    for var in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
+    for var in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MLFLOW_EXPERIMENT_ID",
+                "MLFLOW_EXPERIMENT_NAME"):
         mp.setenv(var, "")  # records the old value (or its absence), so MLflow's own exports are undone too
         mp.delenv(var)
     mp.setattr(tracking_utils, "_tracking_uri", tracking_utils._tracking_uri)
@@ -144,7 +146,7 @@ def evidence():
     return _EVIDENCE.append
 
 
-def pytest_terminal_summary(terminalreporter) -> None:  # noqa: ANN001 - pytest hook
+def pytest_terminal_summary(terminalreporter) -> None:  # pytest hook
     if _EVIDENCE:
         terminalreporter.section("evidence")
         for line in _EVIDENCE:

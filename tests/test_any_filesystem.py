@@ -1,5 +1,5 @@
-"""The whole flow with a non-`file:` default filesystem, as on Databricks (`dbfs:`), here a Hadoop viewfs mount
-table over the local /tmp: ingest, train and score through the real console script."""
+"""The whole flow with a non-`file:` default filesystem, as on Databricks (`dbfs:`), here a Hadoop viewfs
+mount table over the local /tmp: ingest, train and score through the real console script."""
 
 from __future__ import annotations
 

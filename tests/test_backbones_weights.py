@@ -67,7 +67,7 @@ class _Server:
             def __init__(self, *a, **kw):
                 super().__init__(*a, directory=str(root), **kw)
 
-            def do_GET(self):  # noqa: N802
+            def do_GET(self):
                 outer.requests.append(self.path)
                 super().do_GET()
 
@@ -101,7 +101,8 @@ def served(tmp_path: Path, small_weights_file: Path, monkeypatch: pytest.MonkeyP
 def test_imagenet_download_once_then_cached(cache, served):
     server, _, md5 = served
     first = weights.resolve_weights("ResNet50", "imagenet")
-    assert len(server.requests) == 1 and server.requests[0].endswith("resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5")
+    assert (len(server.requests) == 1
+            and server.requests[0].endswith("resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"))
     assert first.local_path == cache / "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"
     assert first.fingerprint == f"imagenet:{md5}" == weights.weights_fingerprint("ResNet50", "imagenet")
     second = weights.resolve_weights("resnet50", "imagenet")
@@ -144,7 +145,8 @@ def test_offline_without_cache_names_file_url_and_remedy(cache, monkeypatch):
         weights.resolve_weights("InceptionV3", "imagenet")
     msg = str(err.value)
     assert "inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5" in msg
-    assert "http://127.0.0.1:9/mirror/inception_v3/inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5" in msg
+    assert ("http://127.0.0.1:9/mirror/inception_v3/inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5"
+            in msg)
     assert "--weights" in msg and str(cache) in msg
     assert not any(cache.iterdir())
 
@@ -183,7 +185,8 @@ def test_none_is_seeded_and_identical_across_driver_calls(tmp_path):
     assert all(np.array_equal(x, y) for x, y in zip(wa, wb, strict=True))
     assert not all(np.array_equal(x, y) for x, y in zip(wa, wc, strict=True))
     mtime = a.local_path.stat().st_mtime_ns
-    assert weights.resolve_weights("VGG16", "none", cache_dir=tmp_path / "a").local_path.stat().st_mtime_ns == mtime
+    assert (weights.resolve_weights("VGG16", "none", cache_dir=tmp_path / "a").local_path.stat().st_mtime_ns
+            == mtime)
 
 
 def test_weights_path_local_and_hadoop_uri(spark, tmp_path, small_weights_file):
@@ -199,13 +202,15 @@ def test_weights_path_local_and_hadoop_uri(spark, tmp_path, small_weights_file):
     with pytest.raises(UserError, match="not found"):
         weights.resolve_weights("ResNet50", str(tmp_path / "missing.h5"), cache_dir=tmp_path / "c")
     with pytest.raises(UserError, match="not found"):
-        weights.resolve_weights("ResNet50", (tmp_path / "missing.h5").as_uri(), spark=spark, cache_dir=tmp_path / "c")
+        weights.resolve_weights("ResNet50", (tmp_path / "missing.h5").as_uri(), spark=spark,
+                                cache_dir=tmp_path / "c")
     with pytest.raises(UserError, match="Keras weights file"):
         weights.resolve_weights("ResNet50", str(tmp_path / "weights.txt"), cache_dir=tmp_path / "c")
 
 
 def test_legacy_h5_file_loads_like_imagenet_notop(tmp_path):
-    """Keras' published notop files are legacy HDF5 (Keras 2 layout): the worker loader must read that format."""
+    """Keras' published notop files are legacy HDF5 (Keras 2 layout): the worker loader must read that
+    format."""
     from keras.src.legacy.saving import legacy_h5_format
 
     from xray_spark.features.featurizer import load_model
@@ -221,8 +226,10 @@ def test_legacy_h5_file_loads_like_imagenet_notop(tmp_path):
     assert all(np.array_equal(x, y) for x, y in zip(src.get_weights(), loaded.get_weights(), strict=True))
 
 
-def test_featurize_with_user_weights_file_equals_none(spark, tmp_path, tmp_path_factory, ozturk_dir, monkeypatch):
-    """weights=PATH end to end: the file is staged, shipped, loaded on executors; same weights -> same features."""
+def test_featurize_with_user_weights_file_equals_none(spark, tmp_path, tmp_path_factory, ozturk_dir,
+                                                      monkeypatch):
+    """weights=PATH end to end: the file is staged, shipped, loaded on executors; same weights -> same
+    features."""
     from pyspark.sql.types import BinaryType, StructField, StructType
 
     from xray_spark import DeepImageFeaturizer
@@ -232,7 +239,8 @@ def test_featurize_with_user_weights_file_equals_none(spark, tmp_path, tmp_path_
     user = tmp_path / "copy of resnet.weights.h5"
     shutil.copyfile(none.local_path, user)
     payloads = [p.read_bytes() for p in sorted((ozturk_dir / "no_findings").iterdir())[:2]]
-    df = spark.createDataFrame([(bytearray(b),) for b in payloads], StructType([StructField("content", BinaryType())]))
+    df = spark.createDataFrame([(bytearray(b),) for b in payloads],
+                               StructType([StructField("content", BinaryType())]))
     a = [r.features.toArray() for r in DeepImageFeaturizer(weights="none").transform(df).collect()]
     b = [r.features.toArray() for r in DeepImageFeaturizer(weights=str(user)).transform(df).collect()]
     for x, y in zip(a, b, strict=True):

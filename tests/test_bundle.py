@@ -54,7 +54,8 @@ def _variables() -> dict[str, str]:
 
 
 def _substitute(value: str, job: dict) -> str:
-    """What the bundle and the Jobs service would put in: variable defaults, job parameter defaults, run id."""
+    """What the bundle and the Jobs service would put in: variable defaults, job parameter defaults, run
+    id."""
     params = {p["name"]: str(p["default"]) for p in job.get("parameters", [])}
     value = JOB_PARAM_REF.sub(lambda m: params[m.group(1)], value)
     value = VAR_REF.sub(lambda m: _variables()[m.group(1)], value)
@@ -103,7 +104,8 @@ def test_task_parameters_are_accepted_by_the_real_cli(job_key: str):
         raw = [str(p) for p in task["spark_python_task"].get("parameters", [])]
         referenced = {m for p in raw for m in JOB_PARAM_REF.findall(p)}
         assert referenced <= declared, f"{job_key}: undeclared job parameters {referenced - declared}"
-        assert declared <= referenced, f"{job_key}: job parameters never passed to the task {declared - referenced}"
+        assert declared <= referenced, (
+            f"{job_key}: job parameters never passed to the task {declared - referenced}")
         command, argv = _task_argv(job, task)
         assert command in JOB_SCRIPTS, f"{job_key}: {command} is not one of jobs/*.py"
         try:
@@ -129,7 +131,8 @@ def test_referenced_files_exist():
                     assert (REPO / rel).is_file(), f"{key}: {rel} is not in the repository"
             for lib in task.get("libraries", []):
                 # resolved relative to the resource file; the artifact build writes the wheel there
-                assert (f.parent / lib["whl"]).resolve().parent == REPO / "dist", f"{key}: wheel path {lib['whl']}"
+                assert (f.parent / lib["whl"]).resolve().parent == REPO / "dist", (
+                    f"{key}: wheel path {lib['whl']}")
     build = _bundle()["artifacts"]["xray_spark_wheel"]["build"]
     script, out_dir = build.split()[-2:]
     assert (REPO / script).is_file() and out_dir == "dist"
@@ -141,8 +144,9 @@ def test_the_wheel_glob_matches_what_the_build_script_writes(tmp_path: Path):
     import sys
     import zipfile
 
-    res = subprocess.run(["bash", str(REPO / "scripts" / "build_wheel.sh"), str(tmp_path)], capture_output=True,
-                         text=True, timeout=300, env={"PATH": "/usr/bin:/bin", "PYTHON": sys.executable})
+    res = subprocess.run(["bash", str(REPO / "scripts" / "build_wheel.sh"), str(tmp_path)],
+                         capture_output=True, text=True, timeout=300,
+                         env={"PATH": "/usr/bin:/bin", "PYTHON": sys.executable})
     assert res.returncode == 0, res.stderr
     wheels = list(tmp_path.glob("*.whl"))
     assert len(wheels) == 1
@@ -155,7 +159,8 @@ def test_the_wheel_glob_matches_what_the_build_script_writes(tmp_path: Path):
     # every non-Python file the package reads at run time must be inside the wheel
     data_files = {str(p.relative_to(REPO / "src")) for p in (REPO / "src" / "xray_spark").rglob("*")
                   if p.is_file() and p.suffix in {".yml", ".yaml", ".csv", ".json"}}
-    assert data_files <= names, f"missing from the wheel (pyproject package-data): {sorted(data_files - names)}"
+    assert data_files <= names, (
+        f"missing from the wheel (pyproject package-data): {sorted(data_files - names)}")
 
 
 def test_data_and_weights_live_on_the_unity_catalog_volume():
@@ -171,7 +176,8 @@ def test_data_and_weights_live_on_the_unity_catalog_volume():
         paths = [x for x in values if x.startswith("/")]
         assert paths, key
         for p in paths:
-            assert p.startswith((volume, FAKE_FILE_PATH)), f"{key}: {p} is neither on {volume} nor a bundle file"
+            assert p.startswith((volume, FAKE_FILE_PATH)), (
+                f"{key}: {p} is neither on {volume} nor a bundle file")
         assert _substitute(cluster["spark_env_vars"]["XRAY_SPARK_CACHE"], job) == volume + "weights"
 
 
@@ -181,10 +187,12 @@ def test_mlflow_goes_to_the_workspace_and_models_to_unity_catalog():
     cfg = load_config(overlay, local=None)  # validates every key
     assert cfg.tracking_uri == "databricks"
     prefix = cfg.train.registered_model_prefix
-    assert prefix == f"{v['catalog']}.{v['schema']}.xray-spark", "keep the overlay's prefix in step with the bundle"
+    assert prefix == f"{v['catalog']}.{v['schema']}.xray-spark", (
+        "keep the overlay's prefix in step with the bundle")
     for _, key, job in _jobs():
         env = job["job_clusters"][0]["new_cluster"]["spark_env_vars"]
-        assert env["MLFLOW_TRACKING_URI"] == "databricks" and env["MLFLOW_REGISTRY_URI"] == "databricks-uc", key
+        assert (env["MLFLOW_TRACKING_URI"] == "databricks"
+                and env["MLFLOW_REGISTRY_URI"] == "databricks-uc"), key
         assert env["MLFLOW_EXPERIMENT_NAME"].startswith("/"), "workspace experiments are absolute paths"
     (_, _, score), = [j for j in _jobs() if j[1] == "xray_spark_score"]
     model = _substitute(next(p["default"] for p in score["parameters"] if p["name"] == "model"), score)
@@ -206,10 +214,12 @@ def test_cluster_settings_match_spark_defaults():
     for _, key, job in _jobs():
         cluster = job["job_clusters"][0]["new_cluster"]
         for k, value in cluster["spark_conf"].items():
-            assert defaults.get(k) == str(value), f"{key}: spark_conf {k}={value} differs from conf/spark-defaults.conf"
+            assert defaults.get(k) == str(value), (
+                f"{key}: spark_conf {k}={value} differs from conf/spark-defaults.conf")
         for k, value in cluster["spark_env_vars"].items():
             spark_key = f"spark.executorEnv.{k}"
             if spark_key in defaults:
-                assert defaults[spark_key] == str(value), f"{key}: {k}={value} differs from conf/spark-defaults.conf"
+                assert defaults[spark_key] == str(value), (
+                    f"{key}: {k}={value} differs from conf/spark-defaults.conf")
         assert {"TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS"} <= set(cluster["spark_env_vars"])
         assert cluster["spark_conf"]["spark.python.worker.reuse"] == "true"

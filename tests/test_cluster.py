@@ -1,4 +1,5 @@
-"""train and score through spark-submit on a real Spark standalone cluster (one master, one worker, 127.0.0.1).
+"""train and score through spark-submit on a real Spark standalone cluster (one master, one worker,
+127.0.0.1).
 
 What this proves, beyond the local[2] tests:
 - the package reaches executors only through what spark-submit ships: the driver and executors run a Python
@@ -50,7 +51,8 @@ def env(tmp_path_factory: pytest.TempPathFactory, ozturk_dir: Path) -> dict:
     for cls in sorted(p for p in ozturk_dir.iterdir() if p.is_dir()):
         for f in sorted(cls.iterdir())[-2:]:  # two images per class that training never saw
             shutil.copyfile(f, incoming / f"{cls.name}-{f.name}")
-    return {"root": root, "wheel": wheel, "pyfiles": pyfiles, "python": python, "data": data, "incoming": incoming}
+    return {"root": root, "wheel": wheel, "pyfiles": pyfiles, "python": python, "data": data,
+            "incoming": incoming}
 
 
 @pytest.fixture(scope="module")
@@ -74,12 +76,13 @@ def run_job(cluster: StandaloneCluster, env: dict, job: str, args: list[str], ex
         env={"XRAY_SPARK_CACHE": str(env["root"] / "weights-cache"), **(extra_env or {})},
     )
     new = sorted({p.name for p in cluster.work_dir.glob("app-*")} - before)
-    assert res.returncode == 0, f"{job} failed ({res.returncode}):\n{res.stdout[-6000:]}\n{cluster.logs_tail()}"
+    assert res.returncode == 0, (
+        f"{job} failed ({res.returncode}):\n{res.stdout[-6000:]}\n{cluster.logs_tail()}")
     assert len(new) == 1, f"expected one new application on the worker, got {new}"
     return res, new[0]
 
 
-def assert_ran_on_executors(cluster: StandaloneCluster, app_id: str, env: dict, evidence) -> Path:  # noqa: ANN001
+def assert_ran_on_executors(cluster: StandaloneCluster, app_id: str, env: dict, evidence) -> Path:
     """The master finished the app with cores; its executor folder holds task logs and the shipped files."""
     app = cluster.wait_app_completed(app_id)
     assert app["state"] == "FINISHED" and app["cores"] >= 1
@@ -88,16 +91,19 @@ def assert_ran_on_executors(cluster: StandaloneCluster, app_id: str, env: dict, 
     stderr = (executor_dir / "stderr").read_text(errors="replace")
     assert "Running task" in stderr and "Finished task" in stderr
     evidence(f"cluster: '{app['name']}' {app_id} FINISHED on {cluster.master_url} with {app['cores']} cores; "
-             f"executor {executor_dir.parent.name}/{executor_dir.name} ran {stderr.count('Finished task')} tasks")
+             f"executor {executor_dir.parent.name}/{executor_dir.name} "
+             f"ran {stderr.count('Finished task')} tasks")
     assert (executor_dir / env["pyfiles"].name).is_file()  # the package came from --py-files
     weights = list(executor_dir.glob("resnet50-seed0-*.weights.h5"))
-    assert weights, f"weights were not shipped with addFile to {executor_dir}: {sorted(executor_dir.iterdir())}"
+    assert weights, (
+        f"weights were not shipped with addFile to {executor_dir}: {sorted(executor_dir.iterdir())}")
     return executor_dir
 
 
 def test_executor_python_cannot_import_the_source_tree(env: dict):
     """The control that makes the cluster test meaningful: without the shipped zip there is no xray_spark."""
-    probe = "import numpy, pyspark, keras, mlflow\ntry:\n import xray_spark\nexcept ImportError:\n print('absent')"
+    probe = ("import numpy, pyspark, keras, mlflow\ntry:\n import xray_spark\n"
+             "except ImportError:\n print('absent')")
     res = subprocess.run([str(env["python"]), "-c", probe], cwd=env["root"], capture_output=True, text=True,
                          env={"PATH": "/usr/bin:/bin"}, timeout=120)
     assert res.returncode == 0, res.stderr
@@ -133,11 +139,13 @@ def test_train_then_score_on_a_standalone_cluster(cluster: StandaloneCluster, en
 
     preds = env["root"] / "predictions"
     res, score_app = run_job(cluster, env, "score", [
-        "--model", "models:/xray-spark-binary@champion", "--input", str(env["incoming"]), "--output", str(preds),
+        "--model", "models:/xray-spark-binary@champion", "--input", str(env["incoming"]),
+        "--output", str(preds),
     ], extra_env={"MLFLOW_TRACKING_URI": uri})
     n_incoming = len(list(env["incoming"].iterdir()))
     assert f"newly scored: {n_incoming}" in res.stdout, res.stdout[-3000:]
     table = pd.concat(pd.read_parquet(p) for p in preds.rglob("part-*.parquet"))
     assert len(table) == n_incoming
     assert table["predicted_label"].notna().all()
-    assert_ran_on_executors(cluster, score_app, env, evidence)  # the Pipeline's featurizer ran on the executor
+    # the Pipeline's featurizer ran on the executor
+    assert_ran_on_executors(cluster, score_app, env, evidence)

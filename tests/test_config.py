@@ -57,8 +57,8 @@ def test_bad_config_from_cli_is_one_line_exit_2(tmp_path: Path) -> None:
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "x.png").write_bytes(b"x")
     proc = subprocess.run(
-        [sys.executable, "-m", "xray_spark", "ingest", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "o"),
-         "--config", str(bad)], capture_output=True, text=True, timeout=120)
+        [sys.executable, "-m", "xray_spark", "ingest", "--data", str(tmp_path / "data"),
+         "--out", str(tmp_path / "o"), "--config", str(bad)], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "train.nonsense" in proc.stderr
 
@@ -82,8 +82,8 @@ def test_train_yml_passes_train_option_checks(tmp_path: Path) -> None:
     cfg = load_config(Path(__file__).parents[1] / "conf" / "train.yml", local=None)
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "x.png").write_bytes(b"x")
-    args = argparse.Namespace(data=str(tmp_path / "data"), out=str(tmp_path / "o"), backbones=None, heads=None,
-                              tasks=None, weights=None)
+    args = argparse.Namespace(data=str(tmp_path / "data"), out=str(tmp_path / "o"), backbones=None,
+                              heads=None, tasks=None, weights=None)
     spec = resolve_train_options(args, cfg)
     assert spec.heads == ["lr", "rf", "dt", "gbt", "svc", "mlp"] and spec.weights == "imagenet"
 
@@ -93,9 +93,10 @@ def test_train_yml_passes_train_option_checks(tmp_path: Path) -> None:
     [
         ("train:\n  select_metric: brier\n", "train.select_metric: 'brier' is not one of"),
         ("train:\n  cv_metric: macro_f1\n", "train.cv_metric: 'macro_f1' is not one of"),
-        ("train:\n  head_params:\n    rf: {numTree: 10}\n", "train.head_params.rf: RandomForestClassifier has no "
-                                                            "parameter 'numTree'"),
-        ("train:\n  param_grids:\n    lr: {regParm: [0.1]}\n", "train.param_grids.lr: LogisticRegression has no"),
+        ("train:\n  head_params:\n    rf: {numTree: 10}\n",
+         "train.head_params.rf: RandomForestClassifier has no parameter 'numTree'"),
+        ("train:\n  param_grids:\n    lr: {regParm: [0.1]}\n",
+         "train.param_grids.lr: LogisticRegression has no"),
         ("train:\n  head_params:\n    xgb: {depth: 3}\n", "unknown head 'xgb'"),
     ],
 )
@@ -105,8 +106,9 @@ def test_bad_train_settings_fail_before_spark(tmp_path: Path, text: str, needle:
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "x.png").write_bytes(b"x")
     proc = subprocess.run(
-        [sys.executable, "-m", "xray_spark", "train", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "o"),
-         "--config", str(bad), "--weights", "none"], capture_output=True, text=True, timeout=120)
+        [sys.executable, "-m", "xray_spark", "train", "--data", str(tmp_path / "data"),
+         "--out", str(tmp_path / "o"), "--config", str(bad), "--weights", "none"], capture_output=True,
+         text=True, timeout=120)
     assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0, proc.stderr
     assert needle in proc.stderr
     assert not (tmp_path / "o").exists()  # nothing was started

@@ -68,7 +68,8 @@ def _rgb() -> np.ndarray:
 
 
 def _png_chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+    return (struct.pack(">I", len(data)) + kind + data
+            + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
 
 
 def _png_header_only(w: int, h: int) -> bytes:
@@ -291,7 +292,8 @@ def test_dicom_multiframe_uses_first_frame_and_rgb_uses_luminance() -> None:
     frames = np.stack([_ramp16(), 4095 - _ramp16()])
     first, _ = decode_gray(_dicom(frames, NumberOfFrames=2))
     np.testing.assert_array_equal(first, decode_gray(_dicom(_ramp16()))[0])
-    rgb = np.array([[c for c in [(255, 0, 0), (0, 255, 0), (0, 0, 255), (0, 0, 0), (255, 255, 255)]]], np.uint8)
+    rgb = np.array([[c for c in [(255, 0, 0), (0, 255, 0), (0, 0, 255), (0, 0, 0), (255, 255, 255)]]],
+                   np.uint8)
     gray, info = decode_gray(_dicom(rgb, "RGB", 8))
     assert (info.mode, info.bit_depth) == ("RGB", 8)
     np.testing.assert_array_equal(gray[0], [76, 150, 29, 0, 255])
@@ -405,7 +407,8 @@ def _compressed_dicom() -> bytes:
     uid = _missing_decoder_syntax()
     if uid is None:
         pytest.skip("every compressed syntax has a decoder here")
-    return _dicom(_ramp16(), transfer_syntax=uid, pixel_bytes=encapsulate([b"\xff\xd8not really jpeg\xff\xd9"]))
+    return _dicom(_ramp16(), transfer_syntax=uid,
+                  pixel_bytes=encapsulate([b"\xff\xd8not really jpeg\xff\xd9"]))
 
 
 BAD_INPUTS = [
@@ -414,8 +417,10 @@ BAD_INPUTS = [
     ("not_an_image", lambda: b"\x00\x01\x02\x03" * 100, {}),
     ("unsupported_format", lambda: b"%PDF-1.4\n1 0 obj << /Type /Catalog >> endobj\n" * 5, {}),
     ("unsupported_format", lambda: b'<?xml version="1.0"?>\n<svg xmlns="http://www.w3.org/2000/svg"/>', {}),
-    ("unsupported_format", lambda: _encode(Image.fromarray(_xray_like(H, W)), "PPM"), {}),  # Pillow reads it; we don't
-    *[("truncated", lambda fmt=fmt: _truncated(fmt), {}) for fmt in ("PNG", "JPEG", "GIF", "BMP", "TIFF", "WEBP")],
+    # Pillow reads it; we don't
+    ("unsupported_format", lambda: _encode(Image.fromarray(_xray_like(H, W)), "PPM"), {}),
+    *[("truncated", lambda fmt=fmt: _truncated(fmt), {})
+      for fmt in ("PNG", "JPEG", "GIF", "BMP", "TIFF", "WEBP")],
     ("truncated", lambda: _dicom(_ramp16())[:-1000], {}),
     ("corrupt_image", _corrupt_png, {}),
     ("corrupt_image", _bad_ihdr_crc, {}),
@@ -434,7 +439,8 @@ BAD_INPUTS = [
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")  # pydicom/Pillow warn about the garbage we feed them
-@pytest.mark.parametrize(("reason", "make", "kw"), BAD_INPUTS, ids=[f"{r}-{i}" for i, (r, _, _) in enumerate(BAD_INPUTS)])
+@pytest.mark.parametrize(("reason", "make", "kw"), BAD_INPUTS,
+                         ids=[f"{r}-{i}" for i, (r, _, _) in enumerate(BAD_INPUTS)])
 def test_bad_input_gets_its_reason(reason: str, make, kw: dict) -> None:
     data = make()
     assert _reason(data, **kw) == reason
@@ -461,7 +467,9 @@ def test_pillow_bomb_warning_as_error_is_too_large(monkeypatch: pytest.MonkeyPat
         assert _reason(data) == "too_large"
 
 
-def test_truncated_images_caught_even_if_someone_enabled_load_truncated(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_truncated_images_caught_even_if_someone_enabled_load_truncated(
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
     assert ImageFile.LOAD_TRUNCATED_IMAGES is False
     monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)
     assert _reason(_truncated("JPEG")) == "truncated"
@@ -476,7 +484,8 @@ def test_analyze_never_raises() -> None:
     dcm = _dicom(_ramp16())
     samples = [rng.bytes(int(n)) for n in rng.integers(1, 4000, 40)]
     samples += [magic + rng.bytes(500) for magic in (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF89a", b"BM",
-                                                      b"II*\x00", b"RIFF\x00\x01\x00\x00WEBP", b"\0" * 128 + b"DICM",
+                                                      b"II*\x00", b"RIFF\x00\x01\x00\x00WEBP",
+                                                      b"\0" * 128 + b"DICM",
                                                       b"\x02\x00\x00\x00", b"\x08\x00\x05\x00")]
     samples += [d[:n] for d in (png, jpeg, dcm) for n in np.linspace(1, len(d) - 1, 15).astype(int)]
     for data in samples:
@@ -521,7 +530,8 @@ def test_image_struct_matches_decode_gray() -> None:
         (4, 24, rgba[..., [2, 1, 0, 3]], _encode(Image.fromarray(rgba), "PNG")),
     ]
     for n_channels, ocv_mode, stored, png in cases:
-        got = image_struct_to_gray(H, W, n_channels, ocv_mode, bytearray(np.ascontiguousarray(stored).tobytes()))
+        got = image_struct_to_gray(H, W, n_channels, ocv_mode,
+                                   bytearray(np.ascontiguousarray(stored).tobytes()))
         np.testing.assert_array_equal(got, decode_gray(png)[0])
 
 
@@ -544,11 +554,14 @@ def test_resize_to_rgb_and_thumbnail() -> None:
     gray = _xray_like(H, W)
     out = resize(gray, 224)
     assert out.shape == (224, 224) and out.dtype == np.uint8
-    np.testing.assert_array_equal(out, np.asarray(Image.fromarray(gray).resize((224, 224), Image.Resampling.BILINEAR)))
+    np.testing.assert_array_equal(
+        out, np.asarray(Image.fromarray(gray).resize((224, 224), Image.Resampling.BILINEAR)))
     big = _xray_like(600, 520, seed=3)  # downscale too: bilinear, not an area average (BOX)
     small = resize(big, 224)
-    np.testing.assert_array_equal(small, np.asarray(Image.fromarray(big).resize((224, 224), Image.Resampling.BILINEAR)))
-    assert not np.array_equal(small, np.asarray(Image.fromarray(big).resize((224, 224), Image.Resampling.BOX)))
+    np.testing.assert_array_equal(
+        small, np.asarray(Image.fromarray(big).resize((224, 224), Image.Resampling.BILINEAR)))
+    assert not np.array_equal(small,
+                              np.asarray(Image.fromarray(big).resize((224, 224), Image.Resampling.BOX)))
     rgb = to_rgb(out)
     assert rgb.shape == (224, 224, 3) and rgb.flags.c_contiguous
     assert all(np.array_equal(rgb[..., c], out) for c in range(3))
@@ -570,7 +583,8 @@ def test_pixel_sha256_and_phash() -> None:
     def hamming(x: str, y: str) -> int:
         return bin(int(x, 16) ^ int(y, 16)).count("1")
 
-    noisy = np.clip(a.astype(int) + np.random.default_rng(2).integers(-4, 5, a.shape), 0, 255).astype(np.uint8)
+    noisy = (np.clip(a.astype(int) + np.random.default_rng(2).integers(-4, 5, a.shape), 0, 255)
+             .astype(np.uint8))
     assert hamming(h, phash_hex(noisy)) <= 4
     assert hamming(h, phash_hex(np.ascontiguousarray(a.T[::-1]))) > 8  # rotated: a different picture
 

@@ -40,7 +40,8 @@ REAL_EXACT = ("no_findings/00002658_001.png", "no_findings/00002658_002.png")  #
 def local(spark, rows, schema: str):
     """A small in-memory DataFrame through pandas/Arrow: a local relation, so scanning it needs no Python
     worker (a list of tuples becomes a Python RDD, several times slower per Spark job)."""
-    return spark.createDataFrame(pd.DataFrame(list(rows), columns=[c.split()[0] for c in schema.split(",")]), schema)
+    return spark.createDataFrame(pd.DataFrame(list(rows), columns=[c.split()[0] for c in schema.split(",")]),
+                                 schema)
 
 
 def blobs(seed: int, size: int = 256) -> np.ndarray:
@@ -152,7 +153,8 @@ def planted_hashes(rng: np.random.Generator, n_random: int = 3000) -> np.ndarray
         base = base | top if k % 2 == 0 else base & ~top  # half the bases negative as signed longs
         out += [base, base ^ np.uint64(sum(1 << int(b) for b in mask))]
     star = np.frombuffer(rng.bytes(8), dtype=np.uint64)[0] | top  # a hub with neighbours at 1, 4 and 8 bits
-    out += [star] + [star ^ np.uint64(sum(1 << int(b) for b in rng.choice(64, d, replace=False))) for d in (1, 4, 8)]
+    out += [star] + [star ^ np.uint64(sum(1 << int(b) for b in rng.choice(64, d, replace=False)))
+                     for d in (1, 4, 8)]
     same = np.frombuffer(rng.bytes(8), dtype=np.uint64)[0]
     out += [same, same, same]  # three identical hashes: three pairs at distance 0
     h = np.array(out, dtype=np.uint64)
@@ -220,10 +222,12 @@ def test_band_keys_are_the_band_value_and_its_single_bit_flips(spark):
 def test_phash_long_round_trip_and_malformed_is_null(spark):
     from pyspark.sql import functions as F
 
-    good = ["ffffffffffffffff", "8000000000000000", "0000000000000000", "7fffffffffffffff", "0000000000000001",
-            "0123456789abcdef", "FEDCBA9876543210", "00000000ffffffff", "ffffffff00000000", "91758d6e434eacaa"]
-    bad = [None, "", "zz", "abc", "0123456789abcde", "0123456789abcdef0", " 123456789abcdef", "-123456789abcdef",
-           "+123456789abcdef", "0x23456789abcdef", "0123456789abcdeg", "not-a-hash-16chr"]
+    good = ["ffffffffffffffff", "8000000000000000", "0000000000000000", "7fffffffffffffff",
+            "0000000000000001", "0123456789abcdef", "FEDCBA9876543210", "00000000ffffffff",
+            "ffffffff00000000", "91758d6e434eacaa"]
+    bad = [None, "", "zz", "abc", "0123456789abcde", "0123456789abcdef0", " 123456789abcdef",
+           "-123456789abcdef", "+123456789abcdef", "0x23456789abcdef", "0123456789abcdeg",
+           "not-a-hash-16chr"]
     df = local(spark, [(s,) for s in good + bad], "s string")
     out = df.select("s", phash_long(F.col("s")).alias("h"))
     assert dict(out.dtypes)["h"] == "bigint"
@@ -231,7 +235,8 @@ def test_phash_long_round_trip_and_malformed_is_null(spark):
     for s in good:
         assert got[s] is not None and got[s] & (2**64 - 1) == int(s, 16), s  # same 64 bits
         assert (got[s] < 0) == (int(s, 16) >= 2**63), s  # top bit -> negative long
-    assert got["ffffffffffffffff"] == -1 and got["8000000000000000"] == -(2**63) and got["0000000000000000"] == 0
+    assert (got["ffffffffffffffff"] == -1 and got["8000000000000000"] == -(2**63)
+            and got["0000000000000000"] == 0)
     assert {s: got[s] for s in bad} == dict.fromkeys(bad)
 
 
@@ -247,7 +252,8 @@ def test_thumb_correlation_matches_numpy_pearson():
     rng = np.random.default_rng(1)
     a = rng.integers(0, 256, size=(40, THUMB * THUMB), dtype=np.uint8)
     b = rng.integers(0, 256, size=(40, THUMB * THUMB), dtype=np.uint8)
-    b[:20] = np.clip(a[:20].astype(int) + rng.integers(-30, 30, size=(20, THUMB * THUMB)), 0, 255)  # correlated
+    b[:20] = np.clip(a[:20].astype(int) + rng.integers(-30, 30, size=(20, THUMB * THUMB)),
+                     0, 255)  # correlated
     want = [np.corrcoef(x.astype(float), y.astype(float))[0, 1] for x, y in zip(a, b, strict=True)]
     np.testing.assert_allclose(thumb_correlation(a, b), want, atol=1e-12)
 
@@ -267,7 +273,8 @@ def synthetic_rows() -> SimpleNamespace:
     """One small table, several stories (pHashes of different stories are far apart):
     x/ three files with the same decoded pixels; y/ byte-identical files; n/ a near copy (thumbnail + noise,
     pHash 3 bits away); r/ pHash-close (5 bits) but unrelated pixels; m/ a malformed and a missing pHash;
-    a/ real decode of shifted, brightened and re-compressed variants; c/ a chain a~b~c with a, c 10 bits apart."""
+    a/ real decode of shifted, brightened and re-compressed variants; c/ a chain a~b~c with a, c 10 bits
+    apart."""
     rng = np.random.default_rng(5)
     smooth = blobs(11)[::2, ::2].astype(int)
     copy = np.clip(smooth + rng.integers(-6, 7, smooth.shape), 0, 255)
@@ -299,7 +306,8 @@ def synthetic_rows() -> SimpleNamespace:
     h_flat, h_thumb = random_hex(rng), random_hex(rng)
     undefined = [
         crafted("f/flat1.png", h_flat, np.full((THUMB, THUMB), 128)),
-        crafted("f/flat2.png", h_flat, np.full((THUMB, THUMB), 128)),  # same pHash and thumbnail, other pixels
+        # same pHash and thumbnail, other pixels
+        crafted("f/flat2.png", h_flat, np.full((THUMB, THUMB), 128)),
         crafted("t/whole.png", h_thumb, smooth),
         crafted("t/no_thumb.png", flip_hex(h_thumb, [1]), None),
         crafted("t/small_thumb.png", flip_hex(h_thumb, [2]), smooth[:64, :64]),
@@ -341,7 +349,8 @@ def test_exact_duplicates_are_a_star_per_hash_with_no_invented_distance(found):
         frozenset({"m/good.png", "m/bad_hash.png"}),  # malformed pHash: still matched by sha256
     }
     for k in exact:
-        assert pairs[k]["hamming"] is None and pairs[k]["correlation"] == 1.0  # distance unknown, not invented
+        # distance unknown, not invented
+        assert pairs[k]["hamming"] is None and pairs[k]["correlation"] == 1.0
 
 
 def test_near_copy_confirmed_and_phash_lookalike_rejected_with_its_correlation(found, table):
@@ -352,8 +361,8 @@ def test_near_copy_confirmed_and_phash_lookalike_rejected_with_its_correlation(f
     assert near["correlation"] == pytest.approx(want, abs=1e-12) and want >= 0.95
     rej = by_pair(rep.rejected, names)[frozenset({"r/a.png", "r/b.png"})]
     assert rej["hamming"] == 5
-    assert rej["correlation"] == pytest.approx(np.corrcoef(table.noise_a.ravel(), table.noise_b.ravel())[0, 1],
-                                               abs=1e-12)
+    assert rej["correlation"] == pytest.approx(
+        np.corrcoef(table.noise_a.ravel(), table.noise_b.ravel())[0, 1], abs=1e-12)
     assert not any(n.startswith(("r/", "m/", "z/")) for p in pair_set(rep.pairs, names, "near") for n in p)
 
 
@@ -380,15 +389,18 @@ def test_synthetic_variants_confirmed_and_a_different_pattern_not(found):
     for variant in ("a/shift.png", "a/bright.png", "a/jpeg.jpg"):
         assert frozenset({"a/base.png", variant}) in near, variant
     assert not any("b/other.png" in p for p in near | pair_set(rep.rejected, names))
-    assert not any(n.startswith("a/") for p in pair_set(rep.pairs, names, "exact") for n in p)  # re-scaled != exact
-    assert all(p["correlation"] >= 0.95 and p["hamming"] <= 8 for p in named(rep.pairs, names) if p["kind"] == "near")
+    # re-scaled != exact
+    assert not any(n.startswith("a/") for p in pair_set(rep.pairs, names, "exact") for n in p)
+    assert all(p["correlation"] >= 0.95 and p["hamming"] <= 8
+               for p in named(rep.pairs, names) if p["kind"] == "near")
 
 
 def test_transitive_near_chain_forms_one_component(spark, found):
     """c/a~c/b and c/b~c/c are duplicates, c/a and c/c are not even pHash candidates (10 bits apart):
     only the connected components put all three together."""
     rep, names = found
-    chain = {k for k in pair_set(rep.pairs, names) | pair_set(rep.rejected, names) if all(p[:2] == "c/" for p in k)}
+    chain = {k for k in pair_set(rep.pairs, names) | pair_set(rep.rejected, names)
+             if all(p[:2] == "c/" for p in k)}
     assert chain == {frozenset({"c/a.png", "c/b.png"}), frozenset({"c/b.png", "c/c.png"})}
     assert chain <= pair_set(rep.pairs, names, "near")
     roots = {names[r["id"]]: r["root"] for r in component_frame(spark, rep.edges).collect()}
@@ -409,7 +421,8 @@ def test_flat_or_missing_thumbnails_never_confirm_a_pair(loose):
     and it is reported as rejected, so the rejected table adds up to the rejected count."""
     rep, names = loose
     undefined = {frozenset({"f/flat1.png", "f/flat2.png"}), frozenset({"t/whole.png", "t/no_thumb.png"}),
-                 frozenset({"t/whole.png", "t/small_thumb.png"}), frozenset({"t/no_thumb.png", "t/small_thumb.png"})}
+                 frozenset({"t/whole.png", "t/small_thumb.png"}),
+                 frozenset({"t/no_thumb.png", "t/small_thumb.png"})}
     assert not undefined & pair_set(rep.pairs, names)
     rejected = by_pair(rep.rejected, names)
     assert set(rejected) == undefined  # every defined correlation passes at -1
@@ -423,8 +436,8 @@ def test_empty_input_gives_empty_result(spark, table):
     images, thumbs = (df.where(F.lit(False)) for df in frames(spark, table.rows[:1]))
     rep = find_duplicates(images, thumbs)
     assert rep.pairs.count() == 0 and rep.rejected.count() == 0
-    assert rep.counts == dict.fromkeys(("n_images", "n_unchecked", "n_exact_pairs", "n_near_pairs", "n_candidates",
-                                        "n_rejected_candidates"), 0)
+    assert rep.counts == dict.fromkeys(("n_images", "n_unchecked", "n_exact_pairs", "n_near_pairs",
+                                        "n_candidates", "n_rejected_candidates"), 0)
 
 
 # ---------------------------------------------------------------- real chest X-rays
@@ -433,7 +446,8 @@ def test_empty_input_gives_empty_result(spark, table):
 def test_real_xrays_variants_confirmed_lookalikes_rejected_exact_copy_found(spark, ozturk_dir: Path):
     gray, _ = decode_gray((ozturk_dir / "no_findings/00001568_001.png").read_bytes())
     rows = [decoded("r/orig.png", png(gray)), decoded("r/shift1.png", png(shifted(gray, 1, 1))),
-            decoded("r/shift2.png", png(shifted(gray, -2, 2))), decoded("r/bright.png", png(brighter(gray, 0.85, 25))),
+            decoded("r/shift2.png", png(shifted(gray, -2, 2))),
+            decoded("r/bright.png", png(brighter(gray, 0.85, 25))),
             decoded("r/jpeg.jpg", jpeg(gray, 70)),
             decoded("r/unrelated.png", (ozturk_dir / "pneumonia/00009507_001.png").read_bytes()),
             *(decoded(rel, (ozturk_dir / rel).read_bytes()) for rel in REAL_PHASH_LOOKALIKE + REAL_EXACT)]

@@ -22,16 +22,19 @@ def test_demo_runs_end_to_end_offline(small_data: Path, tmp_path: Path) -> None:
                XRAY_SPARK_WEIGHTS_BASE_URL="http://127.0.0.1:9/mirror/", KERAS_HOME=str(tmp_path / "keras"))
     env.pop("MLFLOW_TRACKING_URI", None)
     env.pop("MLFLOW_REGISTRY_URI", None)
-    proc = subprocess.run([sys.executable, "-m", "xray_spark", "demo", "--data", str(small_data), "--out", str(out),
-                           "--backbones", "ResNet50", "--heads", "lr"], capture_output=True, text=True, timeout=600,
-                          env=env)
+    proc = subprocess.run([sys.executable, "-m", "xray_spark", "demo", "--data", str(small_data),
+                           "--out", str(out), "--backbones", "ResNet50", "--heads", "lr"],
+                          capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "ImageNet weights are not available here" in proc.stdout
-    assert "RANDOM (seeded) weights" in proc.stdout and "NOTE: features came from randomly initialised" in proc.stdout
-    assert f"report:      {out / 'report.md'}" in proc.stdout and "mlflow ui --backend-store-uri sqlite:" in proc.stdout
+    assert ("RANDOM (seeded) weights" in proc.stdout
+            and "NOTE: features came from randomly initialised" in proc.stdout)
+    assert (f"report:      {out / 'report.md'}" in proc.stdout
+            and "mlflow ui --backend-store-uri sqlite:" in proc.stdout)
 
     table = pd.read_csv(out / "comparison.csv")
-    assert set(table["kind"]) == {"image", "metadata-baseline"} and (table["weights"].dropna() != "imagenet").all()
+    assert (set(table["kind"]) == {"image", "metadata-baseline"}
+            and (table["weights"].dropna() != "imagenet").all())
     n_test = int((pd.read_csv(out / "ingest" / "split.csv")["split"] == "test").sum())
     for task in ("binary", "multiclass"):
         preds = pd.concat(pd.read_parquet(p) for p in (out / "predictions" / task).rglob("part-*.parquet"))

@@ -41,7 +41,7 @@ def test_binary_metrics_match_hand_computation():
     assert m["macro_f1"] == pytest.approx(0.6969697)
     assert (m["precision_covid"], m["recall_covid"], m["f1_covid"]) == (
         m["covid_precision"], m["covid_recall"], m["covid_f1"],
-    )  # fmt: skip
+    )
     assert math.isnan(m["roc_auc_macro"]) and math.isnan(m["brier"]) and math.isnan(m["ece"])
 
 

@@ -23,7 +23,8 @@ def payloads(ozturk_dir: Path) -> list[tuple[str, bytes]]:
     return [(str(p), p.read_bytes()) for p in files]
 
 
-def test_second_run_computes_nothing_and_new_images_are_appended(spark, payloads, tmp_path, caplog, monkeypatch):
+def test_second_run_computes_nothing_and_new_images_are_appended(spark, payloads, tmp_path, caplog,
+                                                                 monkeypatch):
     from xray_spark.features.cache import cache_path, featurize_to_cache, featurize_to_cache_run
     from xray_spark.features.featurizer import DeepImageFeaturizer
 
@@ -45,7 +46,8 @@ def test_second_run_computes_nothing_and_new_images_are_appended(spark, payloads
     assert len(model_calls) == 1
     assert (run1.requested, run1.computed, run1.failed) == (7, 7, 1)  # 6 images + 1 bad; the copy is one sha
     assert len(rows1) == 7  # one row per content: the copy under a second path shares its row
-    assert any("featurize ResNet50: 8/8 images" in m for m in caplog.messages)  # progress: rows incl. the copy
+    # progress: rows incl. the copy
+    assert any("featurize ResNet50: 8/8 images" in m for m in caplog.messages)
     bad_sha = hashlib.sha256(b"not an image at all").hexdigest()
     by_sha = {r.sha256: r for r in rows1}
     assert by_sha[bad_sha].features is None and by_sha[bad_sha].featurize_error.startswith("not_an_image")

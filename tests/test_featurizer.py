@@ -12,7 +12,8 @@ from xray_spark.errors import UserError
 
 SAMPLE = [  # mixed formats and modes on purpose: RGB JPEG, L JPEG, RGBA PNG, L PNG (NIH)
     ("covid", "JPEG", "RGB"), ("covid", "JPEG", "RGB"), ("covid", "JPEG", "L"), ("covid", "PNG", "RGBA"),
-    ("no_findings", "PNG", "L"), ("no_findings", "PNG", "L"), ("pneumonia", "PNG", "L"), ("pneumonia", "PNG", "L"),
+    ("no_findings", "PNG", "L"), ("no_findings", "PNG", "L"), ("pneumonia", "PNG", "L"),
+    ("pneumonia", "PNG", "L"),
 ]
 
 
@@ -42,7 +43,8 @@ def _bytes_df(spark, images, extra=()):
     from pyspark.sql.types import BinaryType, StringType, StructField, StructType
 
     schema = StructType([
-        StructField("path", StringType()), StructField("label", StringType()), StructField("content", BinaryType()),
+        StructField("path", StringType()), StructField("label", StringType()),
+        StructField("content", BinaryType()),
     ])
     rows = [(p, label, bytearray(b)) for p, label, b in images] + list(extra)
     return spark.createDataFrame(rows, schema).repartition(2)
@@ -77,8 +79,10 @@ def test_spark_matches_single_process_keras_and_bad_bytes_become_reasons(spark, 
     got = {r.path: r for r in rows}
     assert got["bad/garbage.png"].features is None
     assert got["bad/garbage.png"].featurize_error.startswith("not_an_image: ")
-    assert got["bad/null.png"].features is None and got["bad/null.png"].featurize_error.startswith("empty_file")
-    assert got["bad/empty.png"].features is None and got["bad/empty.png"].featurize_error.startswith("empty_file")
+    assert (got["bad/null.png"].features is None
+            and got["bad/null.png"].featurize_error.startswith("empty_file"))
+    assert (got["bad/empty.png"].features is None
+            and got["bad/empty.png"].featurize_error.startswith("empty_file"))
 
     resolved = resolve_weights("ResNet50", "none")
     expected = _local_features("ResNet50", resolved.local_path, [b for _, _, b in images])
@@ -107,7 +111,8 @@ def test_udf_built_once_per_param_state(spark, images):
 
 
 def _image_struct_rows(images):
-    """ImageSchema rows (origin, height, width, nChannels, mode, data) in Spark's layout: BGR(A) byte order."""
+    """ImageSchema rows (origin, height, width, nChannels, mode, data) in Spark's layout: BGR(A) byte
+    order."""
     from PIL import Image, ImageOps
 
     rows = []
@@ -131,7 +136,8 @@ def test_image_struct_input_matches_bytes_input(spark, images):
     from xray_spark import DeepImageFeaturizer
 
     subset = images[:5]  # RGB JPEG x2, L JPEG, RGBA PNG, L PNG
-    schema = StructType([StructField("path", StringType()), StructField("image", ImageSchema.imageSchema["image"].dataType)])
+    schema = StructType([StructField("path", StringType()),
+                         StructField("image", ImageSchema.imageSchema["image"].dataType)])
     broken = ("bad/struct.png", ("bad", 10, 10, 3, 16, bytearray(b"short")))
     struct_df = spark.createDataFrame(_image_struct_rows(subset) + [broken], schema)
     by_struct = DeepImageFeaturizer(inputCol="image", weights="none").transform(struct_df).collect()
@@ -227,7 +233,8 @@ def test_pipeline_save_load_and_mlflow_round_trip(spark, images, tmp_path):
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
     exp = mlflow.create_experiment("featurizer-test", artifact_location=(tmp_path / "artifacts").as_uri())
     with mlflow.start_run(experiment_id=exp):
-        info = mlflow.spark.log_model(model, artifact_path="model", pip_requirements=["xray-spark", "pyspark"],
+        info = mlflow.spark.log_model(model, artifact_path="model",
+                                      pip_requirements=["xray-spark", "pyspark"],
                                       dfs_tmpdir=str(tmp_path / "dfs"))
     reloaded = mlflow.spark.load_model(info.model_uri, dfs_tmpdir=str(tmp_path / "dfs-load"))
     again = _predictions(reloaded, df)

@@ -50,8 +50,8 @@ class _RangeHandler(SimpleHTTPRequestHandler):
 
     def do_GET(self) -> None:
         rng = self.headers.get("Range")
-        self.server.requests.append((unquote(self.path), rng))  # type: ignore[attr-defined]
-        if not rng or not self.server.support_range:  # type: ignore[attr-defined]
+        self.server.requests.append((unquote(self.path), rng))
+        if not rng or not self.server.support_range:
             return super().do_GET()
         path = Path(self.translate_path(self.path))
         m = re.fullmatch(r"bytes=(\d+)-(\d*)", rng.strip())
@@ -85,7 +85,7 @@ class Served:
 
     @property
     def requests(self) -> list[tuple[str, str | None]]:
-        return self.server.requests  # type: ignore[attr-defined]
+        return self.server.requests
 
 
 @pytest.fixture(scope="module")
@@ -107,8 +107,8 @@ def served(tmp_path: Path, servable_rows: list[tuple[dict[str, str], Path]]) -> 
         dst.symlink_to(src)
     handler = lambda *a, **kw: _RangeHandler(*a, directory=str(tmp_path), **kw)  # noqa: E731
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    server.requests = []  # type: ignore[attr-defined]
-    server.support_range = True  # type: ignore[attr-defined]
+    server.requests = []
+    server.support_range = True
     server.daemon_threads = True
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -224,7 +224,7 @@ def test_resume_from_half_written_part_uses_range(served: Served, tmp_path: Path
 
 
 def test_resume_falls_back_to_full_download_without_range_support(served: Served, tmp_path: Path) -> None:
-    served.server.support_range = False  # type: ignore[attr-defined]
+    served.server.support_range = False
     manifest = _subset_manifest(tmp_path, served.rows, per_label=1)
     row = _read_csv(manifest)[2]
     data = (served.root / row["path"]).read_bytes()

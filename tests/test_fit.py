@@ -36,8 +36,8 @@ def test_cross_validation_uses_the_grouped_folds_and_the_configured_metric(table
     task = get_task("multiclass")
     spec = get_head("lr")
     frame = task_frame(table, task, weighted=False)
-    fit = fit_head(spec, head_params(spec, {"maxIter": 20}, 7), frame, task, 4, cv_grid={"regParam": [0.001, 100.0]},
-                   cv_metric="accuracy")
+    fit = fit_head(spec, head_params(spec, {"maxIter": 20}, 7), frame, task, 4,
+                   cv_grid={"regParam": [0.001, 100.0]}, cv_metric="accuracy")
     assert set(fit.cv_best) == {"regParam", "cv_accuracy"}
     assert fit.cv_best["regParam"] == 0.001  # 100.0 flattens the model to the majority class
     assert 0.8 <= fit.cv_best["cv_accuracy"] <= 1.0
@@ -56,8 +56,8 @@ def test_class_weights_are_inverse_frequency_on_the_train_side(table) -> None:
     assert weights["covid"] > weights["no_findings"]  # the rare class weighs more
 
 
-FAST = {"lr": {"maxIter": 20}, "gbt": {"maxIter": 5}, "svc": {"maxIter": 10}, "mlp": {"maxIter": 30, "hidden": 8},
-        "rf": {"numTrees": 10}}
+FAST = {"lr": {"maxIter": 20}, "gbt": {"maxIter": 5}, "svc": {"maxIter": 10},
+        "mlp": {"maxIter": 30, "hidden": 8}, "rf": {"numTrees": 10}}
 
 
 @pytest.mark.parametrize("task_name", ["binary", "multiclass"])
@@ -67,8 +67,8 @@ def test_every_registered_head_fits_both_tasks(table, head: str, task_name: str)
     (no `probability` column there: scores are a softmax of rawPrediction), MLP ignores class weights."""
     task = get_task(task_name)
     spec = get_head(head)
-    fit = fit_head(spec, head_params(spec, FAST.get(head), 7), task_frame(table, task, weighted=True), task, 4,
-                   weighted=True)
+    fit = fit_head(spec, head_params(spec, FAST.get(head), 7), task_frame(table, task, weighted=True),
+                   task, 4, weighted=True)
     one_vs_rest = spec.binary_only and task.n_classes > 2
     assert (type(fit.model.stages[-1]).__name__ == "OneVsRestModel") == one_vs_rest
     assert fit.proba.shape == (len(fit.y_true), task.n_classes) and len(fit.y_true) > 0

@@ -12,15 +12,16 @@ from xray_spark.data.groups import assign_group_ids, component_frame, components
 
 ROWS_SCHEMA = "path string, rel_path string, label string, patient_id string"
 # rel_path, patient_id: A twice (whitespace ignored), B, C, three images with no usable patient id
-ROWS = [("a1.png", "A"), ("a2.png", " A "), ("b1.png", "B"), ("c1.png", "C"), ("u1.png", None), ("u2.png", ""),
-        ("u3.png", "  ")]
+ROWS = [("a1.png", "A"), ("a2.png", " A "), ("b1.png", "B"), ("c1.png", "C"), ("u1.png", None),
+        ("u2.png", ""), ("u3.png", "  ")]
 DUPS = [("a2.png", "b1.png"), ("b1.png", "u1.png")]  # a-b via a duplicate, u1 via b1: transitive
 
 
 def local(spark, rows, schema: str):
     """A small in-memory DataFrame through pandas/Arrow: a local relation, so scanning it needs no Python
     worker (a list of tuples becomes a Python RDD, several times slower per Spark job)."""
-    return spark.createDataFrame(pd.DataFrame(list(rows), columns=[c.split()[0] for c in schema.split(",")]), schema)
+    return spark.createDataFrame(pd.DataFrame(list(rows), columns=[c.split()[0] for c in schema.split(",")]),
+                                 schema)
 
 
 def gid(prefix: str, *rel_paths: str) -> str:
@@ -71,7 +72,8 @@ def test_image_ids_and_patient_stars(spark):
     assert again.first()["i"] == ids["a1.png"]  # a function of the relative path alone
 
     edges = [tuple(r) for r in star_edges(images, "patient_id").collect()]
-    assert edges == [(min(ids["a1.png"], ids["a2.png"]), max(ids["a1.png"], ids["a2.png"]))]  # blanks never link
+    # blanks never link
+    assert edges == [(min(ids["a1.png"], ids["a2.png"]), max(ids["a1.png"], ids["a2.png"]))]
 
     many = local(spark, [(i, "P" if i % 2 else " P") for i in (9, -4, 17, 3, 250)] + [(8, "Q")],
                                  "id long, patient_id string")
@@ -81,7 +83,8 @@ def test_image_ids_and_patient_stars(spark):
 
 def test_components_roots_are_the_smallest_member():
     big, small = np.iinfo(np.int64).max, np.iinfo(np.int64).min
-    edges = np.array([[5, 3], [3, 9], [9, 5], [-7, 100], [42, 42], [big, 0], [0, small], [3, 9]], dtype=np.int64)
+    edges = np.array([[5, 3], [3, 9], [9, 5], [-7, 100], [42, 42], [big, 0], [0, small], [3, 9]],
+                     dtype=np.int64)
     nodes, roots = components(edges)
     assert nodes.dtype == roots.dtype == np.int64
     got = dict(zip(nodes.tolist(), roots.tolist(), strict=True))
@@ -108,13 +111,15 @@ def test_patients_and_duplicates_chain_into_one_group_and_singletons_stand_alone
     }
     dup = gid("dup-", "a2.png", "b1.png", "u1.png")  # a1 is only the same patient, not a duplicate
     assert {p: r["dup_group"] for p, r in g.items()} == {
-        "a1.png": None, "a2.png": dup, "b1.png": dup, "u1.png": dup, "c1.png": None, "u2.png": None, "u3.png": None}
+        "a1.png": None, "a2.png": dup, "b1.png": dup, "u1.png": dup, "c1.png": None, "u2.png": None,
+        "u3.png": None}
     assert g["a2.png"]["patient_id"] == " A " and g["c1.png"]["path"] == "file:/data/xray/c1.png"  # rows kept
 
 
 def test_group_ids_depend_on_relative_paths_only(spark):
     here = grouped(spark, images_frame(spark, "file:/data/xray"))
-    there = grouped(spark, images_frame(spark, "s3a://bucket/elsewhere/copy", shuffle_seed=7))  # moved, reordered
+    # moved, reordered
+    there = grouped(spark, images_frame(spark, "s3a://bucket/elsewhere/copy", shuffle_seed=7))
     key = ("id", "group_id", "dup_group")
     assert {p: tuple(r[k] for k in key) for p, r in here.items()} == {p: tuple(r[k] for k in key)
                                                                        for p, r in there.items()}
@@ -133,5 +138,6 @@ def test_roots_for_unknown_ids_are_ignored(spark, singletons: bool):
     images = images_frame(spark, "/d", rows=[("x.png", None), ("y.png", None)])
     ids = {r["rel_path"]: r["id"] for r in images.collect()}
     roots = local(spark, [(ids["x.png"], -(2**63)), (-(2**63), -(2**63))], "id long, root long")
-    out = {r["rel_path"]: r["g"] for r in assign_group_ids(images, roots, "g", "p-", singletons=singletons).collect()}
+    out = {r["rel_path"]: r["g"]
+           for r in assign_group_ids(images, roots, "g", "p-", singletons=singletons).collect()}
     assert out == {"x.png": gid("p-", "x.png"), "y.png": gid("p-", "y.png") if singletons else None}

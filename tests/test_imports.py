@@ -1,4 +1,5 @@
-"""The package's import structure: no cycles; internal imports at module top; lazy imports only where they pay.
+"""The package's import structure: no cycles; internal imports at module top; lazy imports only where they
+pay.
 
 Lazy imports are allowed for TensorFlow, Keras, MLflow and pyspark only (slow to import, and not needed by
 every command), each with a `# lazy:` comment saying why; optional tools that are not runtime dependencies
@@ -43,7 +44,8 @@ def _targets(node: ast.Import | ast.ImportFrom, module: str, is_package: bool) -
 
 
 def import_graph() -> dict[str, set[str]]:
-    """module -> the package modules it imports, at top level or inside functions (not under TYPE_CHECKING)."""
+    """module -> the package modules it imports, at top level or inside functions (not under
+    TYPE_CHECKING)."""
     graph: dict[str, set[str]] = {}
     for name, path in MODULES.items():
         found: set[str] = set()

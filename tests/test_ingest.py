@@ -45,7 +45,8 @@ def ingested(spark, dirty_copy: Path, tmp_path_factory: pytest.TempPathFactory):
     (thumbnails, bytes) must stay on executors, or Spark refuses to bring it to the driver."""
     out = tmp_path_factory.mktemp("ingest_out")
     proc = subprocess.run([*CLI, "ingest", "--data", str(dirty_copy), "--out", str(out),
-                           "--conf", "spark.driver.maxResultSize=4m"], capture_output=True, text=True, timeout=900)
+                           "--conf", "spark.driver.maxResultSize=4m"], capture_output=True, text=True,
+                         timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     layout = IngestLayout(f"file:{out}")
     summary = json.loads((out / "summary.json").read_text())
@@ -149,7 +150,8 @@ def test_cli_ingest_small_folder_exit_0(ozturk_dir: Path, tmp_path: Path) -> Non
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert f"files read: {6 + len(EXPECTED)} = ok 6 + quarantined {len(EXPECTED)}" in proc.stdout
     split = pd.read_csv(tmp_path / "out" / "split.csv")
-    assert len(split) == 6 and set(split["label"]) == {"covid", "no_findings"}  # folder names mapped through config
+    # folder names mapped through config
+    assert len(split) == 6 and set(split["label"]) == {"covid", "no_findings"}
     assert split["patient_id"].dropna().str.startswith("nih-").all()
 
 
@@ -177,10 +179,11 @@ def test_a_later_run_reuses_ingest_only_while_folder_and_settings_match(spark, o
     assert reseeded["ingest_key"] != grown["ingest_key"]
 
 
-def test_odd_names_huge_empty_and_hidden_files_each_get_a_row(spark, ozturk_dir: Path, tmp_path: Path) -> None:
-    """Names with a percent-escape, '+', a space or non-ASCII are read as they are; a sparse file over 2 GiB is
-    quarantined from its length without being read (Spark's binaryFile cannot hold it); an empty file and a
-    `_`-prefixed name, which Spark's file sources skip silently, still get their own quarantine rows."""
+def test_odd_names_huge_empty_and_hidden_files_each_get_a_row(spark, ozturk_dir: Path,
+                                                              tmp_path: Path) -> None:
+    """Names with a percent-escape, '+', a space or non-ASCII are read as they are; a sparse file over 2 GiB
+    is quarantined from its length without being read (Spark's binaryFile cannot hold it); an empty file and
+    a `_`-prefixed name, which Spark's file sources skip silently, still get their own quarantine rows."""
     data = tmp_path / "data"
     real = sorted((ozturk_dir / "no_findings").iterdir())
     odd = ["scan%20one.png", "a+b.png", "with space.png", "ünïcödé.png"]

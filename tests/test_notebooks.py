@@ -29,7 +29,8 @@ KERNEL_NAME = "xray-spark-test"
 
 
 def make_subset(ozturk: Path, dest: Path, per_class: int = PER_CLASS) -> Path:
-    """`per_class` images per class plus one exact copy of a COVID image, with a manifest.csv (real sources)."""
+    """`per_class` images per class plus one exact copy of a COVID image, with a manifest.csv (real
+    sources)."""
     manifest = pd.read_csv(ozturk / "manifest.csv", dtype=str, keep_default_na=False)
     picked = manifest.sort_values("path").groupby("label", group_keys=False).head(per_class).copy()
     for rel in picked["path"]:
@@ -61,8 +62,9 @@ def nb_env(tmp_path_factory: pytest.TempPathFactory, ozturk_dir: Path):
         yield {"root": root, "data": data}
 
 
-def run_notebook(name: str, params: dict[str, object], workdir: Path, evidence, timeout: int = 300):  # noqa: ANN001
-    """Execute one notebook with `params` injected; the executed copy is saved next to workdir for debugging."""
+def run_notebook(name: str, params: dict[str, object], workdir: Path, evidence, timeout: int = 300):
+    """Execute one notebook with `params` injected; the executed copy is saved next to workdir for
+    debugging."""
     nb = nbformat.read(NOTEBOOKS / name, as_version=4)
     idx = next(i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", []))
     injected = nbformat.v4.new_code_cell("\n".join(f"{k} = {v!r}" for k, v in params.items()))
@@ -78,7 +80,8 @@ def run_notebook(name: str, params: dict[str, object], workdir: Path, evidence, 
         nbformat.write(nb, workdir / f"executed-{name}")
     code = [c for c in nb.cells if c.cell_type == "code"]
     ran = sum(c.get("execution_count") is not None for c in code)
-    evidence(f"notebook {name}: {ran}/{len(code)} code cells executed top to bottom in {time.monotonic() - t0:.0f}s")
+    evidence(f"notebook {name}: {ran}/{len(code)} code cells executed top to bottom in "
+             f"{time.monotonic() - t0:.0f}s")
     return nb
 
 
@@ -120,7 +123,8 @@ def test_01_dataset(nb_env, evidence):
 
 
 def test_02_features(nb_env, training_run, evidence):
-    """Points OUT_DIR at the training run: its ingest output and feature cache are reused (same content hashes)."""
+    """Points OUT_DIR at the training run: its ingest output and feature cache are reused (same content
+    hashes)."""
     work = nb_env["root"] / "nb02"
     nb = run_notebook("02_features.ipynb", {"DATA_DIR": str(nb_env["data"]), "OUT_DIR": str(training_run),
                                             "WEIGHTS": "none", "METHOD": "pca"}, work, evidence)
@@ -133,7 +137,8 @@ def test_02_features(nb_env, training_run, evidence):
 
 @pytest.fixture(scope="module")
 def training_run(nb_env, spark) -> Path:
-    """One real `train` run (ResNet50 random weights + lr, binary, with the metadata baseline) for notebook 03."""
+    """One real `train` run (ResNet50 random weights + lr, binary, with the metadata baseline) for
+    notebook 03."""
     from xray_spark.config import load_config
     from xray_spark.train.runner import TrainSpec, run_training
 

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from xray_spark.train.evaluate import confusion, evaluate
 from xray_spark.train.report import (
     REFERENCE_HEADER,
     baseline_comparison,
@@ -19,11 +20,10 @@ from xray_spark.train.report import (
     write_comparison,
     write_report,
 )
-from xray_spark.train.evaluate import confusion, evaluate
 
 TASK_LABELS = {"binary": ["no_findings", "covid"], "multiclass": ["covid", "no_findings", "pneumonia"]}
 COMBOS = [("image", "ResNet50", "lr"), ("image", "ResNet50", "rf"), ("image", "InceptionV3", "lr"),
-          ("metadata-baseline", "metadata-only", "lr")]  # fmt: skip
+          ("metadata-baseline", "metadata-only", "lr")]
 MEASURED = "the dataset, not the model, is being measured"
 
 
@@ -42,7 +42,7 @@ def _evaluated_rows() -> list[dict]:
             m = evaluate(y, pred, proba, labels, groups, n_resamples=200)
             rows.append({"task": task, "backbone": backbone, "head": head, "kind": kind, "weights": "none",
                          "run_id": f"run-{len(rows)}", "confusion": confusion(y, pred, k).tolist(),
-                         "fit_seconds": 1.5, "featurize_seconds": 10.0, **m})  # fmt: skip
+                         "fit_seconds": 1.5, "featurize_seconds": 10.0, **m})
     return rows
 
 
@@ -61,8 +61,8 @@ def _is_png(path: Path) -> tuple[int, int]:
 def test_comparison_table_one_row_per_combination(table):
     assert len(table) == 8
     assert list(table.columns[:5]) == ["task", "kind", "backbone", "head", "weights"]
-    for col in ("accuracy_ci_low", "accuracy_ci_high", "covid_recall_ci_low", "macro_f1_ci_high", "brier", "ece",
-                "roc_auc_macro", "fit_seconds", "featurize_seconds", "run_id"):  # fmt: skip
+    for col in ("accuracy_ci_low", "accuracy_ci_high", "covid_recall_ci_low", "macro_f1_ci_high", "brier",
+                "ece", "roc_auc_macro", "fit_seconds", "featurize_seconds", "run_id"):
         assert col in table.columns
     # image models before the baseline within each task, caller's order otherwise
     assert table[table["task"] == "binary"]["kind"].tolist() == ["image"] * 3 + ["metadata-baseline"]
@@ -87,7 +87,7 @@ def test_reference_table_layout(table):
     body = lines[2:6]
     assert [c.split("|")[0].strip() for c in body] == [
         "ResNet50 + lr", "ResNet50 + rf", "InceptionV3 + lr", "metadata-only + lr",
-    ]  # fmt: skip
+    ]
     with_ci = re.compile(r"^\d\.\d{3} \[\d\.\d{3}, \d\.\d{3}\]$")
     first = table.iloc[0]
     cells = [c.strip() for c in body[0].split("|")]
@@ -134,7 +134,7 @@ def test_write_report_content_and_links(table, tmp_path):
         np.array([[5, 1], [2, 7]]), TASK_LABELS["binary"], "binary", out / "plots" / "cm.png"
     )
     context = {"dataset": "ozturk, 1124 images", "split hash": "abc123", "seeds": "split 42, train 7",
-               "weights": "none (random init)", "what could not be measured here": "ImageNet weights offline"}  # fmt: skip
+               "weights": "none (random init)", "what could not be measured here": "ImageNet weights offline"}
     path = write_report(table, out, context=context, confusion_pngs={"binary/ResNet50/lr": cm_png})
     text = path.read_text()
     for key, value in context.items():
@@ -148,7 +148,7 @@ def test_write_report_content_and_links(table, tmp_path):
 
 def _row(kind: str, backbone: str, head: str, acc: float, low: float, high: float) -> dict:
     return {"task": "binary", "kind": kind, "backbone": backbone, "head": head, "accuracy": acc,
-            "accuracy_ci_low": low, "accuracy_ci_high": high}  # fmt: skip
+            "accuracy_ci_low": low, "accuracy_ci_high": high}
 
 
 def test_baseline_paragraph_when_baseline_matches_the_model():
@@ -157,7 +157,7 @@ def test_baseline_paragraph_when_baseline_matches_the_model():
         _row("image", "InceptionV3", "lr", 0.93, 0.89, 0.96),
         _row("metadata-baseline", "metadata-only", "rf", 0.96, 0.93, 0.98),
         _row("metadata-baseline", "metadata-only", "lr", 0.60, 0.50, 0.70),
-    ])  # fmt: skip
+    ])
     text = baseline_comparison(df, "binary")
     assert "ResNet50 + lr" in text and "metadata-only + rf" in text  # the best of each kind
     assert "0.970 [0.940, 0.990]" in text and "0.960" in text
@@ -167,14 +167,14 @@ def test_baseline_paragraph_when_baseline_matches_the_model():
 
 def test_baseline_paragraph_when_baseline_beats_the_model():
     df = comparison_table([_row("image", "ResNet50", "lr", 0.80, 0.75, 0.85),
-                           _row("metadata-baseline", "metadata-only", "rf", 0.95, 0.92, 0.98)])  # fmt: skip
+                           _row("metadata-baseline", "metadata-only", "rf", 0.95, 0.92, 0.98)])
     text = baseline_comparison(df, "binary")
     assert "above the image model's 95% interval" in text and MEASURED in text
 
 
 def test_baseline_paragraph_when_baseline_is_far_below():
     df = comparison_table([_row("image", "ResNet50", "lr", 0.95, 0.92, 0.97),
-                           _row("metadata-baseline", "metadata-only", "rf", 0.55, 0.45, 0.65)])  # fmt: skip
+                           _row("metadata-baseline", "metadata-only", "rf", 0.55, 0.45, 0.65)])
     text = baseline_comparison(df, "binary")
     assert "below the image model's 95% interval (by 0.370)" in text
     assert MEASURED not in text

@@ -90,7 +90,8 @@ def test_commit_writes_one_atomic_file_and_the_ledger_reads_only_this_model(spar
     store = OutputStore(spark, str(out), mine)
     assert store.ledger().count() == 0  # no output yet: empty ledger, no error
     now = datetime.now(timezone.utc)
-    final = store.commit(_ledger_rows(spark, mine, [("file:/x/1.png", "s1"), ("file:/x/2.png", "s2")]).repartition(3), now)
+    final = store.commit(_ledger_rows(spark, mine, [("file:/x/1.png", "s1"), ("file:/x/2.png", "s2")])
+                         .repartition(3), now)
     OutputStore(spark, str(out), other).commit(_ledger_rows(spark, other, [("file:/x/3.png", "s3")]), now)
     assert len(_part_files(out)) == 2 and final.endswith(".parquet") and f"part-{mine.file_key()}-" in final
     assert sorted(r.sha256 for r in store.ledger().collect()) == ["s1", "s2"]
@@ -154,7 +155,8 @@ def test_plan_skips_scored_content_and_reads_only_unknown_files(spark, tmp_path)
     from pyspark.sql import functions as F
 
     ledger = (_ledger_rows(spark, ref, [(listing.path, hashlib.sha256(b"A").hexdigest())])
-              .withColumn("file_size", F.lit(listing.length)).withColumn("modified_at", F.lit(listing.modificationTime)))
+              .withColumn("file_size", F.lit(listing.length))
+              .withColumn("modified_at", F.lit(listing.modificationTime)))
     plan = plan_run(spark, str(src), ledger.select("path", "sha256", "file_size", "modified_at"),
                     extensions=["png", "jpg"], max_file_bytes=50)
     assert plan.files_seen == 6 and plan.ignored == 1
@@ -200,14 +202,16 @@ def registered(spark, ozturk_dir, tmp_path_factory):
         train = _copy(_images(ozturk_dir, 2, skip=40), base / "train")
         df = spark.read.format("binaryFile").load([str(p) for p in train])
         label = F.regexp_extract("path", r"/(covid|no_findings|pneumonia)__", 1)
-        df = df.withColumn("label", F.array_position(F.array(*[F.lit(c) for c in CLASSES]), label).cast("double") - 1)
+        df = df.withColumn("label",
+                           F.array_position(F.array(*[F.lit(c) for c in CLASSES]), label).cast("double") - 1)
         featurizer = DeepImageFeaturizer(inputCol="content", outputCol="features", errorCol="featurize_error",
                                          modelName="ResNet50", weights="none")
         feats = featurizer.transform(df).where("features IS NOT NULL").cache()
         head = PipelineModel(stages=[LogisticRegression(maxIter=20, regParam=0.1).fit(feats)])
         feats.unpersist()
         model = PipelineModel(stages=[
-            featurizer, head, IndexToString(inputCol="prediction", outputCol="predicted_label", labels=list(CLASSES)),
+            featurizer, head,
+            IndexToString(inputCol="prediction", outputCol="predicted_label", labels=list(CLASSES)),
         ])
         uri = f"sqlite:///{base / 'mlflow.db'}"
         configure(uri, base)
@@ -244,7 +248,8 @@ def test_incremental_scoring_scores_each_content_once(spark, registered, ozturk_
     first = _copy(_images(ozturk_dir, 2), src)
 
     s = _score(spark, registered, src, out, capsys)
-    assert (s["files seen"], s["newly scored"], s["quarantined"], s["skipped as already scored"]) == (6, 6, 0, 0)
+    assert (s["files seen"], s["newly scored"], s["quarantined"],
+            s["skipped as already scored"]) == (6, 6, 0, 0)
     rows = _read_output(spark, out)
     assert sorted(rows["sha256"]) == sorted(_sha(p) for p in first)
     assert set(rows["status"]) == {"ok"} and set(rows["predicted_label"]) <= set(CLASSES)
@@ -263,7 +268,8 @@ def test_incremental_scoring_scores_each_content_once(spark, registered, ozturk_
     (src / "garbage.jpg").write_bytes(os.urandom(2048))
     (src / "huge.png").write_bytes(os.urandom(1_200_000))  # over decode.max_file_bytes: never read
     s = _score(spark, registered, src, out, capsys)
-    assert (s["files seen"], s["newly scored"], s["quarantined"], s["skipped as already scored"]) == (13, 3, 3, 7)
+    assert (s["files seen"], s["newly scored"], s["quarantined"],
+            s["skipped as already scored"]) == (13, 3, 3, 7)
     rows = _read_output(spark, out)
     assert len(rows) == 12 and rows["sha256"].dropna().is_unique
     bad = rows[rows["status"] == "quarantined"]
@@ -293,7 +299,8 @@ def test_each_model_version_keeps_its_own_ledger(spark, registered, ozturk_dir, 
 
 def _own_rows(spark, out: Path, ref: ModelRef):
     """This model's rows only (a plain read of `out` would trip over planted garbage files)."""
-    return spark.read.option("basePath", str(out)).parquet(*OutputStore(spark, str(out), ref).committed_files()).toPandas()
+    return (spark.read.option("basePath", str(out))
+            .parquet(*OutputStore(spark, str(out), ref).committed_files()).toPandas())
 
 
 def test_other_models_files_are_never_read(spark, registered, ozturk_dir, tmp_path, capsys):
@@ -301,11 +308,14 @@ def test_other_models_files_are_never_read(spark, registered, ozturk_dir, tmp_pa
     images = _copy(_images(ozturk_dir, 1, skip=7), src)
     # unreadable files named like chunks of versions 10 and 2 of the same registered model (this one is 1)
     _plant_garbage(out, _registry_ref("xray-test", "10").file_key())
-    _plant_garbage(out, _registry_ref("xray-test", "2").file_key(), day=f"{datetime.now(timezone.utc):%Y-%m-%d}")
+    _plant_garbage(out, _registry_ref("xray-test", "2").file_key(),
+                   day=f"{datetime.now(timezone.utc):%Y-%m-%d}")
     s = _score(spark, registered, src, out, capsys)
-    assert (s["files seen"], s["newly scored"], s["quarantined"], s["skipped as already scored"]) == (3, 3, 0, 0)
+    assert (s["files seen"], s["newly scored"], s["quarantined"],
+            s["skipped as already scored"]) == (3, 3, 0, 0)
     s = _score(spark, registered, src, out, capsys)  # now the ledger has files of its own next to the garbage
-    assert (s["files seen"], s["newly scored"], s["quarantined"], s["skipped as already scored"]) == (3, 0, 0, 3)
+    assert (s["files seen"], s["newly scored"], s["quarantined"],
+            s["skipped as already scored"]) == (3, 0, 0, 3)
     rows = _own_rows(spark, out, _registry_ref("xray-test", "1"))
     assert sorted(rows["sha256"]) == sorted(_sha(p) for p in images)
     assert rows["score_date"].notna().all()
@@ -322,7 +332,8 @@ def test_file_names_are_kept_exactly_and_huge_files_are_never_read(spark, regist
     with open(src / "huge.png", "wb") as f:  # sparse: 2200 MiB on paper, no blocks on disk
         f.truncate(2200 * 1024 * 1024)
     s = _score(spark, registered, src, out, capsys, chunk_size=None)  # default: default_chunk_size(spark)
-    assert (s["files seen"], s["newly scored"], s["quarantined"], s["skipped as already scored"]) == (5, 4, 1, 0)
+    assert (s["files seen"], s["newly scored"], s["quarantined"],
+            s["skipped as already scored"]) == (5, 4, 1, 0)
     assert s["files seen"] == s["newly scored"] + s["quarantined"]
     rows = _read_output(spark, out).set_index("path")
     assert sorted(rows.index) == sorted(f"file:{src / n}" for n in [*names, "huge.png"])
@@ -330,10 +341,12 @@ def test_file_names_are_kept_exactly_and_huge_files_are_never_read(spark, regist
         row = rows.loc[f"file:{src / name}"]
         assert (row["status"], row["sha256"]) == ("ok", _sha(src / name)) and row["reason"] is None
     huge = rows.loc[f"file:{src}/huge.png"]
-    assert huge["status"] == "quarantined" and huge["reason"].startswith("file_too_large") and huge["sha256"] is None
+    assert (huge["status"] == "quarantined" and huge["reason"].startswith("file_too_large")
+            and huge["sha256"] is None)
     assert huge["file_size"] == 2200 * 1024 * 1024
     s = _score(spark, registered, src, out, capsys)  # the ledger matches every name: nothing is read again
-    assert (s["files seen"], s["newly scored"], s["quarantined"], s["skipped as already scored"]) == (5, 0, 0, 5)
+    assert (s["files seen"], s["newly scored"], s["quarantined"],
+            s["skipped as already scored"]) == (5, 0, 0, 5)
 
 
 def _cli(args: list[str], registered, cwd: Path, **kwargs) -> subprocess.Popen:
@@ -347,13 +360,15 @@ def test_kill_9_mid_run_then_rerun_gives_exactly_one_row_per_image(spark, regist
                                                                    capsys):
     src, out = tmp_path / "in", tmp_path / "out"
     images = _copy(_images(ozturk_dir, 4, skip=10), src)
-    args = ["--model", "models:/xray-test@champion", "--input", str(src), "--output", str(out), "--chunk-size", "2"]
+    args = ["--model", "models:/xray-test@champion", "--input", str(src), "--output", str(out),
+            "--chunk-size", "2"]
     proc = _cli(args, registered, tmp_path, start_new_session=True)
     try:
         deadline = time.time() + 240
         while not _part_files(out) and proc.poll() is None and time.time() < deadline:
             time.sleep(0.05)
-        assert _part_files(out), f"no chunk committed: rc={proc.poll()} {proc.stderr.read() if proc.poll() else ''}"
+        assert _part_files(out), (f"no chunk committed: rc={proc.poll()} "
+                                  f"{proc.stderr.read() if proc.poll() else ''}")
         os.kill(proc.pid, signal.SIGKILL)  # kill -9 of the driver, mid-run
         proc.wait(30)
     finally:
@@ -372,7 +387,8 @@ def test_kill_9_mid_run_then_rerun_gives_exactly_one_row_per_image(spark, regist
     assert not list((out / "_tmp").rglob("*.parquet"))  # the killed run's uncommitted chunk is gone
 
 
-def test_unknown_model_or_missing_input_exit_2_with_one_line_before_any_work(registered, ozturk_dir, tmp_path):
+def test_unknown_model_or_missing_input_exit_2_with_one_line_before_any_work(registered, ozturk_dir,
+                                                                             tmp_path):
     src, out = tmp_path / "in", tmp_path / "out"
     _copy(_images(ozturk_dir, 1), src)
     bad_model = _cli(["--model", "models:/nope@champion", "--input", str(src), "--output", str(out)],
@@ -380,8 +396,8 @@ def test_unknown_model_or_missing_input_exit_2_with_one_line_before_any_work(reg
     _, stderr = bad_model.communicate(timeout=120)
     assert bad_model.returncode == 2
     assert len(stderr.strip().splitlines()) == 1 and "nope" in stderr, stderr
-    missing = _cli(["--model", "models:/xray-test@champion", "--input", str(tmp_path / "absent"), "--output", str(out)],
-                   registered, tmp_path)
+    missing = _cli(["--model", "models:/xray-test@champion", "--input", str(tmp_path / "absent"),
+                    "--output", str(out)], registered, tmp_path)
     _, stderr = missing.communicate(timeout=120)
     assert missing.returncode == 2 and len(stderr.strip().splitlines()) == 1 and "absent" in stderr, stderr
     zero = _cli(["--model", "models:/xray-test@champion", "--input", str(src), "--output", str(out),

@@ -32,7 +32,8 @@ DUPS = [("img/0001_0.png", "img/0002_0.png"), ("img/0003_0.png", "img/0006_0.png
 def local(spark, rows, schema: str):
     """A small in-memory DataFrame through pandas/Arrow: a local relation, so scanning it needs no Python
     worker (a list of tuples becomes a Python RDD, several times slower per Spark job)."""
-    return spark.createDataFrame(pd.DataFrame(list(rows), columns=[c.split()[0] for c in schema.split(",")]), schema)
+    return spark.createDataFrame(pd.DataFrame(list(rows), columns=[c.split()[0] for c in schema.split(",")]),
+                                 schema)
 
 
 def synthetic(n_patients: int = 300, seed: int = 0) -> pd.DataFrame:
@@ -178,7 +179,8 @@ def test_effective_folds_lowers_folds_with_a_warning(caplog: pytest.LogCaptureFi
     counts = counts_frame({"covid": 3, "pneumonia": 9})
     with caplog.at_level(logging.WARNING, logger="xray_spark.data.split"):
         assert effective_folds(counts, 5) == 3
-    assert any(r.levelno == logging.WARNING and "3 folds instead of 5" in r.getMessage() for r in caplog.records)
+    assert any(r.levelno == logging.WARNING and "3 folds instead of 5" in r.getMessage()
+               for r in caplog.records)
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="xray_spark.data.split"):
         assert effective_folds(counts, 3) == 3 and effective_folds(counts, 2) == 2
@@ -207,7 +209,8 @@ def test_small_folder_gets_fewer_folds_and_a_valid_test_fold(spark):
             for k in range(2)]
     images = local(spark, rows, schema)
     counts = group_label_counts(images)
-    assert sorted(counts.columns) == ["group_id", "label", "n"] and len(counts) == 6 and (counts["n"] == 2).all()
+    assert (sorted(counts.columns) == ["group_id", "label", "n"] and len(counts) == 6
+            and (counts["n"] == 2).all())
     out, used = split_images(spark, images, seed=1, folds=5, test_fold=4)
     pdf = out.toPandas()
     assert used == 3 and set(pdf["fold"]) == {0, 1, 2} and len(pdf) == len(rows)
@@ -234,7 +237,8 @@ def test_check_no_leak_names_the_leaking_patient_group_and_duplicate_group(spark
     assert "group_id" not in str(err.value)
     ok = [(r[0], f"nih-{k}" if r[1] else r[1], *r[2:]) for k, r in enumerate(rows)]
     check_no_leak(local(spark, ok, LEAK_SCHEMA))
-    leaky = [(*r[:2], "g-x" if r[0] in ("p1", "p2") else r[2], "dup-y" if r[0] in ("q1", "q2") else None, *r[4:])
+    leaky = [(*r[:2], "g-x" if r[0] in ("p1", "p2") else r[2], "dup-y" if r[0] in ("q1", "q2") else None,
+              *r[4:])
              for r in ok]
     with pytest.raises(ValueError, match=r"group_id\(s\) in both train and test: g-x.*dup_group.*dup-y"):
         check_no_leak(local(spark, leaky, LEAK_SCHEMA))
@@ -244,8 +248,8 @@ def test_check_no_leak_names_the_leaking_patient_group_and_duplicate_group(spark
 def test_check_no_leak_lists_five_and_counts_the_rest(spark):
     rows = [(f"i{k}{s}", f"pat-{k}", f"g-{k}{s}", None, side, 0 if side == "test" else 1)
             for k in range(7) for s, side in (("a", "train"), ("b", "test"))]
-    with pytest.raises(ValueError, match=r"7 patient_id\(s\) in both train and test: pat-0, pat-1, pat-2, pat-3, "
-                                         r"pat-4 \(\+2 more\)"):
+    with pytest.raises(ValueError, match=r"7 patient_id\(s\) in both train and test: pat-0, pat-1, pat-2, "
+                                         r"pat-3, pat-4 \(\+2 more\)"):
         check_no_leak(local(spark, rows, LEAK_SCHEMA))
 
 
@@ -287,8 +291,8 @@ def test_real_nih_patients_with_two_labels_stay_on_one_side(spark, ozturk_dir: P
     both = nih.groupby("patient_id")["label"].nunique()
     cross = set(both[both > 1].index)
     assert len(cross) == 21 and nih["patient_id"].nunique() == 682
-    pdf = pd.DataFrame({"path": "file:/data/" + m["path"], "rel_path": m["path"], "sha256": m["original_sha256"],
-                        "label": m["label"], "patient_id": m["patient_id"]})
+    pdf = pd.DataFrame({"path": "file:/data/" + m["path"], "rel_path": m["path"],
+                        "sha256": m["original_sha256"], "label": m["label"], "patient_id": m["patient_id"]})
     out, used = split_images(spark, with_groups(spark, pdf, dups=[]), seed=42, folds=5, test_fold=0)
     check_no_leak(out)
     res = out.toPandas()

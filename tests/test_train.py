@@ -32,7 +32,8 @@ def test_nested_runs_with_metrics_params_and_artifacts(trained) -> None:
     assert len(image) == IMAGE_RUNS and len(baseline) == 2 * 2
     for m in REQUIRED_METRICS:
         assert image[f"metrics.{m}"].notna().all(), m
-    for p in ["backbone", "head", "task", "weights_fingerprint", "split_hash", "dataset_manifest_hash", "split_seed"]:
+    for p in ["backbone", "head", "task", "weights_fingerprint", "split_hash", "dataset_manifest_hash",
+              "split_seed"]:
         assert image[f"params.{p}"].notna().all(), p
     assert (image["params.weights_fingerprint"].str.startswith("none:")).all()
     client = mlflow.MlflowClient()
@@ -47,13 +48,17 @@ def test_comparison_table_has_intervals_and_baseline(trained) -> None:
 
     table = pd.read_csv(trained.files["comparison.csv"])
     assert len(table) == IMAGE_RUNS + 4
-    assert {"accuracy_ci_low", "accuracy_ci_high", "covid_recall_ci_low", "macro_f1_ci_high"} <= set(table.columns)
-    assert (table["accuracy_ci_low"] <= table["accuracy"]).all() and (table["accuracy"] <= table["accuracy_ci_high"]).all()
+    assert ({"accuracy_ci_low", "accuracy_ci_high", "covid_recall_ci_low", "macro_f1_ci_high"}
+            <= set(table.columns))
+    assert ((table["accuracy_ci_low"] <= table["accuracy"]).all()
+            and (table["accuracy"] <= table["accuracy_ci_high"]).all())
     assert set(table["kind"]) == {"image", "metadata-baseline"}
     report = Path(trained.files["report.md"]).read_text()
-    for task in ("binary", "multiclass"):  # the shortcut verdict and every model's row, computed from this run
+    # the shortcut verdict and every model's row, computed from this run
+    for task in ("binary", "multiclass"):
         assert baseline_comparison(trained.comparison, task, "macro_f1") in report
-        rows = format_reference_table(trained.comparison, task).splitlines()[2:-1]  # header, rule ... sample line
+        # [2:-1]: without header, rule ... sample line
+        rows = format_reference_table(trained.comparison, task).splitlines()[2:-1]
         assert len(rows) == len(trained.comparison.query("task == @task"))
         for line in rows:  # the same cells in report.md's table
             assert "| " + " | ".join(c.strip() for c in line.split(" | ")) + " |" in report, line
@@ -85,7 +90,8 @@ def test_champion_rows_rank_nan_last_and_ignore_the_baseline() -> None:
     assert list(best) == ["binary"] and best["binary"]["head"] == "rf"  # tie on macro F1 -> higher accuracy
 
 
-def test_champions_registered_load_and_predict_new_images(trained, spark, ozturk_dir: Path, tmp_path: Path) -> None:
+def test_champions_registered_load_and_predict_new_images(trained, spark, ozturk_dir: Path,
+                                                          tmp_path: Path) -> None:
     import mlflow.spark
 
     new = copy_subset(ozturk_dir, tmp_path / "new", per_class=2, offset=100)  # not in the training subset
@@ -106,13 +112,14 @@ def test_champions_registered_load_and_predict_new_images(trained, spark, ozturk
         assert (pred["predicted_label"] == argmax).all()
 
 
-@pytest.mark.parametrize("flag, value", [("--heads", "lr,xgboost"), ("--backbones", "ResNet51"), ("--tasks", "ternary")])
+@pytest.mark.parametrize("flag, value", [("--heads", "lr,xgboost"), ("--backbones", "ResNet51"),
+                                         ("--tasks", "ternary")])
 def test_unknown_names_exit_2(small_data: Path, tmp_path: Path, flag: str, value: str) -> None:
     import subprocess
     import sys
 
     proc = subprocess.run([sys.executable, "-m", "xray_spark", "train", "--data", str(small_data), "--out",
-                           str(tmp_path / "o"), "--weights", "none", flag, value], capture_output=True, text=True,
-                          timeout=120)
+                           str(tmp_path / "o"), "--weights", "none", flag, value], capture_output=True,
+                          text=True, timeout=120)
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert value.split(",")[-1] in proc.stderr

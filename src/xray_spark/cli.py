@@ -33,7 +33,7 @@ log = logging.getLogger("xray_spark")
 class _Parser(argparse.ArgumentParser):
     """argparse prints usage + error; the contract asks for one clear line and exit 2."""
 
-    def error(self, message: str) -> None:  # type: ignore[override]
+    def error(self, message: str) -> None:
         sys.stderr.write(f"{self.prog}: error: {message} (see --help)\n")
         raise SystemExit(2)
 
@@ -56,8 +56,8 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
 
 def cmd_fetch(args: argparse.Namespace) -> int:
-    result = fetch_dataset(args.name, args.to, base_url=args.base_url, limit=args.limit, progress=not args.quiet,
-                           workers=args.workers, timeout=args.timeout)
+    result = fetch_dataset(args.name, args.to, base_url=args.base_url, limit=args.limit,
+                           progress=not args.quiet, workers=args.workers, timeout=args.timeout)
     print(result.summary())
     for failure in result.failed:
         print(f"failed: {failure.path}: {failure.reason}")
@@ -86,7 +86,8 @@ def _print_train_result(result: TrainResult) -> None:
         print(format_reference_table(result.comparison, task))
     print(f"\nreport: {result.files['report.md']}\ncomparison: {result.files['comparison.csv']}")
     for task, champ in result.champions.items():
-        print(f"champion {task}: {champ['uri']} (version {champ['version']}: {champ['backbone']} + {champ['head']})")
+        print(f"champion {task}: {champ['uri']} "
+              f"(version {champ['version']}: {champ['backbone']} + {champ['head']})")
     print(f"MLflow: {result.tracking_uri}  (UI: mlflow ui --backend-store-uri {result.tracking_uri})")
 
 
@@ -106,16 +107,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
     banner = "=" * 78
     if demo.weights_fallback:
         print(f"{banner}\nImageNet weights are not available here ({demo.weights_fallback}).\n"
-              "The demo continued with RANDOM (seeded) weights: its numbers are NOT ImageNet-feature results.\n"
+              "The demo continued with RANDOM (seeded) weights: its numbers are NOT ImageNet-feature "
+              "results.\n"
               f"Pass --weights PATH or run once with internet to get the real thing.\n{banner}")
     _print_train_result(demo.train)
     for task, summary in demo.scores.items():
         print(f"\nscored {demo.n_test} test-split images with the {task} champion:")
         print("\n".join(f"  {line}" for line in summary.lines()))
     train = demo.train
-    print(f"\n{banner}\nreport:      {train.files['report.md']}\ncomparison:  {train.files['comparison.csv']}")
+    print(f"\n{banner}\nreport:      {train.files['report.md']}\n"
+          f"comparison:  {train.files['comparison.csv']}")
     print(f"predictions: {demo.predictions}")
-    print(f"MLflow UI:   mlflow ui --backend-store-uri {train.tracking_uri}   (then open http://127.0.0.1:5000)")
+    print(f"MLflow UI:   mlflow ui --backend-store-uri {train.tracking_uri}   "
+          "(then open http://127.0.0.1:5000)")
     if demo.weights == "none":
         print("NOTE: features came from randomly initialised backbones (no ImageNet weights were used).")
     print(banner)
@@ -135,7 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     p = add("ingest", cmd_ingest, "read, validate, de-duplicate and split an image folder")
-    p.add_argument("--data", required=True, metavar="DIR", help="class subfolders, or a folder with manifest.csv")
+    p.add_argument("--data", required=True, metavar="DIR",
+                   help="class subfolders, or a folder with manifest.csv")
     p.add_argument("--out", required=True, metavar="DIR", help="where the images table, split and reports go")
 
     p = add("fetch", cmd_fetch, "download a public dataset (sha256-verified, resumable)", spark=False)
@@ -149,14 +154,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("featurize", cmd_featurize, "turn images into feature vectors (cached by content hash)")
     p.add_argument("--data", required=True, metavar="DIR", help="image folder, or an ingest output folder")
-    p.add_argument("--backbone", required=True, metavar="NAME", help="ResNet50, InceptionV3, Xception, VGG16, VGG19, DenseNet121")
+    p.add_argument("--backbone", required=True, metavar="NAME",
+                   help="ResNet50, InceptionV3, Xception, VGG16, VGG19, DenseNet121")
     p.add_argument("--weights", default="imagenet", metavar="imagenet|none|PATH")
     p.add_argument("--out", required=True, metavar="DIR", help="feature cache folder")
     p.add_argument("--batch-size", type=int, default=None, metavar="N")
 
     p = add("train", cmd_train, "train and compare heads for each backbone and task, tracked in MLflow")
     p.add_argument("--data", metavar="DIR", help="image folder, or an ingest output folder")
-    p.add_argument("--backbones", metavar="LIST", help="e.g. ResNet50,InceptionV3 (default: config train.backbones)")
+    p.add_argument("--backbones", metavar="LIST",
+                   help="e.g. ResNet50,InceptionV3 (default: config train.backbones)")
     p.add_argument("--heads", metavar="LIST", help="e.g. lr,rf,dt,gbt,svc,mlp (default: config train.heads)")
     p.add_argument("--tasks", metavar="LIST", help="binary,multiclass (default: config train.tasks)")
     p.add_argument("--weights", metavar="imagenet|none|PATH", help="default: config train.weights")
@@ -166,20 +173,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-baseline", action="store_true", help="skip the metadata-only shortcut baseline")
 
     p = add("score", cmd_score, "score new images in a folder with a model, incrementally and exactly once")
-    p.add_argument("--model", required=True, metavar="URI", help="models:/NAME@champion, runs:/..., or a PipelineModel path")
+    p.add_argument("--model", required=True, metavar="URI",
+                   help="models:/NAME@champion, runs:/..., or a PipelineModel path")
     p.add_argument("--input", required=True, metavar="DIR")
     p.add_argument("--output", required=True, metavar="DIR")
     p.add_argument("--chunk-size", type=int, default=None, metavar="N",
                    help=f"images committed per step (default: {IMAGES_PER_TASK * WAVES_PER_CHUNK} per core "
                         f"of the cluster, e.g. {2 * IMAGES_PER_TASK * WAVES_PER_CHUNK} on 2 cores)")
     p.add_argument("--tracking-uri", metavar="URI",
-                   help="MLflow tracking/registry URI (default: config tracking_uri, else MLFLOW_TRACKING_URI)")
+                   help="MLflow tracking/registry URI (default: config tracking_uri, else "
+                        "MLFLOW_TRACKING_URI)")
 
     p = add("demo", cmd_demo, "the main job: fetch (or --data), ingest, featurize, train, register, score")
     p.add_argument("--data", metavar="DIR", help="use this folder instead of fetching the Ozturk dataset")
     p.add_argument("--out", default="runs/demo", metavar="DIR")
     p.add_argument("--weights", default=None, metavar="imagenet|none|PATH",
-                   help="default imagenet; falls back to none (said loudly) when ImageNet weights cannot be had")
+                   help="default imagenet; falls back to none (said loudly) when ImageNet weights "
+                        "cannot be had")
     p.add_argument("--backbones", default=None, metavar="LIST")
     p.add_argument("--heads", default=None, metavar="LIST")
     p.add_argument("--tracking-uri", metavar="URI")
@@ -201,7 +211,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # one line for people, the traceback for --verbose
         if args.verbose:
             log.exception("failed")
-        sys.stderr.write(f"xray-spark: failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}\n")
+        sys.stderr.write(f"xray-spark: failed: {type(exc).__name__}: "
+                         f"{str(exc).splitlines()[0] if str(exc) else ''}\n")
         return 1
 
 

@@ -1,8 +1,8 @@
 """`xray-spark demo`: the main job end to end, on the `train:` defaults of the configuration.
 
-fetch the Ozturk 2020 dataset (or take --data) -> ingest -> featurize with the configured backbones -> train and
-compare the configured heads for the configured tasks -> register champions -> score the test split with each
-champion. Returns what happened; the CLI prints it.
+fetch the Ozturk 2020 dataset (or take --data) -> ingest -> featurize with the configured backbones ->
+train and compare the configured heads for the configured tasks -> register champions -> score the test
+split with each champion. Returns what happened; the CLI prints it.
 """
 
 from __future__ import annotations
@@ -32,15 +32,16 @@ log = logging.getLogger(__name__)
 class DemoResult:
     train: TrainResult
     weights: str
-    weights_fallback: str | None  # why ImageNet weights could not be had, when the demo fell back to random ones
+    # why ImageNet weights could not be had, when the demo fell back to random ones
+    weights_fallback: str | None
     n_test: int
     predictions: Path
     scores: dict[str, ScoreSummary] = field(default_factory=dict)
 
 
 def _weights_or_fallback(requested: str | None, default: str, backbones: list[str]) -> tuple[str, str | None]:
-    """(weights, reason for falling back): when the configured default is ImageNet and its weights cannot be had
-    (offline, nothing cached), fall back to `none` and say why.
+    """(weights, reason for falling back): when the configured default is ImageNet and its weights cannot
+    be had (offline, nothing cached), fall back to `none` and say why.
 
     An explicit --weights is never second-guessed: if it cannot be resolved the demo fails with that reason.
     """

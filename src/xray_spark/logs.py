@@ -11,7 +11,8 @@ NOISY_LOGGERS = ("py4j", "matplotlib", "PIL", "urllib3", "alembic", "mlflow.stor
 
 
 def setup_logging(level: int, stream: IO[str] | None = None) -> None:
-    """Configure the root logger at `level` (to `stream`, stderr when None) and quiet NOISY_LOGGERS to WARNING.
+    """Configure the root logger at `level` (to `stream`, stderr when None) and quiet NOISY_LOGGERS to
+    WARNING.
 
     Like `logging.basicConfig`, does nothing to the root logger when it already has handlers.
     """

@@ -41,7 +41,8 @@ def is_local(uri: str) -> bool:
 
 
 def local_path(uri: str) -> Path:
-    """`file:/a/b`, `file:///a/b` or `/a/b` -> Path('/a/b') (no percent-decoding: see the module docstring)."""
+    """`file:/a/b`, `file:///a/b` or `/a/b` -> Path('/a/b') (no percent-decoding: see the module
+    docstring)."""
     if scheme(uri) not in (None, "file"):
         raise ValueError(f"not a local path: {uri}")
     return Path(re.sub(r"^file:(//(?=/))?", "", uri)).expanduser()

@@ -72,7 +72,8 @@ def get_spark(
     settings = dict(cfg.spark.conf)
     settings.update(conf or {})
     # Python workers run TensorFlow: give each concurrent task a share of the cores, not all of them.
-    settings.setdefault("spark.executorEnv.TF_NUM_INTRAOP_THREADS", os.environ.get("TF_NUM_INTRAOP_THREADS", "1"))
+    settings.setdefault("spark.executorEnv.TF_NUM_INTRAOP_THREADS",
+                        os.environ.get("TF_NUM_INTRAOP_THREADS", "1"))
     settings.setdefault("spark.executorEnv.TF_NUM_INTEROP_THREADS", "1")
     settings.setdefault("spark.executorEnv.TF_CPP_MIN_LOG_LEVEL", "2")
     settings.setdefault("spark.executorEnv.KERAS_BACKEND", "tensorflow")

@@ -70,7 +70,7 @@ class Progress:
     """Log `what: done/total images (rate)` from a Spark accumulator (updated as tasks finish) every few
     seconds, so long jobs (decoding 100k files, featurizing) show they are moving."""
 
-    def __init__(self, counter, total: int, what: str, every: float = 10.0) -> None:  # noqa: ANN001
+    def __init__(self, counter, total: int, what: str, every: float = 10.0) -> None:
         self.counter, self.total, self.what, self.every = counter, total, what, every
         self.start = time.perf_counter()
         self._stop = threading.Event()
@@ -195,7 +195,8 @@ class HadoopFS:
     def copy(self, src: str, dst: str) -> None:
         """Copy one file (possibly across schemes) with Hadoop's FileUtil."""
         s, d = self._path(src), self._path(dst)
-        ok = self._jvm.org.apache.hadoop.fs.FileUtil.copy(self._fs(s), s, self._fs(d), d, False, True, self._conf)
+        ok = self._jvm.org.apache.hadoop.fs.FileUtil.copy(self._fs(s), s, self._fs(d), d, False, True,
+                                                          self._conf)
         if not ok:
             raise OSError(f"copy {src} -> {dst} failed")
 
@@ -210,7 +211,7 @@ class HadoopFS:
         self.delete(folder)
         return dest
 
-    def write_csv(self, df, target: str) -> str:  # noqa: ANN001 - a Spark DataFrame
+    def write_csv(self, df, target: str) -> str:  # a Spark DataFrame
         """One CSV file with a header at `target` (reports and split.csv people open), written by Spark."""
         tmp = target + "._parts"
         df.coalesce(1).write.mode("overwrite").option("header", "true").option("escape", '"').csv(tmp)

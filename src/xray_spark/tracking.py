@@ -26,8 +26,8 @@ CHAMPION = "champion"
 def default_tracking_uri(out_dir: str | Path) -> str:
     """sqlite under --out: needs a local folder (sqlite cannot live on dbfs:/ or s3a://)."""
     if not paths.is_local(str(out_dir)):
-        raise UserError(f"--out {out_dir} is not on a local disk, so MLflow's default sqlite store cannot live "
-                        "there: pass --tracking-uri (or set MLFLOW_TRACKING_URI)")
+        raise UserError(f"--out {out_dir} is not on a local disk, so MLflow's default sqlite store cannot "
+                        "live there: pass --tracking-uri (or set MLFLOW_TRACKING_URI)")
     return f"sqlite:///{paths.local_path(str(out_dir)).resolve() / 'mlflow.db'}"
 
 
@@ -39,8 +39,9 @@ def point_at(uri: str) -> None:
 
     A registry the user chose (MLFLOW_REGISTRY_URI, e.g. Databricks' Unity Catalog) is kept, and so is a
     Databricks workspace's own. `mlflow.set_registry_uri` also writes MLFLOW_REGISTRY_URI into the
-    environment, so a value we wrote ourselves (now or earlier) is not a user's choice: without this check a second
-    `train` in the same process (a notebook, a test session) would register into the first run's store.
+    environment, so a value we wrote ourselves (now or earlier) is not a user's choice: without this check a
+    second `train` in the same process (a notebook, a test session) would register into the first run's
+    store.
     """
     import mlflow  # lazy: a slow import that argument checks skip
 

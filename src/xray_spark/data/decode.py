@@ -46,8 +46,9 @@ Reason codes (``DecodeError.reason``; stable, ``str(err) == f"{reason}: {detail}
 Decompression bombs: ``width * height > max_pixels`` is checked from the header before pixels are decoded.
 Pillow's own guard (``Image.MAX_IMAGE_PIXELS``) also applies: its ``DecompressionBombError`` (and the
 warning, when warnings are turned into errors) become ``too_large`` as well, so a max_pixels above
-Pillow's error threshold (2 * MAX_IMAGE_PIXELS, ~179 M by default) has no extra effect. ``ImageFile.LOAD_TRUNCATED_IMAGES`` must stay False (Pillow's default) or truncated
-files would decode silently with grey tails; ``decode_gray`` resets it (with a warning) if someone set it.
+Pillow's error threshold (2 * MAX_IMAGE_PIXELS, ~179 M by default) has no extra effect.
+``ImageFile.LOAD_TRUNCATED_IMAGES`` must stay False (Pillow's default) or truncated files would decode
+silently with grey tails; ``decode_gray`` resets it (with a warning) if someone set it.
 """
 
 from __future__ import annotations
@@ -126,7 +127,8 @@ def _classify_unidentified(data: bytes, head: bytes) -> DecodeError:
     """Pillow could not open it as one of our formats: say as precisely as we can what it is."""
     fmt = _sniff_supported(head)
     if fmt is not None:
-        return DecodeError("corrupt_image", f"{fmt} signature but the header is unreadable (corrupt or cut short)")
+        return DecodeError("corrupt_image",
+                           f"{fmt} signature but the header is unreadable (corrupt or cut short)")
     other = _sniff_unsupported(head)
     if other is not None:
         return DecodeError("unsupported_format", f"{other} files are not decoded")
@@ -135,7 +137,7 @@ def _classify_unidentified(data: bytes, head: bytes) -> DecodeError:
             return DecodeError("unsupported_format", f"{im.format} images are not decoded")
     except MemoryError:
         raise
-    except Exception:  # noqa: BLE001 - any failure here just means "not an image"
+    except Exception:  # any failure here just means "not an image"
         pass
     return DecodeError("not_an_image", f"no known image signature (starts with {head[:8]!r})")
 
@@ -196,7 +198,7 @@ def _decode_pil(data: bytes, head: bytes, max_pixels: int) -> tuple[np.ndarray, 
         raise DecodeError("too_large", str(e)) from None
     except MemoryError:
         raise
-    except Exception as e:  # noqa: BLE001 - a plugin choked on the header
+    except Exception as e:  # a plugin choked on the header
         raise _pil_error(e, "header") from None
     with im:
         fmt = "JPEG" if im.format == "MPO" else im.format
@@ -214,7 +216,7 @@ def _decode_pil(data: bytes, head: bytes, max_pixels: int) -> tuple[np.ndarray, 
             raise DecodeError("too_large", str(e), info) from None
         except MemoryError:
             raise
-        except Exception as e:  # noqa: BLE001 - decoders raise many types on broken data
+        except Exception as e:  # decoders raise many types on broken data
             raise _pil_error(e, fmt, info) from None
         info = ImageInfo(fmt, info.mode, lum.shape[1], lum.shape[0], info.bit_depth)
     try:
@@ -236,7 +238,8 @@ def decode_gray(
     if not data:
         raise DecodeError("empty_file", "0 bytes")
     if ImageFile.LOAD_TRUNCATED_IMAGES:
-        log.warning("PIL.ImageFile.LOAD_TRUNCATED_IMAGES was enabled; resetting it so truncated files are caught")
+        log.warning("PIL.ImageFile.LOAD_TRUNCATED_IMAGES was enabled; resetting it so truncated files "
+                    "are caught")
         ImageFile.LOAD_TRUNCATED_IMAGES = False
     head = bytes(data[:2048])
     if head[128:132] == b"DICM":
@@ -256,9 +259,9 @@ def decode_gray(
 
 
 def resize(gray: np.ndarray, size: int) -> np.ndarray:
-    """(H,W) uint8 -> (size, size) uint8, PIL bilinear (_RESAMPLE). Aspect ratio is NOT preserved (as sparkdl did):
-    every source is squeezed the same way, so padding/letterbox bars cannot become a cue. Returns the input
-    itself when it already has that shape."""
+    """(H,W) uint8 -> (size, size) uint8, PIL bilinear (_RESAMPLE). Aspect ratio is NOT preserved (as
+    sparkdl did): every source is squeezed the same way, so padding/letterbox bars cannot become a cue.
+    Returns the input itself when it already has that shape."""
     _check_gray(gray)
     if int(size) <= 0:
         raise ValueError(f"size must be positive, got {size}")
@@ -289,7 +292,8 @@ def image_struct_to_gray(height: int, width: int, n_channels: int, mode: int, da
     """A Spark ImageSchema row (8-bit gray/BGR/BGRA) -> normalised gray uint8 via the same luminance and
     min-max path as decode_gray. Raises DecodeError."""
     if mode not in _OCV_CHANNELS:
-        raise DecodeError("unsupported_format", f"ImageSchema OpenCV type {mode}: only CV_8UC1/3/4 are handled")
+        raise DecodeError("unsupported_format",
+                          f"ImageSchema OpenCV type {mode}: only CV_8UC1/3/4 are handled")
     if n_channels != _OCV_CHANNELS[mode]:
         raise DecodeError("corrupt_image", f"nChannels {n_channels} does not match OpenCV type {mode}")
     if data is None or height <= 0 or width <= 0 or len(data) != height * width * n_channels:
@@ -323,7 +327,8 @@ def thumbnail(gray: np.ndarray, size: int = 128) -> np.ndarray:
 
 @dataclass
 class ImageRecord:
-    """What ingest stores per file. Header fields are filled whenever they were readable, even if quarantined."""
+    """What ingest stores per file. Header fields are filled whenever they were readable, even if
+    quarantined."""
 
     status: str  # "ok" | "quarantined"
     reason: str | None  # None when ok, else "<code>: <detail>"
@@ -359,6 +364,6 @@ def analyze(
         return ImageRecord(
             "quarantined", str(e), i.format, i.mode, i.width, i.height, i.bit_depth, patient_ref=i.patient_ref
         )
-    except Exception as e:  # noqa: BLE001 - ingest must never crash on one file
+    except Exception as e:  # ingest must never crash on one file
         log.warning("unexpected decode failure: %s: %s", type(e).__name__, e)
         return ImageRecord("quarantined", f"decode_failed: {type(e).__name__}: {e}")

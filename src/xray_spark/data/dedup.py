@@ -127,8 +127,8 @@ def exact_edges(images: DataFrame) -> DataFrame:
     return out.distinct()
 
 
-def find_duplicates(images: DataFrame, thumbs: DataFrame, *, max_hamming: int = 8, min_correlation: float = 0.95,
-                    thumb_size: int = 128) -> Duplicates:
+def find_duplicates(images: DataFrame, thumbs: DataFrame, *, max_hamming: int = 8,
+                    min_correlation: float = 0.95, thumb_size: int = 128) -> Duplicates:
     """`images`: ok rows with id, pixel_sha256, sha256, phash; `thumbs`: (id, thumb) from the decode stage.
 
     Returned frames are cached (they are small: one row per pair) and counted once.

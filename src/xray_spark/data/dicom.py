@@ -65,7 +65,7 @@ def _patient_ref(ds, salt: str | None) -> str | None:
         return hash_identifier(value, salt, PATIENT_REF_PREFIX)
     except MemoryError:
         raise
-    except Exception as e:  # noqa: BLE001 - an odd PatientID must not fail the decode; never log the value
+    except Exception as e:  # an odd PatientID must not fail the decode; never log the value
         log.debug("PatientID unreadable (%s): no patient_ref", type(e).__name__)
         return None
 
@@ -79,12 +79,13 @@ def decode_dicom(
         ds = pydicom.dcmread(io.BytesIO(data), force=forced)
     except MemoryError:
         raise
-    except Exception as e:  # noqa: BLE001 - pydicom raises many types on garbage
+    except Exception as e:  # pydicom raises many types on garbage
         raise DecodeError("dicom_corrupt", f"unreadable DICOM: {type(e).__name__}: {e}") from None
     _dicom_sanity(ds, forced)
     ref = _patient_ref(ds, patient_salt)
     if not any(t in ds for t in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
-        raise DecodeError("dicom_no_pixel_data", f"no PixelData (SOP class {ds.get('SOPClassUID', 'unknown')})")
+        raise DecodeError("dicom_no_pixel_data",
+                          f"no PixelData (SOP class {ds.get('SOPClassUID', 'unknown')})")
     try:
         rows, cols = int(ds.Rows), int(ds.Columns)
         photometric = str(ds.PhotometricInterpretation).strip().upper()
@@ -96,11 +97,13 @@ def decode_dicom(
     if rows <= 0 or cols <= 0:
         raise DecodeError("dicom_corrupt", f"invalid size {cols}x{rows}", info)
     if rows * cols > max_pixels:
-        raise DecodeError("too_large", f"{cols}x{rows} = {rows * cols} pixels > max_pixels {max_pixels}", info)
+        raise DecodeError("too_large", f"{cols}x{rows} = {rows * cols} pixels > max_pixels {max_pixels}",
+                          info)
     tsyntax = ds.file_meta.get("TransferSyntaxUID")
     if tsyntax is None:  # preamble-less file without meta: use the encoding pydicom detected
         implicit, little = ds.original_encoding
-        tsyntax = ImplicitVRLittleEndian if implicit else (ExplicitVRLittleEndian if little else ExplicitVRBigEndian)
+        tsyntax = (ImplicitVRLittleEndian if implicit
+                   else (ExplicitVRLittleEndian if little else ExplicitVRBigEndian))
         ds.file_meta.TransferSyntaxUID = tsyntax
     tsyntax = UID(str(tsyntax))
     try:
@@ -108,7 +111,8 @@ def decode_dicom(
     except NotImplementedError:
         available = False
     if not available:
-        raise DecodeError("dicom_unsupported", f"no decoder for transfer syntax {tsyntax.name} ({tsyntax})", info)
+        raise DecodeError("dicom_unsupported", f"no decoder for transfer syntax {tsyntax.name} ({tsyntax})",
+                          info)
     try:
         arr = pixel_array(ds, index=0)  # first frame only (documented): multi-frame is accepted
         if photometric in ("MONOCHROME1", "MONOCHROME2"):
@@ -124,7 +128,7 @@ def decode_dicom(
     except ValueError as e:
         reason = "truncated" if "less than expected" in str(e) else "dicom_corrupt"
         raise DecodeError(reason, f"DICOM pixel data: {e}", info) from None
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         raise DecodeError("dicom_corrupt", f"DICOM pixel data: {type(e).__name__}: {e}", info) from None
     if arr.ndim == 3 and arr.shape[2] in (3, 4):
         arr = luma_of(arr[..., :3])

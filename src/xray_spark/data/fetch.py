@@ -150,7 +150,8 @@ def fetch_dataset(
 
 
 def _balanced_head(rows: list[ManifestRow], limit: int) -> list[ManifestRow]:
-    """First `limit` rows taken round-robin over labels (manifest order within a label), kept in manifest order."""
+    """First `limit` rows taken round-robin over labels (manifest order within a label), kept in manifest
+    order."""
     by_label: OrderedDict[str, list[ManifestRow]] = OrderedDict()
     for r in rows:
         by_label.setdefault(r.label, []).append(r)

@@ -42,10 +42,12 @@ _UNLISTED_SCAN_LIMIT = 100_000  # files the slow path looks at individually befo
 
 @dataclass(frozen=True)
 class DataFolder:
-    """A `--data` folder: its qualified URI, the binaryFile DataFrame over it, and whether it has a manifest."""
+    """A `--data` folder: its qualified URI, the binaryFile DataFrame over it, and whether it has a
+    manifest."""
 
     root: str
-    files: DataFrame  # binaryFile rows (path, modificationTime, length, content); content read only when selected
+    # binaryFile rows (path, modificationTime, length, content); content read only when selected
+    files: DataFrame
     manifest: str | None
 
 
@@ -136,11 +138,14 @@ def _with_folders(folder: DataFolder, listed: DataFrame, cfg: Config) -> DataFra
     top = F.when(F.instr("rel_path", "/") > 0, F.substring_index("rel_path", "/", 1))
     canonical = label_map_col(cfg, top)
     status = (F.when(top.isNull(), F.lit("unlabelled: file is not inside a class folder"))
-              .when(canonical.isNull(), F.format_string("unknown_label: folder '%s' is not mapped in config labels", top))
+              .when(canonical.isNull(),
+                    F.format_string("unknown_label: folder '%s' is not mapped in config labels", top))
               .otherwise(F.lit("ok")))
     return listed.select(
-        "path", "rel_path", F.coalesce(canonical, top).alias("label"), F.lit(paths.file_name(folder.root)).alias("source"),
-        nih_patient_col(F.col("path")).alias("patient_id"), status.alias("label_status"), "length", "modified",
+        "path", "rel_path", F.coalesce(canonical, top).alias("label"),
+        F.lit(paths.file_name(folder.root)).alias("source"),
+        nih_patient_col(F.col("path")).alias("patient_id"), status.alias("label_status"),
+        "length", "modified",
     )
 
 
@@ -211,6 +216,6 @@ def listing_fingerprint(listing: DataFrame, cfg: Config) -> str:
         F.bit_xor(F.xxhash64("rel_path", "length", "modified", "label", "patient_id")).alias("x"),
     ).first()
     settings = {k: dataclasses.asdict(getattr(cfg, k)) for k in ("decode", "dedup", "split")}
-    payload = json.dumps([row["n"], row["x"], settings, cfg.labels, os.environ.get(SALT_ENV, "")], sort_keys=True,
-                         default=str)
+    payload = json.dumps([row["n"], row["x"], settings, cfg.labels, os.environ.get(SALT_ENV, "")],
+                         sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()

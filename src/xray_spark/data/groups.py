@@ -28,7 +28,8 @@ def image_id_col(rel_path):
 
 def star_edges(images: DataFrame, key: str) -> DataFrame:
     """Rows sharing a non-empty `key` -> edges (a, b) from the smallest id to each other one."""
-    keyed = images.where(F.col(key).isNotNull() & (F.trim(F.col(key)) != "")).select("id", F.trim(key).alias("_k"))
+    keyed = (images.where(F.col(key).isNotNull() & (F.trim(F.col(key)) != ""))
+             .select("id", F.trim(key).alias("_k")))
     first = F.min("id").over(Window.partitionBy("_k"))
     return keyed.select(first.alias("a"), F.col("id").alias("b")).where(F.col("a") != F.col("b"))
 
@@ -64,8 +65,9 @@ def assign_group_ids(images: DataFrame, roots: DataFrame, column: str, prefix: s
     else:
         grouped = with_root.withColumn("root", F.coalesce("root", "id"))
     ids = grouped.groupBy("root").agg(
-        F.concat(F.lit(prefix), F.substring(F.sha2(F.concat_ws("\n", F.sort_array(F.collect_list("rel_path"))), 256),
-                                             1, 12)).alias(column))
+        F.concat(F.lit(prefix),
+                 F.substring(F.sha2(F.concat_ws("\n", F.sort_array(F.collect_list("rel_path"))), 256),
+                             1, 12)).alias(column))
     if singletons:
         return grouped.join(ids, "root").drop("root")
     return with_root.join(ids, "root", "left").drop("root")

@@ -54,10 +54,11 @@ ANALYZED_SCHEMA = (
 )
 IMAGE_COLUMNS = [
     "path", "rel_path", "sha256", "label", "source", "patient_id", "width", "height", "format", "mode",
-    "bit_depth", "file_size", "status", "reason", "pixel_sha256", "phash", "group_id", "dup_group", "fold", "split",
+    "bit_depth", "file_size", "status", "reason", "pixel_sha256", "phash", "group_id", "dup_group", "fold",
+    "split",
 ]
-SPLIT_COLUMNS = ["path", "rel_path", "label", "source", "patient_id", "sha256", "group_id", "dup_group", "fold",
-                 "split"]
+SPLIT_COLUMNS = ["path", "rel_path", "label", "source", "patient_id", "sha256", "group_id", "dup_group",
+                 "fold", "split"]
 _DEFAULT_SALT = "xray-spark"
 
 
@@ -70,7 +71,7 @@ def patient_salt() -> str:
     return salt or _DEFAULT_SALT
 
 
-def _analyze_partition(max_pixels: int, thumb_size: int, salt: str, counter=None):  # noqa: ANN001
+def _analyze_partition(max_pixels: int, thumb_size: int, salt: str, counter=None):
     """mapInPandas function: decode each file once; return metadata, hashes, a patient ref and a thumbnail.
     `counter` (a Spark accumulator) counts decoded files for the progress log."""
 
@@ -85,7 +86,8 @@ def _analyze_partition(max_pixels: int, thumb_size: int, salt: str, counter=None
                 data = bytes(content) if content is not None else b""
                 rec = analyze(data, max_pixels=max_pixels, thumb_size=thumb_size, patient_salt=salt)
                 out.append({
-                    "path": path, "id": ident, "sha256": hashlib.sha256(data).hexdigest(), "format": rec.format,
+                    "path": path, "id": ident, "sha256": hashlib.sha256(data).hexdigest(),
+                    "format": rec.format,
                     "mode": rec.mode, "width": rec.width, "height": rec.height, "bit_depth": rec.bit_depth,
                     "status": rec.status, "reason": rec.reason, "pixel_sha256": rec.pixel_sha256,
                     "phash": rec.phash, "patient_ref": rec.patient_ref, "thumb": rec.thumb,
@@ -133,7 +135,8 @@ def _reconcile(listing, analyzed, max_file_bytes: int):
     hidden = F.col("rel_path").rlike(r"(^|/)_")
     why = (F.when(F.col("length").isNull(), F.lit("missing_file: listed in the manifest but not found"))
            .when(F.col("length") == 0, F.lit("empty_file: 0 bytes"))
-           .when(hidden, F.lit("hidden_name: Spark's file sources skip names starting with '_'; rename the file"))
+           .when(hidden, F.lit("hidden_name: Spark's file sources skip names starting with '_'; "
+                               "rename the file"))
            .when(F.col("length") > max_file_bytes,
                  F.format_string("file_too_large: %d bytes > %d", F.col("length"), F.lit(max_file_bytes)))
            .otherwise(F.lit("unreadable: listed but not returned by the file source")))
@@ -158,7 +161,8 @@ def _groups_and_split(spark, ok, thumbs, cfg: Config):
     dup_edges = dups.edges.select("a", "b")
     all_edges = dup_edges.unionByName(star_edges(ok, "patient_id"))
     grouped = assign_group_ids(ok, component_frame(spark, all_edges), "group_id", "g-")
-    grouped = assign_group_ids(grouped, component_frame(spark, dup_edges), "dup_group", "dup-", singletons=False)
+    grouped = assign_group_ids(grouped, component_frame(spark, dup_edges), "dup_group", "dup-",
+                               singletons=False)
     split, folds = split_images(spark, grouped, seed=cfg.split.seed, folds=cfg.split.folds,
                                 test_fold=cfg.split.test_fold)
     split = split.select("path", "id", "rel_path", "label", "group_id", "dup_group", "fold", "split",
@@ -203,7 +207,8 @@ def _ingest(spark, data_dir: str, out_dir: str, cfg: Config) -> IngestResult:
 
     files = _write_tables(fs, images, layout)
     files.update(write_duplicates_report(fs, dups, ok, split, layout.duplicates))
-    summary = summarize(images, dups.counts, split, split_hash(images.where("status = 'ok'")), time.time() - t0)
+    summary = summarize(images, dups.counts, split, split_hash(images.where("status = 'ok'")),
+                        time.time() - t0)
     summary.update(data_dir=folder.root, ingest_key=key, manifest_hash=manifest_hash(images))
     summary["split"]["folds"] = folds
     fs.write_text(layout.summary_json, _json(summary))
@@ -245,7 +250,8 @@ def format_summary(summary: dict) -> str:
         "ok per class: " + ", ".join(f"{k} {v}" for k, v in summary["per_class_ok"].items()),
     ]
     if summary["quarantine_reasons"]:
-        lines.append("quarantined by reason: " + ", ".join(f"{k} {v}" for k, v in summary["quarantine_reasons"].items()))
+        lines.append("quarantined by reason: "
+                     + ", ".join(f"{k} {v}" for k, v in summary["quarantine_reasons"].items()))
     s = summary["split"]
     lines.append(f"split {s['hash'][:12]}: train {s['train']}, test {s['test']}, groups {s['groups']}")
     d = summary["duplicates"]

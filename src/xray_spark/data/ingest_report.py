@@ -26,7 +26,8 @@ MD_MAX_REJECTED = 20
 def summarize(images: DataFrame, dup_counts: dict[str, int], split: DataFrame, split_id: str,
               seconds: float) -> dict:
     """Counts that must reconcile: read = ok + quarantined, per class, plus split and duplicate figures."""
-    by = images.groupBy("status", "label", F.split(F.coalesce("reason", F.lit("")), ":").getItem(0).alias("code"),
+    by = images.groupBy("status", "label",
+                        F.split(F.coalesce("reason", F.lit("")), ":").getItem(0).alias("code"),
                         "split").count().collect()
     ok = [r for r in by if r["status"] == "ok"]
     bad = [r for r in by if r["status"] != "ok"]
@@ -38,7 +39,8 @@ def summarize(images: DataFrame, dup_counts: dict[str, int], split: DataFrame, s
         reasons[str(r["code"])] = reasons.get(str(r["code"]), 0) + r["count"]
     dup_groups = split.where("dup_group IS NOT NULL").groupBy("dup_group").agg(
         F.countDistinct("label").alias("labels"))
-    g = dup_groups.agg(F.count(F.lit(1)).alias("n"), F.sum((F.col("labels") > 1).cast("int")).alias("c")).first()
+    g = dup_groups.agg(F.count(F.lit(1)).alias("n"),
+                       F.sum((F.col("labels") > 1).cast("int")).alias("c")).first()
     return {
         "files_read": sum(r["count"] for r in by),
         "ok": sum(r["count"] for r in ok),
@@ -75,7 +77,8 @@ def write_duplicates_report(fs: HadoopFS, dups: Duplicates, ok: DataFrame, split
 
     members = split.where("dup_group IS NOT NULL").select("id", "rel_path", "label", "dup_group")
     kinds = (dups.edges.join(members.select(F.col("id").alias("a"), "dup_group"), "a")
-             .groupBy("dup_group").agg(F.concat_ws("+", F.sort_array(F.collect_set("kind"))).alias("dup_kind")))
+             .groupBy("dup_group")
+             .agg(F.concat_ws("+", F.sort_array(F.collect_set("kind"))).alias("dup_kind")))
     w = Window.partitionBy("dup_group")
     groups = (members.join(kinds, "dup_group", "left")
               .select(F.col("rel_path").alias("path"), "dup_group", "dup_kind",
@@ -87,7 +90,8 @@ def write_duplicates_report(fs: HadoopFS, dups: Duplicates, ok: DataFrame, split
     out = {
         "duplicates/duplicates_pairs.csv": fs.write_csv(pairs, paths.join(folder, "duplicates_pairs.csv")),
         "duplicates/duplicate_groups.csv": fs.write_csv(groups, paths.join(folder, "duplicate_groups.csv")),
-        "duplicates/rejected_candidates.csv": fs.write_csv(rejected, paths.join(folder, "rejected_candidates.csv")),
+        "duplicates/rejected_candidates.csv": fs.write_csv(
+            rejected, paths.join(folder, "rejected_candidates.csv")),
     }
     shown_groups = groups.select("dup_group").distinct().limit(MD_MAX_GROUPS)
     sample = groups.join(shown_groups, "dup_group", "left_semi").orderBy(
@@ -119,7 +123,8 @@ def _markdown(dups: Duplicates, sample: list, n_groups: int, rejected: list) -> 
     if rejected:
         lines += ["## Closest rejected candidates (pHash close, pixels not)", "",
                   "| hamming | correlation | path_a | path_b |", "|---|---|---|---|"]
-        lines += [f"| {r['hamming']} | {r['correlation']:.4f} | {r['path_a']} | {r['path_b']} |" for r in rejected]
+        lines += [f"| {r['hamming']} | {r['correlation']:.4f} | {r['path_a']} | {r['path_b']} |"
+                  for r in rejected]
         lines.append("")
     return "\n".join(lines)
 
@@ -130,6 +135,7 @@ def _md_groups(rows: list) -> list[str]:
     for r in rows:
         if r["dup_group"] != current:
             current = r["dup_group"]
-            lines.append(f"- **{current}** ({r['dup_kind']}, {r['group_size']} images, labels: {r['labels']})")
+            lines.append(f"- **{current}** ({r['dup_kind']}, {r['group_size']} images, "
+                         f"labels: {r['labels']})")
         lines.append(f"  - {r['path']}")
     return [*lines, ""]

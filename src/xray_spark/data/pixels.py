@@ -14,7 +14,8 @@ import numpy as np
 REASONS: dict[str, str] = {
     "empty_file": "the file has 0 bytes",
     "not_an_image": "the bytes are not any image format we recognise (e.g. text)",
-    "unsupported_format": "a recognised container we do not decode (PDF, SVG, HEIC, other Pillow formats, ...)",
+    "unsupported_format":
+        "a recognised container we do not decode (PDF, SVG, HEIC, other Pillow formats, ...)",
     "truncated": "the image data ends early (partial download/copy)",
     "corrupt_image": "the header is recognised but the data is broken (bad CRC, garbage, NaN/inf pixels)",
     "too_large": "width*height exceeds max_pixels (decompression-bomb guard, checked before decoding)",

@@ -80,8 +80,10 @@ SOURCES: dict[str, DatasetSource] = {
         homepage="https://github.com/muhammedtalo/COVID-19",
         base_url="https://raw.githubusercontent.com/muhammedtalo/COVID-19/master/X-Ray%20Image%20DataSet/",
         manifest="data/manifests/ozturk2020.csv",
-        license="not stated by the repository; images derive from NIH ChestX-ray8 and covid-chestxray-dataset",
-        notes="1124 of the 1125 published images (one COVID image is missing from the copy the manifest was built from)",
+        license="not stated by the repository; images derive from NIH ChestX-ray8 and "
+                "covid-chestxray-dataset",
+        notes="1124 of the 1125 published images (one COVID image is missing from the copy the manifest "
+              "was built from)",
     ),
 }
 

@@ -31,10 +31,12 @@ def group_label_counts(images: DataFrame) -> pd.DataFrame:
 
 
 def effective_folds(counts: pd.DataFrame, folds: int) -> int:
-    """Small folders (smoke tests, a first look) cannot fill `folds` stratified folds: use fewer, and say so."""
+    """Small folders (smoke tests, a first look) cannot fill `folds` stratified folds: use fewer, and say
+    so."""
     per_class = counts.groupby("label")["group_id"].nunique()
     if per_class.empty or per_class.min() < 2:
-        raise UserError(f"too few images to split: groups per class {per_class.to_dict()}; need at least 2 per class")
+        raise UserError(f"too few images to split: groups per class {per_class.to_dict()}; "
+                        "need at least 2 per class")
     usable = int(min(folds, per_class.min()))
     if usable < folds:
         log.warning("only %d groups in the smallest class: using %d folds instead of %d (test share 1/%d)",
@@ -51,7 +53,8 @@ def assign_folds(counts: pd.DataFrame, *, seed: int, folds: int) -> pd.DataFrame
     counts = counts.sort_values(["group_id", "label"]).reset_index(drop=True)
     gids, g_code = np.unique(counts["group_id"].to_numpy(dtype=str), return_inverse=True)
     if len(gids) < folds:
-        raise ValueError(f"assign_folds: only {len(gids)} group(s) for {folds} folds; add data or lower split.folds")
+        raise ValueError(f"assign_folds: only {len(gids)} group(s) for {folds} folds; "
+                         "add data or lower split.folds")
     _, y_code = np.unique(counts["label"].to_numpy(dtype=str), return_inverse=True)
     n = counts["n"].to_numpy(dtype=np.int64)
     y, groups = np.repeat(y_code, n), np.repeat(g_code, n)
@@ -66,7 +69,8 @@ def assign_folds(counts: pd.DataFrame, *, seed: int, folds: int) -> pd.DataFrame
 
 def split_images(spark: SparkSession, images: DataFrame, *, seed: int, folds: int,
                  test_fold: int) -> tuple[DataFrame, int]:
-    """images (group_id, label, ...) -> + fold, split ("test" when fold == test_fold); returns the folds used."""
+    """images (group_id, label, ...) -> + fold, split ("test" when fold == test_fold); returns the folds
+    used."""
     counts = group_label_counts(images)
     used = effective_folds(counts, folds)
     table = assign_folds(counts, seed=seed, folds=used)
@@ -75,8 +79,8 @@ def split_images(spark: SparkSession, images: DataFrame, *, seed: int, folds: in
     out = images.join(F.broadcast(fold_df), "group_id", "left").withColumn(
         "split", F.when(F.col("fold") == test, "test").otherwise("train"))
     sides = table["fold"].value_counts()
-    log.info("split: %d groups, %d folds (seed %d, test fold %d): %d test groups", len(table), used, seed, test,
-             int(sides.get(test, 0)))
+    log.info("split: %d groups, %d folds (seed %d, test fold %d): %d test groups", len(table), used, seed,
+             test, int(sides.get(test, 0)))
     return out, used
 
 

@@ -1,4 +1,5 @@
-"""Registry of ImageNet backbones: name -> Keras constructor, input size, preprocessing, feature dim, weights file.
+"""Registry of ImageNet backbones: name -> Keras constructor, input size, preprocessing, feature dim,
+weights file.
 
 Why a registry: the featurizer, the weights resolver, the feature cache and the benchmark must agree on
 every fact about a backbone (input size, which `preprocess_input`, which weights file and its hash). One
@@ -52,7 +53,8 @@ class Backbone:
         return importlib.import_module(self.module)
 
     def build(self, weights: str | None = None) -> keras.Model:
-        """The feature extractor: `include_top=False, pooling="avg"`, fixed square input, given weights file."""
+        """The feature extractor: `include_top=False, pooling="avg"`, fixed square input, given weights
+        file."""
         ctor = getattr(self.keras_module(), self.constructor)
         return ctor(
             include_top=False,
@@ -67,7 +69,8 @@ class Backbone:
         return self.keras_module().preprocess_input(x)
 
 
-def _entry(name: str, module: str, size: int, dim: int, mode: str, folder: str, file: str, md5: str) -> Backbone:
+def _entry(name: str, module: str, size: int, dim: int, mode: str, folder: str, file: str,
+           md5: str) -> Backbone:
     return Backbone(
         name=name,
         module=f"keras.applications.{module}",
@@ -88,7 +91,8 @@ _BUILTIN: dict[str, Backbone] = {
         _entry("ResNet50", "resnet50", 224, 2048, "caffe", "resnet",
                "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5", "4d473c1dd8becc155b73f8504c6f6626"),
         _entry("InceptionV3", "inception_v3", 299, 2048, "tf", "inception_v3",
-               "inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5", "bcbd6486424b2319ff4ef7d526e38f63"),
+               "inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5",
+               "bcbd6486424b2319ff4ef7d526e38f63"),
         _entry("Xception", "xception", 299, 2048, "tf", "xception",
                "xception_weights_tf_dim_ordering_tf_kernels_notop.h5", "b0042744bf5b25fce3cb969f33bebb97"),
         _entry("VGG16", "vgg16", 224, 512, "caffe", "vgg16",

@@ -8,10 +8,11 @@ features.
 
 Layout: `<cache_dir>/<Backbone>/<fingerprint, made path-safe>/f32/part-<run>-<n>.parquet`, one set of part
 files per run that added rows. Features are stored as float32 arrays (half the bytes of MLlib's double
-vectors) and handed to callers as vectors. A run writes to `_staging-<run>/` (ignored by Parquet readers because of
-the leading underscore), then renames each finished part file into place: a crash leaves either whole part
-files (valid rows: the next run skips them) or an ignored staging folder, never half a file. Works on any
-Hadoop filesystem Spark can write (local, HDFS, DBFS, object stores with atomic rename semantics per file).
+vectors) and handed to callers as vectors. A run writes to `_staging-<run>/` (ignored by Parquet readers
+because of the leading underscore), then renames each finished part file into place: a crash leaves either
+whole part files (valid rows: the next run skips them) or an ignored staging folder, never half a file.
+Works on any Hadoop filesystem Spark can write (local, HDFS, DBFS, object stores with atomic rename
+semantics per file).
 """
 
 from __future__ import annotations
@@ -63,7 +64,8 @@ def safe_fingerprint(fingerprint: str) -> str:
 
 
 def cache_path(cache_dir: str, backbone: str, fingerprint: str) -> str:
-    return f"{str(cache_dir).rstrip('/')}/{get_backbone(backbone).name}/{safe_fingerprint(fingerprint)}/{CACHE_FORMAT}"
+    return (f"{str(cache_dir).rstrip('/')}/{get_backbone(backbone).name}/"
+            f"{safe_fingerprint(fingerprint)}/{CACHE_FORMAT}")
 
 
 def featurize_to_cache(
@@ -132,7 +134,8 @@ def featurize_to_cache_run(
 
 def _empty(spark: SparkSession) -> DataFrame:
     schema = StructType([StructField(c, StringType()) for c in CACHE_COLUMNS[1:3]]
-                        + [StructField("features", VectorUDT()), StructField("featurize_error", StringType())])
+                        + [StructField("features", VectorUDT()),
+                           StructField("featurize_error", StringType())])
     # (the result type callers see; on disk features are array<float>)
     return spark.createDataFrame([], schema)
 

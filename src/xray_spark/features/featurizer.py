@@ -121,7 +121,8 @@ class _DeepImageFeaturizerParams(HasInputCol, HasOutputCol):
         return self.getOrDefault(self.errorCol)
 
 
-class DeepImageFeaturizer(Transformer, _DeepImageFeaturizerParams, DefaultParamsReadable, DefaultParamsWritable):
+class DeepImageFeaturizer(Transformer, _DeepImageFeaturizerParams, DefaultParamsReadable,
+                          DefaultParamsWritable):
     """Image bytes or image structs -> pooled ImageNet-backbone features (MLlib DenseVector).
 
     >>> DeepImageFeaturizer(inputCol="content", outputCol="features", modelName="InceptionV3", weights="none")
@@ -206,7 +207,8 @@ class DeepImageFeaturizer(Transformer, _DeepImageFeaturizerParams, DefaultParams
             progress=self._progress,
         )
         self._udf_cache = (key, udf)
-        log.info("built featurize UDF: %s, weights %s (%s)", resolved.backbone, resolved.spec, resolved.fingerprint)
+        log.info("built featurize UDF: %s, weights %s (%s)", resolved.backbone, resolved.spec,
+                 resolved.fingerprint)
         return udf
 
     def _transform(self, dataset: DataFrame) -> DataFrame:
@@ -257,7 +259,7 @@ def make_featurize_udf(
                 _add_progress(progress_aid, len(contents))
                 return out
         else:
-            def predict(height, width, n_channels, mode, data) -> dict[str, np.ndarray]:  # noqa: ANN001
+            def predict(height, width, n_channels, mode, data) -> dict[str, np.ndarray]:
                 out = featurizer.featurize_structs(height, width, n_channels, mode, data)
                 _add_progress(progress_aid, len(data))
                 return out
@@ -336,7 +338,7 @@ class WorkerFeaturizer:
         x = self.backbone.preprocess(images)
         return np.asarray(self.model.predict_on_batch(x), dtype=np.float32)
 
-    def _run(self, n: int, decode_one) -> dict[str, np.ndarray]:  # noqa: ANN001
+    def _run(self, n: int, decode_one) -> dict[str, np.ndarray]:
         size = self.backbone.input_size
         batch = np.empty((n, size, size, 3), dtype=np.uint8)
         errors = np.full(n, None, dtype=object)
@@ -364,13 +366,14 @@ class WorkerFeaturizer:
 
         return self._run(len(contents), one)
 
-    def featurize_structs(self, height, width, n_channels, mode, data) -> dict[str, np.ndarray]:  # noqa: ANN001
+    def featurize_structs(self, height, width, n_channels, mode, data) -> dict[str, np.ndarray]:
         size = self.backbone.input_size
 
         def one(i: int) -> np.ndarray:
             if data[i] is None or _isnan(height[i]):
                 raise DecodeError("corrupt_image", "null image struct")
-            gray = image_struct_to_gray(int(height[i]), int(width[i]), int(n_channels[i]), int(mode[i]), bytes(data[i]))
+            gray = image_struct_to_gray(int(height[i]), int(width[i]), int(n_channels[i]), int(mode[i]),
+                                        bytes(data[i]))
             return to_rgb(resize(gray, size))
 
         return self._run(len(data), one)

@@ -66,7 +66,8 @@ class ResolvedWeights:
 
 def weights_cache_dir(cache_dir: str | os.PathLike | None = None) -> Path:
     """Where weights files live on the driver; created on demand."""
-    root = Path(cache_dir or os.environ.get("XRAY_SPARK_CACHE") or Path.home() / ".cache" / "xray-spark" / "weights")
+    root = Path(cache_dir or os.environ.get("XRAY_SPARK_CACHE")
+                or Path.home() / ".cache" / "xray-spark" / "weights")
     root = root.expanduser()
     root.mkdir(parents=True, exist_ok=True)
     return root
@@ -118,7 +119,8 @@ def none_fingerprint(seed: int) -> str:
 
 
 def weights_fingerprint(
-    backbone: str, weights: str, *, spark: SparkSession | None = None, cache_dir: str | os.PathLike | None = None
+    backbone: str, weights: str, *, spark: SparkSession | None = None,
+    cache_dir: str | os.PathLike | None = None
 ) -> str:
     """`imagenet:<published digest>`, `none:seed=N:keras=X.Y.Z` or `file:<sha256>` — without downloading.
 
@@ -133,7 +135,8 @@ def weights_fingerprint(
 
 
 def resolve_weights(
-    backbone: str, weights: str, *, spark: SparkSession | None = None, cache_dir: str | os.PathLike | None = None
+    backbone: str, weights: str, *, spark: SparkSession | None = None,
+    cache_dir: str | os.PathLike | None = None
 ) -> ResolvedWeights:
     """Driver only: turn `weights` into a verified local file (downloading or building it at most once)."""
     bb = get_backbone(backbone)
@@ -193,7 +196,8 @@ def _imagenet_file(bb: Backbone, root: Path) -> Path:
             got = file_digest(candidate, bb.hash_algorithm)
             if got == bb.weights_hash:
                 return candidate
-            log.warning("%s has %s %s, expected %s: ignoring it", candidate, bb.hash_algorithm, got, bb.weights_hash)
+            log.warning("%s has %s %s, expected %s: ignoring it", candidate, bb.hash_algorithm, got,
+                        bb.weights_hash)
             if candidate == target:
                 target.unlink()  # a corrupt file must not stay where the next run would find it
     _download(imagenet_url(bb), target, bb)
@@ -256,7 +260,8 @@ def _local_copy(spec: str, root: Path, spark: SparkSession | None) -> Path:
     name = spec.rstrip("/").rsplit("/", 1)[-1]
     if not name.lower().endswith(WEIGHT_SUFFIXES):
         raise UserError(
-            f"weights {spec!r} is neither 'imagenet', 'none' nor a Keras weights file ({', '.join(WEIGHT_SUFFIXES)})"
+            f"weights {spec!r} is neither 'imagenet', 'none' nor a Keras weights file "
+            f"({', '.join(WEIGHT_SUFFIXES)})"
         )
     if paths.is_local(spec):  # plain paths, FUSE mounts (/Volumes, /dbfs) and file: URIs need no Spark
         path = paths.local_path(spec)
@@ -288,7 +293,8 @@ def _local_copy(spec: str, root: Path, spark: SparkSession | None) -> Path:
 
 
 def _stage(src: Path, folder: Path, name: str) -> Path:
-    """Place `src` under a content-derived name, so two user files called the same never collide in addFile."""
+    """Place `src` under a content-derived name, so two user files called the same never collide in
+    addFile."""
     folder.mkdir(parents=True, exist_ok=True)
     dest = folder / name
     if dest.is_file() and dest.stat().st_size == src.stat().st_size:

@@ -35,7 +35,8 @@ def start(
     return cfg, get_spark(cfg, master=master, conf=conf or {})
 
 
-def load_dataset(spark: SparkSession, cfg: Config, data_dir: str | Path, out_dir: str | Path) -> tuple[pd.DataFrame, dict, Path]:
+def load_dataset(spark: SparkSession, cfg: Config, data_dir: str | Path,
+                 out_dir: str | Path) -> tuple[pd.DataFrame, dict, Path]:
     """(images table, ingest summary, ingest folder): ingests `data_dir` once, then reuses the output."""
     images, summary, layout = load_or_ingest(spark, str(data_dir), str(out_dir), cfg)
     return images.toPandas(), summary, local_path(layout.root)  # a notebook's look at a small dataset
@@ -51,7 +52,8 @@ def _enable_inline_display() -> None:
     """In a Jupyter kernel, make returned Figure objects render as PNG.
 
     The inline backend registers its Figure formatter when its module is imported, which pyplot does lazily
-    (on the first pyplot figure). Helpers here never touch pyplot, so import the module when it is the backend.
+    (on the first pyplot figure). Helpers here never touch pyplot, so import the module when it is the
+    backend.
     """
     try:
         from IPython import get_ipython  # optional: only present in a Jupyter/IPython kernel

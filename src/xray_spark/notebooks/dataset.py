@@ -1,4 +1,5 @@
-"""Helpers behind notebooks/01_dataset.ipynb: class counts, decoded samples, duplicate groups, the metadata shortcut."""
+"""Helpers behind notebooks/01_dataset.ipynb: class counts, decoded samples, duplicate groups, the metadata
+shortcut."""
 
 from __future__ import annotations
 
@@ -36,14 +37,16 @@ def metadata_summary(images: pd.DataFrame) -> pd.DataFrame:
             "label": label,
             "images": len(g),
             "format/mode": ", ".join(f"{k} {v}" for k, v in g["format/mode"].value_counts().items()),
-            "most common size": f"{g['size'].mode().iloc[0]} ({(g['size'] == g['size'].mode().iloc[0]).mean():.0%})",
+            "most common size": (f"{g['size'].mode().iloc[0]} "
+                                 f"({(g['size'] == g['size'].mode().iloc[0]).mean():.0%})"),
             "median file KB": round(float(g["file_size"].median()) / 1024, 1),
         })
     return pd.DataFrame(rows).set_index("label")
 
 
 def _gray_preview(path: str, size: int) -> np.ndarray:
-    """The image as the pipeline normalises it (one luminance channel, full range), squeezed to size x size."""
+    """The image as the pipeline normalises it (one luminance channel, full range), squeezed to
+    size x size."""
     gray, _ = decode_gray(local_path(path).read_bytes())  # the images table names files by URI (file:/...)
     return resize(gray, size)
 
@@ -79,11 +82,13 @@ def duplicate_groups(ingest_dir: str | Path, images: pd.DataFrame | None = None)
     try:
         groups = pd.read_csv(path).rename(columns={"path": "rel_path"})
     except (FileNotFoundError, pd.errors.EmptyDataError):
-        groups = pd.DataFrame(columns=["rel_path", "dup_group", "dup_kind", "group_size", "labels", "label_conflict"])
+        groups = pd.DataFrame(columns=["rel_path", "dup_group", "dup_kind", "group_size", "labels",
+                                       "label_conflict"])
     if images is not None:
         groups = groups.merge(images[["rel_path", "path", "label"]], on="rel_path", how="left")
     groups["file"] = groups["rel_path"]
-    first = [c for c in ("dup_group", "dup_kind", "label", "file", "group_size", "label_conflict") if c in groups]
+    first = [c for c in ("dup_group", "dup_kind", "label", "file", "group_size", "label_conflict")
+             if c in groups]
     return groups[first + [c for c in groups.columns if c not in first]]
 
 
@@ -118,7 +123,8 @@ def duplicate_group_grid(groups: pd.DataFrame, max_groups: int = 4, size: int = 
 
 
 def metadata_shortcut_plot(images: pd.DataFrame) -> Figure:
-    """Width x height scatter and format/mode bars by class: when these separate the classes, so can a model."""
+    """Width x height scatter and format/mode bars by class: when these separate the classes, so can a
+    model."""
     ok = images[images["status"] == "ok"].copy()
     fig = _figure(figsize=(13, 4.2))
     ax1, ax2, ax3 = fig.subplots(1, 3)

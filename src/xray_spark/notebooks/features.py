@@ -40,8 +40,8 @@ def feature_table(
     feats = feats[feats["features"].notna()]
     feats["features"] = [np.asarray(v.toArray() if hasattr(v, "toArray") else v, dtype=np.float32)
                          for v in feats["features"]]
-    ok = images[images["status"] == "ok"][["sha256", "path", "label", "source", "format", "mode", "width", "height",
-                                             "split"]]
+    ok = images[images["status"] == "ok"][["sha256", "path", "label", "source", "format", "mode", "width",
+                                             "height", "split"]]
     return ok.merge(feats, on="sha256", how="inner").reset_index(drop=True)
 
 
@@ -56,7 +56,8 @@ def embed_2d(vectors: Sequence[np.ndarray] | np.ndarray, method: str = "pca", se
     if method == "tsne":
         reduced = PCA(n_components=min(50, x.shape[0], x.shape[1]), random_state=seed).fit_transform(x)
         perplexity = float(max(2, min(30, (x.shape[0] - 1) // 3)))
-        return TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(reduced)
+        return TSNE(n_components=2, perplexity=perplexity, init="pca",
+                    random_state=seed).fit_transform(reduced)
     raise ValueError(f"method must be 'pca' or 'tsne', got {method!r}")
 
 
@@ -70,7 +71,8 @@ def embedding_plot(points: np.ndarray, table: pd.DataFrame, color_by: Sequence[s
         for i, value in enumerate(sorted(values.unique())):
             m = (values == value).to_numpy()
             color = LABEL_COLORS.get(value) if col == "label" else _OTHER_COLORS[i % len(_OTHER_COLORS)]
-            ax.scatter(points[m, 0], points[m, 1], s=16, alpha=0.7, label=f"{value} ({int(m.sum())})", color=color)
+            ax.scatter(points[m, 0], points[m, 1], s=16, alpha=0.7, label=f"{value} ({int(m.sum())})",
+                       color=color)
         ax.set_title(f"coloured by {col}")
         ax.legend(fontsize=8)
         ax.set_xticks([])

@@ -15,8 +15,8 @@ from xray_spark.config import load_config
 from xray_spark.notebooks.common import _figure
 from xray_spark.tracking import CHAMPION, EXPERIMENT, registered_name
 
-_METRICS = ("accuracy", "accuracy_ci_low", "accuracy_ci_high", "macro_f1", "macro_f1_ci_low", "macro_f1_ci_high",
-            "covid_recall", "roc_auc_macro", "n_test")
+_METRICS = ("accuracy", "accuracy_ci_low", "accuracy_ci_high", "macro_f1", "macro_f1_ci_low",
+            "macro_f1_ci_high", "covid_recall", "roc_auc_macro", "n_test")
 
 
 def runs_table(tracking_uri: str, experiment: str | None = None) -> pd.DataFrame:
@@ -41,7 +41,8 @@ def runs_table(tracking_uri: str, experiment: str | None = None) -> pd.DataFrame
     table = pd.DataFrame(rows)
     if table.empty:
         return table
-    return table.sort_values(["task", "macro_f1", "accuracy"], ascending=[True, False, False]).reset_index(drop=True)
+    return (table.sort_values(["task", "macro_f1", "accuracy"], ascending=[True, False, False])
+            .reset_index(drop=True))
 
 
 def champions(tracking_uri: str, tasks: Sequence[str] = ("binary", "multiclass"),

@@ -66,7 +66,8 @@ class ModelRef:
         """Safe for file names and as stable as the ledger key: chunk files, the temp folder and the lock."""
         if not self.keyed_by_uri:
             return f"{_safe(self.name)}-{_safe(self.version)}"
-        head = f"run-{_safe(self.version)}" if self.kind == "run" else f"{_safe(self.name)}-{_safe(self.version)}"
+        head = (f"run-{_safe(self.version)}" if self.kind == "run"
+                else f"{_safe(self.name)}-{_safe(self.version)}")
         return f"{head}-{hashlib.sha1(self.uri.encode()).hexdigest()[:8]}"
 
 
@@ -74,7 +75,7 @@ def _safe(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._]+", "_", text).strip("_") or "x"
 
 
-# --------------------------------------------------------------------------------------- resolution (no Spark)
+# ------------------------------------------------------------------------------------- resolution (no Spark)
 
 
 def configure_tracking(cfg: Config) -> str:
@@ -96,7 +97,8 @@ def configure_tracking(cfg: Config) -> str:
         store = paths.from_file_uri(uri)
     if store is not None and not store.exists():
         raise UserError(
-            f"MLflow tracking store {uri} does not exist: set MLFLOW_TRACKING_URI or `tracking_uri` in the config"
+            f"MLflow tracking store {uri} does not exist: set MLFLOW_TRACKING_URI or `tracking_uri` in "
+            "the config"
         )
     return uri
 
@@ -114,9 +116,11 @@ def resolve_model(model: str, cfg: Config) -> ModelRef:
             return _resolve_mlflow(uri)
         except MlflowException as exc:
             first = (str(exc.message) if hasattr(exc, "message") else str(exc)).strip().splitlines()
-            raise UserError(f"model {uri}: {first[0] if first else type(exc).__name__} (MLflow: {tracking})") from None
+            raise UserError(f"model {uri}: {first[0] if first else type(exc).__name__} "
+                            f"(MLflow: {tracking})") from None
     if uri.startswith(("models:", "runs:")):
-        raise UserError(f"model {uri}: expected models:/NAME@ALIAS, models:/NAME/VERSION or runs:/RUN_ID/PATH")
+        raise UserError(f"model {uri}: expected models:/NAME@ALIAS, models:/NAME/VERSION or "
+                        "runs:/RUN_ID/PATH")
     return _resolve_path(uri)
 
 
@@ -155,7 +159,8 @@ def _resolve_mlflow(uri: str) -> ModelRef:
 
 
 def _resolve_path(uri: str) -> ModelRef:
-    """A PipelineModel folder (metadata/) or an MLflow model folder (MLmodel); remote ones are checked later."""
+    """A PipelineModel folder (metadata/) or an MLflow model folder (MLmodel); remote ones are checked
+    later."""
     if not paths.is_local(uri):
         clean = uri.rstrip("/")
         return ModelRef(clean, clean, "path", paths.file_name(clean), "path", None)
@@ -167,7 +172,8 @@ def _resolve_path(uri: str) -> ModelRef:
     elif (path / "metadata").is_dir():
         mlflow_format = False
     else:
-        raise UserError(f"model {uri}: folder is neither a Spark PipelineModel (metadata/) nor an MLflow model (MLmodel)")
+        raise UserError(f"model {uri}: folder is neither a Spark PipelineModel (metadata/) nor an MLflow "
+                        "model (MLmodel)")
     return ModelRef(str(path), str(path), "path", path.name, "path", mlflow_format)
 
 
@@ -184,7 +190,8 @@ def load_pipeline(spark: SparkSession, ref: ModelRef, scratch: Path | None = Non
         fs = HadoopFS(spark)
         mlflow_format = fs.exists(paths.join(ref.load_uri, "MLmodel"))
         if not mlflow_format and not fs.exists(paths.join(ref.load_uri, "metadata")):
-            raise UserError(f"model {ref.uri}: not a Spark PipelineModel (metadata/) nor an MLflow model (MLmodel)")
+            raise UserError(f"model {ref.uri}: not a Spark PipelineModel (metadata/) nor an MLflow "
+                            "model (MLmodel)")
     try:
         if mlflow_format:
             model = _mlflow_load(ref.load_uri, scratch)
@@ -192,7 +199,8 @@ def load_pipeline(spark: SparkSession, ref: ModelRef, scratch: Path | None = Non
             model = PipelineModel.load(ref.load_uri)
     except Exception as exc:  # unreadable artifacts, missing classes, version skew: all "unusable model"
         first = str(exc).strip().splitlines()
-        raise UserError(f"cannot load model {ref.uri}: {type(exc).__name__}: {first[0] if first else ''}") from None
+        raise UserError(f"cannot load model {ref.uri}: {type(exc).__name__}: "
+                        f"{first[0] if first else ''}") from None
     if not isinstance(model, PipelineModel):
         raise UserError(f"model {ref.uri}: expected a Spark PipelineModel, got {type(model).__name__}")
     return model
@@ -259,12 +267,14 @@ def split_pipeline(model: PipelineModel, featurizer_cls: type, uri: str = "model
     stages = _flatten(list(model.stages))
     idx = next((i for i, s in enumerate(stages) if isinstance(s, featurizer_cls)), None)
     if idx is None:
-        raise UserError(f"model {uri}: no {featurizer_cls.__name__} stage (stages: {[type(s).__name__ for s in stages]})")
+        raise UserError(f"model {uri}: no {featurizer_cls.__name__} stage "
+                        f"(stages: {[type(s).__name__ for s in stages]})")
     feat = stages[idx]
     rest = stages[idx + 1:]
     decoders = [s for s in rest if isinstance(s, IndexToString)]
     if not decoders:
-        raise UserError(f"model {uri}: no IndexToString stage after the featurizer, so class names are unknown")
+        raise UserError(f"model {uri}: no IndexToString stage after the featurizer, so class names "
+                        "are unknown")
     decoder = decoders[-1]
     labels = list(decoder.getLabels())
     suffixes = [prob_suffix(label) for label in labels]

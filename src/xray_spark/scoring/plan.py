@@ -59,8 +59,8 @@ _DISCOVERY = "spark.sql.sources.parallelPartitionDiscovery.threshold"
 def listed_on_driver(spark: SparkSession, paths: list[str]) -> Iterator[None]:
     """Around a read of these explicit files: local files are looked up on the driver. With more than 32
     explicit paths Spark otherwise lists them with a distributed job (one task per path, each costing more
-    than the local lookup it replaces). Remote stores keep that job, where it saves one round trip per file. (The file index is built
-    when the DataFrame is created, so the setting only needs to hold for that call.)
+    than the local lookup it replaces). Remote stores keep that job, where it saves one round trip per file.
+    (The file index is built when the DataFrame is created, so the setting only needs to hold for that call.)
     """
     if not all(is_local(p) for p in paths):
         yield
@@ -92,7 +92,8 @@ def read_contents(spark: SparkSession, paths: list[str]) -> DataFrame:
             present = [p for p in paths if fs.exists(p)]
             log.warning("%d file(s) vanished since listing; they are skipped", len(paths) - len(present))
             if not present:
-                return spark.createDataFrame([], "path string, modificationTime timestamp, length long, content binary")
+                return spark.createDataFrame(
+                    [], "path string, modificationTime timestamp, length long, content binary")
             return reader.load([glob_escape(p) for p in present])
 
 
@@ -116,7 +117,8 @@ def plan_run(spark: SparkSession, input_dir: str, ledger: DataFrame, *, extensio
     t0 = time.time()
     plan = Plan()
     listing = list_files(spark, input_dir, extensions)
-    known = (ledger.select(F.col("path").alias("k_path"), "file_size", "modified_at", F.lit(True).alias("known"))
+    known = (ledger.select(F.col("path").alias("k_path"), "file_size", "modified_at",
+                           F.lit(True).alias("known"))
              .distinct())
     cond = ((listing["path"] == known["k_path"]) & (listing["length"] == known["file_size"])
             & (listing["modificationTime"] == known["modified_at"]))
@@ -124,7 +126,8 @@ def plan_run(spark: SparkSession, input_dir: str, ledger: DataFrame, *, extensio
                                                         F.coalesce("known", F.lit(False)).alias("known"))
     # one pass over the (cached) file index: counts for everything, rows only for what must be read
     unknown = flagged.where("is_image AND NOT known").collect()
-    counts = {(r["is_image"], r["known"]): r["count"] for r in flagged.groupBy("is_image", "known").count().collect()}
+    counts = {(r["is_image"], r["known"]): r["count"]
+              for r in flagged.groupBy("is_image", "known").count().collect()}
     plan.ignored = sum(n for (img, _), n in counts.items() if not img)
     plan.known_by_path = counts.get((True, True), 0)
     plan.files_seen = plan.known_by_path + len(unknown)
@@ -151,7 +154,8 @@ def plan_run(spark: SparkSession, input_dir: str, ledger: DataFrame, *, extensio
 
 def _hash_and_dedupe(spark: SparkSession, paths: list[str], ledger: DataFrame, plan: Plan) -> None:
     """One job: hash the files, flag hashes this model already scored; dedupe the rest on the driver."""
-    scored = ledger.where(F.col("sha256").isNotNull()).select("sha256", F.lit(True).alias("scored")).distinct()
+    scored = (ledger.where(F.col("sha256").isNotNull()).select("sha256", F.lit(True).alias("scored"))
+              .distinct())
     hashed = (read_contents(spark, paths)
               .select("path", "length", "modificationTime", F.sha2(F.col("content"), 256).alias("sha256"))
               .join(scored, "sha256", "left")

@@ -127,9 +127,11 @@ def _commit_too_large(spark: SparkSession, pipe: ScoringPipeline, store: OutputS
     if not plan.too_large:
         return 0
     rows = [(p, None, n, m, f"file_too_large: {n} bytes > {max_bytes}") for p, n, m in plan.too_large]
-    df = spark.createDataFrame(rows, "path string, sha256 string, file_size long, modified_at timestamp, r string")
+    df = spark.createDataFrame(rows,
+                               "path string, sha256 string, file_size long, modified_at timestamp, r string")
     scored_at = datetime.now(timezone.utc)
-    store.commit(_stamp(pipe, _quarantine_rows(pipe, df, lambda: F.col("r")), store.ref, scored_at), scored_at)
+    store.commit(_stamp(pipe, _quarantine_rows(pipe, df, lambda: F.col("r")), store.ref, scored_at),
+                 scored_at)
     return len(rows)
 
 
@@ -167,7 +169,8 @@ def score_chunk(spark: SparkSession, pipe: ScoringPipeline, store: OutputStore,
         n, n_ok = 0, 0
         if staged is not None:
             got = spark.read.parquet(glob_escape(staged)).agg(
-                F.count(F.lit(1)).alias("n"), F.sum((F.col("status") == "ok").cast("long")).alias("ok")).first()
+                F.count(F.lit(1)).alias("n"),
+                F.sum((F.col("status") == "ok").cast("long")).alias("ok")).first()
             n, n_ok = int(got["n"] or 0), int(got["ok"] or 0)
         if staged is None or n == 0:  # every file changed or vanished: commit nothing
             if staged is not None:
@@ -231,9 +234,10 @@ def score_folder(spark: SparkSession, cfg: Config, ref: ModelRef, *, input_dir: 
                 summary.chunks += 1 if n_ok + n_bad else 0
                 done += len(chunk)
                 dt = time.time() - tc
-                log.info("chunk %d/%d: %d ok, %d quarantined, %d changed/unreadable in %.1fs (%.1f images/s); "
-                         "%d of %d candidates done", i, len(parts), n_ok, n_bad, len(chunk) - n_ok - n_bad, dt,
-                         (n_ok + n_bad) / dt if dt else 0.0, done, len(plan.candidates))
+                log.info("chunk %d/%d: %d ok, %d quarantined, %d changed/unreadable in %.1fs "
+                         "(%.1f images/s); %d of %d candidates done", i, len(parts), n_ok, n_bad,
+                         len(chunk) - n_ok - n_bad, dt, (n_ok + n_bad) / dt if dt else 0.0, done,
+                         len(plan.candidates))
         finally:
             store.finish()
     summary.seconds = time.time() - t0

@@ -95,7 +95,8 @@ class OutputStore:
             except BlockingIOError:
                 holder = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "unknown"
                 raise ConcurrentRunError(
-                    f"another scoring run of this model into {self.root} is active ({holder}); try again later"
+                    f"another scoring run of this model into {self.root} is active ({holder}); "
+                    "try again later"
                 ) from None
             info = {"host": socket.gethostname(), "pid": os.getpid(), "run": self.run_id}
             os.ftruncate(fd, 0)
@@ -129,7 +130,8 @@ class OutputStore:
         The key is followed by `-` and exactly 32 hex digits, so key `m-1` never matches `m-10`'s files,
         nor those of a longer key that starts with `m-1-` (uri-keyed models add a `-<sha1>` component).
         """
-        return paths.join(paths.glob_escape(self.root), f"score_date=*/part-{self.key}-{_CHUNK_ID_GLOB}.parquet")
+        return paths.join(paths.glob_escape(self.root),
+                          f"score_date=*/part-{self.key}-{_CHUNK_ID_GLOB}.parquet")
 
     def committed_files(self) -> list[str]:
         """The files `ledger_glob()` matches (qualified URIs, sorted), globbed once on the driver."""

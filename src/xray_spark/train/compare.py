@@ -122,12 +122,13 @@ def fit_and_evaluate(features: FeatureSet, head: str, tf: TaskFrame, cfg: Config
     metrics = evaluate(fit.y_true, fit.y_pred, fit.proba, list(task.labels), fit.groups,
                        n_resamples=tc.bootstrap_resamples, seed=tc.seed, positive=task.positive)
     metrics.update(fit_seconds=fit.fit_seconds, featurize_seconds=features.featurize_seconds)
-    return ComboResult(features, head, task, params, fit, metrics, confusion(fit.y_true, fit.y_pred, task.n_classes),
-                       tf.n_train)
+    return ComboResult(features, head, task, params, fit, metrics,
+                       confusion(fit.y_true, fit.y_pred, task.n_classes), tf.n_train)
 
 
 def champion_rows(rows: list[dict[str, Any]], tasks: list[str], metric: str) -> dict[str, dict[str, Any]]:
-    """Best image row per task by `metric` (ties: accuracy, then the earlier row); tasks without one are left out."""
+    """Best image row per task by `metric` (ties: accuracy, then the earlier row); tasks without one are
+    left out."""
     out: dict[str, dict[str, Any]] = {}
     for task in tasks:
         cand = [r for r in rows if r["kind"] == IMAGE and r["task"] == task and metric in r]
@@ -143,6 +144,7 @@ def _orderable(value: Any) -> float:
 
 def full_pipeline(backbone: str, weights: str, head_model: Any, task: Task) -> PipelineModel:
     """decode -> featurize -> head -> label decode: the one model MLflow stores and scoring loads."""
-    featurizer = DeepImageFeaturizer(inputCol="content", outputCol="features", modelName=backbone, weights=weights)
+    featurizer = DeepImageFeaturizer(inputCol="content", outputCol="features", modelName=backbone,
+                                     weights=weights)
     decode_label = IndexToString(inputCol="prediction", outputCol="predicted_label", labels=list(task.labels))
     return PipelineModel(stages=[featurizer, head_model, decode_label])

@@ -428,7 +428,7 @@ def evaluate(
     intervals = bootstrap_intervals(
         y_true, y_pred, proba, labels, groups,
         metrics=metrics, n_resamples=n_resamples, seed=seed, alpha=alpha, positive=positive,
-    )  # fmt: skip
+    )
     for m, iv in intervals.items():
         out[f"{m}_ci_low"] = iv.low
         out[f"{m}_ci_high"] = iv.high

@@ -41,7 +41,8 @@ def task_frame(sdf, task: Task, *, weighted: bool):
     mapping = F.create_map(*[x for i, lab in enumerate(task.labels) for x in (F.lit(lab), F.lit(float(i)))])
     df = df.withColumn(LABEL, mapping[F.col("label")])
     if weighted:
-        counts = {r["label"]: r["count"] for r in df.where(F.col("split") == "train").groupBy("label").count().collect()}
+        counts = {r["label"]: r["count"]
+                  for r in df.where(F.col("split") == "train").groupBy("label").count().collect()}
         total = sum(counts.values())
         w = {lab: total / (len(counts) * n) for lab, n in counts.items()}
         wmap = F.create_map(*[x for lab, v in w.items() for x in (F.lit(lab), F.lit(float(v)))])
@@ -67,7 +68,8 @@ def fit_head(
     cv_metric: str = "f1",
     cv_parallelism: int = 1,
 ) -> FitResult:
-    """Fit on split == train (optionally grouped k-fold CrossValidator on the persisted folds), predict test."""
+    """Fit on split == train (optionally grouped k-fold CrossValidator on the persisted folds), predict
+    test."""
     estimator, clf = build_head(spec, task.n_classes, n_features, params, weighted=weighted)
     train = frame.where(F.col("split") == "train")
     test = frame.where(F.col("split") == "test")

@@ -44,7 +44,8 @@ HEADS: dict[str, HeadSpec] = {
                    {"numTrees": 100, "maxDepth": 8}),
     "dt": HeadSpec("dt", "DecisionTree", "DecisionTreeClassifier", False, False, True, True, {"maxDepth": 6}),
     "gbt": HeadSpec("gbt", "GBT", "GBTClassifier", False, True, True, True, {"maxIter": 30, "maxDepth": 4}),
-    "svc": HeadSpec("svc", "LinearSVC", "LinearSVC", True, True, False, True, {"maxIter": 100, "regParam": 0.01}),
+    "svc": HeadSpec("svc", "LinearSVC", "LinearSVC", True, True, False, True,
+                    {"maxIter": 100, "regParam": 0.01}),
     "mlp": HeadSpec("mlp", "MultilayerPerceptron", "MultilayerPerceptronClassifier", True, False, True, False,
                     {"maxIter": 200, "hidden": 64}),
 }
@@ -67,7 +68,8 @@ def check_param_names(spec: HeadSpec, names: Iterable[str], key: str) -> None:
     """Fail before any Spark work when config names a Param the estimator lacks (a typo would otherwise
     surface as a TypeError in the middle of a long run)."""
     cls = estimator_class(spec)
-    bad = [n for n in names if n not in _EXTRA.get(spec.name, ()) and not isinstance(getattr(cls, n, None), Param)]
+    bad = [n for n in names
+           if n not in _EXTRA.get(spec.name, ()) and not isinstance(getattr(cls, n, None), Param)]
     if bad:
         raise UserError(f"config {key}: {spec.estimator} has no parameter {', '.join(map(repr, bad))}")
 

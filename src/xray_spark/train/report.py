@@ -41,7 +41,7 @@ METRIC_COLUMNS = [
     "macro_f1", "macro_f1_ci_low", "macro_f1_ci_high",
     "roc_auc_macro", "brier", "ece",
     "n_test", "n_test_groups", "fit_seconds", "featurize_seconds",
-]  # fmt: skip
+]
 _OTHER_HEADER = ("Model", "Macro F1", "ROC-AUC (macro)", "Brier", "ECE", "Fit s", "Featurize s")
 
 
@@ -103,16 +103,16 @@ def _reference_cells(df: pd.DataFrame, task: str) -> list[list[str]]:
         [name, _num(r.get("covid_precision")), _with_ci(r, "covid_recall"), _num(r.get("covid_f1")),
          _with_ci(r, "accuracy")]
         for name, r in zip(_names(rows), rows, strict=True)
-    ]  # fmt: skip
+    ]
 
 
 def _other_cells(df: pd.DataFrame, task: str) -> list[list[str]]:
     rows = _task_rows(df, task)
     return [
-        [name, _with_ci(r, "macro_f1"), _num(r.get("roc_auc_macro")), _num(r.get("brier")), _num(r.get("ece")),
-         _num(r.get("fit_seconds"), 1), _num(r.get("featurize_seconds"), 1)]
+        [name, _with_ci(r, "macro_f1"), _num(r.get("roc_auc_macro")), _num(r.get("brier")),
+         _num(r.get("ece")), _num(r.get("fit_seconds"), 1), _num(r.get("featurize_seconds"), 1)]
         for name, r in zip(_names(rows), rows, strict=True)
-    ]  # fmt: skip
+    ]
 
 
 def _text_table(header: Sequence[str], cells: list[list[str]]) -> str:
@@ -208,7 +208,7 @@ def plot_confusion(cm: np.ndarray, labels: list[str], title: str, path: Path) ->
         for j in range(k):
             text = f"{int(cm[i, j])}\n({100 * frac[i, j]:.1f}%)"
             ax.text(j, i, text, ha="center", va="center", fontsize=10,
-                    color="white" if frac[i, j] > 0.55 else "black")  # fmt: skip
+                    color="white" if frac[i, j] > 0.55 else "black")
     ticks = [f"{lab}\n(n={int(rows[i, 0])})" for i, lab in enumerate(labels)]
     ax.set_xticks(range(k), labels=labels)
     ax.set_yticks(range(k), labels=ticks)
@@ -337,32 +337,33 @@ def baseline_comparison(df: pd.DataFrame, task: str, metric: str = "accuracy") -
     base = [r for r in rows if r.get("kind") == "metadata-baseline" and _finite(r.get(metric))]
     label = metric.replace("_", " ")
     if not base:
-        return (f"No metadata-only baseline was evaluated for task {task}, so these numbers cannot tell disease "
-                "signal from dataset cues (file size, dimensions, format, colour mode).")  # fmt: skip
+        return (f"No metadata-only baseline was evaluated for task {task}, so these numbers cannot tell "
+                "disease signal from dataset cues (file size, dimensions, format, colour mode).")
     if not image:
-        return f"Only the metadata-only baseline was evaluated for task {task}; there is no image model to compare."
+        return (f"Only the metadata-only baseline was evaluated for task {task}; there is no image model "
+                "to compare.")
     best = max(image, key=lambda r: float(r[metric]))
     bbest = max(base, key=lambda r: float(r[metric]))
     b_val, m_val = float(bbest[metric]), float(best[metric])
     lo, hi = best.get(f"{metric}_ci_low"), best.get(f"{metric}_ci_high")
     who = (f"Best image model: {model_name(best)}, {label} {_with_ci(best, metric)}. "
-           f"Best metadata-only baseline: {model_name(bbest)}, {label} {b_val:.3f}")  # fmt: skip
+           f"Best metadata-only baseline: {model_name(bbest)}, {label} {b_val:.3f}")
     if not (_finite(lo) and _finite(hi)):
         gap = m_val - b_val
         return (f"{who}. No interval is available, so only the point estimates can be compared "
-                f"(image model minus baseline: {gap:+.3f}); without an interval a small gap is no evidence that "
-                "the model sees more than the file metadata.")  # fmt: skip
+                f"(image model minus baseline: {gap:+.3f}); without an interval a small gap is no evidence "
+                "that the model sees more than the file metadata.")
     lo, hi = float(lo), float(hi)
     if b_val >= lo:
         where, verb = ("inside", "does as well as") if b_val <= hi else ("above", "does better than")
         return (f"{who}, {where} the image model's 95% interval. A head that never sees a pixel, only file "
-                f"size, dimensions, format and colour mode, {verb} the image model: the dataset, not the model, "
-                "is being measured. These scores cannot be read as evidence of detecting COVID-19 on a "
-                "radiograph.")  # fmt: skip
+                f"size, dimensions, format and colour mode, {verb} the image model: the dataset, not the "
+                "model, is being measured. These scores cannot be read as evidence of detecting COVID-19 on "
+                "a radiograph.")
     return (f"{who}, below the image model's 95% interval (by {lo - b_val:.3f}), so the "
-            "image model uses more than the file metadata. That does not rule out other shortcuts that live in "
-            "the pixels (source-specific borders, text markers, exposure), which only an external-source "
-            "evaluation can check.")  # fmt: skip
+            "image model uses more than the file metadata. That does not rule out other shortcuts that live "
+            "in the pixels (source-specific borders, text markers, exposure), which only an external-source "
+            "evaluation can check.")
 
 
 def _rel(path: Path, base: Path) -> str:

@@ -1,9 +1,9 @@
 """`xray-spark train`: every backbone x head x task on one persisted grouped split, tracked in MLflow.
 
-Flow: ingest (or reuse its output) -> featurize once per backbone (feature cache) -> `compare.fit_and_evaluate`
-for each task and head -> nested MLflow run with the full PipelineModel (decode -> featurize -> head -> label
-decode) -> comparison table, report, plots -> `champion` alias per task. The metadata-only baseline runs beside
-the image models on the same split.
+Flow: ingest (or reuse its output) -> featurize once per backbone (feature cache) ->
+`compare.fit_and_evaluate` for each task and head -> nested MLflow run with the full PipelineModel (decode ->
+featurize -> head -> label decode) -> comparison table, report, plots -> `champion` alias per task. The
+metadata-only baseline runs beside the image models on the same split.
 
 This module is the only place in training that logs to MLflow, writes reports and registers champions; the
 computing lives in compare.py, fit.py and evaluate.py. It prints nothing: the CLI shows the result.
@@ -90,7 +90,8 @@ def _signature():
 
 
 def _pip_requirements() -> list[str]:
-    return [f"xray-spark=={version('xray-spark')}", f"pyspark=={version('pyspark')}", f"keras=={version('keras')}"]
+    return [f"xray-spark=={version('xray-spark')}", f"pyspark=={version('pyspark')}",
+            f"keras=={version('keras')}"]
 
 
 class _Tracker:
@@ -122,10 +123,12 @@ class _Tracker:
             mlflow.set_tags({"kind": fs.kind, "task": task.name, "backbone": fs.backbone, "head": res.head})
             mlflow.log_params({
                 "task": task.name, "labels": ",".join(task.labels), "backbone": fs.backbone, "head": res.head,
-                "weights": self.spec.weights if fs.kind == IMAGE else "n/a", "weights_fingerprint": fs.fingerprint,
+                "weights": self.spec.weights if fs.kind == IMAGE else "n/a",
+                "weights_fingerprint": fs.fingerprint,
                 "split_hash": self.summary["split"]["hash"], "split_seed": self.cfg.split.seed,
                 "dataset_manifest_hash": self.summary.get("manifest_hash", ""),
-                "class_weights": self.cfg.train.class_weights, "n_train": res.n_train, "n_test": len(res.fit.y_true),
+                "class_weights": self.cfg.train.class_weights, "n_train": res.n_train,
+                "n_test": len(res.fit.y_true),
                 **flat_params("head", res.params),
                 **({"cv_best": json.dumps(res.fit.cv_best)} if res.fit.cv_best else {}),
             })
@@ -147,11 +150,12 @@ class _Tracker:
         """Rows in config order (task, backbone, head), whatever order the threads finished in."""
         order = {name: i for names in (self.spec.tasks, self.spec.backbones, self.spec.heads)
                  for i, name in enumerate(names)}
-        return sorted(self.rows, key=lambda r: (order[r["task"]], r["kind"] != IMAGE, order.get(r["backbone"], 0),
-                                                order[r["head"]]))
+        return sorted(self.rows, key=lambda r: (order[r["task"]], r["kind"] != IMAGE,
+                                                order.get(r["backbone"], 0), order[r["head"]]))
 
 
-def _run_combinations(features: FeatureSet, heads: list[str], cfg: Config, log_one: Callable[[ComboResult], None]):
+def _run_combinations(features: FeatureSet, heads: list[str], cfg: Config,
+                      log_one: Callable[[ComboResult], None]):
     """Fit, evaluate and log every head x task of one feature set, `train.parallel_fits` at a time.
 
     Why threads: on small data MLlib fits are chains of tiny Spark jobs (LogisticRegression: ~100 LBFGS
@@ -162,7 +166,8 @@ def _run_combinations(features: FeatureSet, heads: list[str], cfg: Config, log_o
     workers = max(1, min(cfg.train.parallel_fits, len(jobs)))
     pool = ThreadPoolExecutor(workers, thread_name_prefix="train")
     try:
-        futures = [pool.submit(lambda h=head, t=tf: log_one(fit_and_evaluate(features, h, t, cfg))) for head, tf in jobs]
+        futures = [pool.submit(lambda h=head, t=tf: log_one(fit_and_evaluate(features, h, t, cfg)))
+                   for head, tf in jobs]
         for f in futures:
             f.result()  # the first failure stops the command, as it would serially ...
     finally:
@@ -173,7 +178,8 @@ def _image_features(spark: SparkSession, labels: DataFrame, feats: DataFrame, ta
                     backbone: str, fingerprint: str, seconds: float) -> tuple[FeatureSet, DataFrame]:
     frame = small_frame(spark, labels.join(feats.where("features IS NOT NULL"), "sha256"))
     n_features = len(frame.select("features").first()[0])
-    return FeatureSet(IMAGE, backbone, task_frames(frame, tasks, cfg), n_features, fingerprint, seconds), frame
+    return (FeatureSet(IMAGE, backbone, task_frames(frame, tasks, cfg), n_features, fingerprint, seconds),
+            frame)
 
 
 def _baseline_features(spark: SparkSession, images: DataFrame, tasks: list[Task], cfg: Config
@@ -206,7 +212,8 @@ def run_training(spark: SparkSession, cfg: Config, spec: TrainSpec) -> TrainResu
 
     with mlflow.start_run(run_name=f"train {','.join(spec.backbones)} x {','.join(spec.heads)}") as parent:
         mlflow.log_params({
-            "backbones": ",".join(spec.backbones), "heads": ",".join(spec.heads), "tasks": ",".join(spec.tasks),
+            "backbones": ",".join(spec.backbones), "heads": ",".join(spec.heads),
+            "tasks": ",".join(spec.tasks),
             "weights": spec.weights, "split_hash": summary["split"]["hash"], "split_seed": cfg.split.seed,
             "dataset_manifest_hash": summary.get("manifest_hash", ""), "data": str(spec.data),
             **library_versions(),
@@ -221,7 +228,8 @@ def run_training(spark: SparkSession, cfg: Config, spec: TrainSpec) -> TrainResu
             failed = feats.where("features IS NULL").count()
             seconds[f"featurize_{backbone}"] = time.time() - t0
             if failed:
-                log.warning("%s: %d images could not be featurized; they are left out of training", backbone, failed)
+                log.warning("%s: %d images could not be featurized; they are left out of training",
+                            backbone, failed)
             features, frame = _image_features(spark, labels, feats, tasks, cfg, backbone, fingerprint,
                                               seconds[f"featurize_{backbone}"])
             t1 = time.time()
@@ -261,18 +269,21 @@ def _register_champions(tracker: _Tracker, rows: list[dict[str, Any]], spec: Tra
     for task, best in champion_rows(rows, spec.tasks, metric).items():
         uri = tracker.model_uris[(task, best["backbone"], best["head"])]
         name = registered_name(cfg.train.registered_model_prefix, task)
-        desc = f"{best['backbone']} + {best['head_title']}; {metric}={best[metric]:.3f}; weights={spec.weights}"
+        desc = (f"{best['backbone']} + {best['head_title']}; {metric}={best[metric]:.3f}; "
+                f"weights={spec.weights}")
         version = register_champion(uri, name, desc)
         out[task] = {"name": name, "version": version, "uri": f"models:/{name}@champion",
-                     "backbone": str(best["backbone"]), "head": str(best["head"]), metric: f"{best[metric]:.4f}"}
+                     "backbone": str(best["backbone"]), "head": str(best["head"]),
+                     metric: f"{best[metric]:.4f}"}
     return out
 
 
 def _report_context(spec: TrainSpec, summary: dict, cfg: Config, tracking_uri: str) -> dict[str, str]:
-    """The facts report.md states about this run (dataset, split, weights, intervals, what it could not show)."""
+    """The facts report.md states about this run (dataset, split, weights, intervals, what it could
+    not show)."""
     weights_note = {
-        "none": "random initialisation (seeded): NOT ImageNet features; numbers measure what random features plus"
-        " the dataset's cues can do",
+        "none": "random initialisation (seeded): NOT ImageNet features; numbers measure what random "
+        "features plus the dataset's cues can do",
         "imagenet": "ImageNet weights (Keras applications)",
     }.get(spec.weights, f"weights file {spec.weights}")
     context = {

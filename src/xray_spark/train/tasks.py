@@ -29,7 +29,8 @@ class Task:
 TASKS: dict[str, Task] = {
     "binary": Task("binary", ("no_findings", "covid"), description="COVID-19 vs No-findings"),
     "multiclass": Task(
-        "multiclass", ("covid", "no_findings", "pneumonia"), description="COVID-19 vs No-findings vs Pneumonia"
+        "multiclass", ("covid", "no_findings", "pneumonia"),
+        description="COVID-19 vs No-findings vs Pneumonia"
     ),
 }
 
