@@ -7,14 +7,28 @@ PY     := $(VENV)/bin/python
 DATA   ?= ../shared/data/ozturk
 OUT    ?= runs/demo
 PYTEST_ARGS ?=
+# Newest pyspark the range in pyproject.toml allows, overlaid on .venv (PYTHONPATH) by tests/test_newest_spark.py;
+# the rest of the suite runs on the version pinned in constraints.txt.
+NEWEST_SPARK := .spark-newest
+PYSPARK_RANGE = $(shell sed -n 's/^[[:space:]]*"\(pyspark[^";]*\)".*/\1/p' pyproject.toml)
 
-.PHONY: setup setup-dev demo test lint clean java
+.PHONY: setup setup-dev demo test lint clean java newest-spark
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev]"
 	touch $@
+
+# Only pyspark (+ py4j) into a separate folder: TensorFlow etc. stay those of .venv. Re-done when the range changes.
+$(NEWEST_SPARK)/.installed: pyproject.toml | $(VENV)/.installed
+	@test -n '$(PYSPARK_RANGE)' || { echo "no pyspark requirement found in pyproject.toml"; exit 2; }
+	rm -rf $(NEWEST_SPARK)
+	$(PY) -m pip install --quiet --upgrade --target $(NEWEST_SPARK) "$(PYSPARK_RANGE)"
+	$(PY) -c "import sys; sys.path.insert(0, '$(NEWEST_SPARK)'); import pyspark, py4j; print('newest pyspark for the smoke test:', pyspark.__version__)"
+	touch $@
+
+newest-spark: $(NEWEST_SPARK)/.installed
 
 setup: $(VENV)/.installed
 
@@ -24,11 +38,11 @@ java:
 demo: setup java
 	$(VENV)/bin/xray-spark demo $(if $(wildcard $(DATA)),--data $(DATA)) --out $(OUT)
 
-test: setup java
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+test: setup newest-spark java
+	XRAY_SPARK_NEWEST_PYSPARK=$(CURDIR)/$(NEWEST_SPARK) $(PY) -m pytest -q $(PYTEST_ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check src tests jobs benchmarks
 
 clean:
-	rm -rf $(VENV) runs build dist src/*.egg-info .pytest_cache
+	rm -rf $(VENV) $(NEWEST_SPARK) runs build dist src/*.egg-info .pytest_cache
