@@ -33,7 +33,6 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from pyspark import SparkFiles
 from pyspark.sql import SparkSession
@@ -41,9 +40,6 @@ from pyspark.sql import SparkSession
 from xray_spark import paths
 from xray_spark.errors import UserError
 from xray_spark.features.backbones import KERAS_WEIGHTS_BASE_URL, Backbone, get_backbone
-
-if TYPE_CHECKING:
-    from pyspark.sql import SparkSession
 
 log = logging.getLogger(__name__)
 

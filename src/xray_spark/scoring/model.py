@@ -27,7 +27,7 @@ from xray_spark.spark_io import HadoopFS
 from xray_spark.tracking import point_at
 
 if TYPE_CHECKING:
-    from pyspark.ml import PipelineModel, Transformer
+    from pyspark.ml import Transformer
     from pyspark.sql import DataFrame, SparkSession
 
 log = logging.getLogger(__name__)

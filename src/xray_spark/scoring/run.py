@@ -39,8 +39,6 @@ from xray_spark.spark_io import HadoopFS, balanced_partitions
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
-    from xray_spark.scoring.store import OutputStore
-
 log = logging.getLogger(__name__)
 
 IMAGES_PER_TASK = 32  # small tasks within a chunk: no core idles while the last one finishes

@@ -50,6 +50,7 @@ from xray_spark.train.compare import (
     small_frame,
     task_frames,
 )
+from xray_spark.train.heads import get_head
 from xray_spark.train.report import comparison_table, plot_confusion, write_comparison, write_report
 from xray_spark.train.tasks import Task, get_task
 
@@ -116,7 +117,7 @@ class _Tracker:
         fs, task = res.features, res.task
         with self.lock:  # matplotlib's font and text caches are not made for threads
             png = plot_confusion(res.confusion, list(task.labels),
-                                 f"{task.description}\n{fs.backbone} + {res.row('')['head_title']}",
+                                 f"{task.description}\n{fs.backbone} + {get_head(res.head).title}",
                                  self.plots / f"confusion_{task.name}_{fs.backbone}_{res.head}.png")
         with mlflow.start_run(run_name=res.name, parent_run_id=self.parent_run_id,
                               experiment_id=self.experiment_id) as run:
