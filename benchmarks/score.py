@@ -81,7 +81,8 @@ def full_scoring(spark, cfg, model_dir: Path, folder: Path, out: Path, chunk_siz
     shutil.rmtree(out, ignore_errors=True)
     ref = resolve_model(str(model_dir), cfg)
     t = time.perf_counter()
-    summary = score_folder(spark, cfg, ref, input_dir=str(folder), output_dir=str(out), chunk_size=chunk_size)
+    summary = score_folder(spark, cfg, ref, input_dir=str(folder), output_dir=str(out), chunk_size=chunk_size,
+                           min_age_seconds=0)
     dt = time.perf_counter() - t
     n = len(list(folder.iterdir()))
     # identical files (the Ozturk set has a few) are scored once: they count as skipped

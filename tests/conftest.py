@@ -12,6 +12,17 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 REPO = Path(__file__).resolve().parents[1]
 
+# A Hadoop viewfs mount table over /tmp: a filesystem that is not `file:` (as `dbfs:` on Databricks) over
+# local folders. `viewfs://v/tmp/x` is /tmp/x; the CLI arguments also make it Spark's default filesystem.
+VIEWFS_MOUNT = ("spark.hadoop.fs.viewfs.mounttable.v.link./tmp", "file:///tmp")
+VIEWFS_ARGS = ["--conf", "spark.hadoop.fs.defaultFS=viewfs://v/", "--conf", "=".join(VIEWFS_MOUNT)]
+
+
+def viewfs(path: Path | str) -> str:
+    """`/tmp/...` as the same folder seen through the viewfs mount (the test session knows the mount)."""
+    assert str(path).startswith("/tmp/"), "the mount table maps /tmp"
+    return f"viewfs://v{path}"
+
 
 def _data_root() -> Path | None:
     """`$XRAY_SPARK_TEST_DATA`, else ../shared/data next to the repository (CI lays it there)."""
@@ -63,6 +74,7 @@ def spark(tmp_path_factory: pytest.TempPathFactory):
             "spark.sql.warehouse.dir": str(warehouse),
             "spark.driver.memory": "3g",
             "spark.sql.shuffle.partitions": "4",
+            VIEWFS_MOUNT[0]: VIEWFS_MOUNT[1],
         },
         app_name="xray-spark-tests",
     )

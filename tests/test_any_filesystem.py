@@ -11,17 +11,15 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from conftest import copy_subset, isolate_mlflow
+from conftest import VIEWFS_ARGS, copy_subset, isolate_mlflow
 from xray_spark.config import load_config
 from xray_spark.data.ingest import ingest
 
 CLI = [sys.executable, "-m", "xray_spark"]
-VIEWFS = ["--conf", "spark.hadoop.fs.defaultFS=viewfs://v/",
-          "--conf", "spark.hadoop.fs.viewfs.mounttable.v.link./tmp=file:///tmp"]
 
 
 def _run(args: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    proc = subprocess.run([*CLI, *args, *VIEWFS], capture_output=True, text=True, timeout=900,
+    proc = subprocess.run([*CLI, *args, *VIEWFS_ARGS], capture_output=True, text=True, timeout=900,
                           env={**os.environ, **(env or {})})
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from xray_spark.config import load_config
+from xray_spark.cli import main
+from xray_spark.config import _RANGES, load_config
 from xray_spark.errors import ConfigError
 from xray_spark.session import parse_conf_pairs
 
@@ -49,6 +50,104 @@ def test_bad_config_names_key_and_file(tmp_path: Path, text: str, needle: str) -
     with pytest.raises(ConfigError) as err:
         load_config(bad, local=None)
     assert needle in str(err.value) and "bad.yml" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "text, needle",
+    [
+        ("split:\n  folds: 3\ntrain:\n  seed: 1\nsplit:\n  seed: 2\n",
+         "line 5: duplicate key 'split' (first given at line 1)"),
+        ("split:\n  folds: 3\n  seed: 1\n  folds: 4\n",
+         "line 4: duplicate key 'split.folds' (first given at line 2)"),
+        ("spark:\n  conf:\n    spark.a: 1\n    spark.b: 2\n    spark.a: 3\n",
+         "line 5: duplicate key 'spark.conf.spark.a'"),
+        ("train:\n  head_params:\n    rf: {numTrees: 10, maxDepth: 3, numTrees: 20}\n",
+         "line 3: duplicate key 'train.head_params.rf.numTrees'"),
+    ],
+    ids=["top-level", "nested", "deeper", "flow-mapping"],
+)
+def test_duplicate_key_is_an_error_naming_key_file_and_line(tmp_path: Path, text: str, needle: str) -> None:
+    bad = tmp_path / "bad.yml"
+    bad.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        load_config(bad, local=None)
+    assert needle in str(err.value) and str(bad) in str(err.value)
+
+
+def test_duplicate_key_in_local_layer_names_that_file(tmp_path: Path) -> None:
+    local = tmp_path / "local.yml"
+    local.write_text("dedup:\n  thumb_size: 64\n  thumb_size: 32\n")
+    with pytest.raises(ConfigError, match=r"local\.yml line 3: duplicate key 'dedup\.thumb_size'"):
+        load_config(None, local=local)
+
+
+def test_merge_keys_may_be_overridden_without_being_duplicates(tmp_path: Path) -> None:
+    ok = tmp_path / "ok.yml"
+    ok.write_text("train:\n  head_params:\n    lr: &p {maxIter: 5, regParam: 0.1}\n"
+                  "    mlp:\n      <<: *p\n      maxIter: 9\n")
+    cfg = load_config(ok, local=None)
+    assert cfg.train.head_params["mlp"] == {"maxIter": 9, "regParam": 0.1}
+
+
+@pytest.mark.parametrize(
+    "text, needle",
+    [
+        ("split:\n  folds: 1\n", "key 'split.folds' must be >= 2, got 1"),
+        ("split:\n  test_fold: 5\n", "key 'split.test_fold' must be in [0, 4] (split.folds is 5), got 5"),
+        ("split:\n  seed: -1\n", "key 'split.seed' must be in [0, 2**32 - 1]"),
+        ("split:\n  folds: 2\ntrain:\n  cross_validate: true\n",
+         "key 'split.folds' must be >= 3 when train.cross_validate is true"),
+        ("decode:\n  max_file_bytes: 0\n", "key 'decode.max_file_bytes' must be >= 1, got 0"),
+        ("dedup:\n  pixel_min_correlation: 0\n",
+         "key 'dedup.pixel_min_correlation' must be in (0, 1], got 0.0"),
+        ("dedup:\n  pixel_min_correlation: 1.5\n", "must be in (0, 1], got 1.5"),
+        ("dedup:\n  phash_max_hamming: 9\n", "key 'dedup.phash_max_hamming' must be in [0, 8]"),
+        ("train:\n  bootstrap_resamples: 0\n", "key 'train.bootstrap_resamples' must be >= 1, got 0"),
+        ("train:\n  parallel_fits: 0\n", "key 'train.parallel_fits' must be >= 1, got 0"),
+        ("train:\n  seed: -7\n", "key 'train.seed' must be in [0, 2**63 - 1]"),
+    ],
+)
+def test_out_of_range_value_names_key_range_and_file(tmp_path: Path, text: str, needle: str) -> None:
+    bad = tmp_path / "bad.yml"
+    bad.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        load_config(bad, local=None)
+    message = str(err.value)
+    assert message.startswith(f"{bad}: ") and needle in message and "\n" not in message
+
+
+def test_range_edges_are_accepted(tmp_path: Path) -> None:
+    ok = tmp_path / "ok.yml"
+    ok.write_text("split:\n  folds: 2\n  test_fold: 1\n  seed: 0\n"
+                  "dedup:\n  pixel_min_correlation: 1\n  phash_max_hamming: 0\n")
+    cfg = load_config(ok, local=None)
+    assert (cfg.split.folds, cfg.split.test_fold, cfg.dedup.pixel_min_correlation) == (2, 1, 1.0)
+
+
+def test_hamming_range_matches_what_dedup_covers() -> None:
+    from xray_spark.data.dedup import MAX_HAMMING_COVERED
+
+    ok, _ = _RANGES["dedup.phash_max_hamming"]
+    assert ok(MAX_HAMMING_COVERED) and not ok(MAX_HAMMING_COVERED + 1)
+
+
+def test_duplicate_key_from_cli_is_one_line_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`score` loads config before it starts Spark (cli._context): the error is one line and exit 2."""
+    monkeypatch.chdir(tmp_path)  # no conf/local.yml from the working directory
+    bad = tmp_path / "bad.yml"
+    bad.write_text("split:\n  folds: 3\n  folds: 4\n")
+    (tmp_path / "in").mkdir()
+
+    code = main(["score", "--config", str(bad), "--model", "x", "--input", str(tmp_path / "in"),
+                 "--output", str(tmp_path / "out")])
+
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.endswith("\n") and err.count("\n") == 1, err
+    assert "Traceback" not in err and "duplicate key 'split.folds'" in err and "bad.yml line 3" in err
+    assert not (tmp_path / "out").exists()
 
 
 def test_bad_config_from_cli_is_one_line_exit_2(tmp_path: Path) -> None:

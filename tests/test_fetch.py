@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import os
 import re
+import sys
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -14,7 +17,7 @@ from urllib.parse import unquote
 
 import pytest
 
-from xray_spark.data.fetch import fetch_dataset
+from xray_spark.data.fetch import LIMIT_MANIFEST_NAME, fetch_dataset, partial_path
 from xray_spark.data.sources import (
     MANIFEST_COLUMNS,
     SOURCES,
@@ -43,7 +46,10 @@ def _read_csv(path: Path) -> list[dict[str, str]]:
 
 
 class _RangeHandler(SimpleHTTPRequestHandler):
-    """SimpleHTTPRequestHandler plus single `bytes=N-[M]` ranges, recording every GET on the server."""
+    """SimpleHTTPRequestHandler plus single `bytes=N-[M]` ranges, recording every GET on the server.
+
+    `server.special[path]` (unquoted URL path) answers that path instead: a misbehaving server for one file.
+    """
 
     def log_message(self, format: str, *args: object) -> None:  # keep pytest output clean
         pass
@@ -51,6 +57,9 @@ class _RangeHandler(SimpleHTTPRequestHandler):
     def do_GET(self) -> None:
         rng = self.headers.get("Range")
         self.server.requests.append((unquote(self.path), rng))
+        special = self.server.special.get(unquote(self.path))
+        if special is not None:
+            return special(self)
         if not rng or not self.server.support_range:
             return super().do_GET()
         path = Path(self.translate_path(self.path))
@@ -76,6 +85,12 @@ class _RangeHandler(SimpleHTTPRequestHandler):
         return None
 
 
+class _Server(ThreadingHTTPServer):
+    def handle_error(self, request: object, client_address: object) -> None:
+        if not isinstance(sys.exc_info()[1], ConnectionError):  # clients that hang up early: on purpose
+            super().handle_error(request, client_address)
+
+
 @dataclass
 class Served:
     root: Path
@@ -86,6 +101,10 @@ class Served:
     @property
     def requests(self) -> list[tuple[str, str | None]]:
         return self.server.requests
+
+    def answer(self, row: dict[str, str], handler: Callable[[_RangeHandler], None]) -> None:
+        """Serve `row`'s file with `handler` instead of the normal file answer."""
+        self.server.special[f"/X-Ray Image DataSet/{row['path']}"] = handler
 
 
 @pytest.fixture(scope="module")
@@ -106,8 +125,9 @@ def served(tmp_path: Path, servable_rows: list[tuple[dict[str, str], Path]]) -> 
         dst.parent.mkdir(parents=True, exist_ok=True)
         dst.symlink_to(src)
     handler = lambda *a, **kw: _RangeHandler(*a, directory=str(tmp_path), **kw)  # noqa: E731
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server = _Server(("127.0.0.1", 0), handler)
     server.requests = []
+    server.special = {}
     server.support_range = True
     server.daemon_threads = True
     thread = threading.Thread(target=server.serve_forever, daemon=True)
@@ -139,6 +159,35 @@ def _subset_manifest(tmp_path: Path, rows: list[dict[str, str]], per_label: int)
 
 def _local(row: dict[str, str]) -> str:
     return f"{row['label']}/{row['path'].rsplit('/', 1)[-1]}"
+
+
+def _hidden_part(out: Path, row: dict[str, str]) -> Path:
+    return out / row["label"] / f".{row['path'].rsplit('/', 1)[-1]}.part"
+
+
+def _visible_files(root: Path) -> set[str]:
+    """What a folder reader that skips `.`/`_` names (Spark's binaryFile, ingest) lists under `root`."""
+    out = set()
+    for dirpath, dirs, files in os.walk(root):
+        dirs[:] = [d for d in dirs if not d.startswith((".", "_"))]
+        rel = Path(dirpath).relative_to(root)
+        out |= {(rel / f).as_posix() for f in files if not f.startswith((".", "_"))}
+    return out
+
+
+def _write_manifest(path: Path, rows: list[dict[str, str]], sizes: dict[str, int] | None = None) -> Path:
+    """A source-format manifest of `rows`, with a `size` column when `sizes` (by manifest path) is given."""
+    fields = list(MANIFEST_COLUMNS) + (["size"] if sizes is not None else [])
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=fields)
+        w.writeheader()
+        for r in rows:
+            w.writerow({**r, **({"size": sizes.get(r["path"], "")} if sizes is not None else {})})
+    return path
+
+
+def _reconciles(res, n_rows: int) -> bool:
+    return len(res.downloaded) + len(res.skipped_existing) + len(res.failed) == n_rows
 
 
 # ---------------------------------------------------------------- downloads
@@ -208,7 +257,7 @@ def test_resume_from_half_written_part_uses_range(served: Served, tmp_path: Path
     row = _read_csv(manifest)[0]
     data = (served.root / row["path"]).read_bytes()
     out = tmp_path / "out"
-    part = out / (_local(row) + ".part")
+    part = _hidden_part(out, row)
     part.parent.mkdir(parents=True)
     half = len(data) // 2
     part.write_bytes(data[:half])
@@ -229,7 +278,7 @@ def test_resume_falls_back_to_full_download_without_range_support(served: Served
     row = _read_csv(manifest)[2]
     data = (served.root / row["path"]).read_bytes()
     out = tmp_path / "out"
-    part = out / (_local(row) + ".part")
+    part = _hidden_part(out, row)
     part.parent.mkdir(parents=True)
     part.write_bytes(data[:1000])
 
@@ -243,7 +292,7 @@ def test_garbage_part_is_discarded_and_redownloaded(served: Served, tmp_path: Pa
     manifest = _subset_manifest(tmp_path, served.rows, per_label=1)
     row = _read_csv(manifest)[0]
     out = tmp_path / "out"
-    part = out / (_local(row) + ".part")
+    part = _hidden_part(out, row)
     part.parent.mkdir(parents=True)
     part.write_bytes(b"\0" * 5000)  # not a prefix of the real file: the resumed result fails its hash
 
@@ -282,6 +331,9 @@ def test_env_var_base_url_and_balanced_limit(
     assert res.ok and res.base_url == served.url
     labels = sorted(p.split("/")[0] for p in res.downloaded)
     assert labels == ["covid", "covid", "no_findings", "pneumonia"]  # round-robin over labels
+    assert res.manifest_path == tmp_path / "out" / LIMIT_MANIFEST_NAME
+    assert not (tmp_path / "out" / "manifest.csv").exists(), "a limited fetch never writes manifest.csv"
+    assert sorted(w["path"] for w in _read_csv(res.manifest_path)) == sorted(res.downloaded)
 
 
 def test_file_url_base_works(served: Served, tmp_path: Path) -> None:
@@ -290,6 +342,190 @@ def test_file_url_base_works(served: Served, tmp_path: Path) -> None:
         "ozturk2020", tmp_path / "out", base_url=served.root.as_uri(), manifest_path=manifest, progress=False
     )
     assert res.ok and len(res.downloaded) == 3 and served.requests == []
+
+
+# ---------------------------------------------------------------- partials, sizes and --limit
+
+
+def _largest(rows: list[dict[str, str]], root: Path) -> dict[str, str]:
+    return max(rows, key=lambda r: (root / r["path"]).stat().st_size)
+
+
+def test_partial_is_hidden_from_folder_readers_mid_download(served: Served, tmp_path: Path) -> None:
+    row = _largest(served.rows, served.root)
+    data = (served.root / row["path"]).read_bytes()
+    release = threading.Event()
+
+    def stall_halfway(h: _RangeHandler) -> None:
+        h.send_response(200)
+        h.send_header("Content-Length", str(len(data)))
+        h.end_headers()
+        h.wfile.write(data[: len(data) // 2])
+        release.wait(timeout=30)
+        h.wfile.write(data[len(data) // 2 :])
+
+    served.answer(row, stall_halfway)
+    manifest = _write_manifest(tmp_path / "one.csv", [row])
+    out = tmp_path / "out"
+    part = _hidden_part(out, row)
+    results = []
+    worker = threading.Thread(target=lambda: results.append(fetch_dataset(
+        "ozturk2020", out, base_url=served.url, manifest_path=manifest, progress=False)))
+    worker.start()
+    try:
+        deadline = time.monotonic() + 20
+        while not (part.is_file() and part.stat().st_size > 0) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert part.is_file() and part.stat().st_size > 0, "the download should be under way"
+        assert partial_path(out / _local(row)) == part
+        on_disk = {p.relative_to(out).as_posix() for p in out.rglob("*")}
+        assert on_disk == {row["label"], f"{row['label']}/{part.name}"}  # the partial sits next to its file
+        assert _visible_files(out) == set(), "a half-written image must be invisible to folder readers"
+    finally:
+        release.set()
+        worker.join(timeout=30)
+    assert results and results[0].ok and results[0].downloaded == [_local(row)]
+    assert _visible_files(out) == {_local(row), "manifest.csv"} and not part.exists()
+    assert _sha(out / _local(row)) == row["sha256"]
+
+
+def test_oversize_stream_is_cut_off_as_it_passes_the_manifest_size(served: Served, tmp_path: Path) -> None:
+    manifest_rows = _read_csv(_subset_manifest(tmp_path, served.rows, per_label=1))
+    bad = manifest_rows[1]
+    size = (served.root / bad["path"]).stat().st_size
+    endless, sent = 1 << 30, []
+
+    def endless_stream(h: _RangeHandler) -> None:  # no Content-Length: only the client can stop it
+        h.send_response(200)
+        h.end_headers()
+        n = 0
+        try:
+            while n < endless:
+                h.wfile.write(b"\0" * (1 << 16))
+                n += 1 << 16
+        except OSError:
+            pass
+        sent.append(n)
+
+    served.answer(bad, endless_stream)
+    sizes = {r["path"]: (served.root / r["path"]).stat().st_size for r in manifest_rows}
+    manifest = _write_manifest(tmp_path / "sized.csv", manifest_rows, sizes)
+    out = tmp_path / "out"
+
+    res = fetch_dataset("ozturk2020", out, base_url=served.url, manifest_path=manifest, progress=False)
+
+    assert _reconciles(res, 3) and len(res.downloaded) == 2
+    assert [f.path for f in res.failed] == [_local(bad)]
+    assert "larger than expected" in res.failed[0].reason and f"{size} bytes" in res.failed[0].reason
+    assert len(sent) == 2 and max(sent) < 64 << 20, "the response must be cut off while streaming"
+    assert not (out / _local(bad)).exists() and not _hidden_part(out, bad).exists()
+    assert _local(bad) not in {w["path"] for w in _read_csv(out / "manifest.csv")}
+
+
+@pytest.mark.parametrize("where", ["manifest", "max_bytes"])
+def test_file_larger_than_expected_fails_with_a_reason(served: Served, tmp_path: Path, where: str) -> None:
+    manifest_rows = _read_csv(_subset_manifest(tmp_path, served.rows, per_label=1))
+    bad = manifest_rows[0]
+    size = (served.root / bad["path"]).stat().st_size
+    if where == "manifest":  # the mirror serves a bigger file than the manifest describes
+        manifest = _write_manifest(tmp_path / "sized.csv", manifest_rows, {bad["path"]: size - 100})
+        cap = 1 << 30
+    else:
+        manifest, cap = _write_manifest(tmp_path / "plain.csv", manifest_rows), size - 100
+    out = tmp_path / "out"
+
+    res = fetch_dataset("ozturk2020", out, base_url=served.url, manifest_path=manifest, progress=False,
+                        max_bytes=cap)
+
+    assert _reconciles(res, 3) and _local(bad) in {f.path for f in res.failed}
+    reason = next(f.reason for f in res.failed if f.path == _local(bad))
+    assert "larger than expected" in reason and str(size - 100) in reason
+    assert f"the server declares {size} bytes" in reason, "refused from its Content-Length, before any body"
+    assert not (out / _local(bad)).exists() and not _hidden_part(out, bad).exists()
+
+
+def test_manifest_size_over_the_cap_fails_without_a_request(served: Served, tmp_path: Path) -> None:
+    manifest_rows = _read_csv(_subset_manifest(tmp_path, served.rows, per_label=1))
+    sizes = {r["path"]: (served.root / r["path"]).stat().st_size for r in manifest_rows}
+    manifest = _write_manifest(tmp_path / "sized.csv", manifest_rows, sizes)
+    cap = min(sizes.values())
+
+    res = fetch_dataset("ozturk2020", tmp_path / "out", base_url=served.url, manifest_path=manifest,
+                        progress=False, max_bytes=cap)
+
+    assert _reconciles(res, 3) and len(res.downloaded) == 1 and len(res.failed) == 2
+    assert all("-byte cap" in f.reason and "manifest size" in f.reason for f in res.failed)
+    assert len(served.requests) == 1
+
+
+def test_short_response_fails_and_keeps_only_a_hidden_partial(served: Served, tmp_path: Path) -> None:
+    manifest_rows = _read_csv(_subset_manifest(tmp_path, served.rows, per_label=1))
+    bad = manifest_rows[2]
+    data = (served.root / bad["path"]).read_bytes()
+
+    def truncated(h: _RangeHandler) -> None:  # promises the whole file, sends half, hangs up
+        h.send_response(200)
+        h.send_header("Content-Length", str(len(data)))
+        h.end_headers()
+        h.wfile.write(data[: len(data) // 2])
+        h.close_connection = True
+
+    served.answer(bad, truncated)
+    out = tmp_path / "out"
+    manifest = _write_manifest(tmp_path / "plain.csv", manifest_rows)
+
+    res = fetch_dataset("ozturk2020", out, base_url=served.url, manifest_path=manifest, progress=False)
+
+    assert _reconciles(res, 3) and len(res.downloaded) == 2
+    assert [f.path for f in res.failed] == [_local(bad)]
+    assert res.failed[0].reason == f"short download: got {len(data) // 2} of {len(data)} bytes"
+    hits = [r for p, r in served.requests if p.endswith(bad["path"])]
+    assert hits == [None, f"bytes={len(data) // 2}-"], "retried once, resuming from the partial"
+    assert not (out / _local(bad)).exists()
+    assert _hidden_part(out, bad).read_bytes() == data[: len(data) // 2]  # kept to resume from, hidden
+    assert _local(bad) not in _visible_files(out)
+
+
+def test_limit_leaves_an_existing_full_manifest_byte_identical(served: Served, tmp_path: Path) -> None:
+    manifest = _subset_manifest(tmp_path, served.rows, per_label=2)
+    out = tmp_path / "out"
+    full = fetch_dataset("ozturk2020", out, base_url=served.url, manifest_path=manifest, progress=False)
+    assert full.ok and full.manifest_path == out / "manifest.csv"
+    before = (out / "manifest.csv").read_bytes()
+    stamp = (out / "manifest.csv").stat().st_mtime_ns
+
+    res = fetch_dataset("ozturk2020", out, base_url=served.url, manifest_path=manifest, limit=3,
+                        progress=False)
+
+    assert res.ok and len(res.skipped_existing) == 3 and len(served.requests) == 6
+    assert (out / "manifest.csv").read_bytes() == before
+    assert (out / "manifest.csv").stat().st_mtime_ns == stamp, "not even rewritten with the same bytes"
+    assert len(_read_csv(out / "manifest.csv")) == 6
+    assert res.manifest_path == out / LIMIT_MANIFEST_NAME
+    assert sorted(w["path"] for w in _read_csv(res.manifest_path)) == sorted(res.skipped_existing)
+
+
+def test_partial_from_an_older_version_is_hidden_and_resumed(served: Served, tmp_path: Path) -> None:
+    manifest = _subset_manifest(tmp_path, served.rows, per_label=1)
+    row = _read_csv(manifest)[0]
+    data = (served.root / row["path"]).read_bytes()
+    out = tmp_path / "out"
+    legacy = out / (_local(row) + ".part")  # visible to ingest: the old layout
+    legacy.parent.mkdir(parents=True)
+    legacy.write_bytes(data[:1000])
+
+    res = fetch_dataset("ozturk2020", out, base_url=served.url, manifest_path=manifest, progress=False)
+
+    assert res.ok and _local(row) in res.resumed and not legacy.exists()
+    assert ("/X-Ray Image DataSet/" + row["path"], "bytes=1000-") in served.requests
+    assert _sha(out / _local(row)) == row["sha256"]
+
+
+def test_bad_size_column_names_the_line(tmp_path: Path) -> None:
+    bad = tmp_path / "m.csv"
+    bad.write_text("path,label,sha256,size\nCovid-19/x.png,covid," + "a" * 64 + ",12kB\n")
+    with pytest.raises(UserError, match=r"m\.csv:2: size must be a whole number of bytes"):
+        fetch_dataset("ozturk2020", tmp_path / "out", manifest_path=bad, progress=False)
 
 
 # ---------------------------------------------------------------- registry and manifest

@@ -8,9 +8,11 @@ subprocess for the kill test.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -19,13 +21,14 @@ from pathlib import Path
 
 import pytest
 
-from conftest import isolate_mlflow
+from conftest import VIEWFS_ARGS, isolate_mlflow, viewfs
 from xray_spark.config import load_config
 from xray_spark.errors import UserError
+from xray_spark.scoring.lease import LeaseHeld
 from xray_spark.scoring.model import ModelRef, resolve_model
 from xray_spark.scoring.plan import plan_run
 from xray_spark.scoring.run import default_chunk_size
-from xray_spark.scoring.store import LEDGER_SCHEMA, ConcurrentRunError, OutputStore
+from xray_spark.scoring.store import LEDGER_SCHEMA, OutputStore
 
 CLASSES = ("covid", "no_findings", "pneumonia")
 
@@ -90,9 +93,12 @@ def test_commit_writes_one_atomic_file_and_the_ledger_reads_only_this_model(spar
     store = OutputStore(spark, str(out), mine)
     assert store.ledger().count() == 0  # no output yet: empty ledger, no error
     now = datetime.now(timezone.utc)
-    final = store.commit(_ledger_rows(spark, mine, [("file:/x/1.png", "s1"), ("file:/x/2.png", "s2")])
-                         .repartition(3), now)
-    OutputStore(spark, str(out), other).commit(_ledger_rows(spark, other, [("file:/x/3.png", "s3")]), now)
+    with store.leased(ttl=60, settle=0):
+        final = store.commit(_ledger_rows(spark, mine, [("file:/x/1.png", "s1"), ("file:/x/2.png", "s2")])
+                             .repartition(3), now)
+    other_store = OutputStore(spark, str(out), other)
+    with other_store.leased(ttl=60, settle=0):
+        other_store.commit(_ledger_rows(spark, other, [("file:/x/3.png", "s3")]), now)
     assert len(_part_files(out)) == 2 and final.endswith(".parquet") and f"part-{mine.file_key()}-" in final
     assert sorted(r.sha256 for r in store.ledger().collect()) == ["s1", "s2"]
     assert not list((out / "_tmp").rglob("*.parquet"))  # nothing left in temp space
@@ -107,7 +113,8 @@ def test_ledger_reads_only_this_model_versions_files(spark, tmp_path):
     _plant_garbage(out, f"{v1.file_key()}-0123abcd")  # like a uri-keyed model's "<name>-<version>-<sha1>"
     assert store.ledger().count() == 0  # the folder exists but holds none of m/1's files: empty, no error
     now = datetime.now(timezone.utc)
-    store.commit(_ledger_rows(spark, v1, [("file:/x/1.png", "s1")]), now)
+    with store.leased(ttl=60, settle=0):
+        store.commit(_ledger_rows(spark, v1, [("file:/x/1.png", "s1")]), now)
     _plant_garbage(out, v10.file_key(), day=f"{now:%Y-%m-%d}")
     ledger = store.ledger()
     assert sorted(r.sha256 for r in ledger.collect()) == ["s1"]
@@ -128,19 +135,9 @@ def test_killed_chunk_in_temp_space_is_invisible_and_cleaned(spark, tmp_path):
     stale = f"{store.tmp_root}/20240101T000000-dead/chunk-1"
     _ledger_rows(spark, ref, [("file:/x/1.png", "s1")]).coalesce(1).write.parquet(stale)
     assert store.ledger().count() == 0  # not committed == not scored
-    assert store.clean_stale() == 1
+    with store.leased(ttl=60, settle=0):  # only the lease holder cleans
+        assert store.clean_stale() == 1
     assert not (out / "_tmp" / ref.file_key()).exists() or not any((out / "_tmp" / ref.file_key()).iterdir())
-
-
-def test_lock_refuses_a_second_concurrent_run(spark, tmp_path):
-    a = OutputStore(spark, str(tmp_path / "out"), _path_ref())
-    b = OutputStore(spark, str(tmp_path / "out"), _path_ref())
-    with a.locked():
-        with pytest.raises(ConcurrentRunError, match="another scoring run"):
-            with b.locked():
-                pass
-    with b.locked():  # released on exit
-        pass
 
 
 def test_plan_skips_scored_content_and_reads_only_unknown_files(spark, tmp_path):
@@ -164,6 +161,57 @@ def test_plan_skips_scored_content_and_reads_only_unknown_files(spark, tmp_path)
     assert plan.known_by_content == 2  # copy_of_a.png (scored content) + c_again.jpg (duplicate in this run)
     assert [Path(c.path).name for c in plan.candidates] == ["c.jpg", "x[1].png"]  # glob chars are escaped
     assert [Path(p).name for p, _, _ in plan.too_large] == ["big.png"]
+
+
+def _known(spark, ref: ModelRef, path: Path, sha: str):
+    """A one-row ledger: `path` as it is listed now (size, mtime), scored with content `sha`."""
+    from pyspark.sql import functions as F
+
+    listing = spark.read.format("binaryFile").load(str(path)).collect()[0]
+    return (_ledger_rows(spark, ref, [(listing.path, sha)]).withColumn("file_size", F.lit(listing.length))
+            .withColumn("modified_at", F.lit(listing.modificationTime))
+            .select("path", "sha256", "file_size", "modified_at"))
+
+
+def test_a_file_still_being_written_waits_for_min_age(spark, tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    (src / "old.png").write_bytes(b"OLD")
+    os.utime(src / "old.png", (time.time() - 3600, time.time() - 3600))
+    growing = src / "arriving.png"
+    growing.write_bytes(b"half of it")  # a copy in progress: modified just now
+    empty = _ledger_rows(spark, _path_ref(), []).select("path", "sha256", "file_size", "modified_at")
+    plan = plan_run(spark, str(src), empty, extensions=["png"], max_file_bytes=1000, min_age_seconds=60)
+    assert (plan.files_seen, plan.too_recent, [Path(c.path).name for c in plan.candidates]) == (
+        2, 1, ["old.png"])
+    growing.write_bytes(b"half of it, and the rest")  # the copy finished a while ago
+    os.utime(growing, (time.time() - 120, time.time() - 120))
+    plan = plan_run(spark, str(src), empty, extensions=["png"], max_file_bytes=1000, min_age_seconds=60)
+    arrived = {Path(c.path).name: c.sha256 for c in plan.candidates}
+    assert plan.too_recent == 0
+    assert arrived["arriving.png"] == hashlib.sha256(b"half of it, and the rest").hexdigest()
+
+
+def test_verify_content_catches_a_file_rewritten_with_the_same_size_and_mtime(spark, tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    f = src / "a.png"
+    f.write_bytes(b"AAAA")
+    stamp = (time.time() - 3600, time.time() - 3600)
+    os.utime(f, stamp)
+    ledger = _known(spark, _path_ref(), f, hashlib.sha256(b"AAAA").hexdigest())
+    f.write_bytes(b"BBBB")  # rewritten in place, same size, modification time put back
+    os.utime(f, stamp)
+    kwargs = dict(extensions=["png"], max_file_bytes=1000)
+    plan = plan_run(spark, str(src), ledger, **kwargs)
+    assert (plan.known_by_path, plan.candidates) == (1, [])  # the cheap check cannot see it
+    plan = plan_run(spark, str(src), ledger, verify_content=True, **kwargs)
+    assert plan.known_by_path == 0
+    assert [c.sha256 for c in plan.candidates] == [hashlib.sha256(b"BBBB").hexdigest()]
+    f.write_bytes(b"AAAA")  # back to the scored content: verified, and skipped as known
+    os.utime(f, stamp)
+    plan = plan_run(spark, str(src), ledger, verify_content=True, **kwargs)
+    assert (plan.known_by_content, plan.candidates) == (1, [])
 
 
 def test_resolve_rejects_unusable_models_without_spark(tmp_path):
@@ -229,16 +277,18 @@ def _cfg(registered):
     return cfg
 
 
-def _score(spark, registered, src: Path, out: Path, capsys, chunk_size: int | None = 4,
-           model: str = "models:/xray-test@champion") -> dict[str, int]:
+def _score(spark, registered, src: Path | str, out: Path | str, capsys, chunk_size: int | None = 4,
+           model: str = "models:/xray-test@champion", lease_seconds: float | None = None) -> dict[str, int]:
     from xray_spark.scoring import score_command
 
     cfg = _cfg(registered)
+    if lease_seconds is not None:
+        cfg.scoring.lease_seconds = lease_seconds
     cfg.decode.max_file_bytes = 1_000_000  # the test images are < 100 kB
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("XRAY_SPARK_CACHE", str(registered["base"] / "weights"))
-        summary = score_command(lambda: spark, cfg, model=model,
-                                input_dir=str(src), output_dir=str(out), chunk_size=chunk_size)
+        summary = score_command(lambda: spark, cfg, model=model, input_dir=str(src), output_dir=str(out),
+                                chunk_size=chunk_size, min_age_seconds=0)
     assert capsys.readouterr().out == "", "only cli.py prints"
     return {k: int(v) for k, _, v in (line.rpartition(": ") for line in summary.lines()) if v.isdigit()}
 
@@ -349,9 +399,10 @@ def test_file_names_are_kept_exactly_and_huge_files_are_never_read(spark, regist
             s["skipped as already scored"]) == (5, 0, 0, 5)
 
 
-def _cli(args: list[str], registered, cwd: Path, **kwargs) -> subprocess.Popen:
-    env = dict(registered["env"], MLFLOW_TRACKING_URI=registered["tracking_uri"],
-               XRAY_SPARK_CACHE=str(registered["base"] / "weights"), PYTHONUNBUFFERED="1")
+def _cli(args: list[str], registered, cwd: Path, env: dict[str, str] | None = None,
+         **kwargs) -> subprocess.Popen:
+    env = {**registered["env"], "MLFLOW_TRACKING_URI": registered["tracking_uri"],
+           "XRAY_SPARK_CACHE": str(registered["base"] / "weights"), "PYTHONUNBUFFERED": "1", **(env or {})}
     return subprocess.Popen([sys.executable, "-m", "xray_spark", "score", *args], cwd=cwd, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
 
@@ -364,11 +415,7 @@ def test_kill_9_mid_run_then_rerun_gives_exactly_one_row_per_image(spark, regist
             "--chunk-size", "2"]
     proc = _cli(args, registered, tmp_path, start_new_session=True)
     try:
-        deadline = time.time() + 240
-        while not _part_files(out) and proc.poll() is None and time.time() < deadline:
-            time.sleep(0.05)
-        assert _part_files(out), (f"no chunk committed: rc={proc.poll()} "
-                                  f"{proc.stderr.read() if proc.poll() else ''}")
+        _wait_for_a_commit(proc, out)
         os.kill(proc.pid, signal.SIGKILL)  # kill -9 of the driver, mid-run
         proc.wait(30)
     finally:
@@ -391,8 +438,8 @@ def test_unknown_model_or_missing_input_exit_2_with_one_line_before_any_work(reg
                                                                              tmp_path):
     src, out = tmp_path / "in", tmp_path / "out"
     _copy(_images(ozturk_dir, 1), src)
-    bad_model = _cli(["--model", "models:/nope@champion", "--input", str(src), "--output", str(out)],
-                     registered, tmp_path)
+    bad_model = _cli(["--model", "models:/nope@champion", "--input", str(src), "--output", str(out),
+                      "--retries", "3"], registered, tmp_path)  # exit 2 is never retried
     _, stderr = bad_model.communicate(timeout=120)
     assert bad_model.returncode == 2
     assert len(stderr.strip().splitlines()) == 1 and "nope" in stderr, stderr
@@ -405,3 +452,108 @@ def test_unknown_model_or_missing_input_exit_2_with_one_line_before_any_work(reg
     _, stderr = zero.communicate(timeout=120)
     assert zero.returncode == 2 and len(stderr.strip().splitlines()) == 1 and "chunk-size" in stderr, stderr
     assert not out.exists()  # nothing written, Spark never started
+
+
+def _wait_for_a_commit(proc: subprocess.Popen, out: Path, timeout: float = 240) -> None:
+    deadline = time.time() + timeout
+    while not _part_files(out) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert _part_files(out), (f"no chunk committed: rc={proc.poll()} "
+                              f"{proc.stderr.read() if proc.poll() else ''}")
+
+
+def test_overlapping_runs_under_viewfs_score_each_image_once(spark, registered, ozturk_dir, tmp_path, capsys):
+    """Two runs of one model into one output, the second started while the first works (the scenario that
+    scored every image twice when the only guard was a local flock), with a viewfs default filesystem.
+    One file is still being written when the first run lists the folder: --min-age leaves it for later."""
+    src, out = tmp_path / "in", tmp_path / "out"
+    images = _copy(_images(ozturk_dir, 3, skip=30), src)  # copy2 keeps the originals' old mtimes
+    arriving = src / "arriving.png"
+    arriving.write_bytes(images[0].read_bytes()[:500])  # a copy in progress, modified just now
+    args = ["--model", "models:/xray-test@champion", "--input", str(src), "--output", str(out),
+            "--chunk-size", "2", "--min-age", "300", *VIEWFS_ARGS]
+    first = _cli(args, registered, tmp_path)
+    try:
+        deadline = time.time() + 240
+        while not list(out.glob("_leases/*/*.json")) and first.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+        assert first.poll() is None, first.stderr.read()
+        second = _cli(args, registered, tmp_path)  # the first has just taken the lease
+        _, second_err = second.communicate(timeout=300)
+        out1, err1 = first.communicate(timeout=600)
+    finally:
+        first.kill()
+    assert second.returncode == 75, second_err
+    assert [line for line in second_err.splitlines() if line.startswith("xray-spark:")] == [
+        next(line for line in second_err.splitlines() if "holds the lease" in line)]
+    assert first.returncode == 0, err1[-3000:]
+    assert f"newly scored: {len(images)}" in out1  # nothing of the first run's work was lost
+    assert "left for the next run (younger than --min-age): 1" in out1
+    rows = _read_output(spark, out)
+    assert len(rows) == len(images) and rows["sha256"].is_unique
+    assert rows["path"].str.startswith("viewfs://v/").all()
+    assert sorted(rows["sha256"]) == sorted(_sha(p) for p in images)
+
+    arriving.write_bytes(images[0].read_bytes()[:500] + b"the rest")  # finished, some time ago
+    os.utime(arriving, (time.time() - 600, time.time() - 600))
+    s = _score(spark, registered, viewfs(src), viewfs(out), capsys)
+    assert (s["newly scored"] + s["quarantined"], s["skipped as already scored"]) == (1, len(images))
+    rows = _read_output(spark, out)
+    assert len(rows) == len(images) + 1 and rows["sha256"].is_unique
+
+
+def test_kill_9_under_viewfs_waits_for_the_lease_then_scores_exactly_once(spark, registered, ozturk_dir,
+                                                                           tmp_path, capsys):
+    src, out = tmp_path / "in", tmp_path / "out"
+    images = _copy(_images(ozturk_dir, 3, skip=50), src)
+    conf = tmp_path / "score.yml"
+    conf.write_text("scoring:\n  lease_seconds: 8\n")
+    proc = _cli(["--config", str(conf), "--model", "models:/xray-test@champion", "--input", str(src),
+                 "--output", str(out), "--chunk-size", "2", *VIEWFS_ARGS], registered, tmp_path,
+                start_new_session=True)
+    try:
+        _wait_for_a_commit(proc, out)
+        os.kill(proc.pid, signal.SIGKILL)  # kill -9 of the driver, mid-run
+        proc.wait(30)
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # the JVM this driver started, if still alive
+        except ProcessLookupError:
+            pass
+    killed_at = time.time()
+    partial = len(_read_output(spark, out))
+    assert 0 < partial < len(images), "the kill must land mid-run for this test to mean anything"
+    leases = list((out / "_leases").rglob("*.json"))
+    assert len(leases) == 1 and json.loads(leases[0].read_text())["local_lock"] is False  # viewfs: no flock
+
+    # within the dead run's lease: nothing is touched (its staged chunk may still be committed by it)
+    with pytest.raises(LeaseHeld, match="holds the lease"):
+        _score(spark, registered, viewfs(src), viewfs(out), capsys, chunk_size=2, lease_seconds=8)
+    assert len(_read_output(spark, out)) == partial
+
+    time.sleep(max(0.0, json.loads(leases[0].read_text())["renewed_at"] + 8 - time.time()) + 0.5)
+    assert time.time() - killed_at < 60
+    s = _score(spark, registered, viewfs(src), viewfs(out), capsys, chunk_size=2, lease_seconds=8)
+    assert (s["newly scored"], s["skipped as already scored"]) == (len(images) - partial, partial)
+    rows = _read_output(spark, out)
+    assert rows["sha256"].is_unique and sorted(rows["sha256"]) == sorted(_sha(p) for p in images)
+    assert not list((out / "_tmp").rglob("*.parquet"))  # the killed run's leftovers, cleaned after expiry
+    assert not list((out / "_leases").rglob("*.json"))  # and the lease released
+
+
+def test_unreachable_tracking_server_exits_75_and_is_retried_only_then(registered, ozturk_dir, tmp_path):
+    src, out = tmp_path / "in", tmp_path / "out"
+    _copy(_images(ozturk_dir, 1), src)
+    with socket.socket() as sock:  # a port with nothing listening
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = f"http://127.0.0.1:{port}"
+    env = {"MLFLOW_TRACKING_URI": server, "MLFLOW_REGISTRY_URI": server,
+           "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}  # fail fast
+    proc = _cli(["--model", "models:/xray-test@champion", "--input", str(src), "--output", str(out),
+                 "--retries", "1", "--retry-wait", "0.1"], registered, tmp_path, env=env)
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 75, stderr
+    failures = [line for line in stderr.splitlines() if line.startswith("xray-spark:")]
+    assert len(failures) == 2 and all("unreachable" in line for line in failures), stderr  # tried twice
+    assert not out.exists()

@@ -1,7 +1,7 @@
 """`xray-spark` console script: argument parsing and exit codes only; the work lives in the package.
 
-Exit codes: 0 success, 2 bad arguments/config/input location, 1 anything else.
-Errors are one line on stderr; `--verbose` adds the traceback for debugging.
+Exit codes (errors.py): 0 done, 2 bad arguments/config/input location/model, 75 an outage or a busy lease
+worth retrying later, 1 anything else. Errors are one line on stderr; `--verbose` adds the traceback.
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import time
 from collections.abc import Callable, Sequence
 
 from xray_spark.config import load_config
@@ -16,7 +17,7 @@ from xray_spark.data.fetch import fetch_dataset
 from xray_spark.data.files import check_local_data_dir
 from xray_spark.data.ingest import format_summary, ingest
 from xray_spark.demo import run_demo
-from xray_spark.errors import UserError
+from xray_spark.errors import EXIT_FAILED, EXIT_RETRY, EXIT_USAGE, TransientError, UserError, is_transient
 from xray_spark.features.backbones import get_backbone
 from xray_spark.features.run import featurize_folder
 from xray_spark.logs import setup_logging
@@ -96,7 +97,8 @@ def cmd_score(args: argparse.Namespace) -> int:
     if args.tracking_uri:
         cfg.tracking_uri = args.tracking_uri
     summary = score_command(spark, cfg, model=args.model, input_dir=args.input, output_dir=args.output,
-                            chunk_size=args.chunk_size)
+                            chunk_size=args.chunk_size, min_age_seconds=args.min_age,
+                            verify_content=args.verify_content)
     print("\n".join(summary.lines()))
     return 0
 
@@ -147,7 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", help="dataset name, e.g. ozturk2020")
     p.add_argument("--to", required=True, metavar="DIR")
     p.add_argument("--base-url", metavar="URL", help="mirror to download from instead of the public source")
-    p.add_argument("--limit", type=int, metavar="N", help="only the first N files (smoke tests)")
+    p.add_argument("--limit", type=int, metavar="N",
+                   help="only N files, round-robin over labels (smoke tests); listed in manifest.limit.csv, "
+                        "an existing manifest.csv is left as it is")
     p.add_argument("--workers", type=int, default=4, metavar="N", help="parallel downloads")
     p.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS", help="per-request timeout")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -183,6 +187,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tracking-uri", metavar="URI",
                    help="MLflow tracking/registry URI (default: config tracking_uri, else "
                         "MLFLOW_TRACKING_URI)")
+    p.add_argument("--min-age", type=float, default=None, metavar="SECONDS",
+                   help="leave files modified less than this long ago (maybe still being copied) for the "
+                        "next run (default: config scoring.min_age_seconds, 5)")
+    p.add_argument("--verify-content", action="store_true",
+                   help="hash every file, also those whose path, size and modification time match a scored "
+                        "one (catches files rewritten in place)")
+    _add_retry_arguments(p)
 
     p = add("demo", cmd_demo, "the main job: fetch (or --data), ingest, featurize, train, register, score")
     p.add_argument("--data", metavar="DIR", help="use this folder instead of fetching the Ozturk dataset")
@@ -196,24 +207,55 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    setup_logging(logging.DEBUG if args.verbose else logging.INFO, sys.stderr)
+def _add_retry_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--retries", type=int, default=0, metavar="N",
+                   help=f"run again up to N times when the run ends with exit code {EXIT_RETRY} (an outage "
+                        "or another run holding the lease), and only then")
+    p.add_argument("--retry-wait", type=float, default=60.0, metavar="SECONDS",
+                   help="seconds between such retries (default 60)")
+
+
+def _run_once(args: argparse.Namespace) -> int:
+    """One attempt: the command's own code, or the exit code its error maps to (one line on stderr)."""
     try:
         return int(args.func(args) or 0)
     except UserError as exc:
         sys.stderr.write(f"xray-spark: error: {exc}\n")
-        return 2
+        return EXIT_USAGE
+    except TransientError as exc:
+        sys.stderr.write(f"xray-spark: unavailable, retry later: {exc}\n")
+        return EXIT_RETRY
     except KeyboardInterrupt:
         sys.stderr.write("xray-spark: interrupted\n")
-        return 1
+        return EXIT_FAILED
     except Exception as exc:  # one line for people, the traceback for --verbose
         if args.verbose:
             log.exception("failed")
-        sys.stderr.write(f"xray-spark: failed: {type(exc).__name__}: "
-                         f"{str(exc).splitlines()[0] if str(exc) else ''}\n")
-        return 1
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        if is_transient(exc):
+            sys.stderr.write(f"xray-spark: unavailable, retry later: {type(exc).__name__}: {first}\n")
+            return EXIT_RETRY
+        sys.stderr.write(f"xray-spark: failed: {type(exc).__name__}: {first}\n")
+        return EXIT_FAILED
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    setup_logging(logging.DEBUG if args.verbose else logging.INFO, sys.stderr)
+    retries = getattr(args, "retries", 0)
+    if retries < 0 or getattr(args, "retry_wait", 0.0) < 0:
+        sys.stderr.write("xray-spark: error: --retries and --retry-wait must be 0 or more\n")
+        return EXIT_USAGE
+    code = _run_once(args)
+    for attempt in range(1, retries + 1):
+        if code != EXIT_RETRY:
+            break
+        log.warning("exit code %d (retry later): attempt %d of %d in %.0fs", code, attempt, retries,
+                    args.retry_wait)
+        time.sleep(args.retry_wait)
+        code = _run_once(args)
+    return code
 
 
 if __name__ == "__main__":

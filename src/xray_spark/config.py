@@ -1,12 +1,16 @@
 """Typed, validated configuration layered base -> conf/local.yml -> --config FILE.
 
 Why typed: a misspelt key in YAML silently does nothing; here it is an error naming the key and the file.
+The same goes for a key given twice (YAML keeps the last one without a word) and for a value out of its
+range (which would otherwise fail deep inside a Spark job, exit 1, instead of here, exit 2).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -41,6 +45,13 @@ class SplitConfig:
 
 
 @dataclass
+class ScoringConfig:
+    min_age_seconds: float = 5.0  # younger files may still be being copied in: left for the next run
+    lease_seconds: float = 120.0  # a run's lease ends this long after its last renewal (every quarter of it)
+    lease_settle_seconds: float = 2.0  # non-local outputs: wait, then re-read a new lease (racy create)
+
+
+@dataclass
 class SparkConfig:
     master: str = "local[2]"
     app_name: str = "xray-spark"
@@ -71,6 +82,7 @@ class Config:
     decode: DecodeConfig = field(default_factory=DecodeConfig)
     dedup: DedupConfig = field(default_factory=DedupConfig)
     split: SplitConfig = field(default_factory=SplitConfig)
+    scoring: ScoringConfig = field(default_factory=ScoringConfig)
     spark: SparkConfig = field(default_factory=SparkConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     tracking_uri: str | None = None
@@ -83,6 +95,63 @@ class Config:
             if key == _norm_label(canonical) or key in {_norm_label(a) for a in aliases}:
                 return canonical
         return None
+
+
+# Numeric keys with an obvious range: key -> (test, the range in words). Cross-key rules: _check_values.
+_RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "decode.max_pixels": (lambda v: v >= 1, ">= 1"),
+    "decode.max_file_bytes": (lambda v: v >= 1, ">= 1"),
+    # dedup.MAX_HAMMING_COVERED (not imported: it would pull pyspark into config); a test keeps them equal
+    "dedup.phash_max_hamming": (lambda v: 0 <= v <= 8, "in [0, 8], what the banded pHash search covers"),
+    "dedup.pixel_min_correlation": (lambda v: 0 < v <= 1, "in (0, 1]"),
+    "dedup.thumb_size": (lambda v: v >= 8, ">= 8 (pixels a side)"),
+    "split.seed": (lambda v: 0 <= v <= 2**32 - 1, "in [0, 2**32 - 1] (scikit-learn's random_state)"),
+    "split.folds": (lambda v: v >= 2, ">= 2"),
+    "scoring.min_age_seconds": (lambda v: v >= 0, ">= 0"),
+    "scoring.lease_seconds": (lambda v: v > 0, "> 0"),
+    "scoring.lease_settle_seconds": (lambda v: v >= 0, ">= 0"),
+    "train.bootstrap_resamples": (lambda v: v >= 1, ">= 1"),
+    "train.parallel_fits": (lambda v: v >= 1, ">= 1"),
+    "train.seed": (lambda v: 0 <= v <= 2**63 - 1, "in [0, 2**63 - 1] (a Spark seed is a long)"),
+}
+
+
+class _DuplicateKey(yaml.YAMLError):
+    """A mapping key given twice; `key` is dotted from the document root."""
+
+    def __init__(self, key: str, line: int, first: int) -> None:
+        super().__init__(f"duplicate key '{key}'")
+        self.key, self.line, self.first = key, line, first
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a mapping key given twice, at any depth (plain PyYAML keeps the last)."""
+
+    def construct_document(self, node: yaml.Node) -> Any:
+        self._check_unique(node, "", set())
+        return super().construct_document(node)
+
+    def _check_unique(self, node: yaml.Node, path: str, seen: set[int]) -> None:
+        if id(node) in seen:  # an alias: checked where its anchor was defined (and no endless recursion)
+            return
+        seen.add(id(node))
+        if isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                self._check_unique(item, f"{path}[{i}]", seen)
+        if not isinstance(node, yaml.MappingNode):
+            return
+        first: dict[Any, int] = {}
+        for key_node, value_node in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # keys merged by `<<: *x` may be overridden
+                self._check_unique(value_node, path, seen)
+                continue
+            key = self.construct_object(key_node) if isinstance(key_node, yaml.ScalarNode) else id(key_node)
+            full = f"{path}.{key}" if path else str(key)
+            line = key_node.start_mark.line + 1
+            if key in first:
+                raise _DuplicateKey(full, line, first[key])
+            first[key] = line
+            self._check_unique(value_node, full, seen)
 
 
 def _norm_label(name: str) -> str:
@@ -147,27 +216,49 @@ def _check_type(value: Any, hint: Any, where: str, key: str) -> Any:
     return value
 
 
+def _parse_yaml(text: str, where: str) -> dict[str, Any]:
+    """YAML text -> a mapping, refusing duplicate keys; every problem is a ConfigError naming `where`."""
+    try:
+        data = yaml.load(text, Loader=_UniqueKeyLoader) or {}
+    except _DuplicateKey as exc:
+        raise ConfigError(f"{where} line {exc.line}: duplicate key '{exc.key}' (first given at line "
+                          f"{exc.first}); give each key once") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{where}{at}: invalid YAML") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: top level must be a mapping of config keys")
+    return data
+
+
 def _read_yaml(path: Path) -> dict[str, Any]:
     try:
         text = path.read_text()
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
-    try:
-        data = yaml.safe_load(text) or {}
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        at = f" line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"{path}{at}: invalid YAML") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: top level must be a mapping of config keys")
-    return data
+    return _parse_yaml(text, str(path))
+
+
+def _check_values(cfg: Config, where: str) -> None:
+    """Ranges (_RANGES) and the rules between keys; the error names the key, the range and `where`."""
+    for key, (ok, allowed) in _RANGES.items():
+        value = functools.reduce(getattr, key.split("."), cfg)
+        if not ok(value):
+            raise ConfigError(f"{where}: key '{key}' must be {allowed}, got {value!r}")
+    folds, test_fold = cfg.split.folds, cfg.split.test_fold
+    if not 0 <= test_fold < folds:
+        raise ConfigError(f"{where}: key 'split.test_fold' must be in [0, {folds - 1}] "
+                          f"(split.folds is {folds}), got {test_fold!r}")
+    if cfg.train.cross_validate and folds < 3:
+        raise ConfigError(f"{where}: key 'split.folds' must be >= 3 when train.cross_validate is true "
+                          f"(one fold is the test side; cross-validation needs 2 more), got {folds!r}")
 
 
 def load_config(path: str | Path | None = None, local: str | Path | None = "conf/local.yml") -> Config:
     """Load package defaults, then `local` when it exists, then `path` (which must exist)."""
-    base_text = resources.files("xray_spark").joinpath("conf/base.yml").read_text()
-    merged: dict[str, Any] = yaml.safe_load(base_text) or {}
     where = "xray_spark/conf/base.yml"
+    merged = _parse_yaml(resources.files("xray_spark").joinpath("conf/base.yml").read_text(), where)
     layers: list[Path] = []
     if local and Path(local).is_file():
         layers.append(Path(local))
@@ -177,12 +268,12 @@ def load_config(path: str | Path | None = None, local: str | Path | None = "conf
             raise ConfigError(f"config file not found: {p}")
         layers.append(p)
     for layer in layers:
-        data = _read_yaml(layer)
-        # validate each layer on its own so the error names the file that holds the bad key
-        _build(Config, _merge(merged, data), str(layer), "")
-        merged = _merge(merged, data)
+        merged = _merge(merged, _read_yaml(layer))
+        # validate each layer on its own so the error names the file that holds the bad key or value
+        _check_values(_build(Config, merged, str(layer), ""), str(layer))
         where = str(layer)
     cfg = _build(Config, merged, where, "")
+    _check_values(cfg, where)
     for canonical in cfg.labels:
         if canonical not in CANONICAL_LABELS:
             raise ConfigError(f"{where}: labels.{canonical} is not one of {', '.join(CANONICAL_LABELS)}")

@@ -106,5 +106,5 @@ def run_demo(spark_factory, cfg: Config, args: argparse.Namespace) -> DemoResult
         log.info("scoring %d test-split images with %s (%s + %s)", n_test, champ["uri"], champ["backbone"],
                  champ["head"])
         demo.scores[task] = score_command(lambda: spark, cfg, model=champ["uri"], input_dir=str(score_input),
-                                          output_dir=str(demo.predictions / task))
+                                          output_dir=str(demo.predictions / task), min_age_seconds=0)
     return demo

@@ -182,6 +182,27 @@ class HadoopFS:
         finally:
             out.close()
 
+    def create_new(self, uri: str, text: str) -> bool:
+        """Create a small file only if it does not exist; False if it does. Atomic where the filesystem's
+        create(overwrite=false) is (HDFS); object stores and the local filesystem check, then create."""
+        p = self._path(uri)
+        try:
+            out = self._fs(p).create(p, False)
+        except Exception as exc:  # py4j wraps the Java exception
+            if "FileAlreadyExistsException" in str(exc):
+                return False
+            raise
+        try:
+            out.write(bytearray(text.encode("utf-8")))
+        finally:
+            out.close()
+        return True
+
+    def modified_at(self, uri: str) -> float:
+        """The file's modification time in epoch seconds (the filesystem's clock)."""
+        p = self._path(uri)
+        return int(self._fs(p).getFileStatus(p).getModificationTime()) / 1000.0
+
     def read_text(self, uri: str) -> str:
         p = self._path(uri)
         stream = self._fs(p).open(p)

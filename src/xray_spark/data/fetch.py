@@ -1,17 +1,24 @@
-"""Download a public dataset listed in `sources.SOURCES`, verifying every file's sha256.
+"""Download a public dataset listed in `sources.SOURCES`, verifying every file's size and sha256.
 
 Why this shape: downloads on slow or flaky links get interrupted, and a half-written image that decodes is
-worse than a missing one. So every byte goes to `<file>.part`, is hashed while it streams, and only a file
-with the manifest's hash is renamed into place (atomic on one filesystem). A rerun skips verified files
-without a request and resumes a `.part` with an HTTP Range request when the server honours it.
+worse than a missing one. So every byte goes to a hidden partial `.<file>.part` next to its destination
+(Spark's binaryFile source and ingest skip names starting with `.`, so a folder read mid-download never
+sees it), is hashed while it streams, and only a file with the manifest's hash is renamed into place
+(atomic on one filesystem). A rerun skips verified files without a request and resumes a partial with an
+HTTP Range request when the server honours it.
 
-Per-file problems (HTTP errors, timeouts, wrong bytes) never raise: they are retried once and then listed in
-`FetchResult.failed` with a reason, so one bad file does not cost the other thousand. Bad arguments (unknown
-dataset, bad manifest, unusable target folder) raise `UserError`.
+Size: a response is cut off as soon as it passes the size it should have -- the manifest's optional `size`
+column, else the length the server declares, never more than `max_bytes` -- so a wrong or endless response
+cannot fill the disk; one that ends short of it fails too (its partial is kept, hidden, to resume from).
+
+Per-file problems (HTTP errors, timeouts, wrong size or bytes) never raise: they are retried once and then
+listed in `FetchResult.failed` with a reason, so one bad file does not cost the other thousand. Bad
+arguments (unknown dataset, bad manifest, unusable target folder) raise `UserError`.
 
 Layout written to `to_dir`: `<label>/<basename>` per file (canonical label folders) plus `manifest.csv`
 (`path,label,source,patient_id,sha256`, paths relative to `to_dir`) listing the files this call verified,
-so ingest can read either the class folders or the manifest.
+so ingest can read either the class folders or the manifest. A limited fetch writes `manifest.limit.csv`
+instead and never touches `manifest.csv` (see `fetch_dataset`).
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import http.client
+import io
 import logging
 import os
 import re
@@ -26,18 +34,30 @@ import time
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
+from email.message import Message
 from pathlib import Path
+from typing import IO
 from urllib.error import HTTPError, URLError
 from urllib.request import Request, urlopen
 
 from tqdm.auto import tqdm
 
-from xray_spark.data.sources import ManifestRow, file_url, get_source, load_manifest
+from xray_spark.data.files import LIMIT_MANIFEST_NAME, MANIFEST_NAME
+from xray_spark.data.sources import (
+    DatasetSource,
+    ManifestRow,
+    file_url,
+    get_source,
+    load_manifest,
+    read_manifest_text,
+)
 from xray_spark.errors import UserError
 
 log = logging.getLogger(__name__)
 
 OUTPUT_COLUMNS = ("path", "label", "source", "patient_id", "sha256")
+PARTIAL_SUFFIX = ".part"
+DEFAULT_MAX_BYTES = 256 * 1024 * 1024  # = config decode.max_file_bytes: ingest would quarantine larger files
 _CHUNK = 1 << 16
 _RETRY_DELAY = 1.0  # seconds
 _USER_AGENT = "xray-spark-fetch/0.1 (+https://github.com/muhammedtalo/COVID-19 mirror client)"
@@ -87,8 +107,23 @@ class _Outcome:
     reason: str = ""
 
 
+@dataclass(frozen=True)
+class _Job:
+    """One file: where from and to, its sha256, its size when the manifest gives one, and a hard size cap."""
+
+    url: str
+    dest: Path
+    sha256: str
+    size: int | None
+    max_bytes: int
+
+
 class _PermanentError(Exception):
     """An HTTP answer that retrying will not change (404, 403, ...)."""
+
+
+class _SizeError(Exception):
+    """A response longer than the file can be (cut off, partial deleted) or shorter (partial kept)."""
 
 
 def fetch_dataset(
@@ -101,12 +136,17 @@ def fetch_dataset(
     workers: int = 4,
     timeout: float = 60,
     manifest_path: str | Path | None = None,
+    max_bytes: int = DEFAULT_MAX_BYTES,
 ) -> FetchResult:
     """Download dataset `name` into `to_dir/<label>/<basename>` and write `to_dir/manifest.csv`.
 
     `base_url`: argument, else env `XRAY_SPARK_<NAME>_URL`, else the source's default (http(s) or file://).
     `limit`: fetch only N files, taken round-robin across labels in manifest order so a small sample still
-    has every class. `manifest_path`: a CSV with the source manifest's columns, to fetch a custom subset.
+    has every class. A limited fetch never writes `manifest.csv`: the files it verified are listed in
+    `manifest.limit.csv` (replaced by each limited fetch), so a full manifest already in `to_dir` stays
+    byte-identical and ingest of a folder without one reads the class folders, i.e. every verified file.
+    `manifest_path`: a CSV with the source manifest's columns (plus an optional `size` column, bytes), to
+    fetch a custom subset. `max_bytes`: no file may be larger, whatever the manifest or server say.
     """
     source = get_source(name)
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
@@ -115,17 +155,22 @@ def fetch_dataset(
         raise UserError(f"workers must be >= 1, got {workers!r}")
     if timeout <= 0:
         raise UserError(f"timeout must be > 0 seconds, got {timeout!r}")
+    if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 1:
+        raise UserError(f"max_bytes must be a positive integer, got {max_bytes!r}")
     base = base_url or os.environ.get(source.env_var) or source.base_url
     if not base.startswith(("http://", "https://", "file://")):
         raise UserError(f"base URL must start with http://, https:// or file://, got {base!r}")
     rows = load_manifest(source, manifest_path)
+    sizes = _manifest_sizes(source, manifest_path)
     if limit is not None:
         rows = _balanced_head(rows, limit)
     root = _prepare_dir(Path(to_dir))
 
     result = FetchResult(name=name, to_dir=root, base_url=base)
     log.info("fetching %d file(s) of %s from %s into %s", len(rows), name, base, root)
-    outcomes = _run_all(rows, base, root, workers=workers, timeout=timeout, progress=progress)
+    jobs = {r.path: _Job(file_url(base, r.path), root / _local_rel(r), r.sha256, sizes.get(r.path), max_bytes)
+            for r in rows}
+    outcomes = _run_all(jobs, workers=workers, timeout=timeout, progress=progress)
 
     present: list[ManifestRow] = []
     for row in rows:
@@ -142,7 +187,8 @@ def fetch_dataset(
             if out.resumed:
                 result.resumed.append(rel)
     if present:
-        result.manifest_path = _write_manifest(root, present)
+        out_name = MANIFEST_NAME if limit is None else LIMIT_MANIFEST_NAME
+        result.manifest_path = _write_manifest(root / out_name, present)
     for f in result.failed:
         log.warning("failed %s: %s", f.path, f.reason)
     log.info(result.summary())
@@ -165,6 +211,32 @@ def _balanced_head(rows: list[ManifestRow], limit: int) -> list[ManifestRow]:
     return [r for r in rows if r.path in chosen]
 
 
+def _manifest_sizes(source: DatasetSource, manifest_path: str | Path | None) -> dict[str, int]:
+    """The manifest's optional `size` column (bytes) by path; {} without one (the built-in manifests carry
+    only sha256, so there `max_bytes` and the server's declared length bound a download)."""
+    if manifest_path is None:
+        text, where = read_manifest_text(source), f"package manifest {source.manifest}"
+    else:
+        text, where = Path(manifest_path).read_text(encoding="utf-8"), str(manifest_path)
+    reader = csv.DictReader(io.StringIO(text))
+    if "size" not in (reader.fieldnames or []):
+        return {}
+    sizes: dict[str, int] = {}
+    for line, rec in enumerate(reader, start=2):
+        raw = (rec.get("size") or "").strip()
+        if raw and not (raw.isascii() and raw.isdigit()):
+            raise UserError(f"{where}:{line}: size must be a whole number of bytes, got {raw!r}")
+        if raw:
+            sizes[(rec.get("path") or "").strip().replace("\\", "/")] = int(raw)
+    return sizes
+
+
+def partial_path(dest: Path) -> Path:
+    """Where `dest` downloads to: hidden (dot-prefixed) in the same folder, so one rename finishes it and
+    folder readers that skip `.` names (Spark's binaryFile, ingest) never see half an image."""
+    return dest.with_name(f".{dest.name}{PARTIAL_SUFFIX}")
+
+
 def _prepare_dir(root: Path) -> Path:
     if root.exists() and not root.is_dir():
         raise UserError(f"--to must be a folder, but {root} is a file")
@@ -179,27 +251,23 @@ def _local_rel(row: ManifestRow) -> str:
     return f"{row.label}/{row.path.rsplit('/', 1)[-1]}"
 
 
-def _run_all(
-    rows: list[ManifestRow], base: str, root: Path, *, workers: int, timeout: float, progress: bool
-) -> dict[str, _Outcome]:
-    """Fetch rows on a thread pool (I/O bound); progress is updated from this thread only."""
+def _run_all(jobs: dict[str, _Job], *, workers: int, timeout: float, progress: bool) -> dict[str, _Outcome]:
+    """Fetch jobs (by manifest path) on a thread pool (I/O bound); progress is updated from this thread
+    only."""
     outcomes: dict[str, _Outcome] = {}
     total_bytes = 0
-    bar = tqdm(total=len(rows), unit="file", desc="fetch", disable=not progress, leave=True)
+    bar = tqdm(total=len(jobs), unit="file", desc="fetch", disable=not progress, leave=True)
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="xray-fetch")
     try:
-        futures = {
-            pool.submit(_fetch_one, file_url(base, r.path), root / _local_rel(r), r.sha256, timeout): r
-            for r in rows
-        }
+        futures = {pool.submit(_fetch_one, job, timeout): key for key, job in jobs.items()}
         for fut in as_completed(futures):
-            row = futures[fut]
+            key = futures[fut]
             try:
                 out = fut.result()
             except Exception as e:  # a bug or an OS error we did not foresee: still per-file, never fatal
-                log.exception("unexpected error fetching %s", row.path)
+                log.exception("unexpected error fetching %s", key)
                 out = _Outcome("failed", reason=f"{type(e).__name__}: {e}")
-            outcomes[row.path] = out
+            outcomes[key] = out
             total_bytes += out.nbytes
             bar.update(1)
             bar.set_postfix_str(f"{total_bytes / 1e6:.1f} MB", refresh=False)
@@ -212,23 +280,31 @@ def _run_all(
     return outcomes
 
 
-def _fetch_one(url: str, dest: Path, sha256: str, timeout: float) -> _Outcome:
-    """Skip a verified file, else download to `.part` (resuming), verify, rename. Retries once."""
+def _fetch_one(job: _Job, timeout: float) -> _Outcome:
+    """Skip a verified file, else download to its hidden partial (resuming), verify, rename. Retries once."""
+    url, dest, sha256 = job.url, job.dest, job.sha256
+    if job.size is not None and job.size > job.max_bytes:
+        return _Outcome("failed", reason=f"manifest size {job.size} is over the {job.max_bytes}-byte cap")
+    part = partial_path(dest)
+    _adopt_legacy_partial(dest, part)  # first: a visible old partial must not outlive this run
     if dest.is_file():
         if _sha256_file(dest) == sha256:
             log.debug("present and verified: %s", dest)
             return _Outcome("skipped")
         log.warning("%s exists with a different sha256; downloading it again", dest)
-    part = dest.with_name(dest.name + ".part")
     if part.is_file() and _sha256_file(part) == sha256:  # a finished download whose rename was interrupted
         os.replace(part, dest)
         return _Outcome("downloaded", resumed=True)
     reason = ""
     for attempt in (1, 2):
         try:
-            nbytes, resumed, digest = _download(url, part, timeout)
+            nbytes, resumed, digest = _download(job, part, timeout)
         except _PermanentError as e:
             return _Outcome("failed", reason=str(e))
+        except _SizeError as e:  # retried: a short read resumes from the partial, an oversize one restarts
+            reason = str(e)
+            log.info("attempt %d for %s: %s", attempt, url, reason)
+            continue
         except (URLError, OSError, http.client.HTTPException) as e:
             reason = _describe(e)
             log.info("attempt %d for %s failed: %s", attempt, url, reason)
@@ -245,12 +321,29 @@ def _fetch_one(url: str, dest: Path, sha256: str, timeout: float) -> _Outcome:
     return _Outcome("failed", reason=reason)
 
 
-def _download(url: str, part: Path, timeout: float) -> tuple[int, bool, str]:
-    """Stream `url` into `part`, appending via Range when `part` already holds a prefix.
+def _adopt_legacy_partial(dest: Path, part: Path) -> None:
+    """Older versions downloaded to a visible `<file>.part`, which ingest reads as an image: move it to the
+    hidden name (to resume from), or drop it when a hidden partial already exists."""
+    legacy = dest.with_name(dest.name + PARTIAL_SUFFIX)
+    if not legacy.is_file():
+        return
+    if part.exists():
+        legacy.unlink()
+    else:
+        os.replace(legacy, part)
+
+
+def _download(job: _Job, part: Path, timeout: float) -> tuple[int, bool, str]:
+    """Stream `job.url` into `part`, appending via Range when `part` already holds a prefix; raise
+    `_SizeError` as soon as the file passes its size limit, or when it ends short of the size it should have.
 
     Returns (bytes received in this call, whether it resumed, sha256 of the whole `part`).
     """
+    url = job.url
     offset = part.stat().st_size if part.is_file() else 0
+    if offset > (job.size if job.size is not None else job.max_bytes):
+        part.unlink()  # longer than the file can be: not a prefix of it
+        offset = 0
     req = Request(url, headers={"User-Agent": _USER_AGENT})
     if offset:
         req.add_header("Range", f"bytes={offset}-")
@@ -260,27 +353,69 @@ def _download(url: str, part: Path, timeout: float) -> tuple[int, bool, str]:
         e.close()
         if e.code == 416 and offset:  # our prefix is not a prefix of theirs: start over
             part.unlink(missing_ok=True)
-            return _download(url, part, timeout)
+            return _download(job, part, timeout)
         if 400 <= e.code < 500 and e.code not in (408, 429):
             raise _PermanentError(f"HTTP {e.code} {e.reason}") from None
         raise
     with resp:
         status = getattr(resp, "status", None) or 200  # file:// answers have no status
         resumed = bool(offset) and status == 206 and _range_start(resp.headers.get("Content-Range")) == offset
+        start = offset if resumed else 0
+        declared = _declared_size(resp.headers, resumed)
+        expected, limit, why = _size_limits(job, declared)
+        if declared is not None and declared > limit:  # not worth a byte
+            part.unlink(missing_ok=True)
+            raise _SizeError(f"larger than expected: the server declares {declared} bytes, more than {why}")
         h = hashlib.sha256()
         if resumed:
             _hash_into(h, part)
             log.debug("resuming %s at byte %d", url, offset)
         elif offset:
             log.debug("server ignored Range for %s; downloading it whole", url)
-        n = 0
         part.parent.mkdir(parents=True, exist_ok=True)  # only now: a failed run leaves no empty class folders
-        with open(part, "ab" if resumed else "wb") as f:
-            while chunk := resp.read(_CHUNK):
-                f.write(chunk)
-                h.update(chunk)
-                n += len(chunk)
-    return n, resumed, h.hexdigest()
+        total = _stream(resp, part, h, start=start, limit=limit, append=resumed)
+    if total > limit:
+        part.unlink(missing_ok=True)
+        raise _SizeError(f"larger than expected: passed {why}; download aborted")
+    if expected is not None and total < expected:
+        raise _SizeError(f"short download: got {total} of {expected} bytes")
+    return total - start, resumed, h.hexdigest()
+
+
+def _stream(resp: IO[bytes], part: Path, h: hashlib._Hash, *, start: int, limit: int, append: bool) -> int:
+    """Copy `resp` into `part` until it ends or the file would pass `limit` bytes (that chunk is not
+    written); returns the file's size so far, which exceeds `limit` only when the stream was cut off."""
+    total = start
+    with open(part, "ab" if append else "wb") as f:
+        while chunk := resp.read(_CHUNK):
+            total += len(chunk)
+            if total > limit:
+                break
+            f.write(chunk)
+            h.update(chunk)
+    return total
+
+
+def _declared_size(headers: Message, resumed: bool) -> int | None:
+    """The whole file's size as the server states it: Content-Range's total when resuming, else
+    Content-Length; None when it does not say (chunked or close-delimited answers)."""
+    if resumed:
+        m = _CONTENT_RANGE.match(headers.get("Content-Range") or "")
+        if not m:
+            return None
+        return int(m.group(3)) if m.group(3) != "*" else int(m.group(2)) + 1
+    length = (headers.get("Content-Length") or "").strip()
+    return int(length) if length.isascii() and length.isdigit() else None
+
+
+def _size_limits(job: _Job, declared: int | None) -> tuple[int | None, int, str]:
+    """(size the file should have, size it must not pass, that limit in words). The manifest's size wins
+    over the server's: a mirror serving another file must not move the bar."""
+    if job.size is not None:
+        return job.size, job.size, f"the manifest's {job.size} bytes"
+    if declared is not None and declared <= job.max_bytes:
+        return declared, declared, f"the {declared} bytes the server declared"
+    return declared, job.max_bytes, f"the {job.max_bytes}-byte cap (max_bytes)"
 
 
 def _range_start(content_range: str | None) -> int | None:
@@ -308,10 +443,10 @@ def _sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def _write_manifest(root: Path, rows: list[ManifestRow]) -> Path:
-    """Write `manifest.csv` atomically (a crash never leaves a truncated manifest for ingest to trust)."""
-    out = root / "manifest.csv"
-    tmp = root / "manifest.csv.part"
+def _write_manifest(out: Path, rows: list[ManifestRow]) -> Path:
+    """Write `out` atomically (a crash never leaves a truncated manifest for ingest to trust); the temporary
+    file is hidden like a partial download."""
+    tmp = partial_path(out)
     with open(tmp, "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f, lineterminator="\n")
         w.writerow(OUTPUT_COLUMNS)

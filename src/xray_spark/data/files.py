@@ -34,7 +34,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MANIFEST_NAME = "manifest.csv"
-IGNORED_NAMES = {MANIFEST_NAME, "readme.md", "readme.txt", "license", "license.txt", ".ds_store", "thumbs.db"}
+LIMIT_MANIFEST_NAME = "manifest.limit.csv"  # what `fetch --limit` writes instead of the full manifest
+IGNORED_NAMES = {MANIFEST_NAME, LIMIT_MANIFEST_NAME, "readme.md", "readme.txt", "license", "license.txt",
+                 ".ds_store", "thumbs.db"}
 NIH_NAME = r"^(\d{8})_\d{3}\.[Pp][Nn][Gg]$"  # NIH ChestX-ray8: <8-digit patient>_<3-digit follow-up>.png
 SALT_ENV = "XRAY_SPARK_PATIENT_SALT"  # secret salt for hashing DICOM PatientIDs (see ingest.patient_salt)
 _UNLISTED_SCAN_LIMIT = 100_000  # files the slow path looks at individually before giving up with a count

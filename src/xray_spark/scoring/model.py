@@ -21,7 +21,7 @@ from pyspark.ml.feature import IndexToString
 
 from xray_spark import paths
 from xray_spark.config import Config
-from xray_spark.errors import UserError
+from xray_spark.errors import TransientError, UserError, is_transient
 from xray_spark.features.featurizer import DeepImageFeaturizer
 from xray_spark.spark_io import HadoopFS
 from xray_spark.tracking import point_at
@@ -116,6 +116,9 @@ def resolve_model(model: str, cfg: Config) -> ModelRef:
             return _resolve_mlflow(uri)
         except MlflowException as exc:
             first = (str(exc.message) if hasattr(exc, "message") else str(exc)).strip().splitlines()
+            if is_transient(exc):
+                raise TransientError(f"MLflow at {tracking} is unreachable (model {uri}): "
+                                     f"{first[0] if first else type(exc).__name__}") from None
             raise UserError(f"model {uri}: {first[0] if first else type(exc).__name__} "
                             f"(MLflow: {tracking})") from None
     if uri.startswith(("models:", "runs:")):
@@ -199,6 +202,9 @@ def load_pipeline(spark: SparkSession, ref: ModelRef, scratch: Path | None = Non
             model = PipelineModel.load(ref.load_uri)
     except Exception as exc:  # unreadable artifacts, missing classes, version skew: all "unusable model"
         first = str(exc).strip().splitlines()
+        if is_transient(exc):  # ... unless the store holding it could not be reached
+            raise TransientError(f"cannot load model {ref.uri}: its store is unreachable: "
+                                 f"{type(exc).__name__}: {first[0] if first else ''}") from None
         raise UserError(f"cannot load model {ref.uri}: {type(exc).__name__}: "
                         f"{first[0] if first else ''}") from None
     if not isinstance(model, PipelineModel):

@@ -46,7 +46,8 @@ class Plan:
     files_seen: int = 0
     known_by_path: int = 0  # same path, size and mtime as a scored file: not even read
     known_by_content: int = 0  # sha256 already scored (renamed/copied file) or a duplicate within this run
-    not_ready: int = 0  # too recent, vanished or unreadable while hashing: retried next run
+    too_recent: int = 0  # modified less than min_age_seconds ago (maybe still being copied): next run
+    not_ready: int = 0  # vanished or unreadable while hashing: retried next run
     ignored: int = 0  # extensions that are not images (config decode.extensions)
     too_large: list[tuple[str, int, datetime]] = field(default_factory=list)
     candidates: list[Candidate] = field(default_factory=list)
@@ -112,14 +113,20 @@ def list_files(spark: SparkSession, input_dir: str, extensions: list[str]) -> Da
 
 
 def plan_run(spark: SparkSession, input_dir: str, ledger: DataFrame, *, extensions: list[str],
-             max_file_bytes: int, min_age_seconds: float = 0.0) -> Plan:
-    """Decide the candidates; everything returned is small (paths and hashes), content stays on executors."""
+             max_file_bytes: int, min_age_seconds: float = 0.0, verify_content: bool = False) -> Plan:
+    """Decide the candidates; everything returned is small (paths and hashes), content stays on executors.
+
+    `verify_content` hashes every file, also those whose path, size and modification time match a scored
+    one (a file rewritten in place with both kept is then scored under its new content).
+    """
     t0 = time.time()
     plan = Plan()
     listing = list_files(spark, input_dir, extensions)
     known = (ledger.select(F.col("path").alias("k_path"), "file_size", "modified_at",
                            F.lit(True).alias("known"))
              .distinct())
+    if verify_content:
+        known = known.limit(0)
     cond = ((listing["path"] == known["k_path"]) & (listing["length"] == known["file_size"])
             & (listing["modificationTime"] == known["modified_at"]))
     flagged = listing.join(known, cond, "left").select("path", "length", "modificationTime", "is_image",
@@ -137,7 +144,7 @@ def plan_run(spark: SparkSession, input_dir: str, ledger: DataFrame, *, extensio
     to_hash: list[str] = []
     for row in unknown:
         if min_age_seconds > 0 and row["modificationTime"].timestamp() > cutoff:
-            plan.not_ready += 1
+            plan.too_recent += 1
         elif row["length"] > max_file_bytes:
             plan.too_large.append((row["path"], int(row["length"]), row["modificationTime"]))
         else:
@@ -145,9 +152,9 @@ def plan_run(spark: SparkSession, input_dir: str, ledger: DataFrame, *, extensio
     if to_hash:
         _hash_and_dedupe(spark, to_hash, ledger, plan)
     log.info(
-        "plan: %d files seen, %d known by path, %d known by content, %d to score, %d too large, %d not ready "
-        "(%.1fs)", plan.files_seen, plan.known_by_path, plan.known_by_content, len(plan.candidates),
-        len(plan.too_large), plan.not_ready, time.time() - t0,
+        "plan: %d files seen, %d known by path, %d known by content, %d to score, %d too large, "
+        "%d too recent, %d not ready (%.1fs)", plan.files_seen, plan.known_by_path, plan.known_by_content,
+        len(plan.candidates), len(plan.too_large), plan.too_recent, plan.not_ready, time.time() - t0,
     )
     return plan
 

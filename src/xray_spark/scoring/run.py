@@ -57,14 +57,15 @@ def default_chunk_size(spark: SparkSession) -> int:
 
 @dataclass
 class ScoreSummary:
-    """Counts reconcile: files_seen = newly_scored + quarantined + skipped + retry_later."""
+    """Counts reconcile: files_seen = newly_scored + quarantined + skipped + too_recent + retry_later."""
 
     model: ModelRef
     files_seen: int = 0
     newly_scored: int = 0
     quarantined: int = 0
     skipped: int = 0  # already scored by this model version (same path, or same content elsewhere)
-    retry_later: int = 0  # changed, vanished, unreadable or too recent during this run
+    too_recent: int = 0  # younger than --min-age: maybe still being copied, left for the next run
+    retry_later: int = 0  # changed, vanished or unreadable during this run
     chunks: int = 0
     seconds: float = 0.0
 
@@ -76,6 +77,8 @@ class ScoreSummary:
             f"skipped as already scored: {self.skipped}",
             f"quarantined: {self.quarantined}",
         ]
+        if self.too_recent:
+            out.append(f"left for the next run (younger than --min-age): {self.too_recent}")
         if self.retry_later:
             out.append(f"left for the next run (changed, vanished or unreadable): {self.retry_later}")
         rate = (self.newly_scored + self.quarantined) / self.seconds if self.seconds else 0.0
@@ -183,13 +186,16 @@ def score_chunk(spark: SparkSession, pipe: ScoringPipeline, store: OutputStore,
 
 
 def score_folder(spark: SparkSession, cfg: Config, ref: ModelRef, *, input_dir: str, output_dir: str,
-                 chunk_size: int | None = None, min_age_seconds: float = 0.0,
-                 featurizer_cls: type | None = None) -> ScoreSummary:
+                 chunk_size: int | None = None, min_age_seconds: float | None = None,
+                 verify_content: bool = False, featurizer_cls: type | None = None) -> ScoreSummary:
     """Score every image below `input_dir` that `ref` has not scored yet into `output_dir`.
 
-    `chunk_size` None means `default_chunk_size(spark)`.
-    `featurizer_cls` selects the stage after which bad rows are set aside (default: DeepImageFeaturizer).
+    `chunk_size` None means `default_chunk_size(spark)`; `min_age_seconds` None means config
+    `scoring.min_age_seconds`. `featurizer_cls` selects the stage after which bad rows are set aside
+    (default: DeepImageFeaturizer). Raises LeaseHeld when another run of this model into this output is on.
     """
+    if min_age_seconds is None:
+        min_age_seconds = cfg.scoring.min_age_seconds
     t0 = time.time()
     check_chunk_size(chunk_size)
     if chunk_size is None:
@@ -199,7 +205,7 @@ def score_folder(spark: SparkSession, cfg: Config, ref: ModelRef, *, input_dir: 
         raise UserError(f"--input {input_dir}: no such folder")
     store = OutputStore(spark, output_dir, ref)
     summary = ScoreSummary(model=ref)
-    with store.locked():
+    with store.leased(ttl=cfg.scoring.lease_seconds, settle=cfg.scoring.lease_settle_seconds):
         store.clean_stale()
         try:
             # loading the model and planning are independent Spark work: overlap them, so a run waits for
@@ -209,7 +215,8 @@ def score_folder(spark: SparkSession, cfg: Config, ref: ModelRef, *, input_dir: 
                 ledger = store.ledger().persist()
                 try:
                     plan = plan_run(spark, input_dir, ledger, extensions=cfg.decode.extensions,
-                                    max_file_bytes=cfg.decode.max_file_bytes, min_age_seconds=min_age_seconds)
+                                    max_file_bytes=cfg.decode.max_file_bytes, min_age_seconds=min_age_seconds,
+                                    verify_content=verify_content)
                 finally:
                     ledger.unpersist()
                 model = loading.result()
@@ -217,6 +224,7 @@ def score_folder(spark: SparkSession, cfg: Config, ref: ModelRef, *, input_dir: 
             log.debug("model loaded and run planned in %.1fs", time.time() - t0)
             summary.files_seen = plan.files_seen
             summary.skipped = plan.known_by_path + plan.known_by_content
+            summary.too_recent = plan.too_recent
             summary.retry_later = plan.not_ready
             if plan.too_large:
                 summary.quarantined += _commit_too_large(spark, pipe, store, plan, cfg.decode.max_file_bytes)
@@ -247,9 +255,12 @@ def check_chunk_size(chunk_size: int | None) -> None:
         raise UserError(f"--chunk-size must be at least 1, got {chunk_size}")
 
 
-def check_arguments(input_dir: str, output_dir: str, chunk_size: int | None) -> None:
+def check_arguments(input_dir: str, output_dir: str, chunk_size: int | None,
+                    min_age_seconds: float | None = None) -> None:
     """Everything that can be checked without Spark (local paths only; other schemes are checked later)."""
     check_chunk_size(chunk_size)
+    if min_age_seconds is not None and min_age_seconds < 0:
+        raise UserError(f"--min-age must be 0 or more seconds, got {min_age_seconds:g}")
     if is_local(input_dir) and not local_path(input_dir).is_dir():
         raise UserError(f"--input {input_dir}: no such folder")
     if is_local(output_dir) and local_path(output_dir).exists() and not local_path(output_dir).is_dir():
@@ -257,18 +268,22 @@ def check_arguments(input_dir: str, output_dir: str, chunk_size: int | None) -> 
 
 
 def score_command(spark_factory: Callable[[], SparkSession], cfg: Config, *, model: str, input_dir: str,
-                  output_dir: str, chunk_size: int | None = None) -> ScoreSummary:
+                  output_dir: str, chunk_size: int | None = None, min_age_seconds: float | None = None,
+                  verify_content: bool = False) -> ScoreSummary:
     """`xray-spark score`: check arguments and resolve the model BEFORE starting Spark, then score.
 
-    `chunk_size` None (the CLI default) means `default_chunk_size(spark)` once Spark is up.
+    `chunk_size` None (the CLI default) means `default_chunk_size(spark)` once Spark is up; `min_age_seconds`
+    None means config `scoring.min_age_seconds`.
 
-    Bad arguments or an unusable model raise UserError (the CLI prints one line, exit 2).
+    Bad arguments or an unusable model raise UserError (the CLI prints one line, exit 2); an unreachable
+    tracking server or a busy lease raise TransientError (exit 75).
     """
-    check_arguments(input_dir, output_dir, chunk_size)
+    check_arguments(input_dir, output_dir, chunk_size, min_age_seconds)
     ref = resolve_model(model, cfg)
     log.debug("model %s -> %s version %s (load %s)", model, ref.name, ref.version, ref.load_uri)
     summary = score_folder(spark_factory(), cfg, ref, input_dir=input_dir, output_dir=output_dir,
-                           chunk_size=chunk_size)
+                           chunk_size=chunk_size, min_age_seconds=min_age_seconds,
+                           verify_content=verify_content)
     for line in summary.lines():
         log.info("score summary: %s", line)
     return summary

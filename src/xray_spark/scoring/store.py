@@ -3,23 +3,22 @@
 Layout (readers see a plain Parquet dataset partitioned by `score_date`; Spark ignores `_`-prefixed folders):
 ```
 OUTPUT/score_date=2025-01-31/part-<model>-<version>-<chunk uuid>.parquet   one file per committed chunk
-OUTPUT/_tmp/<model key>/<run id>/chunk-<uuid>/                               Spark writes chunks here first
-OUTPUT/_locks/<model key>.lock                                               one run per model at a time
+OUTPUT/_tmp/<model key>/<run id>/chunk-<uuid>/                               each run stages chunks here
+OUTPUT/_leases/<model key>/                                                  one run per model (lease.py)
 ```
 A chunk is committed by ONE rename of ONE complete Parquet file into its `score_date=` folder. A rename is
 atomic on local disks and HDFS, and on object stores the destination object appears whole or not at all,
-so a run killed at any point (even `kill -9`) leaves each chunk either fully in the dataset or only in
-`_tmp`, which the next run deletes before reading the ledger. There is no second bookkeeping file that
-could disagree with the data.
+so a run killed at any point (even `kill -9`) leaves each chunk either fully in the dataset or only in its
+own `_tmp` folder. There is no second bookkeeping file that could disagree with the data.
+
+Overlapping runs of one model into one output are kept apart by the lease: a run commits only while it
+holds the lease (checked right before each rename), and only the lease holder deletes `_tmp` folders of
+other runs, which are then dead or past their lease and can no longer commit.
 """
 
 from __future__ import annotations
 
-import fcntl
-import json
 import logging
-import os
-import socket
 import time
 import uuid
 from contextlib import contextmanager
@@ -31,6 +30,7 @@ from pyspark.sql import functions as F
 
 from xray_spark import paths
 from xray_spark.errors import UserError
+from xray_spark.scoring.lease import Lease
 from xray_spark.scoring.plan import listed_on_driver
 from xray_spark.spark_io import HadoopFS
 
@@ -52,12 +52,8 @@ LEDGER_COLUMNS = ("path", "sha256", "file_size", "modified_at")
 _CHUNK_ID_GLOB = "[0-9a-f]" * 32
 
 
-class ConcurrentRunError(RuntimeError):
-    """Another scoring run of the same model into the same output holds the lock (exit 1, try later)."""
-
-
 class OutputStore:
-    """One model's view of the output folder: its ledger, its temp space, its lock and its commits."""
+    """One model's view of the output folder: its ledger, its temp space, its lease and its commits."""
 
     def __init__(self, spark: SparkSession, output_dir: str, ref: ModelRef) -> None:
         self.spark = spark
@@ -70,48 +66,31 @@ class OutputStore:
         self.tmp_root = paths.join(self.root, f"_tmp/{self.key}")
         self.run_id = f"{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
         self.run_tmp = paths.join(self.tmp_root, self.run_id)
+        self.lease: Lease | None = None
 
     # -------------------------------------------------------------------------------------------- lifecycle
 
     @contextmanager
-    def locked(self) -> Iterator[None]:
-        """Exclusive per (output, model) while a run is active.
-
-        On local disks an OS `flock`: the kernel drops it when the process dies, even on kill -9, so a
-        crashed run never leaves a stale lock behind. Other file systems have no such primitive: there the
-        scheduler must not overlap runs (cron `flock -n`, Databricks `max_concurrent_runs: 1`).
-        """
-        local = paths.local_or_none(self.root)
-        if local is None:
-            log.info("output is not on a local disk: no lock; the scheduler must not start overlapping runs")
-            yield
-            return
-        lock_path = local / "_locks" / f"{self.key}.lock"
-        lock_path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
+    def leased(self, *, ttl: float, settle: float) -> Iterator[Lease]:
+        """Hold this (output, model)'s lease for the block, or raise LeaseHeld (see lease.py)."""
+        lease = Lease(self.fs, self.root, self.key, self.run_id, ttl=ttl, settle=settle)
+        with lease.held():
+            self.lease = lease
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                holder = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "unknown"
-                raise ConcurrentRunError(
-                    f"another scoring run of this model into {self.root} is active ({holder}); "
-                    "try again later"
-                ) from None
-            info = {"host": socket.gethostname(), "pid": os.getpid(), "run": self.run_id}
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, json.dumps(info).encode(), 0)
-            yield
-        finally:
-            os.close(fd)  # closing releases the flock
+                yield lease
+            finally:
+                self.lease = None
 
     def clean_stale(self) -> int:
-        """Delete temp folders of earlier runs of this model (killed mid-chunk): they were never committed."""
-        stale = self.fs.list_names(self.tmp_root)
+        """Delete the temp folders of other runs of this model. Only the lease holder may: any other run
+        is dead, or stalled past its lease and unable to commit (its `check` fails before the rename)."""
+        if self.lease is None:
+            raise RuntimeError("clean_stale needs the lease")
+        stale = [n for n in self.fs.list_names(self.tmp_root) if n != self.run_id]
         for name in stale:
             self.fs.delete(paths.join(self.tmp_root, name))
         if stale:
-            log.info("removed %d stale temp folder(s) of killed runs under %s", len(stale), self.tmp_root)
+            log.info("removed %d temp folder(s) of killed runs under %s", len(stale), self.tmp_root)
         return len(stale)
 
     def finish(self) -> None:
@@ -177,6 +156,9 @@ class OutputStore:
         day = paths.join(self.root, f"score_date={scored_at.astimezone(timezone.utc):%Y-%m-%d}")
         final = paths.join(day, f"part-{self.key}-{uuid.uuid4().hex}.parquet")  # named for ledger_glob()
         self.fs.mkdirs(day)
+        if self.lease is None:
+            raise RuntimeError("publish needs the lease")
+        self.lease.check()  # a run that lost its lease must not commit beside the one that took it over
         self.fs.rename(staged, final)  # <- the commit point
         self.fs.delete(paths.parent(staged))
         return final
