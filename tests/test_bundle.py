@@ -118,6 +118,8 @@ def test_task_parameters_are_accepted_by_the_real_cli(job_key: str):
             assert args.tracking_uri == "databricks"
         if command == "score":
             assert args.model.startswith("models:/") and args.model.endswith("@champion")
+            # retried on exit 75 by the command itself, never by Databricks (that would repeat bad input)
+            assert args.retries >= 1 and task.get("max_retries", 0) == 0
 
 
 def test_referenced_files_exist():
