@@ -557,3 +557,11 @@ def test_unreachable_tracking_server_exits_75_and_is_retried_only_then(registere
     failures = [line for line in stderr.splitlines() if line.startswith("xray-spark:")]
     assert len(failures) == 2 and all("unreachable" in line for line in failures), stderr  # tried twice
     assert not out.exists()
+
+    # an output filesystem that cannot be reached (an HDFS namenode that is down): the real HDFS client
+    hdfs_out = f"hdfs://127.0.0.1:{port}/predictions"
+    proc = _cli(["--model", str(registered["base"] / "pipeline"), "--input", str(src), "--output", hdfs_out,
+                 "--conf", "spark.hadoop.ipc.client.connect.max.retries=0"], registered, tmp_path)
+    _, stderr = proc.communicate(timeout=300)
+    failures = [line for line in stderr.splitlines() if line.startswith("xray-spark:")]
+    assert proc.returncode == 75 and len(failures) == 1 and "java.net.ConnectException" in failures[0], stderr

@@ -17,7 +17,15 @@ from xray_spark.data.fetch import fetch_dataset
 from xray_spark.data.files import check_local_data_dir
 from xray_spark.data.ingest import format_summary, ingest
 from xray_spark.demo import run_demo
-from xray_spark.errors import EXIT_FAILED, EXIT_RETRY, EXIT_USAGE, TransientError, UserError, is_transient
+from xray_spark.errors import (
+    EXIT_FAILED,
+    EXIT_RETRY,
+    EXIT_USAGE,
+    TransientError,
+    UserError,
+    is_transient,
+    one_line,
+)
 from xray_spark.features.backbones import get_backbone
 from xray_spark.features.run import featurize_folder
 from xray_spark.logs import setup_logging
@@ -231,11 +239,10 @@ def _run_once(args: argparse.Namespace) -> int:
     except Exception as exc:  # one line for people, the traceback for --verbose
         if args.verbose:
             log.exception("failed")
-        first = str(exc).splitlines()[0] if str(exc) else ""
         if is_transient(exc):
-            sys.stderr.write(f"xray-spark: unavailable, retry later: {type(exc).__name__}: {first}\n")
+            sys.stderr.write(f"xray-spark: unavailable, retry later: {one_line(exc)}\n")
             return EXIT_RETRY
-        sys.stderr.write(f"xray-spark: failed: {type(exc).__name__}: {first}\n")
+        sys.stderr.write(f"xray-spark: failed: {one_line(exc)}\n")
         return EXIT_FAILED
 
 

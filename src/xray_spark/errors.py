@@ -54,3 +54,17 @@ def is_transient(exc: BaseException) -> bool:
         if not e.__suppress_context__:  # `raise X from None` means the context is not the reason
             todo.append(e.__context__)
     return False
+
+
+def one_line(exc: BaseException) -> str:
+    """`Type: first line of the message`; for a Py4JJavaError the Java exception's own line (the Python one
+    only says which JVM call failed)."""
+    text = str(exc)
+    java = getattr(exc, "java_exception", None)
+    if java is not None:
+        try:
+            text = str(java.toString())
+        except Exception:  # the JVM may be gone: keep the Python text
+            pass
+    lines = text.strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0] if lines else ''}"
