@@ -180,7 +180,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tasks", metavar="LIST", help="binary,multiclass (default: config train.tasks)")
     p.add_argument("--weights", metavar="imagenet|none|PATH", help="default: config train.weights")
     p.add_argument("--out", required=True, metavar="DIR")
-    p.add_argument("--tracking-uri", metavar="URI", help="MLflow tracking URI (default: sqlite under --out)")
+    p.add_argument("--tracking-uri", metavar="URI",
+                   help="MLflow tracking URI (default: config tracking_uri, else MLFLOW_TRACKING_URI, else "
+                        "sqlite under --out)")
     p.add_argument("--cache-dir", metavar="DIR", help="feature cache (default: OUT/features)")
     p.add_argument("--no-baseline", action="store_true", help="skip the metadata-only shortcut baseline")
 
@@ -211,7 +213,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "cannot be had")
     p.add_argument("--backbones", default=None, metavar="LIST")
     p.add_argument("--heads", default=None, metavar="LIST")
-    p.add_argument("--tracking-uri", metavar="URI")
+    p.add_argument("--tracking-uri", metavar="URI",
+                   help="as for train: config tracking_uri, else MLFLOW_TRACKING_URI, else sqlite "
+                        "under --out")
     return parser
 
 

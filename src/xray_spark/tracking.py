@@ -31,7 +31,27 @@ def default_tracking_uri(out_dir: str | Path) -> str:
     return f"sqlite:///{paths.local_path(str(out_dir)).resolve() / 'mlflow.db'}"
 
 
-_REGISTRIES_SET_HERE: set[str] = set()
+# MLflow copies the URIs we set into MLFLOW_TRACKING_URI / MLFLOW_REGISTRY_URI (for subprocesses): a value
+# found there that we wrote ourselves (now or earlier in this process) is not the user's choice
+_SET_HERE: set[str] = set()
+
+
+def _users_env(var: str) -> str | None:
+    value = os.environ.get(var)
+    return value if value and value not in _SET_HERE else None
+
+
+def tracking_uri_for(flag: str | None, config_uri: str | None, out_dir: str | Path | None) -> str | None:
+    """THE tracking URI precedence, for every command: `--tracking-uri` > config `tracking_uri` >
+    MLFLOW_TRACKING_URI > sqlite under `--out`. None (no `--out`, e.g. `score`): MLflow's own default.
+
+    Why one function: `train` used to ignore MLFLOW_TRACKING_URI while `score` honoured it, so a team that
+    exported it trained into a local file and its scheduled scoring found no champion.
+    """
+    uri = flag or config_uri or _users_env("MLFLOW_TRACKING_URI")
+    if uri:
+        return uri
+    return default_tracking_uri(out_dir) if out_dir is not None else None
 
 
 def point_at(uri: str) -> None:
@@ -46,21 +66,22 @@ def point_at(uri: str) -> None:
     import mlflow  # lazy: a slow import that argument checks skip
 
     mlflow.set_tracking_uri(uri)
-    chosen = os.environ.get("MLFLOW_REGISTRY_URI")
-    if uri.startswith("databricks") or (chosen and chosen not in _REGISTRIES_SET_HERE):
+    _SET_HERE.add(uri)
+    if uri.startswith("databricks") or _users_env("MLFLOW_REGISTRY_URI"):
         return
     mlflow.set_registry_uri(uri)
-    _REGISTRIES_SET_HERE.add(uri)
 
 
 def configure(tracking_uri: str | None, out_dir: str | Path, experiment: str = EXPERIMENT) -> str:
-    """Point MLflow at `tracking_uri` (default: sqlite under out_dir) and return the experiment id.
+    """Point MLflow at `tracking_uri` (a `--tracking-uri` flag; see `tracking_uri_for` for what else is
+    consulted) and return the experiment id.
 
     Local stores keep artifacts next to the database, not in the current directory's ./mlruns.
     """
     import mlflow  # lazy: a slow import that argument checks skip
 
-    uri = tracking_uri or default_tracking_uri(out_dir)
+    uri = tracking_uri_for(tracking_uri, None, out_dir)
+    assert uri is not None  # out_dir is given
     experiment = os.environ.get("MLFLOW_EXPERIMENT_NAME", experiment)  # Databricks wants /Shared/... paths
     point_at(uri)
     exp = mlflow.get_experiment_by_name(experiment)

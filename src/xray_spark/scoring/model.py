@@ -24,7 +24,7 @@ from xray_spark.config import Config
 from xray_spark.errors import TransientError, UserError, is_transient
 from xray_spark.features.featurizer import DeepImageFeaturizer
 from xray_spark.spark_io import HadoopFS
-from xray_spark.tracking import point_at
+from xray_spark.tracking import point_at, tracking_uri_for
 
 if TYPE_CHECKING:
     from pyspark.ml import Transformer
@@ -79,15 +79,17 @@ def _safe(text: str) -> str:
 
 
 def configure_tracking(cfg: Config) -> str:
-    """Config `tracking_uri` wins, else MLFLOW_TRACKING_URI, else MLflow's default.
+    """`tracking.tracking_uri_for` without `--out`: config `tracking_uri` (the CLI puts `--tracking-uri`
+    there), else MLFLOW_TRACKING_URI, else MLflow's default.
 
     A sqlite or file store that does not exist is an error: looking a model up must not silently create
     an empty database in the current directory.
     """
     import mlflow  # lazy: a slow import that argument checks skip
 
-    if cfg.tracking_uri:
-        point_at(cfg.tracking_uri)
+    chosen = tracking_uri_for(None, cfg.tracking_uri, None)
+    if chosen:
+        point_at(chosen)
     uri = mlflow.get_tracking_uri()
     store = None
     # tracking URIs are RFC URIs (MLflow percent-encodes them), not Hadoop-form names: decode like MLflow does

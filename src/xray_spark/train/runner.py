@@ -35,6 +35,7 @@ from xray_spark.tracking import (
     library_versions,
     register_champion,
     registered_name,
+    tracking_uri_for,
 )
 from xray_spark.train.baseline import BASELINE_NAME, metadata_features
 from xray_spark.train.compare import (
@@ -206,7 +207,7 @@ def run_training(spark: SparkSession, cfg: Config, spec: TrainSpec) -> TrainResu
     tasks = [get_task(t) for t in spec.tasks]
     images, summary, layout = load_or_ingest(spark, spec.data, str(out), cfg)
     labels = labels_frame(images).cache()
-    configure(spec.tracking_uri or cfg.tracking_uri, out)
+    configure(tracking_uri_for(spec.tracking_uri, cfg.tracking_uri, out), out)
     tracking_uri = mlflow.get_tracking_uri()
     cache_dir = spec.cache_dir or cfg.cache_dir or str(out / "features")
     seconds: dict[str, float] = {}
