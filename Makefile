@@ -5,6 +5,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3.12 || command -v p
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 DATA   ?= ../shared/data/ozturk
+EXTERNAL ?= ../shared/data/figure1
 OUT    ?= runs/demo
 PYTEST_ARGS ?=
 # Newest pyspark the range in pyproject.toml allows, overlaid on .venv (PYTHONPATH) by tests/test_newest_spark.py;
@@ -36,7 +37,8 @@ java:
 	@command -v java >/dev/null 2>&1 || { echo "Java 17 is required (Spark): e.g. apt-get install -y openjdk-17-jre-headless"; exit 2; }
 
 demo: setup java
-	$(VENV)/bin/xray-spark demo $(if $(wildcard $(DATA)),--data $(DATA)) --out $(OUT)
+	$(VENV)/bin/xray-spark demo $(if $(wildcard $(DATA)),--data $(DATA)) \
+	  $(if $(wildcard $(EXTERNAL)),--external $(EXTERNAL)) --out $(OUT)
 
 test: setup newest-spark java
 	XRAY_SPARK_NEWEST_PYSPARK=$(CURDIR)/$(NEWEST_SPARK) $(PY) -m pytest -q $(PYTEST_ARGS)

@@ -7,6 +7,7 @@ test split, and say where the report and the MLflow UI are.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 
-def test_demo_runs_end_to_end_offline(small_data: Path, tmp_path: Path) -> None:
+def test_demo_runs_end_to_end_offline(small_data: Path, data_root: Path, tmp_path: Path) -> None:
     import os
 
     out = tmp_path / "demo"
@@ -23,7 +24,8 @@ def test_demo_runs_end_to_end_offline(small_data: Path, tmp_path: Path) -> None:
     env.pop("MLFLOW_TRACKING_URI", None)
     env.pop("MLFLOW_REGISTRY_URI", None)
     proc = subprocess.run([sys.executable, "-m", "xray_spark", "demo", "--data", str(small_data),
-                           "--out", str(out), "--backbones", "ResNet50", "--heads", "lr"],
+                           "--out", str(out), "--backbones", "ResNet50", "--heads", "lr",
+                           "--external", str(data_root / "figure1")],
                           capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "ImageNet weights are not available here" in proc.stdout
@@ -41,3 +43,13 @@ def test_demo_runs_end_to_end_offline(small_data: Path, tmp_path: Path) -> None:
         assert len(preds) <= n_test and preds["sha256"].is_unique  # identical test images are scored once
         assert (preds["status"] == "ok").all() and preds["model_name"].eq(f"xray-spark-{task}").all()
         assert f"newly scored: {len(preds)}" in proc.stdout
+
+    # the champions on another source, beside their internal numbers (figure1: 35 COVID, 3 No-findings,
+    # 2 pneumonia; the binary champion has no pneumonia class)
+    report = (out / "report.md").read_text()
+    assert "## Internal vs external: the champions on figure1" in report
+    for task, n in (("binary", 38), ("multiclass", 40)):
+        metrics = json.loads((out / "external" / task / "metrics.json").read_text())
+        assert metrics["n"] == n and metrics["source"] == "figure1"
+        assert f"external:    {task} champion on figure1 ({n} images)" in proc.stdout
+    assert report.count("internal test split (n=") == 2

@@ -26,11 +26,14 @@ from xray_spark.errors import (
     is_transient,
     one_line,
 )
+from xray_spark.evaluate import evaluate_model
 from xray_spark.features.backbones import get_backbone
 from xray_spark.features.run import featurize_folder
 from xray_spark.logs import setup_logging
+from xray_spark.scoring.model import resolve_model
 from xray_spark.scoring.run import IMAGES_PER_TASK, WAVES_PER_CHUNK, score_command
 from xray_spark.session import add_spark_arguments, get_spark, parse_conf_pairs
+from xray_spark.tracking import tracking_uri_for
 from xray_spark.train.options import resolve_train_options
 from xray_spark.train.report import format_reference_table
 from xray_spark.train.runner import TrainResult, run_training
@@ -111,6 +114,16 @@ def cmd_score(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    check_local_data_dir(args.data)  # fail fast (exit 2) before starting a JVM
+    cfg, spark = _context(args)
+    cfg.tracking_uri = tracking_uri_for(args.tracking_uri, cfg.tracking_uri, args.out)
+    ref = resolve_model(args.model, cfg)  # an unknown model is exit 2 before Spark starts
+    result = evaluate_model(spark(), cfg, model=args.model, data=args.data, out=args.out, ref=ref)
+    print("\n".join(result.lines()))
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     cfg, spark = _context(args)
     demo = run_demo(spark, cfg, args)
@@ -128,6 +141,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"\n{banner}\nreport:      {train.files['report.md']}\n"
           f"comparison:  {train.files['comparison.csv']}")
     print(f"predictions: {demo.predictions}")
+    for task, ev in demo.external.items():
+        internal = demo.external_rows[task]
+        print(f"external:    {task} champion on {ev.source} ({ev.n} images): accuracy "
+              f"{ev.metrics['accuracy']:.3f} vs {internal['accuracy']:.3f} on the internal test split "
+              f"-> {ev.files['report.md']}")
     print(f"MLflow UI:   mlflow ui --backend-store-uri {train.tracking_uri}   "
           "(then open http://127.0.0.1:5000)")
     if demo.weights == "none":
@@ -205,6 +223,16 @@ def build_parser() -> argparse.ArgumentParser:
                         "one (catches files rewritten in place)")
     _add_retry_arguments(p)
 
+    p = add("evaluate", cmd_evaluate, "metrics of a trained model on any labelled folder (e.g. another "
+            "hospital's images), tracked in MLflow")
+    p.add_argument("--model", required=True, metavar="URI",
+                   help="models:/NAME@champion, models:/NAME/VERSION, runs:/..., or a PipelineModel path")
+    p.add_argument("--data", required=True, metavar="DIR",
+                   help="class subfolders, or a folder with manifest.csv (as for ingest)")
+    p.add_argument("--out", required=True, metavar="DIR", help="metrics.json, report.md, confusion.png")
+    p.add_argument("--tracking-uri", metavar="URI",
+                   help="default: config tracking_uri, else MLFLOW_TRACKING_URI, else sqlite under --out")
+
     p = add("demo", cmd_demo, "the main job: fetch (or --data), ingest, featurize, train, register, score")
     p.add_argument("--data", metavar="DIR", help="use this folder instead of fetching the Ozturk dataset")
     p.add_argument("--out", default="runs/demo", metavar="DIR")
@@ -216,6 +244,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tracking-uri", metavar="URI",
                    help="as for train: config tracking_uri, else MLFLOW_TRACKING_URI, else sqlite "
                         "under --out")
+    p.add_argument("--external", metavar="DIR",
+                   help="a labelled folder from another source (e.g. ../shared/data/figure1): each champion "
+                        "is evaluated on it and report.md puts internal vs external side by side")
     return parser
 
 

@@ -2,7 +2,8 @@
 
 fetch the Ozturk 2020 dataset (or take --data) -> ingest -> featurize with the configured backbones ->
 train and compare the configured heads for the configured tasks -> register champions -> score the test
-split with each champion. Returns what happened; the CLI prints it.
+split with each champion -> with --external DIR, evaluate each champion on that other source and put internal
+vs external side by side in report.md. Returns what happened; the CLI prints it.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pandas as pd
 from pyspark.sql import SparkSession
 
 from xray_spark import paths
@@ -19,9 +21,11 @@ from xray_spark.config import Config
 from xray_spark.data.fetch import fetch_dataset
 from xray_spark.data.layout import IngestLayout
 from xray_spark.errors import UserError
+from xray_spark.evaluate import EvalResult, evaluate_model, side_by_side_md
 from xray_spark.features.weights import resolve_weights
 from xray_spark.scoring.run import ScoreSummary, score_command
 from xray_spark.spark_io import HadoopFS
+from xray_spark.train.compare import IMAGE
 from xray_spark.train.options import resolve_train_options
 from xray_spark.train.runner import TrainResult, run_training
 
@@ -37,6 +41,8 @@ class DemoResult:
     n_test: int
     predictions: Path
     scores: dict[str, ScoreSummary] = field(default_factory=dict)
+    external: dict[str, EvalResult] = field(default_factory=dict)  # task -> the champion on --external
+    external_rows: dict[str, dict] = field(default_factory=dict)  # task -> the champion's internal row
 
 
 def _weights_or_fallback(requested: str | None, default: str, backbones: list[str]) -> tuple[str, str | None]:
@@ -107,4 +113,35 @@ def run_demo(spark_factory, cfg: Config, args: argparse.Namespace) -> DemoResult
                  champ["head"])
         demo.scores[task] = score_command(lambda: spark, cfg, model=champ["uri"], input_dir=str(score_input),
                                           output_dir=str(demo.predictions / task), min_age_seconds=0)
+    if getattr(args, "external", None):
+        _evaluate_external(spark, cfg, demo, args.external, out)
     return demo
+
+
+def _champion_row(comparison: pd.DataFrame, task: str, champ: dict[str, str]) -> dict:
+    rows = comparison[(comparison["task"] == task) & (comparison["kind"] == IMAGE)
+                      & (comparison["backbone"] == champ["backbone"]) & (comparison["head"] == champ["head"])]
+    return rows.iloc[0].to_dict()
+
+
+def _evaluate_external(spark: SparkSession, cfg: Config, demo: DemoResult, external: str, out: Path) -> None:
+    """Each champion on the external folder (ingested once), then internal vs external in report.md."""
+    data = external
+    sections = []
+    for task, champ in demo.train.champions.items():
+        log.info("evaluating the %s champion on %s", task, external)
+        result = evaluate_model(spark, cfg, model=champ["uri"], data=data, out=str(out / "external" / task),
+                                tracking_uri=demo.train.tracking_uri)
+        data = str(out / "external" / task / "ingest")  # the next champion reuses this ingest
+        internal = _champion_row(demo.train.comparison, task, champ)
+        demo.external[task], demo.external_rows[task] = result, internal
+        sections.append(side_by_side_md(
+            f"{result.task.description}: {champ['backbone']} + {champ['head']} (version {champ['version']})",
+            internal, result.metrics, result.source, int(internal.get("n_test", 0)), result.n))
+    report = demo.train.files["report.md"]
+    source = next(iter(demo.external.values())).source
+    text = (f"\n## Internal vs external: the champions on {source}\n\n"
+            "The internal numbers come from the grouped test split of the training data; the external ones "
+            f"from a source the models never saw (`{source}`, `external/<task>/report.md`). A gap is flagged "
+            "when the 95% intervals do not overlap.\n\n" + "\n".join(sections))
+    Path(report).write_text(Path(report).read_text() + text)

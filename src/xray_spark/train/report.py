@@ -59,7 +59,7 @@ def _num(x: Any, digits: int = 3) -> str:
     return f"{float(x):.{digits}f}" if _finite(x) else "n/a"
 
 
-def _with_ci(row: Mapping[str, Any], metric: str) -> str:
+def with_ci(row: Mapping[str, Any], metric: str) -> str:
     """'0.951 [0.920, 0.975]' when the interval exists, else just the point estimate."""
     point = _num(row.get(metric))
     low, high = row.get(f"{metric}_ci_low"), row.get(f"{metric}_ci_high")
@@ -100,8 +100,8 @@ def _names(rows: list[dict[str, Any]]) -> list[str]:
 def _reference_cells(df: pd.DataFrame, task: str) -> list[list[str]]:
     rows = _task_rows(df, task)
     return [
-        [name, _num(r.get("covid_precision")), _with_ci(r, "covid_recall"), _num(r.get("covid_f1")),
-         _with_ci(r, "accuracy")]
+        [name, _num(r.get("covid_precision")), with_ci(r, "covid_recall"), _num(r.get("covid_f1")),
+         with_ci(r, "accuracy")]
         for name, r in zip(_names(rows), rows, strict=True)
     ]
 
@@ -109,7 +109,7 @@ def _reference_cells(df: pd.DataFrame, task: str) -> list[list[str]]:
 def _other_cells(df: pd.DataFrame, task: str) -> list[list[str]]:
     rows = _task_rows(df, task)
     return [
-        [name, _with_ci(r, "macro_f1"), _num(r.get("roc_auc_macro")), _num(r.get("brier")),
+        [name, with_ci(r, "macro_f1"), _num(r.get("roc_auc_macro")), _num(r.get("brier")),
          _num(r.get("ece")), _num(r.get("fit_seconds"), 1), _num(r.get("featurize_seconds"), 1)]
         for name, r in zip(_names(rows), rows, strict=True)
     ]
@@ -123,7 +123,7 @@ def _text_table(header: Sequence[str], cells: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def _md_table(header: Sequence[str], cells: list[list[str]]) -> str:
+def md_table(header: Sequence[str], cells: list[list[str]]) -> str:
     def esc(s: str) -> str:
         return s.replace("|", "\\|")
 
@@ -284,9 +284,9 @@ def _md_task_section(df: pd.DataFrame, task: str, level: str = "##") -> list[str
         "",
         _sample_line(df, task),
         "",
-        _md_table(REFERENCE_HEADER, _reference_cells(df, task)),
+        md_table(REFERENCE_HEADER, _reference_cells(df, task)),
         "",
-        _md_table(_OTHER_HEADER, _other_cells(df, task)),
+        md_table(_OTHER_HEADER, _other_cells(df, task)),
         "",
     ]
 
@@ -346,7 +346,7 @@ def baseline_comparison(df: pd.DataFrame, task: str, metric: str = "accuracy") -
     bbest = max(base, key=lambda r: float(r[metric]))
     b_val, m_val = float(bbest[metric]), float(best[metric])
     lo, hi = best.get(f"{metric}_ci_low"), best.get(f"{metric}_ci_high")
-    who = (f"Best image model: {model_name(best)}, {label} {_with_ci(best, metric)}. "
+    who = (f"Best image model: {model_name(best)}, {label} {with_ci(best, metric)}. "
            f"Best metadata-only baseline: {model_name(bbest)}, {label} {b_val:.3f}")
     if not (_finite(lo) and _finite(hi)):
         gap = m_val - b_val

@@ -1,0 +1,267 @@
+"""External evaluation: a trained model's metrics on any labelled folder, measured the way `train` measures.
+
+Why: a grouped internal test split still shares hospitals, scanners and file pipelines with the training
+data. A folder from another source answers the question a reader asks next — does the model travel? The
+folder goes through the same ingest (labels, validation, duplicate groups), the model's own Spark pipeline
+makes the predictions (as `score` does), and train/evaluate computes the same metrics with the same 95%
+group-bootstrap intervals.
+
+`external_predictions` and `evaluation_arrays` compute; `evaluate_model` writes files and logs to MLflow.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from pyspark.ml.functions import vector_to_array
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from xray_spark import paths
+from xray_spark.config import Config
+from xray_spark.data.images import image_contents, load_or_ingest
+from xray_spark.errors import UserError
+from xray_spark.scoring.model import (
+    ModelRef,
+    ScoringPipeline,
+    featurizer_class,
+    load_pipeline,
+    resolve_model,
+    split_pipeline,
+)
+from xray_spark.spark_io import balanced_partitions
+from xray_spark.tracking import configure, finite_metrics, tracking_uri_for
+from xray_spark.train.evaluate import confusion, evaluate
+from xray_spark.train.report import md_table, plot_confusion, with_ci
+from xray_spark.train.tasks import TASKS, Task
+
+log = logging.getLogger(__name__)
+
+IMAGES_PER_TASK = 32
+HEADLINE = ("covid_precision", "covid_recall", "covid_f1", "accuracy", "macro_f1", "roc_auc_macro")
+
+
+@dataclass
+class EvalResult:
+    """What `evaluate_model` measured and wrote. `n` images were evaluated; `excluded` maps labels the model
+    does not know to their image counts; `no_features` images could not be featurized."""
+
+    model: ModelRef
+    task: Task
+    n: int
+    metrics: dict[str, float]
+    confusion: np.ndarray
+    excluded: dict[str, int] = field(default_factory=dict)
+    quarantined: int = 0  # ingest set these aside (not images, unreadable, no label)
+    no_features: int = 0
+    data_fingerprint: str = ""
+    source: str = ""  # the evaluated folder's name (of the original folder when given an ingest output)
+    run_id: str = ""
+    tracking_uri: str = ""
+    files: dict[str, Path] = field(default_factory=dict)
+
+
+    def lines(self) -> list[str]:
+        """The summary the CLI prints: headline metrics with intervals, counts, where the files are."""
+        out = [f"model: {self.model.name} version {self.model.version} ({self.model.uri}), "
+               f"{self.task.description}", f"images evaluated: {self.n}"]
+        for m in HEADLINE:
+            v, lo, hi = (self.metrics.get(k, float("nan")) for k in (m, f"{m}_ci_low", f"{m}_ci_high"))
+            if np.isfinite(v):
+                ci = f" [{lo:.3f}, {hi:.3f}]" if np.isfinite(lo) and np.isfinite(hi) else ""
+                out.append(f"{m}: {v:.3f}{ci}")
+        if self.excluded:
+            out.append("not evaluated (label unknown to the model): "
+                       + ", ".join(f"{k} {v}" for k, v in sorted(self.excluded.items())))
+        out.append(f"set aside: {self.quarantined} at ingest, {self.no_features} without features")
+        out += [f"{name}: {path}" for name, path in self.files.items()]
+        out.append(f"MLflow run {self.run_id} at {self.tracking_uri}")
+        return out
+
+
+def task_of(labels: list[str]) -> Task:
+    """The model's classes (its IndexToString order) -> the task it was trained for; COVID is positive."""
+    for task in TASKS.values():
+        if tuple(labels) == task.labels:
+            return task
+    if "covid" not in labels:
+        raise UserError(f"the model's classes {labels} include no 'covid': not an xray-spark model")
+    return Task("custom", tuple(labels), description=" vs ".join(labels))
+
+
+def external_predictions(spark: SparkSession, pipe: ScoringPipeline, images: DataFrame,
+                         contents: DataFrame) -> DataFrame:
+    """(sha256, label, group_id, predicted_label, proba array or null, features_ok) per ok image whose
+    label the model knows. Each distinct content is featurized once; content bytes never reach the driver."""
+    ok = (images.where("status = 'ok'").where(F.col("label").isin(list(pipe.labels)))
+          .select("sha256", "label", "group_id"))
+    n_contents = ok.select("sha256").distinct().count()
+    todo = (contents.join(ok.select("sha256").distinct(), "sha256", "left_semi").dropDuplicates(["sha256"])
+            .select("sha256", F.col("content").alias(pipe.input_col))
+            .repartition(balanced_partitions(n_contents, spark.sparkContext.defaultParallelism,
+                                             IMAGES_PER_TASK)))
+    feats = pipe.featurize_frame(todo).drop(pipe.input_col)
+    scored = pipe.score_frame(feats.where(F.col(pipe.features_col).isNotNull()))
+    proba = (vector_to_array(F.col(pipe.probability_col), "float64")
+             if pipe.probability_col and pipe.probability_col in scored.columns
+             else F.lit(None).cast("array<double>"))
+    predicted = scored.select("sha256", F.col(pipe.label_col).cast("string").alias("predicted_label"),
+                              proba.alias("proba"), F.lit(True).alias("features_ok"))
+    failed = feats.where(F.col(pipe.features_col).isNull()).select(
+        "sha256", F.lit(None).cast("string").alias("predicted_label"), F.lit(None).cast("array<double>")
+        .alias("proba"), F.lit(False).alias("features_ok"))
+    return ok.join(predicted.unionByName(failed), "sha256", "left")
+
+
+def evaluation_arrays(pdf: pd.DataFrame, labels: list[str]) -> tuple[np.ndarray, np.ndarray,
+                                                                     np.ndarray | None, np.ndarray]:
+    """Predicted rows -> (y_true, y_pred, proba or None, groups) for train/evaluate.evaluate."""
+    done = pdf[pdf["features_ok"].fillna(False).astype(bool)]
+    proba = None
+    if len(done) and done["proba"].notna().all():
+        proba = np.vstack([np.asarray(p, dtype=float) for p in done["proba"]])
+        if proba.shape[1] != len(labels):
+            raise ValueError(f"probability vectors have {proba.shape[1]} entries for {len(labels)} classes")
+    return (done["label"].to_numpy(), done["predicted_label"].to_numpy(), proba,
+            done["group_id"].astype(str).to_numpy())
+
+
+def fingerprint(pdf: pd.DataFrame) -> str:
+    """What was evaluated, as one hash: the sorted (content sha256, label) pairs (no paths: they can carry
+    identity and differ between copies of one dataset)."""
+    pairs = sorted(f"{s}:{lab}" for s, lab in zip(pdf["sha256"], pdf["label"], strict=True))
+    return hashlib.sha256("\n".join(pairs).encode()).hexdigest()
+
+
+def _report(result: EvalResult, png: Path) -> str:
+    labels = list(result.task.labels)
+    lines = [f"# External evaluation: {result.model.name} version {result.model.version}", "",
+             f"Model `{result.model.uri}` ({result.task.description}) on `{result.source}`: "
+             f"{result.n} images (data fingerprint `{result.data_fingerprint[:16]}`).", ""]
+    lines += ["| metric | value | 95% interval (bootstrap over groups) |", "|---|---|---|"]
+    for m in HEADLINE:
+        v = result.metrics.get(m, float("nan"))
+        lo, hi = result.metrics.get(f"{m}_ci_low"), result.metrics.get(f"{m}_ci_high")
+        ci = f"{lo:.3f} – {hi:.3f}" if lo is not None and np.isfinite(lo) and np.isfinite(hi) else "n/a"
+        lines.append(f"| {m} | {v:.3f} | {ci} |" if np.isfinite(v) else f"| {m} | n/a | {ci} |")
+    lines += ["", "Confusion matrix (rows: true, columns: predicted):", "",
+              "| | " + " | ".join(labels) + " |", "|---" * (len(labels) + 1) + "|"]
+    lines += [f"| {lab} | " + " | ".join(str(int(c)) for c in row) + " |"
+              for lab, row in zip(labels, result.confusion, strict=True)]
+    absent = [lab for lab, row in zip(labels, result.confusion, strict=True) if row.sum() == 0]
+    lines += ["", f"![confusion]({png.name})", ""]
+    if absent:
+        lines.append(f"- No images of {', '.join(absent)} in this folder: metrics of those classes are n/a.")
+    if result.excluded:
+        lines.append("- Not evaluated, labels the model does not know: "
+                     + ", ".join(f"{k} {v}" for k, v in sorted(result.excluded.items())) + ".")
+    if result.quarantined or result.no_features:
+        lines.append(f"- Set aside: {result.quarantined} at ingest (see ingest/), {result.no_features} "
+                     "that the featurizer could not read.")
+    return "\n".join(lines) + "\n"
+
+
+def evaluate_model(spark: SparkSession, cfg: Config, *, model: str, data: str, out: str,
+                   tracking_uri: str | None = None, ref: ModelRef | None = None) -> EvalResult:
+    """`xray-spark evaluate`: ingest `data` under OUT/ingest, predict with `model`, write metrics.json,
+    report.md and confusion.png to `out`, and log an evaluation run to MLflow (tagged with the model's name
+    and version and the data's fingerprint)."""
+    t0 = time.time()
+    out_dir = Path(out)
+    uri = tracking_uri_for(tracking_uri, cfg.tracking_uri, out_dir)
+    if ref is None:
+        cfg.tracking_uri = uri
+        ref = resolve_model(model, cfg)
+    pipe = split_pipeline(load_pipeline(spark, ref), featurizer_class(), ref.uri)
+    task = task_of(list(pipe.labels))
+    images, summary, _ = load_or_ingest(spark, data, str(out_dir), cfg)
+    counts = {(r["status"], r["label"]): r["count"]
+              for r in images.groupBy("status", "label").count().collect()}
+    excluded = {str(lab): n for (status, lab), n in counts.items()
+                if status == "ok" and lab not in task.labels}
+    quarantined = sum(n for (status, _), n in counts.items() if status != "ok")
+    pdf = external_predictions(spark, pipe, images, image_contents(spark, summary, cfg)).toPandas()
+    if pdf.empty:
+        raise UserError(f"--data {data}: no images with a label the model knows ({', '.join(task.labels)})")
+    y_true, y_pred, proba, groups = evaluation_arrays(pdf, list(task.labels))
+    labels = list(task.labels)
+    metrics = evaluate(y_true, y_pred, proba, labels, groups, n_resamples=cfg.train.bootstrap_resamples,
+                       seed=cfg.train.seed, positive=task.positive)
+    codes = {lab: i for i, lab in enumerate(labels)}
+    cm = confusion(np.array([codes[v] for v in y_true]), np.array([codes[v] for v in y_pred]), len(labels))
+    result = EvalResult(ref, task, len(y_true), metrics, cm,
+                        excluded=excluded, quarantined=quarantined,
+                        no_features=int((~pdf["features_ok"].fillna(False).astype(bool)).sum()),
+                        data_fingerprint=fingerprint(pdf), source=paths.file_name(summary["data_dir"]))
+    _write_and_log(result, out_dir, uri)
+    log.info("evaluated %s version %s on %d images in %.1fs", ref.name, ref.version, result.n,
+             time.time() - t0)
+    return result
+
+
+GAP_METRICS = ("accuracy", "covid_recall", "macro_f1")  # the metrics train reports with group intervals
+
+
+def generalisation_gap(internal: dict[str, Any], external: dict[str, Any], metric: str) -> bool:
+    """True when the two 95% intervals of `metric` do not overlap; False when either is missing."""
+    lo_i, hi_i = internal.get(f"{metric}_ci_low"), internal.get(f"{metric}_ci_high")
+    lo_e, hi_e = external.get(f"{metric}_ci_low"), external.get(f"{metric}_ci_high")
+    bounds = [lo_i, hi_i, lo_e, hi_e]
+    if any(b is None or not np.isfinite(b) for b in bounds):
+        return False
+    return bool(hi_e < lo_i or hi_i < lo_e)
+
+
+def side_by_side_md(title: str, internal: dict[str, Any], external: dict[str, Any], source: str,
+                    n_internal: int, n_external: int) -> str:
+    """A markdown section: the champion's internal (grouped test split) vs external metrics, gaps flagged."""
+    cells = []
+    for m in GAP_METRICS:
+        gap = generalisation_gap(internal, external, m)
+        cells.append([m, with_ci(internal, m), with_ci(external, m),
+                      "**gap: intervals do not overlap**" if gap else "intervals overlap"])
+    header = ("metric", f"internal test split (n={n_internal})", f"{source} (n={n_external})", "")
+    return f"### {title}\n\n{md_table(header, cells)}\n"
+
+
+def _write_and_log(result: EvalResult, out_dir: Path, uri: str | None) -> None:
+    import mlflow  # lazy: a slow import that argument checks skip
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    labels = list(result.task.labels)
+    png = plot_confusion(result.confusion, labels, f"{result.model.name} v{result.model.version} on "
+                         f"{result.source}", out_dir / "confusion.png")
+    doc: dict[str, Any] = {
+        "model": {"name": result.model.name, "version": result.model.version, "uri": result.model.uri},
+        "task": result.task.name, "labels": labels, "n": result.n,
+        "accuracy": result.metrics.get("accuracy"),
+        "confusion": {"labels": labels, "counts": result.confusion.tolist()},
+        "metrics": {k: (v if np.isfinite(v) else None) for k, v in result.metrics.items()},
+        "excluded_labels": result.excluded, "quarantined": result.quarantined,
+        "no_features": result.no_features, "data_fingerprint": result.data_fingerprint,
+        "source": result.source,
+    }
+    (out_dir / "metrics.json").write_text(json.dumps(doc, indent=2, default=float))
+    (out_dir / "report.md").write_text(_report(result, png))
+    result.files = {"metrics.json": out_dir / "metrics.json", "report.md": out_dir / "report.md",
+                    "confusion.png": png}
+    configure(uri, out_dir)
+    with mlflow.start_run(run_name=f"evaluate {result.model.name} v{result.model.version}") as run:
+        mlflow.set_tags({"kind": "evaluation", "model_name": result.model.name,
+                         "model_version": result.model.version, "model_uri": result.model.uri,
+                         "data_fingerprint": result.data_fingerprint, "task": result.task.name,
+                         "source": result.source})
+        mlflow.log_params({"n": result.n, "labels": ",".join(labels),
+                           "excluded": json.dumps(result.excluded)})
+        mlflow.log_metrics(finite_metrics(result.metrics))
+        for path in result.files.values():
+            mlflow.log_artifact(str(path))
+    result.run_id, result.tracking_uri = run.info.run_id, mlflow.get_tracking_uri()

@@ -1,0 +1,100 @@
+"""`evaluate`: a trained champion on another source's labelled folder (figure1), measured as `train` measures,
+and in agreement with what `score` predicts for the same images. Real Spark, MLflow and the shared `trained`
+run (ResNet50 random init)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import isolate_mlflow
+from xray_spark.config import load_config
+from xray_spark.evaluate import evaluate_model
+from xray_spark.scoring import score_command
+
+
+@pytest.fixture(scope="module")
+def figure1(data_root: Path) -> Path:
+    folder = data_root / "figure1"
+    if not (folder / "manifest.csv").is_file():
+        pytest.fail(f"{folder}/manifest.csv missing: the shared data README promises figure1/")
+    return folder
+
+
+def test_evaluate_counts_equal_what_score_predicts(spark, trained, figure1, tmp_path, monkeypatch, capsys):
+    isolate_mlflow(monkeypatch)
+    champion = trained.champions["multiclass"]
+    cfg = load_config(local=None)
+    result = evaluate_model(spark, cfg, model=champion["uri"], data=str(figure1), out=str(tmp_path / "eval"),
+                            tracking_uri=trained.tracking_uri)
+    doc = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    counts = np.array(doc["confusion"]["counts"])
+    assert doc["labels"] == ["covid", "no_findings", "pneumonia"] == doc["confusion"]["labels"]
+    assert doc["n"] == result.n == counts.sum() >= 35 and doc["excluded_labels"] == {}
+    assert doc["accuracy"] == pytest.approx(np.trace(counts) / counts.sum())
+    assert counts.sum(axis=1).tolist() == [35, 3, 2]  # figure1's classes, every image evaluated
+    assert doc["model"]["version"] == champion["version"]
+    metrics = doc["metrics"]
+    assert 0 <= metrics["accuracy_ci_low"] <= doc["accuracy"] <= metrics["accuracy_ci_high"] <= 1
+    report = (tmp_path / "eval" / "report.md").read_text()
+    assert "95% interval" in report and "confusion.png" in report
+    assert (tmp_path / "eval" / "confusion.png").stat().st_size > 1000
+
+    run = mlflow.MlflowClient(tracking_uri=trained.tracking_uri).get_run(result.run_id)
+    assert run.data.tags["kind"] == "evaluation"
+    assert (run.data.tags["model_name"], run.data.tags["model_version"]) == (champion["name"],
+                                                                              champion["version"])
+    assert run.data.tags["data_fingerprint"] == doc["data_fingerprint"]
+    assert run.data.metrics["accuracy"] == pytest.approx(doc["accuracy"])
+
+    # the same model and images through `score`: the same predictions, so the same confusion counts
+    cfg.tracking_uri = trained.tracking_uri
+    score_command(lambda: spark, cfg, model=champion["uri"], input_dir=str(figure1),
+                  output_dir=str(tmp_path / "scored"), min_age_seconds=0)
+    scored = spark.read.parquet(str(tmp_path / "scored")).toPandas()
+    images = spark.read.parquet(str(tmp_path / "eval" / "ingest" / "images")).toPandas()
+    images = images[images["status"] == "ok"].merge(scored[["sha256", "predicted_label"]], on="sha256")
+    labels = doc["labels"]
+    from_score = pd.crosstab(pd.Categorical(images["label"], labels),
+                             pd.Categorical(images["predicted_label"], labels), dropna=False)
+    assert from_score.to_numpy().tolist() == counts.tolist()
+    assert capsys.readouterr().out == ""  # only cli.py prints
+
+
+def test_cli_evaluate_with_classes_missing_and_labels_the_model_does_not_know(trained, figure1, tmp_path):
+    """The binary champion on figure1's COVID and pneumonia images only: no No-findings image at all
+    (metrics for the classes present, no crash), and pneumonia is not a class of the binary model."""
+    data = tmp_path / "data"
+    for label in ("covid", "pneumonia"):
+        shutil.copytree(figure1 / label, data / label)
+    out = tmp_path / "eval"
+    proc = subprocess.run([sys.executable, "-m", "xray_spark", "evaluate", "--model",
+                           trained.champions["binary"]["uri"], "--data", str(data), "--out", str(out),
+                           "--tracking-uri", trained.tracking_uri],
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    doc = json.loads((out / "metrics.json").read_text())
+    assert doc["labels"] == ["no_findings", "covid"] and doc["n"] == 35
+    assert doc["excluded_labels"] == {"pneumonia": 2}
+    assert doc["confusion"]["counts"][0] == [0, 0]  # no No-findings images
+    assert doc["metrics"]["covid_recall"] is not None
+    assert "images evaluated: 35" in proc.stdout
+    assert "not evaluated (label unknown to the model): pneumonia 2" in proc.stdout
+    assert "No images of no_findings" in (out / "report.md").read_text()
+
+
+def test_cli_evaluate_unknown_model_is_exit_2_before_spark(trained, figure1, tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "xray_spark", "evaluate", "--model", "models:/nope@champion",
+                           "--data", str(figure1), "--out", str(tmp_path / "eval"),
+                           "--tracking-uri", trained.tracking_uri],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1 and "nope" in proc.stderr
+    assert not (tmp_path / "eval").exists()
