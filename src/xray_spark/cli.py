@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 
 from xray_spark.config import load_config
 from xray_spark.data.fetch import fetch_dataset
-from xray_spark.data.files import check_local_data_dir
+from xray_spark.data.files import check_data_args, check_local_data_dir
 from xray_spark.data.ingest import format_summary, ingest
 from xray_spark.demo import run_demo
 from xray_spark.errors import (
@@ -59,7 +59,7 @@ def _context(args: argparse.Namespace):
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
-    check_local_data_dir(args.data)  # fail fast (exit 2) before starting a JVM
+    check_data_args(args.data)  # fail fast (exit 2) before starting a JVM
     cfg, spark = _context(args)
     result = ingest(spark(), args.data, args.out, cfg)
     print(format_summary(result.summary))
@@ -167,8 +167,9 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     p = add("ingest", cmd_ingest, "read, validate, de-duplicate and split an image folder")
-    p.add_argument("--data", required=True, metavar="DIR",
-                   help="class subfolders, or a folder with manifest.csv")
+    p.add_argument("--data", required=True, action="append", metavar="[NAME=]DIR",
+                   help="class subfolders, or a folder with manifest.csv; repeat as NAME=DIR to ingest "
+                        "several sources together (each image keeps its source)")
     p.add_argument("--out", required=True, metavar="DIR", help="where the images table, split and reports go")
 
     p = add("fetch", cmd_fetch, "download a public dataset (sha256-verified, resumable)", spark=False)
@@ -191,7 +192,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=None, metavar="N")
 
     p = add("train", cmd_train, "train and compare heads for each backbone and task, tracked in MLflow")
-    p.add_argument("--data", metavar="DIR", help="image folder, or an ingest output folder")
+    p.add_argument("--data", action="append", metavar="[NAME=]DIR",
+                   help="image folder, or an ingest output folder; repeat as NAME=DIR for several sources")
     p.add_argument("--backbones", metavar="LIST",
                    help="e.g. ResNet50,InceptionV3 (default: config train.backbones)")
     p.add_argument("--heads", metavar="LIST", help="e.g. lr,rf,dt,gbt,svc,mlp (default: config train.heads)")

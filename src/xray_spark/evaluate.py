@@ -27,7 +27,7 @@ from pyspark.sql import functions as F
 
 from xray_spark import paths
 from xray_spark.config import Config
-from xray_spark.data.images import image_contents, load_or_ingest
+from xray_spark.data.images import data_roots, image_contents, load_or_ingest
 from xray_spark.errors import UserError
 from xray_spark.scoring.model import (
     ModelRef,
@@ -200,7 +200,8 @@ def evaluate_model(spark: SparkSession, cfg: Config, *, model: str, data: str, o
     result = EvalResult(ref, task, len(y_true), metrics, cm,
                         excluded=excluded, quarantined=quarantined,
                         no_features=int((~pdf["features_ok"].fillna(False).astype(bool)).sum()),
-                        data_fingerprint=fingerprint(pdf), source=paths.file_name(summary["data_dir"]))
+                        data_fingerprint=fingerprint(pdf),
+                        source=", ".join(paths.file_name(r) for r in data_roots(summary)))
     _write_and_log(result, out_dir, uri)
     log.info("evaluated %s version %s on %d images in %.1fs", ref.name, ref.version, result.n,
              time.time() - t0)

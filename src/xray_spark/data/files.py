@@ -17,6 +17,8 @@ import hashlib
 import json
 import logging
 import os
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -45,12 +47,49 @@ _UNLISTED_SCAN_LIMIT = 100_000  # files the slow path looks at individually befo
 @dataclass(frozen=True)
 class DataFolder:
     """A `--data` folder: its qualified URI, the binaryFile DataFrame over it, and whether it has a
-    manifest."""
+    manifest. `source` names it when given as `--data NAME=DIR` (it then wins over a manifest's `source`
+    column and the folder name); `prefix` keeps relative paths (and so image ids) apart across sources."""
 
     root: str
     # binaryFile rows (path, modificationTime, length, content); content read only when selected
     files: DataFrame
     manifest: str | None
+    source: str | None = None
+    prefix: str = ""
+
+    def rel_path_col(self) -> Column:
+        """The file's path relative to this folder, prefixed with the source when several are ingested."""
+        rel = paths.rel_path_col(F.col("path"), self.root)
+        return F.concat(F.lit(self.prefix), rel) if self.prefix else rel
+
+
+_SOURCE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+@dataclass(frozen=True)
+class DataArg:
+    """One `--data` value: `DIR`, or `NAME=DIR` to name the source of every image below DIR."""
+
+    path: str
+    source: str | None = None
+
+
+def parse_data_args(values: str | Sequence[str]) -> list[DataArg]:
+    """`--data` values -> DataArgs. `NAME=DIR` only when NAME is a plain name (no `/`), so a folder whose
+    path contains `=` still works. Several folders need distinct source names (given, or the folder names)."""
+    out: list[DataArg] = []
+    for value in [values] if isinstance(values, str) else list(values):
+        name, eq, rest = value.partition("=")
+        out.append(DataArg(rest, name) if eq and rest and _SOURCE_NAME.match(name) else DataArg(value))
+    if not out:
+        raise UserError("--data: no folder given")
+    if len(out) > 1:
+        names = [a.source or paths.file_name(a.path.rstrip("/")) for a in out]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise UserError(f"--data: source name(s) {', '.join(dupes)} given twice; name each folder "
+                            "differently with NAME=DIR")
+    return out
 
 
 def check_local_data_dir(data_dir: str) -> None:
@@ -64,6 +103,37 @@ def check_local_data_dir(data_dir: str) -> None:
         raise UserError(f"--data is not a folder: {p}")
     if not any(p.iterdir()):
         raise UserError(f"--data folder is empty: {p}")
+
+
+def check_data_args(values: str | Sequence[str]) -> list[DataArg]:
+    """Parse `--data` values and fail fast (exit 2, before a JVM starts) on a missing local folder."""
+    args = parse_data_args(values)
+    for a in args:
+        check_local_data_dir(a.path)
+    return args
+
+
+def open_data_folders(spark: SparkSession, data: str | Sequence[str]) -> list[DataFolder]:
+    """Every `--data` folder, opened; with more than one, each gets its source name and a rel_path prefix."""
+    args = parse_data_args(data)
+    folders = [open_data_folder(spark, a.path) for a in args]
+    if len(args) == 1:
+        return [dataclasses.replace(folders[0], source=args[0].source)]
+    named = []
+    for a, f in zip(args, folders, strict=True):
+        name = a.source or paths.file_name(f.root)
+        named.append(dataclasses.replace(f, source=name, prefix=f"{name}/"))
+    return named
+
+
+def sources_listing(spark: SparkSession, folders: list[DataFolder], cfg: Config) -> DataFrame:
+    """labelled_listing of every folder (with the files Spark's listing skipped), as one DataFrame."""
+    listing = None
+    for folder in folders:
+        part = labelled_listing(spark, folder, cfg, unlisted_files(spark, folder, folder.files.count()))
+        listing = part if listing is None else listing.unionByName(part)
+    assert listing is not None
+    return listing
 
 
 def open_data_folder(spark: SparkSession, data_dir: str) -> DataFolder:
@@ -125,8 +195,14 @@ def labelled_listing(spark: SparkSession, folder: DataFolder, cfg: Config,
             paths.rel_path_col(F.col("path"), folder.root).alias("rel_path"))
         listed = listed.unionByName(extra)
     if folder.manifest:
-        return _with_manifest(spark, folder, listed, cfg)
-    return _with_folders(folder, listed, cfg)
+        rows = _with_manifest(spark, folder, listed, cfg)
+    else:
+        rows = _with_folders(folder, listed, cfg)
+    if folder.source:
+        rows = rows.withColumn("source", F.lit(folder.source))
+    if folder.prefix:
+        rows = rows.withColumn("rel_path", F.concat(F.lit(folder.prefix), F.col("rel_path")))
+    return rows
 
 
 def _listed(folder: DataFolder) -> DataFrame:
@@ -215,7 +291,7 @@ def listing_fingerprint(listing: DataFrame, cfg: Config) -> str:
     the settings that shape the split. Order-independent and computed on executors (one small row back)."""
     row = listing.agg(
         F.count(F.lit(1)).alias("n"),
-        F.bit_xor(F.xxhash64("rel_path", "length", "modified", "label", "patient_id")).alias("x"),
+        F.bit_xor(F.xxhash64("rel_path", "length", "modified", "label", "source", "patient_id")).alias("x"),
     ).first()
     settings = {k: dataclasses.asdict(getattr(cfg, k)) for k in ("decode", "dedup", "split")}
     payload = json.dumps([row["n"], row["x"], settings, cfg.labels, os.environ.get(SALT_ENV, "")],

@@ -20,7 +20,7 @@ import logging
 import os
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import pandas as pd
@@ -35,10 +35,9 @@ from xray_spark.data.files import (
     SALT_ENV,
     DataFolder,
     extra_files,
-    labelled_listing,
     listing_fingerprint,
-    open_data_folder,
-    unlisted_files,
+    open_data_folders,
+    sources_listing,
 )
 from xray_spark.data.groups import assign_group_ids, component_frame, image_id_col, star_edges
 from xray_spark.data.ingest_report import summarize, write_duplicates_report
@@ -107,13 +106,15 @@ class IngestResult:
     files: dict[str, str] = field(default_factory=dict)
 
 
-def _decode_stage(spark, folder: DataFolder, layout: IngestLayout, cfg: Config, n_files: int):
+def _decode_stage(spark, folders: list[DataFolder], layout: IngestLayout, cfg: Config, n_files: int):
     """Read every listed file's bytes once (oversized files filtered by length first) into _work/analyzed."""
     name = F.lower(F.regexp_extract("path", r"([^/]*)$", 1))
-    rel = paths.rel_path_col(F.col("path"), folder.root)
-    todo = (folder.files.where(F.col("length") <= cfg.decode.max_file_bytes)  # pushed into the file scan
-            .where(~name.isin(sorted(IGNORED_NAMES)))
-            .select("path", image_id_col(rel).alias("id"), "content"))
+    todo = None
+    for folder in folders:
+        part = (folder.files.where(F.col("length") <= cfg.decode.max_file_bytes)  # pushed into the file scan
+                .where(~name.isin(sorted(IGNORED_NAMES)))
+                .select("path", image_id_col(folder.rel_path_col()).alias("id"), "content"))
+        todo = part if todo is None else todo.unionByName(part)
     target = paths.join(layout.work, "analyzed")
     counter = spark.sparkContext.accumulator(0)
     progress = Progress(counter, n_files, "ingest: decode")
@@ -171,28 +172,31 @@ def _groups_and_split(spark, ok, thumbs, cfg: Config):
     return split, dups, folds
 
 
-def ingest(spark, data_dir: str, out_dir: str, cfg: Config) -> IngestResult:
-    """Read, validate, de-duplicate and split one data folder; write everything under `out_dir`."""
+def ingest(spark, data: str | Sequence[str], out_dir: str, cfg: Config) -> IngestResult:
+    """Read, validate, de-duplicate and split one data folder, or several (`NAME=DIR` values: every image
+    keeps its source, and duplicates across sources are grouped like any others, so they never straddle
+    the split); write everything under `out_dir`."""
     with explicit_broadcasts_only(spark):
-        return _ingest(spark, data_dir, out_dir, cfg)
+        return _ingest(spark, data, out_dir, cfg)
 
 
-def _ingest(spark, data_dir: str, out_dir: str, cfg: Config) -> IngestResult:
+def _ingest(spark, data: str | Sequence[str], out_dir: str, cfg: Config) -> IngestResult:
     t0 = time.time()
     fs = HadoopFS(spark)
-    folder = open_data_folder(spark, str(data_dir))
+    folders = open_data_folders(spark, data)
     layout = IngestLayout(paths.qualify(spark, str(out_dir)))
-    n_spark = folder.files.count()
-    listing = labelled_listing(spark, folder, cfg, unlisted_files(spark, folder, n_spark)).cache()
+    listing = sources_listing(spark, folders, cfg).cache()
     key = listing_fingerprint(listing, cfg)  # before reading: a file added mid-run triggers the next ingest
     n_listed = listing.count()
-    log.info("ingest: %d files listed under %s; decoding with Spark", n_listed, folder.root)
-    if folder.manifest:
-        n_extra = extra_files(folder, listing).count()
-        if n_extra:
-            log.info("ingest: %d files under the folder are not in the manifest; ignored", n_extra)
+    roots = [f.root for f in folders]
+    log.info("ingest: %d files listed under %s; decoding with Spark", n_listed, ", ".join(roots))
+    for folder in folders:
+        if folder.manifest:
+            n_extra = extra_files(folder, listing).count()
+            if n_extra:
+                log.info("ingest: %d files under %s are not in its manifest; ignored", n_extra, folder.root)
 
-    analyzed = _decode_stage(spark, folder, layout, cfg, n_listed)
+    analyzed = _decode_stage(spark, folders, layout, cfg, n_listed)
     table = _reconcile(listing, analyzed, cfg.decode.max_file_bytes).cache()
     n_ids = table.agg(F.countDistinct("id").alias("d"), F.count(F.lit(1)).alias("n")).first()
     if n_ids["d"] != n_ids["n"]:
@@ -209,7 +213,7 @@ def _ingest(spark, data_dir: str, out_dir: str, cfg: Config) -> IngestResult:
     files.update(write_duplicates_report(fs, dups, ok, split, layout.duplicates))
     summary = summarize(images, dups.counts, split, split_hash(images.where("status = 'ok'")),
                         time.time() - t0)
-    summary.update(data_dir=folder.root, ingest_key=key, manifest_hash=manifest_hash(images))
+    summary.update(data_dir=roots[0], data_dirs=roots, ingest_key=key, manifest_hash=manifest_hash(images))
     summary["split"]["folds"] = folds
     fs.write_text(layout.summary_json, _json(summary))
     files["summary.json"] = layout.summary_json

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from xray_spark.config import Config
-from xray_spark.data.files import check_local_data_dir
+from xray_spark.data.files import check_data_args
 from xray_spark.errors import UserError
 from xray_spark.features.backbones import backbone_names
 from xray_spark.features.run import check_weights_arg
@@ -37,7 +37,7 @@ def check_train_config(cfg: Config) -> None:
 def resolve_train_options(args: argparse.Namespace, cfg: Config) -> TrainSpec:
     if not args.data:
         raise UserError("--data is required (an image folder or an ingest output folder)")
-    check_local_data_dir(args.data)
+    check_data_args(args.data)
     tc = cfg.train
     backbones = parse_list(args.backbones or tc.backbones, backbone_names(), "backbone")
     heads = parse_list(args.heads or tc.heads, list(HEADS), "head")

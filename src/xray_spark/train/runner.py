@@ -60,7 +60,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class TrainSpec:
-    data: str
+    data: str | list[str]  # one folder, or several `NAME=DIR` sources (see data/files.parse_data_args)
     out_dir: str
     backbones: list[str]
     heads: list[str]
@@ -69,6 +69,9 @@ class TrainSpec:
     tracking_uri: str | None = None
     cache_dir: str | None = None
     baseline: bool = True
+
+    def data_text(self) -> str:
+        return self.data if isinstance(self.data, str) else ", ".join(self.data)
 
 
 @dataclass
@@ -217,7 +220,7 @@ def run_training(spark: SparkSession, cfg: Config, spec: TrainSpec) -> TrainResu
             "backbones": ",".join(spec.backbones), "heads": ",".join(spec.heads),
             "tasks": ",".join(spec.tasks),
             "weights": spec.weights, "split_hash": summary["split"]["hash"], "split_seed": cfg.split.seed,
-            "dataset_manifest_hash": summary.get("manifest_hash", ""), "data": str(spec.data),
+            "dataset_manifest_hash": summary.get("manifest_hash", ""), "data": spec.data_text(),
             **library_versions(),
         })
         tracker = _Tracker(spec, cfg, summary, parent.info.run_id, parent.info.experiment_id)
@@ -289,8 +292,8 @@ def _report_context(spec: TrainSpec, summary: dict, cfg: Config, tracking_uri: s
         "imagenet": "ImageNet weights (Keras applications)",
     }.get(spec.weights, f"weights file {spec.weights}")
     context = {
-        "dataset": f"{spec.data} ({summary['ok']} ok images of {summary['files_read']} read; per class "
-        + ", ".join(f"{k} {v}" for k, v in summary["per_class_ok"].items()) + ")",
+        "dataset": f"{spec.data_text()} ({summary['ok']} ok images of {summary['files_read']} read; "
+        "per class " + ", ".join(f"{k} {v}" for k, v in summary["per_class_ok"].items()) + ")",
         "split": f"grouped (patient + confirmed near-duplicates), stratified, seed {cfg.split.seed}, "
         f"{cfg.split.folds} folds, test = fold {cfg.split.test_fold}; hash {summary['split']['hash'][:12]}; "
         f"train {summary['split']['train']}, test {summary['split']['test']}",

@@ -1,0 +1,61 @@
+"""Several sources in one ingest (`--data ozturk=DIR --data figure1=DIR`): every image keeps its source, ids
+stay unique, and one image published by two sources is one group that never straddles the split."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from conftest import copy_subset
+from xray_spark.config import load_config
+from xray_spark.data.files import DataArg, parse_data_args
+from xray_spark.data.images import load_or_ingest
+from xray_spark.data.ingest import ingest
+from xray_spark.errors import UserError
+
+
+def test_data_arguments_name_their_sources():
+    assert parse_data_args("/data/x") == [DataArg("/data/x")]
+    assert parse_data_args(["ozturk=/d/o", "figure1=/d/f"]) == [DataArg("/d/o", "ozturk"),
+                                                                DataArg("/d/f", "figure1")]
+    assert parse_data_args("/data/run=3/x") == [DataArg("/data/run=3/x")]  # a path with '=' is a path
+    assert parse_data_args(["/a/ozturk", "/b/figure1"]) == [DataArg("/a/ozturk"), DataArg("/b/figure1")]
+    with pytest.raises(UserError, match="ozturk"):
+        parse_data_args(["/a/ozturk", "/b/ozturk"])  # two folders with one name: name them
+    with pytest.raises(UserError, match="given twice"):
+        parse_data_args(["x=/a", "x=/b"])
+
+
+def test_two_sources_in_one_ingest(spark, ozturk_dir: Path, data_root: Path, tmp_path: Path):
+    ozturk = copy_subset(ozturk_dir, tmp_path / "o", per_class=4)
+    figure1 = tmp_path / "f"
+    for label, n in (("covid", 6), ("no_findings", 3)):
+        (figure1 / label).mkdir(parents=True)
+        for p in sorted((data_root / "figure1" / label).iterdir())[:n]:
+            shutil.copy(p, figure1 / label / p.name)
+    shared = sorted((ozturk / "covid").iterdir())[0]
+    shutil.copy(shared, figure1 / "covid" / "republished.png")  # the same image, published by both sources
+
+    cfg = load_config(local=None)
+    data = [f"ozturk={ozturk}", f"figure1={figure1}"]
+    result = ingest(spark, data, str(tmp_path / "ingest"), cfg)  # where load_or_ingest looks under OUT
+    images = result.images.toPandas()
+    ok = images[images["status"] == "ok"]
+    assert len(images) == 12 + 10 and len(ok) == 22
+    assert ok.groupby("source").size().to_dict() == {"figure1": 10, "ozturk": 12}
+    assert ok["rel_path"].str.split("/").str[0].eq(ok["source"]).all()  # rel paths carry their source
+    assert images["path"].is_unique
+    pair = ok[ok["sha256"] == ok.loc[ok["rel_path"] == f"ozturk/covid/{shared.name}", "sha256"].iloc[0]]
+    assert sorted(pair["source"]) == ["figure1", "ozturk"]
+    assert pair["group_id"].nunique() == 1 and pair["split"].nunique() == 1  # never on both sides
+    assert result.summary["data_dirs"] == [f"file:{ozturk}", f"file:{figure1}"]
+
+    # the same sources again: the earlier ingest is reused; renaming a source makes it a different dataset
+    written = (tmp_path / "ingest" / "summary.json").stat().st_mtime_ns
+    _, reused, _ = load_or_ingest(spark, data, str(tmp_path), cfg)
+    assert reused["ingest_key"] == result.summary["ingest_key"]
+    assert (tmp_path / "ingest" / "summary.json").stat().st_mtime_ns == written
+    _, renamed, _ = load_or_ingest(spark, [f"ozturk={ozturk}", f"fig1={figure1}"], str(tmp_path), cfg)
+    assert renamed["ingest_key"] != result.summary["ingest_key"]
