@@ -59,3 +59,36 @@ def test_two_sources_in_one_ingest(spark, ozturk_dir: Path, data_root: Path, tmp
     assert (tmp_path / "ingest" / "summary.json").stat().st_mtime_ns == written
     _, renamed, _ = load_or_ingest(spark, [f"ozturk={ozturk}", f"fig1={figure1}"], str(tmp_path), cfg)
     assert renamed["ingest_key"] != result.summary["ingest_key"]
+
+
+def test_leave_one_source_out_puts_held_out_sources_beside_internal(spark, ozturk_dir: Path, data_root: Path,
+                                                                   tmp_path: Path, monkeypatch):
+    """ozturk (3 classes) + figure1 (COVID and No-findings): figure1 can be held out of the multiclass task;
+    ozturk cannot (figure1 alone has no pneumonia to train on) and the report says why."""
+    import mlflow
+
+    from conftest import isolate_mlflow
+    from xray_spark.train.runner import TrainSpec, run_training
+
+    isolate_mlflow(monkeypatch)
+    ozturk = copy_subset(ozturk_dir, tmp_path / "o", per_class=5, offset=60)
+    figure1 = tmp_path / "f"
+    for label, n in (("covid", 6), ("no_findings", 3)):
+        (figure1 / label).mkdir(parents=True)
+        for p in sorted((data_root / "figure1" / label).iterdir())[:n]:
+            shutil.copy(p, figure1 / label / p.name)
+    spec = TrainSpec(data=[f"ozturk={ozturk}", f"figure1={figure1}"], out_dir=str(tmp_path / "train"),
+                     backbones=["ResNet50"], heads=["lr"], tasks=["multiclass"], weights="none", loso=True,
+                     baseline=False)
+    result = run_training(spark, load_config(local=None), spec)
+    report = result.files["report.md"].read_text()
+    by_source = report[report.index("## Per source (internal test split)"):report.index("## Leave-one")]
+    assert "| figure1 |" in by_source and "| ozturk |" in by_source  # both sources in the test split
+    section = report[report.index("## Leave-one-source-out"):]
+    assert "held out figure1" in section and "held-out figure1 (n=9)" in section
+    assert "not held out: ozturk (the other sources have no pneumonia to train on)" in section
+    runs = mlflow.MlflowClient(tracking_uri=result.tracking_uri).search_runs(
+        [mlflow.get_experiment_by_name("xray-spark").experiment_id],
+        filter_string="tags.kind = 'leave-one-source-out'")
+    assert [(r.data.tags["held_out"], r.data.tags["task"]) for r in runs] == [("figure1", "multiclass")]
+    assert 0 <= runs[0].data.metrics["accuracy"] <= 1

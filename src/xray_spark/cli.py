@@ -205,6 +205,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "sqlite under --out)")
     p.add_argument("--cache-dir", metavar="DIR", help="feature cache (default: OUT/features)")
     p.add_argument("--no-baseline", action="store_true", help="skip the metadata-only shortcut baseline")
+    p.add_argument("--eval", choices=("internal", "leave-one-source-out"), default="internal",
+                   help="leave-one-source-out: also refit each task's champion once per source, tested on "
+                        "that source only (2+ sources: --data NAME=DIR repeated, or a manifest source "
+                        "column)")
 
     p = add("score", cmd_score, "score new images in a folder with a model, incrementally and exactly once")
     p.add_argument("--model", required=True, metavar="URI",

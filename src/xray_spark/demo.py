@@ -27,6 +27,7 @@ from xray_spark.scoring.run import ScoreSummary, score_command
 from xray_spark.spark_io import HadoopFS
 from xray_spark.train.compare import IMAGE
 from xray_spark.train.options import resolve_train_options
+from xray_spark.train.report import append_section
 from xray_spark.train.runner import TrainResult, run_training
 
 log = logging.getLogger(__name__)
@@ -138,10 +139,9 @@ def _evaluate_external(spark: SparkSession, cfg: Config, demo: DemoResult, exter
         sections.append(side_by_side_md(
             f"{result.task.description}: {champ['backbone']} + {champ['head']} (version {champ['version']})",
             internal, result.metrics, result.source, int(internal.get("n_test", 0)), result.n))
-    report = demo.train.files["report.md"]
     source = next(iter(demo.external.values())).source
-    text = (f"\n## Internal vs external: the champions on {source}\n\n"
-            "The internal numbers come from the grouped test split of the training data; the external ones "
-            f"from a source the models never saw (`{source}`, `external/<task>/report.md`). A gap is flagged "
-            "when the 95% intervals do not overlap.\n\n" + "\n".join(sections))
-    Path(report).write_text(Path(report).read_text() + text)
+    intro = ("The internal numbers come from the grouped test split of the training data; the external ones "
+             f"from a source the models never saw (`{source}`, `external/<task>/report.md`). A gap is "
+             "flagged when the 95% intervals do not overlap.")
+    append_section(Path(demo.train.files["report.md"]), f"Internal vs external: the champions on {source}",
+                   intro, sections)

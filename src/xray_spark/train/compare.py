@@ -8,7 +8,7 @@ same functions serve image features, the metadata baseline and anything that wan
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -60,6 +60,7 @@ class ComboResult:
     metrics: dict[str, float]
     confusion: np.ndarray
     n_train: int
+    per_source: dict[str, dict[str, float]] = field(default_factory=dict)  # only with 2+ test sources
 
     @property
     def name(self) -> str:
@@ -77,13 +78,13 @@ class ComboResult:
 def labels_frame(images: DataFrame) -> DataFrame:
     """The ok images' labels and split (a Spark DataFrame over the images table; nothing is collected)."""
     return images.where("status = 'ok'").select("path", "sha256", "label", "split", F.col("fold").cast("int"),
-                                                 "group_id")
+                                                 "group_id", "source")
 
 
 def baseline_input(images: DataFrame) -> DataFrame:
     """The ok images' metadata (what the shortcut baseline may use), as a Spark DataFrame."""
     return images.where("status = 'ok'").select(
-        "path", "label", "split", F.col("fold").cast("int"), "group_id",
+        "path", "label", "split", F.col("fold").cast("int"), "group_id", "source",
         *[F.col(c).cast("double") for c in ("width", "height", "bit_depth", "file_size")], "format", "mode")
 
 
@@ -123,7 +124,21 @@ def fit_and_evaluate(features: FeatureSet, head: str, tf: TaskFrame, cfg: Config
                        n_resamples=tc.bootstrap_resamples, seed=tc.seed, positive=task.positive)
     metrics.update(fit_seconds=fit.fit_seconds, featurize_seconds=features.featurize_seconds)
     return ComboResult(features, head, task, params, fit, metrics,
-                       confusion(fit.y_true, fit.y_pred, task.n_classes), tf.n_train)
+                       confusion(fit.y_true, fit.y_pred, task.n_classes), tf.n_train,
+                       per_source_metrics(fit, task, cfg))
+
+
+def per_source_metrics(fit: FitResult, task: Task, cfg: Config) -> dict[str, dict[str, float]]:
+    """The test side's metrics per source (with intervals), when it holds more than one source."""
+    if fit.sources is None or len(set(fit.sources)) < 2:
+        return {}
+    tc = cfg.train
+    out = {}
+    for source in sorted(set(fit.sources)):
+        m = fit.sources == source
+        out[source] = evaluate(fit.y_true[m], fit.y_pred[m], fit.proba[m], list(task.labels), fit.groups[m],
+                               n_resamples=tc.bootstrap_resamples, seed=tc.seed, positive=task.positive)
+    return out
 
 
 def champion_rows(rows: list[dict[str, Any]], tasks: list[str], metric: str) -> dict[str, dict[str, Any]]:

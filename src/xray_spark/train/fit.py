@@ -33,6 +33,7 @@ class FitResult:
     paths: np.ndarray
     fit_seconds: float
     cv_best: dict[str, Any] | None = None
+    sources: np.ndarray | None = None  # each test row's source, when the frame has one
 
 
 def task_frame(sdf, task: Task, *, weighted: bool):
@@ -101,6 +102,8 @@ def fit_head(
         model = estimator.fit(train)
     fit_seconds = time.time() - t0
     cols = ["path", "group_id", LABEL, "prediction", "rawPrediction"]
+    if "source" in test.columns:
+        cols.append("source")
     # OneVsRest (GBT, LinearSVC on 3 classes) emits no `probability`, whatever its base classifier does
     probabilistic = spec.probabilistic and not (spec.binary_only and task.n_classes > 2)
     if probabilistic:
@@ -119,4 +122,5 @@ def fit_head(
         paths=pdf["path"].astype(str).to_numpy(),
         fit_seconds=fit_seconds,
         cv_best=cv_best,
+        sources=pdf["source"].astype(str).to_numpy() if "source" in pdf else None,
     )

@@ -49,4 +49,5 @@ def resolve_train_options(args: argparse.Namespace, cfg: Config) -> TrainSpec:
         data=args.data, out_dir=args.out, backbones=backbones, heads=heads, tasks=tasks, weights=weights,
         tracking_uri=getattr(args, "tracking_uri", None), cache_dir=getattr(args, "cache_dir", None),
         baseline=not getattr(args, "no_baseline", False),
+        loso=getattr(args, "eval", "internal") == "leave-one-source-out",
     )

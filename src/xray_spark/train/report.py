@@ -373,6 +373,19 @@ def _rel(path: Path, base: Path) -> str:
         return Path(path).resolve().as_uri()
 
 
+def per_source_md(title: str, per_source: dict[str, dict[str, Any]]) -> str:
+    """One model's metrics per source: source, n, accuracy, COVID recall, macro F1 (95% intervals)."""
+    cells = [[source, str(int(m.get("n_test", 0))), with_ci(m, "accuracy"), with_ci(m, "covid_recall"),
+              with_ci(m, "macro_f1")] for source, m in per_source.items()]
+    return f"### {title}\n\n{md_table(('source', 'n', 'accuracy', 'COVID recall', 'macro F1'), cells)}\n"
+
+
+def append_section(report: Path, heading: str, intro: str, blocks: list[str]) -> None:
+    """Add a `## heading` section (an intro paragraph, then markdown blocks) to an existing report.md."""
+    text = f"\n## {heading}\n\n{intro}\n\n" + "\n".join(blocks)
+    report.write_text(report.read_text() + text)
+
+
 def write_report(
     df: pd.DataFrame,
     out_dir: Path,

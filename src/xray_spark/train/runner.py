@@ -27,6 +27,7 @@ from pyspark.sql import DataFrame, SparkSession
 
 from xray_spark.config import Config
 from xray_spark.data.images import image_contents, load_or_ingest, ok_keys
+from xray_spark.evaluate import held_out_split, loso_plan, side_by_side_md
 from xray_spark.features.cache import featurize_to_cache
 from xray_spark.tracking import (
     configure,
@@ -52,7 +53,14 @@ from xray_spark.train.compare import (
     task_frames,
 )
 from xray_spark.train.heads import get_head
-from xray_spark.train.report import comparison_table, plot_confusion, write_comparison, write_report
+from xray_spark.train.report import (
+    append_section,
+    comparison_table,
+    per_source_md,
+    plot_confusion,
+    write_comparison,
+    write_report,
+)
 from xray_spark.train.tasks import Task, get_task
 
 log = logging.getLogger(__name__)
@@ -69,6 +77,7 @@ class TrainSpec:
     tracking_uri: str | None = None
     cache_dir: str | None = None
     baseline: bool = True
+    loso: bool = False  # also leave-one-source-out with each task's champion (`--eval leave-one-source-out`)
 
     def data_text(self) -> str:
         return self.data if isinstance(self.data, str) else ", ".join(self.data)
@@ -110,6 +119,8 @@ class _Tracker:
         self.rows: list[dict[str, Any]] = []
         self.confusion_pngs: dict[str, Path] = {}
         self.model_uris: dict[tuple[str, str, str], str] = {}
+        # (task, backbone, head) -> source -> metrics, when the test split holds 2+ sources
+        self.per_source: dict[tuple[str, str, str], dict[str, dict[str, float]]] = {}
         self.lock = threading.Lock()
 
     def log(self, res: ComboResult) -> None:
@@ -138,6 +149,8 @@ class _Tracker:
                 **({"cv_best": json.dumps(res.fit.cv_best)} if res.fit.cv_best else {}),
             })
             mlflow.log_metrics(finite_metrics(res.metrics))
+            mlflow.log_metrics(finite_metrics({f"by_source/{s}/{k}": v for s, m in res.per_source.items()
+                                               for k, v in m.items()}))
             mlflow.log_artifact(str(png), "plots")
             mlflow.log_text(pd.DataFrame(res.confusion, index=task.labels, columns=task.labels).to_csv(),
                             "confusion.csv")
@@ -148,6 +161,8 @@ class _Tracker:
                 )
                 self.model_uris[(task.name, fs.backbone, res.head)] = info.model_uri
         with self.lock:
+            if res.per_source:
+                self.per_source[(task.name, fs.backbone, res.head)] = res.per_source
             self.confusion_pngs[res.name] = png
             self.rows.append({**res.row(self.spec.weights), "run_id": run.info.run_id})
 
@@ -259,11 +274,64 @@ def run_training(spark: SparkSession, cfg: Config, spec: TrainSpec) -> TrainResu
             mlflow.log_artifact(str(p), "comparison")
         champions = _register_champions(tracker, rows, spec, cfg)
         mlflow.set_tags({f"champion.{t}": json.dumps(c) for t, c in champions.items()})
+        by_source = [per_source_md(f"{get_task(t).description}: {c['backbone']} + {c['head']}",
+                                   tracker.per_source[(t, c["backbone"], c["head"])])
+                     for t, c in champions.items() if (t, c["backbone"], c["head"]) in tracker.per_source]
+        if by_source:
+            append_section(files["report.md"], "Per source (internal test split)",
+                           "Each champion's test-split metrics broken down by the source of the images.",
+                           by_source)
+        if spec.loso:
+            t1 = time.time()
+            sections = [_leave_one_source_out(spark, cfg, spec, labels, get_task(task), champ, table, tracker,
+                                              cache_dir, contents, keys) for task, champ in champions.items()]
+            append_section(files["report.md"], "Leave-one-source-out", _LOSO_INTRO, sections)
+            mlflow.log_artifact(str(files["report.md"]), "comparison")
+            seconds["leave_one_source_out"] = time.time() - t1
         seconds["total"] = time.time() - t_start
         mlflow.log_metrics({f"seconds_{k}": v for k, v in seconds.items()})
     labels.unpersist()
     return TrainResult(comparison=table, champions=champions, files=files, parent_run_id=parent.info.run_id,
                        tracking_uri=tracking_uri, seconds=seconds, ingest_dir=layout.root)
+
+
+_LOSO_INTRO = ("Each task's champion (backbone + head) trained on every other source and tested on the "
+               "held-out one, beside its internal grouped test split. Training images that share a group "
+               "with a held-out image are left out. A gap is flagged when the 95% intervals do not overlap.")
+
+
+def _leave_one_source_out(spark: SparkSession, cfg: Config, spec: TrainSpec, labels: DataFrame, task: Task,
+                          champ: dict[str, str], table: pd.DataFrame, tracker: _Tracker, cache_dir: str,
+                          contents: DataFrame, keys: DataFrame) -> str:
+    """The champion's backbone + head refitted once per eligible held-out source; a markdown block."""
+    import mlflow  # lazy: a slow import that argument checks skip
+
+    backbone, head = champ["backbone"], champ["head"]
+    internal = table[(table["task"] == task.name) & (table["kind"] == IMAGE) & (table["backbone"] == backbone)
+                     & (table["head"] == head)].iloc[0].to_dict()
+    feats = featurize_to_cache(spark, contents, backbone, spec.weights, cache_dir, keys=keys)  # cached
+    feats = feats.select("sha256", "features").cache()
+    blocks, skipped = [], []
+    for source, why_not in loso_plan(labels, task).items():
+        if why_not:
+            skipped.append(f"{source} ({why_not})")
+            continue
+        features, frame = _image_features(spark, held_out_split(labels, source), feats, [task], cfg, backbone,
+                                          "", 0.0)
+        res = fit_and_evaluate(features, head, features.tasks[0], cfg)
+        _release(features, frame)
+        with mlflow.start_run(run_name=f"loso {task.name}/{source}", parent_run_id=tracker.parent_run_id,
+                              experiment_id=tracker.experiment_id, nested=True):
+            mlflow.set_tags({"kind": "leave-one-source-out", "task": task.name, "held_out": source,
+                             "backbone": backbone, "head": head})
+            mlflow.log_metrics(finite_metrics(res.metrics))
+        blocks.append(side_by_side_md(f"{task.description}: {backbone} + {head}, held out {source}", internal,
+                                      res.metrics, f"held-out {source}", int(internal.get("n_test", 0)),
+                                      len(res.fit.y_true)))
+    feats.unpersist()
+    if skipped:
+        blocks.append(f"{task.description}: not held out: {'; '.join(skipped)}.\n")
+    return "\n".join(blocks)
 
 
 def _register_champions(tracker: _Tracker, rows: list[dict[str, Any]], spec: TrainSpec, cfg: Config
