@@ -114,7 +114,8 @@ def test_task_parameters_are_accepted_by_the_real_cli(job_key: str):
             pytest.fail(f"{job_key}: `xray-spark {command}` rejects {argv} (exit {exc.code})")
         assert args.command == command
         if command == "train":
-            assert args.data.startswith("/Volumes/") and args.out.endswith(FAKE_RUN_ID)
+            assert len(args.data) == 1 and args.data[0].startswith("/Volumes/")
+            assert args.out.endswith(FAKE_RUN_ID)
             assert args.tracking_uri == "databricks"
         if command == "score":
             assert args.model.startswith("models:/") and args.model.endswith("@champion")
