@@ -34,6 +34,15 @@ def test_layering_local_then_file(tmp_path: Path) -> None:
     assert cfg.spark.conf["spark.python.worker.reuse"] == "true"  # base keys survive a partial override
 
 
+def _config_error(tmp_path: Path, text: str) -> str:
+    """The ConfigError message that loading `text` as tmp_path/bad.yml raises."""
+    bad = tmp_path / "bad.yml"
+    bad.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        load_config(bad, local=None)
+    return str(err.value)
+
+
 @pytest.mark.parametrize(
     "text, needle",
     [
@@ -45,11 +54,8 @@ def test_layering_local_then_file(tmp_path: Path) -> None:
     ],
 )
 def test_bad_config_names_key_and_file(tmp_path: Path, text: str, needle: str) -> None:
-    bad = tmp_path / "bad.yml"
-    bad.write_text(text)
-    with pytest.raises(ConfigError) as err:
-        load_config(bad, local=None)
-    assert needle in str(err.value) and "bad.yml" in str(err.value)
+    message = _config_error(tmp_path, text)
+    assert needle in message and "bad.yml" in message
 
 
 @pytest.mark.parametrize(
@@ -67,11 +73,8 @@ def test_bad_config_names_key_and_file(tmp_path: Path, text: str, needle: str) -
     ids=["top-level", "nested", "deeper", "flow-mapping"],
 )
 def test_duplicate_key_is_an_error_naming_key_file_and_line(tmp_path: Path, text: str, needle: str) -> None:
-    bad = tmp_path / "bad.yml"
-    bad.write_text(text)
-    with pytest.raises(ConfigError) as err:
-        load_config(bad, local=None)
-    assert needle in str(err.value) and str(bad) in str(err.value)
+    message = _config_error(tmp_path, text)
+    assert needle in message and str(tmp_path / "bad.yml") in message
 
 
 def test_duplicate_key_in_local_layer_names_that_file(tmp_path: Path) -> None:
@@ -108,12 +111,8 @@ def test_merge_keys_may_be_overridden_without_being_duplicates(tmp_path: Path) -
     ],
 )
 def test_out_of_range_value_names_key_range_and_file(tmp_path: Path, text: str, needle: str) -> None:
-    bad = tmp_path / "bad.yml"
-    bad.write_text(text)
-    with pytest.raises(ConfigError) as err:
-        load_config(bad, local=None)
-    message = str(err.value)
-    assert message.startswith(f"{bad}: ") and needle in message and "\n" not in message
+    message = _config_error(tmp_path, text)
+    assert message.startswith(f"{tmp_path / 'bad.yml'}: ") and needle in message and "\n" not in message
 
 
 def test_range_edges_are_accepted(tmp_path: Path) -> None:

@@ -414,15 +414,7 @@ def test_kill_9_mid_run_then_rerun_gives_exactly_one_row_per_image(spark, regist
     args = ["--model", "models:/xray-test@champion", "--input", str(src), "--output", str(out),
             "--chunk-size", "2"]
     proc = _cli(args, registered, tmp_path, start_new_session=True)
-    try:
-        _wait_for_a_commit(proc, out)
-        os.kill(proc.pid, signal.SIGKILL)  # kill -9 of the driver, mid-run
-        proc.wait(30)
-    finally:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)  # the JVM this driver started, if still alive
-        except ProcessLookupError:
-            pass
+    _kill_9_after_a_commit(proc, out)
     partial = len(_read_output(spark, out))
     assert 0 < partial < len(images), "the kill must land mid-run for this test to mean anything"
 
@@ -452,6 +444,19 @@ def test_unknown_model_or_missing_input_exit_2_with_one_line_before_any_work(reg
     _, stderr = zero.communicate(timeout=120)
     assert zero.returncode == 2 and len(stderr.strip().splitlines()) == 1 and "chunk-size" in stderr, stderr
     assert not out.exists()  # nothing written, Spark never started
+
+
+def _kill_9_after_a_commit(proc: subprocess.Popen, out: Path) -> None:
+    """kill -9 the driver (started with start_new_session) once it has committed a chunk, and its JVM."""
+    try:
+        _wait_for_a_commit(proc, out)
+        os.kill(proc.pid, signal.SIGKILL)  # kill -9 of the driver, mid-run
+        proc.wait(30)
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # the JVM this driver started, if still alive
+        except ProcessLookupError:
+            pass
 
 
 def _wait_for_a_commit(proc: subprocess.Popen, out: Path, timeout: float = 240) -> None:
@@ -511,15 +516,7 @@ def test_kill_9_under_viewfs_waits_for_the_lease_then_scores_exactly_once(spark,
     proc = _cli(["--config", str(conf), "--model", "models:/xray-test@champion", "--input", str(src),
                  "--output", str(out), "--chunk-size", "2", *VIEWFS_ARGS], registered, tmp_path,
                 start_new_session=True)
-    try:
-        _wait_for_a_commit(proc, out)
-        os.kill(proc.pid, signal.SIGKILL)  # kill -9 of the driver, mid-run
-        proc.wait(30)
-    finally:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)  # the JVM this driver started, if still alive
-        except ProcessLookupError:
-            pass
+    _kill_9_after_a_commit(proc, out)
     killed_at = time.time()
     partial = len(_read_output(spark, out))
     assert 0 < partial < len(images), "the kill must land mid-run for this test to mean anything"
