@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import isolate_mlflow
 from xray_spark.errors import UserError
 
 SAMPLE = [  # mixed formats and modes on purpose: RGB JPEG, L JPEG, RGBA PNG, L PNG (NIH)
@@ -213,7 +214,7 @@ def _predictions(model, df):
     return {r.path: (r.prediction, r.probability.toArray()) for r in rows}
 
 
-def test_pipeline_save_load_and_mlflow_round_trip(spark, images, tmp_path):
+def test_pipeline_save_load_and_mlflow_round_trip(spark, images, tmp_path, monkeypatch):
     import mlflow
     from pyspark.ml import PipelineModel
 
@@ -230,6 +231,7 @@ def test_pipeline_save_load_and_mlflow_round_trip(spark, images, tmp_path):
         assert after[path][0] == pred
         np.testing.assert_allclose(after[path][1], prob, rtol=1e-6, atol=1e-6)
 
+    isolate_mlflow(monkeypatch)  # set_tracking_uri exports MLFLOW_TRACKING_URI: undone after the test
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
     exp = mlflow.create_experiment("featurizer-test", artifact_location=(tmp_path / "artifacts").as_uri())
     with mlflow.start_run(experiment_id=exp):

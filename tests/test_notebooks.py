@@ -18,6 +18,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from conftest import isolate_mlflow
+
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
 pytest.importorskip("ipykernel")
@@ -145,7 +147,9 @@ def training_run(nb_env, spark) -> Path:
     out = nb_env["root"] / "train"
     spec = TrainSpec(data=str(nb_env["data"]), out_dir=str(out), backbones=["ResNet50"], heads=["lr"],
                      tasks=["binary"], weights="none")
-    run_training(spark, load_config(local=None), spec)
+    with pytest.MonkeyPatch.context() as mp:
+        isolate_mlflow(mp)  # no MLFLOW_TRACKING_URI left by earlier tests: the store is OUT/mlflow.db
+        run_training(spark, load_config(local=None), spec)
     assert (out / "mlflow.db").is_file()
     return out
 

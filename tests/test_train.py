@@ -8,7 +8,7 @@ import mlflow
 import pandas as pd
 import pytest
 
-from conftest import copy_subset
+from conftest import copy_subset, isolate_mlflow
 from xray_spark.train.tasks import TASKS
 
 IMAGE_RUNS = 1 * 2 * 2  # backbones x heads x tasks
@@ -19,13 +19,14 @@ REQUIRED_METRICS = [
 ]
 
 
-def _runs(trained) -> pd.DataFrame:
+def _runs(trained, monkeypatch) -> pd.DataFrame:
+    isolate_mlflow(monkeypatch)  # set_tracking_uri exports MLFLOW_TRACKING_URI: undone after the test
     mlflow.set_tracking_uri(trained.tracking_uri)
     return mlflow.search_runs(experiment_names=["xray-spark"])
 
 
-def test_nested_runs_with_metrics_params_and_artifacts(trained) -> None:
-    runs = _runs(trained)
+def test_nested_runs_with_metrics_params_and_artifacts(trained, monkeypatch) -> None:
+    runs = _runs(trained, monkeypatch)
     children = runs[runs["tags.mlflow.parentRunId"] == trained.parent_run_id]
     image = children[children["tags.kind"] == "image"]
     baseline = children[children["tags.kind"] == "metadata-baseline"]
@@ -91,10 +92,11 @@ def test_champion_rows_rank_nan_last_and_ignore_the_baseline() -> None:
 
 
 def test_champions_registered_load_and_predict_new_images(trained, spark, ozturk_dir: Path,
-                                                          tmp_path: Path) -> None:
+                                                          tmp_path: Path, monkeypatch) -> None:
     import mlflow.spark
 
     new = copy_subset(ozturk_dir, tmp_path / "new", per_class=2, offset=100)  # not in the training subset
+    isolate_mlflow(monkeypatch)  # the global URIs set below are undone after the test
     mlflow.set_tracking_uri(trained.tracking_uri)
     mlflow.set_registry_uri(trained.tracking_uri)
     client = mlflow.MlflowClient()

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from pyspark import StorageLevel
 from pyspark.ml.functions import vector_to_array
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -100,9 +101,10 @@ def task_of(labels: list[str]) -> Task:
 
 
 def external_predictions(spark: SparkSession, pipe: ScoringPipeline, images: DataFrame,
-                         contents: DataFrame) -> DataFrame:
-    """(sha256, label, group_id, predicted_label, proba array or null, features_ok) per ok image whose
-    label the model knows. Each distinct content is featurized once; content bytes never reach the driver."""
+                         contents: DataFrame) -> pd.DataFrame:
+    """(sha256, label, group_id, predicted_label, proba array or None, features_ok) per ok image whose label
+    the model knows: a few numbers per image. Each distinct content is featurized once (persisted for the two
+    branches, as scoring does); content bytes never reach the driver."""
     ok = (images.where("status = 'ok'").where(F.col("label").isin(list(pipe.labels)))
           .select("sha256", "label", "group_id"))
     n_contents = ok.select("sha256").distinct().count()
@@ -110,17 +112,20 @@ def external_predictions(spark: SparkSession, pipe: ScoringPipeline, images: Dat
             .select("sha256", F.col("content").alias(pipe.input_col))
             .repartition(balanced_partitions(n_contents, spark.sparkContext.defaultParallelism,
                                              IMAGES_PER_TASK)))
-    feats = pipe.featurize_frame(todo).drop(pipe.input_col)
-    scored = pipe.score_frame(feats.where(F.col(pipe.features_col).isNotNull()))
-    proba = (vector_to_array(F.col(pipe.probability_col), "float64")
-             if pipe.probability_col and pipe.probability_col in scored.columns
-             else F.lit(None).cast("array<double>"))
-    predicted = scored.select("sha256", F.col(pipe.label_col).cast("string").alias("predicted_label"),
-                              proba.alias("proba"), F.lit(True).alias("features_ok"))
-    failed = feats.where(F.col(pipe.features_col).isNull()).select(
-        "sha256", F.lit(None).cast("string").alias("predicted_label"), F.lit(None).cast("array<double>")
-        .alias("proba"), F.lit(False).alias("features_ok"))
-    return ok.join(predicted.unionByName(failed), "sha256", "left")
+    feats = pipe.featurize_frame(todo).drop(pipe.input_col).persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        scored = pipe.score_frame(feats.where(F.col(pipe.features_col).isNotNull()))
+        proba = (vector_to_array(F.col(pipe.probability_col), "float64")
+                 if pipe.probability_col and pipe.probability_col in scored.columns
+                 else F.lit(None).cast("array<double>"))
+        predicted = scored.select("sha256", F.col(pipe.label_col).cast("string").alias("predicted_label"),
+                                  proba.alias("proba"), F.lit(True).alias("features_ok"))
+        failed = feats.where(F.col(pipe.features_col).isNull()).select(
+            "sha256", F.lit(None).cast("string").alias("predicted_label"),
+            F.lit(None).cast("array<double>").alias("proba"), F.lit(False).alias("features_ok"))
+        return ok.join(predicted.unionByName(failed), "sha256", "left").toPandas()
+    finally:
+        feats.unpersist()
 
 
 def evaluation_arrays(pdf: pd.DataFrame, labels: list[str]) -> tuple[np.ndarray, np.ndarray,
@@ -190,7 +195,7 @@ def evaluate_model(spark: SparkSession, cfg: Config, *, model: str, data: str, o
     excluded = {str(lab): n for (status, lab), n in counts.items()
                 if status == "ok" and lab not in task.labels}
     quarantined = sum(n for (status, _), n in counts.items() if status != "ok")
-    pdf = external_predictions(spark, pipe, images, image_contents(spark, summary, cfg)).toPandas()
+    pdf = external_predictions(spark, pipe, images, image_contents(spark, summary, cfg))
     if pdf.empty:
         raise UserError(f"--data {data}: no images with a label the model knows ({', '.join(task.labels)})")
     y_true, y_pred, proba, groups = evaluation_arrays(pdf, list(task.labels))
