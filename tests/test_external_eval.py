@@ -98,3 +98,8 @@ def test_cli_evaluate_unknown_model_is_exit_2_before_spark(trained, figure1, tmp
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1 and "nope" in proc.stderr
     assert not (tmp_path / "eval").exists()
+    remote_out = subprocess.run([sys.executable, "-m", "xray_spark", "evaluate", "--model",
+                                 "models:/x@champion", "--data", str(figure1), "--out", "dbfs:/reports/eval"],
+                                capture_output=True, text=True, timeout=300)
+    assert remote_out.returncode == 2 and "--out dbfs:/reports/eval" in remote_out.stderr
+    assert len(remote_out.stderr.strip().splitlines()) == 1

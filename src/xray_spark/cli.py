@@ -12,6 +12,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 
+from xray_spark import paths
 from xray_spark.config import load_config
 from xray_spark.data.fetch import fetch_dataset
 from xray_spark.data.files import check_data_args, check_local_data_dir
@@ -116,6 +117,9 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     check_local_data_dir(args.data)  # fail fast (exit 2) before starting a JVM
+    if not paths.is_local(args.out):  # metrics.json, report.md and the plot are written by the driver
+        raise UserError(f"--out {args.out}: give a folder on the driver's disk (on Databricks a /Volumes/... "
+                        "path); --data may be on any filesystem")
     cfg, spark = _context(args)
     cfg.tracking_uri = tracking_uri_for(args.tracking_uri, cfg.tracking_uri, args.out)
     ref = resolve_model(args.model, cfg)  # an unknown model is exit 2 before Spark starts
