@@ -41,7 +41,7 @@ demo: setup java
 	  $(if $(wildcard $(EXTERNAL)),--external $(EXTERNAL)) --out $(OUT)
 
 test: setup newest-spark java
-	XRAY_SPARK_NEWEST_PYSPARK=$(CURDIR)/$(NEWEST_SPARK) $(PY) -m pytest -q $(PYTEST_ARGS)
+	XRAY_SPARK_NEWEST_PYSPARK=$(CURDIR)/$(NEWEST_SPARK) $(PY) -m pytest -q --durations=25 $(PYTEST_ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check src tests jobs benchmarks

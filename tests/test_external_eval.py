@@ -11,9 +11,11 @@ import sys
 from pathlib import Path
 
 import mlflow
+import mlflow.spark
 import numpy as np
 import pandas as pd
 import pytest
+from pyspark.sql import functions as F
 
 from conftest import isolate_mlflow
 from xray_spark.config import load_config
@@ -68,6 +70,27 @@ def test_evaluate_counts_equal_what_score_predicts(spark, trained, figure1, tmp_
     assert from_score.to_numpy().tolist() == counts.tolist()
     assert capsys.readouterr().out == ""  # only cli.py prints
 
+    # the training run's metadata-only baseline, beside the model on the same images
+    base = doc["baseline"]
+    assert base["n"] == doc["n"] and np.array(base["confusion"]["counts"]).sum(axis=1).tolist() == [35, 3, 2]
+    assert base["accuracy"] == pytest.approx(np.trace(base["confusion"]["counts"]) / base["n"])
+    assert run.data.metrics["baseline/accuracy"] == pytest.approx(base["accuracy"])
+    assert "## Metadata-only baseline of the same training run" in report
+    client = mlflow.MlflowClient(tracking_uri=trained.tracking_uri)
+    link = client.get_model_version(champion["name"], champion["version"]).tags["baseline_model_uri"]
+    assert base["model_uri"] == link == champion["baseline_uri"]
+    # it is the model `train` measured: on the training test split it reproduces the baseline row's accuracy
+    mlflow.set_tracking_uri(trained.tracking_uri)
+    model = mlflow.spark.load_model(link)
+    test_split = (spark.read.parquet(f"{trained.ingest_dir}/images")
+                  .where("status = 'ok' AND split = 'test'").where(F.col("label").isin(labels)))
+    pred = model.transform(test_split).select("label", "predicted_label").toPandas()
+    table = trained.comparison
+    row = table[(table["task"] == "multiclass") & (table["kind"] == "metadata-baseline")
+                & (table["head"] == champion["head"])].iloc[0]
+    assert len(pred) == row["n_test"]
+    assert (pred["label"] == pred["predicted_label"]).mean() == pytest.approx(row["accuracy"])
+
 
 def test_cli_evaluate_with_classes_missing_and_labels_the_model_does_not_know(trained, figure1, tmp_path):
     """The binary champion on figure1's COVID and pneumonia images only: no No-findings image at all
@@ -88,6 +111,7 @@ def test_cli_evaluate_with_classes_missing_and_labels_the_model_does_not_know(tr
     assert doc["metrics"]["covid_recall"] is not None
     assert "images evaluated: 35" in proc.stdout
     assert "not evaluated (label unknown to the model): pneumonia 2" in proc.stdout
+    assert f"metadata-only baseline ({doc['baseline']['model_uri']}): accuracy" in proc.stdout
     assert "No images of no_findings" in (out / "report.md").read_text()
 
 

@@ -115,7 +115,7 @@ def test_champions_registered_load_and_predict_new_images(trained, spark, ozturk
 
 
 @pytest.mark.parametrize("flag, value", [("--heads", "lr,xgboost"), ("--backbones", "ResNet51"),
-                                         ("--tasks", "ternary")])
+                                         ("--tasks", "ternary"), ("--out", "dbfs:/runs/train")])
 def test_unknown_names_exit_2(small_data: Path, tmp_path: Path, flag: str, value: str) -> None:
     import subprocess
     import sys
@@ -125,3 +125,4 @@ def test_unknown_names_exit_2(small_data: Path, tmp_path: Path, flag: str, value
                           text=True, timeout=120)
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert value.split(",")[-1] in proc.stderr
+    assert not (tmp_path / "o").exists() and not Path("dbfs:").exists()  # nothing written before the check

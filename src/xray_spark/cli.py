@@ -86,7 +86,16 @@ def cmd_featurize(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_local_out(out: str) -> None:
+    """Reports, plots and the default MLflow store under --out are written by the driver: a local folder
+    (on Databricks a /Volumes/... path). Checked before a JVM starts."""
+    if not paths.is_local(out):
+        raise UserError(f"--out {out}: give a folder on the driver's disk (on Databricks a /Volumes/... "
+                        "path); --data may be on any filesystem")
+
+
 def cmd_train(args: argparse.Namespace) -> int:
+    _check_local_out(args.out)
     cfg, spark = _context(args)
     spec = resolve_train_options(args, cfg)
     _print_train_result(run_training(spark(), cfg, spec))
@@ -117,9 +126,7 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     check_local_data_dir(args.data)  # fail fast (exit 2) before starting a JVM
-    if not paths.is_local(args.out):  # metrics.json, report.md and the plot are written by the driver
-        raise UserError(f"--out {args.out}: give a folder on the driver's disk (on Databricks a /Volumes/... "
-                        "path); --data may be on any filesystem")
+    _check_local_out(args.out)
     cfg, spark = _context(args)
     cfg.tracking_uri = tracking_uri_for(args.tracking_uri, cfg.tracking_uri, args.out)
     ref = resolve_model(args.model, cfg)  # an unknown model is exit 2 before Spark starts
@@ -129,6 +136,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    _check_local_out(args.out)
     cfg, spark = _context(args)
     demo = run_demo(spark, cfg, args)
     banner = "=" * 78

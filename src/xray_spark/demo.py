@@ -138,10 +138,12 @@ def _evaluate_external(spark: SparkSession, cfg: Config, demo: DemoResult, exter
         demo.external[task], demo.external_rows[task] = result, internal
         sections.append(side_by_side_md(
             f"{result.task.description}: {champ['backbone']} + {champ['head']} (version {champ['version']})",
-            internal, result.metrics, result.source, int(internal.get("n_test", 0)), result.n))
+            internal, result.metrics, result.source, int(internal.get("n_test", 0)), result.n,
+            baseline=result.baseline))
     source = next(iter(demo.external.values())).source
     intro = ("The internal numbers come from the grouped test split of the training data; the external ones "
-             f"from a source the models never saw (`{source}`, `external/<task>/report.md`). A gap is "
-             "flagged when the 95% intervals do not overlap.")
+             f"from a source the models never saw (`{source}`, `external/<task>/report.md`), beside the "
+             "training run's metadata-only baseline (same head, file metadata alone) on the same images. "
+             "A gap is flagged when the model's internal and external 95% intervals do not overlap.")
     append_section(Path(demo.train.files["report.md"]), f"Internal vs external: the champions on {source}",
                    intro, sections)

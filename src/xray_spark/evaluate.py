@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from pyspark import StorageLevel
+from pyspark.ml import PipelineModel
 from pyspark.ml.functions import vector_to_array
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -41,7 +42,8 @@ from xray_spark.scoring.model import (
     split_pipeline,
 )
 from xray_spark.spark_io import balanced_partitions
-from xray_spark.tracking import configure, finite_metrics, tracking_uri_for
+from xray_spark.tracking import BASELINE_TAG, configure, finite_metrics, linked_baseline, tracking_uri_for
+from xray_spark.train.baseline import INPUT_COLUMNS
 from xray_spark.train.evaluate import confusion, evaluate
 from xray_spark.train.report import md_table, plot_confusion, with_ci
 from xray_spark.train.tasks import TASKS, Task
@@ -50,6 +52,16 @@ log = logging.getLogger(__name__)
 
 IMAGES_PER_TASK = 32
 HEADLINE = ("covid_precision", "covid_recall", "covid_f1", "accuracy", "macro_f1", "roc_auc_macro")
+
+
+@dataclass
+class BaselineResult:
+    """The metadata-only baseline of the model's training run, measured on the same images."""
+
+    uri: str
+    n: int
+    metrics: dict[str, float]
+    confusion: np.ndarray
 
 
 @dataclass
@@ -70,7 +82,8 @@ class EvalResult:
     run_id: str = ""
     tracking_uri: str = ""
     files: dict[str, Path] = field(default_factory=dict)
-
+    baseline: BaselineResult | None = None
+    baseline_note: str = ""  # why there is no baseline, when there is none
 
     def lines(self) -> list[str]:
         """The summary the CLI prints: headline metrics with intervals, counts, where the files are."""
@@ -85,6 +98,13 @@ class EvalResult:
             out.append("not evaluated (label unknown to the model): "
                        + ", ".join(f"{k} {v}" for k, v in sorted(self.excluded.items())))
         out.append(f"set aside: {self.quarantined} at ingest, {self.no_features} without features")
+        if self.baseline is not None:
+            out.append(f"metadata-only baseline ({self.baseline.uri}): accuracy "
+                       f"{with_ci(self.baseline.metrics, 'accuracy')}"
+                       + (" - as good as the model here" if not intervals_apart(
+                           self.metrics, self.baseline.metrics, "accuracy") else ""))
+        else:
+            out.append(f"metadata-only baseline: none ({self.baseline_note})")
         out += [f"{name}: {path}" for name, path in self.files.items()]
         out.append(f"MLflow run {self.run_id} at {self.tracking_uri}")
         return out
@@ -126,6 +146,18 @@ def external_predictions(spark: SparkSession, pipe: ScoringPipeline, images: Dat
         return ok.join(predicted.unionByName(failed), "sha256", "left").toPandas()
     finally:
         feats.unpersist()
+
+
+def baseline_predictions(model: PipelineModel, images: DataFrame, labels: list[str]) -> pd.DataFrame:
+    """The same rows as `external_predictions`, predicted by a metadata-only baseline (train/baseline.py)
+    from the images table's own columns; no image is decoded."""
+    ok = (images.where("status = 'ok'").where(F.col("label").isin(labels))
+          .select("sha256", "label", "group_id", *INPUT_COLUMNS))
+    scored = model.transform(ok)
+    proba = (vector_to_array(F.col("probability"), "float64") if "probability" in scored.columns
+             else F.lit(None).cast("array<double>"))
+    return scored.select("sha256", "label", "group_id", F.col("predicted_label").cast("string"),
+                         proba.alias("proba"), F.lit(True).alias("features_ok")).toPandas()
 
 
 def evaluation_arrays(pdf: pd.DataFrame, labels: list[str]) -> tuple[np.ndarray, np.ndarray,
@@ -173,7 +205,27 @@ def _report(result: EvalResult, png: Path) -> str:
     if result.quarantined or result.no_features:
         lines.append(f"- Set aside: {result.quarantined} at ingest (see ingest/), {result.no_features} "
                      "that the featurizer could not read.")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + ["", *_baseline_md(result)]) + "\n"
+
+
+def _baseline_md(result: EvalResult) -> list[str]:
+    """The model beside its training run's metadata-only baseline on the same images."""
+    lines = ["## Metadata-only baseline of the same training run", ""]
+    b = result.baseline
+    if b is None:
+        return [*lines, f"Not evaluated: {result.baseline_note}.", ""]
+    lines += [f"The same head trained on file metadata alone (width, height, format, mode, bit depth, size; "
+              f"`{b.uri}`), on the same {b.n} images.", "",
+              md_table(("metric", "model", "metadata-only baseline"),
+                       [[m, with_ci(result.metrics, m), with_ci(b.metrics, m)] for m in HEADLINE]), ""]
+    if not intervals_apart(result.metrics, b.metrics, "accuracy"):
+        lines.append("**The baseline, which never sees a pixel, is not distinguishable from the model here "
+                     "(accuracy intervals overlap): on this data the model may be reading file properties, "
+                     "not lungs.**")
+    else:
+        better = "above" if result.metrics["accuracy"] > b.metrics["accuracy"] else "below"
+        lines.append(f"The model's accuracy interval lies {better} the baseline's.")
+    return [*lines, ""]
 
 
 def evaluate_model(spark: SparkSession, cfg: Config, *, model: str, data: str, out: str,
@@ -198,21 +250,43 @@ def evaluate_model(spark: SparkSession, cfg: Config, *, model: str, data: str, o
     pdf = external_predictions(spark, pipe, images, image_contents(spark, summary, cfg))
     if pdf.empty:
         raise UserError(f"--data {data}: no images with a label the model knows ({', '.join(task.labels)})")
-    y_true, y_pred, proba, groups = evaluation_arrays(pdf, list(task.labels))
-    labels = list(task.labels)
-    metrics = evaluate(y_true, y_pred, proba, labels, groups, n_resamples=cfg.train.bootstrap_resamples,
-                       seed=cfg.train.seed, positive=task.positive)
-    codes = {lab: i for i, lab in enumerate(labels)}
-    cm = confusion(np.array([codes[v] for v in y_true]), np.array([codes[v] for v in y_pred]), len(labels))
-    result = EvalResult(ref, task, len(y_true), metrics, cm,
+    n, metrics, cm = _measure(pdf, task, cfg)
+    result = EvalResult(ref, task, n, metrics, cm,
                         excluded=excluded, quarantined=quarantined,
                         no_features=int((~pdf["features_ok"].fillna(False).astype(bool)).sum()),
                         data_fingerprint=fingerprint(pdf),
                         source=", ".join(paths.file_name(r) for r in data_roots(summary)))
+    result.baseline, result.baseline_note = _baseline(spark, cfg, ref, images, task)
     _write_and_log(result, out_dir, uri)
     log.info("evaluated %s version %s on %d images in %.1fs", ref.name, ref.version, result.n,
              time.time() - t0)
     return result
+
+
+def _measure(pdf: pd.DataFrame, task: Task, cfg: Config) -> tuple[int, dict[str, float], np.ndarray]:
+    """Predicted rows -> (n, metrics with group-bootstrap intervals, confusion counts), measured as `train`
+    measures."""
+    labels = list(task.labels)
+    y_true, y_pred, proba, groups = evaluation_arrays(pdf, labels)
+    metrics = evaluate(y_true, y_pred, proba, labels, groups, n_resamples=cfg.train.bootstrap_resamples,
+                       seed=cfg.train.seed, positive=task.positive)
+    codes = {lab: i for i, lab in enumerate(labels)}
+    cm = confusion(np.array([codes[v] for v in y_true]), np.array([codes[v] for v in y_pred]), len(labels))
+    return len(y_true), metrics, cm
+
+
+def _baseline(spark: SparkSession, cfg: Config, ref: ModelRef, images: DataFrame, task: Task
+              ) -> tuple[BaselineResult | None, str]:
+    """The metadata-only baseline `train` linked to this model version, on the same images; or why none."""
+    if ref.kind != "registry":
+        return None, "only a registered model version links its training run's baseline"
+    uri = linked_baseline(ref.name, ref.version)
+    if not uri:
+        return None, (f"{ref.name} version {ref.version} links no baseline (trained with --no-baseline, "
+                      "or by an older xray-spark)")
+    model = load_pipeline(spark, resolve_model(uri, cfg))
+    n, metrics, cm = _measure(baseline_predictions(model, images, list(task.labels)), task, cfg)
+    return BaselineResult(uri, n, metrics, cm), ""
 
 
 LOSO_MIN_IMAGES = 5  # a held-out source smaller than this says nothing, even with intervals
@@ -256,10 +330,11 @@ def held_out_split(labels: DataFrame, source: str) -> DataFrame:
 GAP_METRICS = ("accuracy", "covid_recall", "macro_f1")  # the metrics train reports with group intervals
 
 
-def generalisation_gap(internal: dict[str, Any], external: dict[str, Any], metric: str) -> bool:
-    """True when the two 95% intervals of `metric` do not overlap; False when either is missing."""
-    lo_i, hi_i = internal.get(f"{metric}_ci_low"), internal.get(f"{metric}_ci_high")
-    lo_e, hi_e = external.get(f"{metric}_ci_low"), external.get(f"{metric}_ci_high")
+def intervals_apart(a: dict[str, Any], b: dict[str, Any], metric: str) -> bool:
+    """True when the two 95% intervals of `metric` do not overlap (a generalisation gap between internal and
+    external, or a model that beats its baseline); False when either is missing."""
+    lo_i, hi_i = a.get(f"{metric}_ci_low"), a.get(f"{metric}_ci_high")
+    lo_e, hi_e = b.get(f"{metric}_ci_low"), b.get(f"{metric}_ci_high")
     bounds = [lo_i, hi_i, lo_e, hi_e]
     if any(b is None or not np.isfinite(b) for b in bounds):
         return False
@@ -267,15 +342,20 @@ def generalisation_gap(internal: dict[str, Any], external: dict[str, Any], metri
 
 
 def side_by_side_md(title: str, internal: dict[str, Any], external: dict[str, Any], source: str,
-                    n_internal: int, n_external: int) -> str:
-    """A markdown section: the champion's internal (grouped test split) vs external metrics, gaps flagged."""
+                    n_internal: int, n_external: int, baseline: BaselineResult | None = None) -> str:
+    """A markdown section: the champion's internal (grouped test split) vs external metrics, gaps flagged;
+    with `baseline`, its training run's metadata-only baseline on the same external images beside them."""
     cells = []
     for m in GAP_METRICS:
-        gap = generalisation_gap(internal, external, m)
-        cells.append([m, with_ci(internal, m), with_ci(external, m),
-                      "**gap: intervals do not overlap**" if gap else "intervals overlap"])
-    header = ("metric", f"internal test split (n={n_internal})", f"{source} (n={n_external})", "")
-    return f"### {title}\n\n{md_table(header, cells)}\n"
+        gap = intervals_apart(internal, external, m)
+        row = [m, with_ci(internal, m), with_ci(external, m)]
+        if baseline is not None:
+            row.append(with_ci(baseline.metrics, m))
+        cells.append([*row, "**gap: intervals do not overlap**" if gap else "intervals overlap"])
+    header = ["metric", f"internal test split (n={n_internal})", f"{source} (n={n_external})"]
+    if baseline is not None:
+        header.append(f"metadata-only baseline on {source} (n={baseline.n})")
+    return f"### {title}\n\n{md_table(tuple(header + ['']), cells)}\n"
 
 
 def _write_and_log(result: EvalResult, out_dir: Path, uri: str | None) -> None:
@@ -294,6 +374,12 @@ def _write_and_log(result: EvalResult, out_dir: Path, uri: str | None) -> None:
         "excluded_labels": result.excluded, "quarantined": result.quarantined,
         "no_features": result.no_features, "data_fingerprint": result.data_fingerprint,
         "source": result.source,
+        "baseline": None if result.baseline is None else {
+            "model_uri": result.baseline.uri, "n": result.baseline.n,
+            "accuracy": result.baseline.metrics.get("accuracy"),
+            "confusion": {"labels": labels, "counts": result.baseline.confusion.tolist()},
+            "metrics": {k: (v if np.isfinite(v) else None) for k, v in result.baseline.metrics.items()}},
+        "baseline_note": result.baseline_note or None,
     }
     (out_dir / "metrics.json").write_text(json.dumps(doc, indent=2, default=float))
     (out_dir / "report.md").write_text(_report(result, png))
@@ -308,6 +394,10 @@ def _write_and_log(result: EvalResult, out_dir: Path, uri: str | None) -> None:
         mlflow.log_params({"n": result.n, "labels": ",".join(labels),
                            "excluded": json.dumps(result.excluded)})
         mlflow.log_metrics(finite_metrics(result.metrics))
+        if result.baseline is not None:
+            mlflow.set_tag(BASELINE_TAG, result.baseline.uri)
+            mlflow.log_metrics(finite_metrics({f"baseline/{k}": v
+                                               for k, v in result.baseline.metrics.items()}))
         for path in result.files.values():
             mlflow.log_artifact(str(path))
     result.run_id, result.tracking_uri = run.info.run_id, mlflow.get_tracking_uri()

@@ -125,6 +125,24 @@ def registered_name(prefix: str, task: str) -> str:
     return f"{prefix}-{task}"
 
 
+# on a champion's model version: where its training run's metadata-only baseline is logged
+BASELINE_TAG = "baseline_model_uri"
+
+
+def link_baseline(name: str, version: str, baseline_uri: str) -> None:
+    """Record on model version `name`/`version` where its metadata-only baseline is logged."""
+    from mlflow import MlflowClient  # lazy: a slow import that argument checks skip
+
+    MlflowClient().set_model_version_tag(name, version, BASELINE_TAG, baseline_uri)
+
+
+def linked_baseline(name: str, version: str) -> str | None:
+    """The baseline model URI recorded by `link_baseline`, or None (older models, --no-baseline)."""
+    from mlflow import MlflowClient  # lazy: a slow import that argument checks skip
+
+    return MlflowClient().get_model_version(name, version).tags.get(BASELINE_TAG)
+
+
 def register_champion(model_uri: str, name: str, description: str = "") -> str:
     """Register `model_uri` under `name` and point the `champion` alias at the new version."""
     import mlflow  # lazy: a slow import that argument checks skip

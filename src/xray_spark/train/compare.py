@@ -46,6 +46,7 @@ class FeatureSet:
     n_features: int
     fingerprint: str  # the weights fingerprint ("n/a" for the baseline)
     featurize_seconds: float
+    prep: PipelineModel | None = None  # the baseline's fitted metadata -> features pipeline
 
 
 @dataclass
@@ -79,13 +80,6 @@ def labels_frame(images: DataFrame) -> DataFrame:
     """The ok images' labels and split (a Spark DataFrame over the images table; nothing is collected)."""
     return images.where("status = 'ok'").select("path", "sha256", "label", "split", F.col("fold").cast("int"),
                                                  "group_id", "source")
-
-
-def baseline_input(images: DataFrame) -> DataFrame:
-    """The ok images' metadata (what the shortcut baseline may use), as a Spark DataFrame."""
-    return images.where("status = 'ok'").select(
-        "path", "label", "split", F.col("fold").cast("int"), "group_id", "source",
-        *[F.col(c).cast("double") for c in ("width", "height", "bit_depth", "file_size")], "format", "mode")
 
 
 def small_frame(spark: SparkSession, sdf: DataFrame, key: str = "sha256") -> DataFrame:
@@ -157,9 +151,18 @@ def _orderable(value: Any) -> float:
     return float(value) if value is not None and math.isfinite(float(value)) else -math.inf
 
 
+def _decode_label(task: Task) -> IndexToString:
+    return IndexToString(inputCol="prediction", outputCol="predicted_label", labels=list(task.labels))
+
+
 def full_pipeline(backbone: str, weights: str, head_model: Any, task: Task) -> PipelineModel:
     """decode -> featurize -> head -> label decode: the one model MLflow stores and scoring loads."""
     featurizer = DeepImageFeaturizer(inputCol="content", outputCol="features", modelName=backbone,
                                      weights=weights)
-    decode_label = IndexToString(inputCol="prediction", outputCol="predicted_label", labels=list(task.labels))
-    return PipelineModel(stages=[featurizer, head_model, decode_label])
+    return PipelineModel(stages=[featurizer, head_model, _decode_label(task)])
+
+
+def baseline_pipeline(prep: PipelineModel, head_model: Any, task: Task) -> PipelineModel:
+    """images-table metadata -> features -> head -> label decode: a baseline that can be applied to another
+    source's images table."""
+    return PipelineModel(stages=[*prep.stages, head_model, _decode_label(task)])

@@ -34,17 +34,18 @@ from xray_spark.tracking import (
     finite_metrics,
     flat_params,
     library_versions,
+    link_baseline,
     register_champion,
     registered_name,
     tracking_uri_for,
 )
-from xray_spark.train.baseline import BASELINE_NAME, metadata_features
+from xray_spark.train.baseline import BASELINE_NAME, baseline_input, metadata_feature_model
 from xray_spark.train.compare import (
     BASELINE,
     IMAGE,
     ComboResult,
     FeatureSet,
-    baseline_input,
+    baseline_pipeline,
     champion_rows,
     fit_and_evaluate,
     full_pipeline,
@@ -119,6 +120,8 @@ class _Tracker:
         self.rows: list[dict[str, Any]] = []
         self.confusion_pngs: dict[str, Path] = {}
         self.model_uris: dict[tuple[str, str, str], str] = {}
+        # (task, head) -> (fitted baseline head, its metadata pipeline, run id): logged for champions only
+        self.baselines: dict[tuple[str, str], tuple[Any, Any, str]] = {}
         # (task, backbone, head) -> source -> metrics, when the test split holds 2+ sources
         self.per_source: dict[tuple[str, str, str], dict[str, dict[str, float]]] = {}
         self.lock = threading.Lock()
@@ -164,6 +167,8 @@ class _Tracker:
             if res.per_source:
                 self.per_source[(task.name, fs.backbone, res.head)] = res.per_source
             self.confusion_pngs[res.name] = png
+            if fs.kind == BASELINE:
+                self.baselines[(task.name, res.head)] = (res.fit.model, fs.prep, run.info.run_id)
             self.rows.append({**res.row(self.spec.weights), "run_id": run.info.run_id})
 
     def ordered_rows(self) -> list[dict[str, Any]]:
@@ -204,9 +209,12 @@ def _image_features(spark: SparkSession, labels: DataFrame, feats: DataFrame, ta
 
 def _baseline_features(spark: SparkSession, images: DataFrame, tasks: list[Task], cfg: Config
                        ) -> tuple[FeatureSet, DataFrame]:
-    frame = small_frame(spark, metadata_features(baseline_input(images)), "path")
+    rows = baseline_input(images)
+    prep = metadata_feature_model(rows)
+    frame = small_frame(spark, prep.transform(rows), "path")
     n_features = len(frame.select("features").first()[0])
-    return FeatureSet(BASELINE, BASELINE_NAME, task_frames(frame, tasks, cfg), n_features, "n/a", 0.0), frame
+    return (FeatureSet(BASELINE, BASELINE_NAME, task_frames(frame, tasks, cfg), n_features, "n/a", 0.0, prep),
+            frame)
 
 
 def _release(features: FeatureSet, frame: DataFrame) -> None:
@@ -273,6 +281,7 @@ def run_training(spark: SparkSession, cfg: Config, spec: TrainSpec) -> TrainResu
         for p in files.values():
             mlflow.log_artifact(str(p), "comparison")
         champions = _register_champions(tracker, rows, spec, cfg)
+        _log_champion_baselines(tracker, champions)
         mlflow.set_tags({f"champion.{t}": json.dumps(c) for t, c in champions.items()})
         by_source = [per_source_md(f"{get_task(t).description}: {c['backbone']} + {c['head']}",
                                    tracker.per_source[(t, c["backbone"], c["head"])])
@@ -349,6 +358,24 @@ def _register_champions(tracker: _Tracker, rows: list[dict[str, Any]], spec: Tra
                      "backbone": str(best["backbone"]), "head": str(best["head"]),
                      metric: f"{best[metric]:.4f}"}
     return out
+
+
+def _log_champion_baselines(tracker: _Tracker, champions: dict[str, dict[str, str]]) -> None:
+    """Log the metadata-only baseline with each champion's head as a Spark model in its own run, and link it
+    from the champion's model version, so `evaluate` can put it beside the champion on other data."""
+    import mlflow  # lazy: a slow import that argument checks skip
+    import mlflow.spark  # lazy: a slow import that argument checks skip
+
+    for task, champ in champions.items():
+        found = tracker.baselines.get((task, champ["head"]))
+        if found is None:  # --no-baseline
+            continue
+        head_model, prep, run_id = found
+        with mlflow.start_run(run_id=run_id, nested=True):
+            info = mlflow.spark.log_model(baseline_pipeline(prep, head_model, get_task(task)), "model",
+                                          pip_requirements=_pip_requirements())
+        link_baseline(champ["name"], champ["version"], info.model_uri)
+        champ["baseline_uri"] = info.model_uri
 
 
 def _report_context(spec: TrainSpec, summary: dict, cfg: Config, tracking_uri: str) -> dict[str, str]:
