@@ -1,9 +1,10 @@
 """The package's import structure: no cycles; internal imports at module top; lazy imports only where they
 pay.
 
-Lazy imports are allowed for TensorFlow, Keras, MLflow and pyspark only (slow to import, and not needed by
-every command), each with a `# lazy:` comment saying why; optional tools that are not runtime dependencies
-(IPython) are imported inside `try: ... except ImportError`.
+Lazy imports are allowed for TensorFlow, Keras, MLflow, pyspark, scikit-learn and matplotlib only (slow to
+import, and not needed by every command: `xray-spark --help` and argument checks start in a second or two),
+each with a `# lazy:` comment saying why; optional tools that are not runtime dependencies (IPython) are
+imported inside `try: ... except ImportError`.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 PACKAGE = SRC / "xray_spark"
-LAZY_ALLOWED = {"tensorflow", "keras", "mlflow", "pyspark"}
+LAZY_ALLOWED = {"tensorflow", "keras", "mlflow", "pyspark", "sklearn", "matplotlib"}
 OPTIONAL = {"IPython", "matplotlib_inline"}
 
 

@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 from pyspark.sql import functions as F
-from sklearn.model_selection import StratifiedGroupKFold
 
 from xray_spark.errors import UserError
 
@@ -58,6 +57,8 @@ def assign_folds(counts: pd.DataFrame, *, seed: int, folds: int) -> pd.DataFrame
     _, y_code = np.unique(counts["label"].to_numpy(dtype=str), return_inverse=True)
     n = counts["n"].to_numpy(dtype=np.int64)
     y, groups = np.repeat(y_code, n), np.repeat(g_code, n)
+    from sklearn.model_selection import StratifiedGroupKFold  # lazy: ~1 s; every CLI start loads this module
+
     fold_of_group = np.full(len(gids), -1, dtype=np.int64)
     splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
     for k, (_, test_idx) in enumerate(splitter.split(np.zeros(len(y)), y, groups)):

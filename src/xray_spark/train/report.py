@@ -17,14 +17,13 @@ import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-from matplotlib.lines import Line2D
-from matplotlib.patches import Patch
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 log = logging.getLogger(__name__)
 
@@ -187,6 +186,8 @@ def format_reference_table(df: pd.DataFrame, task: str) -> str:
 def _save(fig: Figure, path: Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # lazy: ~0.5 s; only plots need it
+
     FigureCanvasAgg(fig)
     fig.savefig(path, format="png", dpi=120, bbox_inches="tight")
     return path
@@ -201,6 +202,8 @@ def plot_confusion(cm: np.ndarray, labels: list[str], title: str, path: Path) ->
     rows = cm.sum(axis=1, keepdims=True)
     frac = np.divide(cm, rows, out=np.zeros(cm.shape), where=rows > 0)
     side = 1.4 * k + 2.2
+    from matplotlib.figure import Figure  # lazy: ~0.5 s; argument checks and tables never plot
+
     fig = Figure(figsize=(side + 1.2, side), layout="constrained")
     ax = fig.add_subplot()
     im = ax.imshow(frac, cmap="Blues", vmin=0.0, vmax=1.0)
@@ -223,6 +226,10 @@ def _plot_comparison(df: pd.DataFrame, path: Path) -> Path:
     """Dot plot per task: accuracy and macro-F1 with 95% intervals; baseline rows on a grey band."""
     tasks = list(dict.fromkeys(df["task"])) if not df.empty else []
     heights = [max(2, len(_task_rows(df, t))) for t in tasks] or [2]
+    from matplotlib.figure import Figure  # lazy: ~0.5 s; argument checks and tables never plot
+    from matplotlib.lines import Line2D  # lazy: as above
+    from matplotlib.patches import Patch  # lazy: as above
+
     fig = Figure(figsize=(9.5, 1.2 + 0.55 * sum(heights) + 0.9 * len(heights)), layout="constrained")
     axes = fig.subplots(len(heights), 1, squeeze=False, gridspec_kw={"height_ratios": heights})[:, 0]
     metrics = [
