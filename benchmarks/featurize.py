@@ -128,7 +128,8 @@ def iterator_udf_variant(backbone: str, ship_name: str, batch_size: int):
     """(c2) the same worker code behind a plain iterator pandas UDF instead of predict_batch_udf."""
     from pyspark.sql.functions import pandas_udf
 
-    from xray_spark.features.featurizer import UDF_RETURN, WorkerFeaturizer
+    from xray_spark.features.featurizer import UDF_RETURN
+    from xray_spark.features.worker import WorkerFeaturizer
 
     @pandas_udf(UDF_RETURN)
     def featurize(batches: Iterator[pd.Series]) -> Iterator[pd.DataFrame]:
@@ -137,7 +138,8 @@ def iterator_udf_variant(backbone: str, ship_name: str, batch_size: int):
             arr = series.to_numpy()
             outs = [worker.featurize_bytes(arr[i:i + batch_size]) for i in range(0, len(arr), batch_size)]
             feats = np.concatenate([o["features"] for o in outs])
-            yield pd.DataFrame({"features": list(feats), "error": np.concatenate([o["error"] for o in outs])})
+            yield pd.DataFrame({"features": list(feats), "error": np.concatenate([o["error"] for o in outs]),
+                                "engine": np.concatenate([o["engine"] for o in outs])})
 
     return featurize.asNondeterministic()
 

@@ -213,7 +213,7 @@ def test_legacy_h5_file_loads_like_imagenet_notop(tmp_path):
     format."""
     from keras.src.legacy.saving import legacy_h5_format
 
-    from xray_spark.features.featurizer import load_model
+    from xray_spark.features.worker import load_model
 
     bb = backbones.get_backbone("VGG16")
     src = bb.build(weights=None)

@@ -220,12 +220,18 @@ def test_pipeline_save_load_and_mlflow_round_trip(spark, images, tmp_path, monke
 
     df = _pipeline_df(spark, images)
     model = _fit_pipeline(spark, images)
+    # the engine Params persist: a non-default engine + precision set explicitly, and the optional engineCol
+    model.stages[0].setEngine("openvino").setPrecision("fp32").setEngineCol("engine")
     before = _predictions(model, df)
     assert len(before) == len(images)
 
     model.write().overwrite().save(str(tmp_path / "pm"))
     loaded = PipelineModel.load(str(tmp_path / "pm"))
     assert loaded.stages[0].getWeights() == "none" and loaded.stages[0].getModelName() == "ResNet50"
+    stage = loaded.stages[0]
+    assert (stage.getEngine(), stage.getPrecision(), stage.getEngineCol()) == ("openvino", "fp32", "engine")
+    assert stage.isSet(stage.precision)  # set, not defaulted: 'auto' would honour it too
+    assert {r.engine for r in loaded.transform(df).select("engine").collect()} == {"openvino:fp32"}
     after = _predictions(loaded, df)
     for path, (pred, prob) in before.items():
         assert after[path][0] == pred

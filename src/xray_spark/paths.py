@@ -7,7 +7,8 @@ authority, then the path *decoded* (`file:/data/scan%20one.png` is a file whose 
 that form, so a listing, a manifest row and a ledger row of the same file are the same string under any
 scheme. Percent-decoding or `os.path.resolve` would change names and break joins: nothing here does either.
 
-Pure string functions (no Spark) plus `qualify`, which asks Hadoop once per folder (not per file).
+Pure string functions (no Spark) plus `qualify`, which asks Hadoop once per folder (not per file), and two
+Spark column twins; pyspark is imported only by those, so Spark-free processes (serving) can use the rest.
 """
 
 from __future__ import annotations
@@ -16,8 +17,6 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlparse
-
-from pyspark.sql import functions as F
 
 if TYPE_CHECKING:
     from pyspark.sql import Column, SparkSession
@@ -89,6 +88,8 @@ def relativize(root: str, uri: str) -> str | None:
 
 def rel_path_col(path: Column, root: str) -> Column:
     """Spark twin of `relativize` for a column of listed paths (null when not below `root`)."""
+    from pyspark.sql import functions as F  # lazy: Spark columns only; serving imports this module
+
     prefix = root.rstrip("/") + "/"
     return F.when(path.startswith(prefix), F.substring(path, len(prefix) + 1, 1 << 30))
 
@@ -99,6 +100,8 @@ def resolve_col(rel: Column, root: str) -> Column:
     Relative entries join `root`; entries with a scheme are kept; absolute paths (`/x/y.png`) take the
     scheme and authority of `root`, as Hadoop resolves them against the manifest's filesystem.
     """
+    from pyspark.sql import functions as F  # lazy: Spark columns only; serving imports this module
+
     m = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*:(//[^/]*)?)", root)
     authority = m.group(1) if m else ""
     return (F.when(rel.rlike(r"^[A-Za-z][A-Za-z0-9+.-]*:"), rel)

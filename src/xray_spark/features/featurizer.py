@@ -15,13 +15,17 @@ Differences from sparkdl, on purpose:
 - `scaleHint` is accepted for compatibility and ignored: every source is resized by one path
   (xray_spark.data.decode.resize), so that resizing can never differ between training and scoring;
 - `weights` chooses ImageNet, a seeded random init, or a file (see weights.py) — resolved once on the
-  driver and shipped to executors.
+  driver and shipped to executors;
+- `engine` ('auto' | 'keras' | 'openvino') and `precision` ('fp32' | 'bf16') choose how the Keras model
+  runs (see engines.py): 'auto' is decided on each executor for its own hardware (OpenVINO bf16 on CPUs with
+  native bf16, else OpenVINO fp32, Keras where TensorFlow sees a GPU or openvino is missing). `engineCol`
+  (unset by default) records per row what really made the features, e.g. `openvino:fp32`.
 
 Performance notes (measured, see benchmarks/featurize.py): the UDF is built once per instance and param
 state (a new predict_batch_udf has a new cache key, so rebuilding it per transform() would reload the
-model in every Python worker); the model is also cached per Python worker by (backbone, weights file) so
-reloaded PipelineModels reuse it; TensorFlow's thread pools are capped per worker (see `tf_threads`) so
-concurrent tasks don't oversubscribe the cores. The effective batch is
+model in every Python worker); the model is also cached per Python worker by (backbone, weights file,
+engine, precision) so reloaded PipelineModels reuse it; TensorFlow's and OpenVINO's threads are capped per
+worker (see `worker.tf_threads`) so concurrent tasks don't oversubscribe the cores. The effective batch is
 min(batchSize, spark.sql.execution.arrow.maxRecordsPerBatch, rows in the partition): give the input at
 least one partition per core and at least a few batches per partition (e.g. `df.repartition(k * cores)`
 with k small), or the cores idle at the end and the model runs on slivers.
@@ -32,11 +36,10 @@ tensor crosses the JVM/Python boundary at all.
 from __future__ import annotations
 
 import logging
-import os
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from pyspark import TaskContext, keyword_only
+from pyspark import keyword_only
 from pyspark.accumulators import _accumulatorRegistry
 from pyspark.ml import Transformer
 from pyspark.ml.functions import array_to_vector, predict_batch_udf
@@ -46,15 +49,20 @@ from pyspark.ml.util import DefaultParamsReadable, DefaultParamsWritable
 from pyspark.sql import functions as F
 from pyspark.sql.types import ArrayType, BinaryType, FloatType, StringType, StructField, StructType
 
-from xray_spark.data.decode import DecodeError, decode_for_model, image_struct_to_gray, resize, to_rgb
 from xray_spark.errors import UserError
 from xray_spark.features.backbones import backbone_names, get_backbone
+from xray_spark.features.engines import (
+    ENGINES,
+    PRECISIONS,
+    resolve_engine,
+    validate_engine,
+)
 from xray_spark.features.weights import (
-    executor_weights_path,
     resolve_weights,
     ship_weights,
     weights_cache_dir,
 )
+from xray_spark.features.worker import WorkerFeaturizer
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame
@@ -63,9 +71,10 @@ log = logging.getLogger(__name__)
 
 SCALE_HINTS = ("SCALE_AREA_AVERAGE", "SCALE_FAST")
 IMAGE_STRUCT_FIELDS = ("height", "width", "nChannels", "mode", "data")
-UDF_RETURN = StructType(
-    [StructField("features", ArrayType(FloatType(), False), True), StructField("error", StringType(), True)]
-)
+UDF_RETURN = StructType([
+    StructField("features", ArrayType(FloatType(), False), True), StructField("error", StringType(), True),
+    StructField("engine", StringType(), True),
+])
 
 
 class _DeepImageFeaturizerParams(HasInputCol, HasOutputCol):
@@ -97,12 +106,29 @@ class _DeepImageFeaturizerParams(HasInputCol, HasOutputCol):
         "column for the decode error ('code: detail'); null when the image was featurized",
         typeConverter=TypeConverters.toString,
     )
+    engine: Param[str] = Param(
+        Params._dummy(), "engine",
+        f"inference engine: one of {', '.join(ENGINES)}; 'auto' is decided on each executor (OpenVINO bf16 "
+        "with native bf16, else OpenVINO fp32; Keras with a GPU or without openvino)",
+        typeConverter=TypeConverters.toString,
+    )
+    precision: Param[str] = Param(
+        Params._dummy(), "precision",
+        f"OpenVINO precision: one of {', '.join(PRECISIONS)}; with engine 'auto' it applies only when set "
+        "explicitly (otherwise auto picks)",
+        typeConverter=TypeConverters.toString,
+    )
+    engineCol: Param[str] = Param(
+        Params._dummy(), "engineCol",
+        "optional column for the engine that made each row's features (e.g. 'openvino:fp32'); unset: none",
+        typeConverter=TypeConverters.toString,
+    )
 
     def __init__(self, *args: Any) -> None:
         super().__init__(*args)
         self._setDefault(
             inputCol="content", outputCol="features", modelName="ResNet50", scaleHint="SCALE_AREA_AVERAGE",
-            weights="imagenet", batchSize=32, errorCol="featurize_error",
+            weights="imagenet", batchSize=32, errorCol="featurize_error", engine="auto", precision="fp32",
         )
 
     def getModelName(self) -> str:
@@ -120,6 +146,21 @@ class _DeepImageFeaturizerParams(HasInputCol, HasOutputCol):
     def getErrorCol(self) -> str:
         return self.getOrDefault(self.errorCol)
 
+    def getEngine(self) -> str:
+        return self.getOrDefault(self.engine)
+
+    def getPrecision(self) -> str:
+        return self.getOrDefault(self.precision)
+
+    def getEngineCol(self) -> str | None:
+        return self.getOrDefault(self.engineCol) if self.isDefined(self.engineCol) else None
+
+    def _requested_precision(self) -> str | None:
+        """The precision the engine resolver gets: None lets 'auto' pick (precision left at its default)."""
+        if self.getEngine() == "auto" and not self.isSet(self.precision):
+            return None
+        return self.getPrecision()
+
 
 class DeepImageFeaturizer(Transformer, _DeepImageFeaturizerParams, DefaultParamsReadable,
                           DefaultParamsWritable):
@@ -132,7 +173,8 @@ class DeepImageFeaturizer(Transformer, _DeepImageFeaturizerParams, DefaultParams
     def __init__(
         self, *, inputCol: str = "content", outputCol: str = "features", modelName: str = "ResNet50",
         scaleHint: str = "SCALE_AREA_AVERAGE", weights: str = "imagenet", batchSize: int = 32,
-        errorCol: str = "featurize_error",
+        errorCol: str = "featurize_error", engine: str = "auto", precision: str = "fp32",
+        engineCol: str | None = None,
     ) -> None:
         super().__init__()
         self._udf_cache: tuple[tuple, Any] | None = None
@@ -143,7 +185,8 @@ class DeepImageFeaturizer(Transformer, _DeepImageFeaturizerParams, DefaultParams
     def setParams(
         self, *, inputCol: str = "content", outputCol: str = "features", modelName: str = "ResNet50",
         scaleHint: str = "SCALE_AREA_AVERAGE", weights: str = "imagenet", batchSize: int = 32,
-        errorCol: str = "featurize_error",
+        errorCol: str = "featurize_error", engine: str = "auto", precision: str = "fp32",
+        engineCol: str | None = None,
     ) -> DeepImageFeaturizer:
         return self._set(**self._input_kwargs)
 
@@ -168,6 +211,26 @@ class DeepImageFeaturizer(Transformer, _DeepImageFeaturizerParams, DefaultParams
     def setErrorCol(self, value: str) -> DeepImageFeaturizer:
         return self._set(errorCol=value)
 
+    def setEngine(self, value: str) -> DeepImageFeaturizer:
+        return self._set(engine=value)
+
+    def setPrecision(self, value: str) -> DeepImageFeaturizer:
+        return self._set(precision=value)
+
+    def setEngineCol(self, value: str) -> DeepImageFeaturizer:
+        return self._set(engineCol=value)
+
+    def resolvedEngine(self) -> str:
+        """The engine this machine (the driver) would run, e.g. 'openvino:fp32'.
+
+        Executors decide for their own hardware (same rules); `engineCol` records what each row really used,
+        including the precision OpenVINO actually ran (fp32 where bf16 is not native).
+        """
+        self._validate()
+        choice = resolve_engine(self.getEngine(), self._requested_precision())
+        log.info("engine %s -> %s (%s)", self.getEngine(), choice.label, choice.reason)
+        return choice.label
+
     # ------------------------------------------------------------------------------------------ transform
 
     def _validate(self) -> None:
@@ -176,6 +239,7 @@ class DeepImageFeaturizer(Transformer, _DeepImageFeaturizerParams, DefaultParams
             raise UserError(f"scaleHint must be one of {SCALE_HINTS}, got {self.getScaleHint()!r}")
         if self.getBatchSize() < 1:
             raise UserError(f"batchSize must be >= 1, got {self.getBatchSize()}")
+        validate_engine(self.getEngine(), self.getPrecision())
 
     def _input_kind(self, dataset: DataFrame) -> str:
         name = self.getInputCol()
@@ -196,6 +260,7 @@ class DeepImageFeaturizer(Transformer, _DeepImageFeaturizerParams, DefaultParams
         key = (
             self.getModelName().lower(), self.getWeights(), self.getBatchSize(), kind,
             spark.sparkContext.applicationId, str(weights_cache_dir()), id(self._progress),
+            self.getEngine(), self._requested_precision(),
         )
         if self._udf_cache is not None and self._udf_cache[0] == key:
             return self._udf_cache[1]
@@ -204,11 +269,12 @@ class DeepImageFeaturizer(Transformer, _DeepImageFeaturizerParams, DefaultParams
         udf = make_featurize_udf(
             resolved.backbone, ship_name, kind, self.getBatchSize(),
             progress_aid=None if self._progress is None else self._progress.aid,
-            progress=self._progress,
+            progress=self._progress, engine=self.getEngine(), precision=self._requested_precision(),
+            fingerprint=resolved.fingerprint, cache_dir=str(weights_cache_dir()),
         )
         self._udf_cache = (key, udf)
-        log.info("built featurize UDF: %s, weights %s (%s)", resolved.backbone, resolved.spec,
-                 resolved.fingerprint)
+        log.info("built featurize UDF: %s, weights %s (%s), engine %s", resolved.backbone, resolved.spec,
+                 resolved.fingerprint, self.getEngine())
         return udf
 
     def _transform(self, dataset: DataFrame) -> DataFrame:
@@ -223,11 +289,14 @@ class DeepImageFeaturizer(Transformer, _DeepImageFeaturizerParams, DefaultParams
         args = [src] if kind == "bytes" else [src.getField(f) for f in IMAGE_STRUCT_FIELDS]
         tmp = "__xray_featurize"
         out = dataset.withColumn(tmp, udf(*args))
+        engine_col = self.getEngineCol()
+        produced = (self.getOutputCol(), self.getErrorCol(), engine_col)
         return out.select(
-            *[F.col(c) for c in dataset.columns if c not in (self.getOutputCol(), self.getErrorCol())],
+            *[F.col(c) for c in dataset.columns if c not in produced],
             F.when(F.col(f"{tmp}.error").isNull(), _array_to_vector(F.col(f"{tmp}.features")))
             .alias(self.getOutputCol()),
             F.col(f"{tmp}.error").alias(self.getErrorCol()),
+            *([F.col(f"{tmp}.engine").alias(engine_col)] if engine_col else []),
         )
 
 
@@ -237,14 +306,16 @@ def _array_to_vector(col):
 
 # ------------------------------------------------------------------------------------------- executor side
 
-_MODELS: dict[tuple[str, str], Any] = {}
-
-
 def make_featurize_udf(
     backbone: str, ship_name: str, kind: str, batch_size: int, *,
-    progress_aid: int | None = None, progress: Any = None,
+    progress_aid: int | None = None, progress: Any = None, engine: str = "keras",
+    precision: str | None = None, fingerprint: str | None = None, cache_dir: str | None = None,
 ) -> Any:
-    """The Spark UDF: (bytes | image-struct fields) -> struct<features: array<float>, error: string>.
+    """The Spark UDF: (bytes | image-struct fields) -> struct<features: array<float>, error: string,
+    engine: string>.
+
+    `engine`/`precision` are resolved in each Python worker (its machine's CPU, GPU and openvino);
+    `fingerprint` and `cache_dir` (the driver's weights cache dir) place the OpenVINO IR cache.
 
     Marked non-deterministic so the optimizer never duplicates it when both struct fields are selected.
     `progress` (an accumulator) is captured only so each task deserializes its own copy; see _add_progress.
@@ -252,7 +323,8 @@ def make_featurize_udf(
 
     def make_predict_fn():
         _ = progress  # keep the accumulator in the pickled closure (registered per task on deserialize)
-        featurizer = WorkerFeaturizer(backbone, ship_name)
+        featurizer = WorkerFeaturizer(backbone, ship_name, engine=engine, precision=precision,
+                                      fingerprint=fingerprint, cache_dir=cache_dir)
         if kind == "bytes":
             def predict(contents: np.ndarray) -> dict[str, np.ndarray]:
                 out = featurizer.featurize_bytes(contents)
@@ -281,103 +353,3 @@ def _add_progress(aid: int | None, n: int) -> None:
     acc = _accumulatorRegistry.get(aid)
     if acc is not None:
         acc.add(n)
-
-
-def tf_threads() -> int:
-    """Threads for TensorFlow in this worker.
-
-    XRAY_SPARK_TF_THREADS if set; else the task's `spark.task.cpus` when above 1 (a task that reserved k
-    cores may use k threads); else TF_NUM_INTRAOP_THREADS (session.py sets 1); else 1. One thread per
-    concurrent task because Spark already runs one task per core: the cores stay busy without TF's
-    intra-op synchronisation, and threads x tasks never exceeds the cores.
-    """
-    explicit = os.environ.get("XRAY_SPARK_TF_THREADS", "").strip()
-    if explicit.isdigit() and int(explicit) > 0:
-        return int(explicit)
-    try:
-        ctx = TaskContext.get()
-        if ctx is not None and ctx.cpus() > 1:
-            return int(ctx.cpus())
-    except Exception:  # outside a task, or an old Spark without TaskContext.cpus()
-        pass
-    value = os.environ.get("TF_NUM_INTRAOP_THREADS", "").strip()
-    return int(value) if value.isdigit() and int(value) > 0 else 1
-
-
-def configure_tf_threads(n: int) -> None:
-    """Cap TensorFlow's pools before its runtime starts (later calls raise; then the first setting stays)."""
-    import tensorflow as tf  # lazy: loads TensorFlow, needed only where a model runs
-
-    try:
-        tf.config.threading.set_intra_op_parallelism_threads(n)
-        tf.config.threading.set_inter_op_parallelism_threads(1)
-    except RuntimeError:
-        log.debug("TensorFlow already initialised; thread caps unchanged")
-
-
-def load_model(backbone: str, weights_path: str) -> Any:
-    """Build the backbone and load a weights file, once per Python worker (workers are reused)."""
-    key = (backbone, weights_path)
-    if key not in _MODELS:
-        configure_tf_threads(tf_threads())
-        model = get_backbone(backbone).build(weights=None)
-        model.load_weights(weights_path)
-        _MODELS[key] = model
-    return _MODELS[key]
-
-
-class WorkerFeaturizer:
-    """Executor-side: decode a batch to uint8, run the model on the images that decoded, report the rest."""
-
-    def __init__(self, backbone: str, ship_name: str, weights_path: str | None = None) -> None:
-        self.backbone = get_backbone(backbone)
-        self.model = load_model(self.backbone.name, weights_path or executor_weights_path(ship_name))
-
-    def infer(self, images: np.ndarray) -> np.ndarray:
-        """uint8 (N, S, S, 3) -> float32 (N, feature_dim)."""
-        x = self.backbone.preprocess(images)
-        return np.asarray(self.model.predict_on_batch(x), dtype=np.float32)
-
-    def _run(self, n: int, decode_one) -> dict[str, np.ndarray]:
-        size = self.backbone.input_size
-        batch = np.empty((n, size, size, 3), dtype=np.uint8)
-        errors = np.full(n, None, dtype=object)
-        for i in range(n):
-            try:
-                batch[i] = decode_one(i)
-            except DecodeError as exc:
-                errors[i] = str(exc)
-            except Exception as exc:  # bad input never fails the task: report it on the row
-                errors[i] = f"decode_failed: {type(exc).__name__}: {exc}"
-        feats = np.full((n, self.backbone.feature_dim), np.nan, dtype=np.float32)
-        ok = np.array([e is None for e in errors], dtype=bool)
-        if ok.any():
-            feats[ok] = self.infer(batch[ok] if not ok.all() else batch)
-        return {"features": feats, "error": errors}
-
-    def featurize_bytes(self, contents: np.ndarray) -> dict[str, np.ndarray]:
-        size = self.backbone.input_size
-
-        def one(i: int) -> np.ndarray:
-            data = contents[i]
-            if data is None:
-                raise DecodeError("empty_file", "null content")
-            return decode_for_model(bytes(data), size)
-
-        return self._run(len(contents), one)
-
-    def featurize_structs(self, height, width, n_channels, mode, data) -> dict[str, np.ndarray]:
-        size = self.backbone.input_size
-
-        def one(i: int) -> np.ndarray:
-            if data[i] is None or _isnan(height[i]):
-                raise DecodeError("corrupt_image", "null image struct")
-            gray = image_struct_to_gray(int(height[i]), int(width[i]), int(n_channels[i]), int(mode[i]),
-                                        bytes(data[i]))
-            return to_rgb(resize(gray, size))
-
-        return self._run(len(data), one)
-
-
-def _isnan(value: Any) -> bool:
-    return value is None or (isinstance(value, float) and np.isnan(value))

@@ -33,13 +33,14 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-
-from pyspark import SparkFiles
-from pyspark.sql import SparkSession
+from typing import TYPE_CHECKING
 
 from xray_spark import paths
 from xray_spark.errors import UserError
 from xray_spark.features.backbones import KERAS_WEIGHTS_BASE_URL, Backbone, get_backbone
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
 
 log = logging.getLogger(__name__)
 
@@ -165,6 +166,8 @@ def ship_weights(spark: SparkSession, resolved: ResolvedWeights) -> str:
 
 def executor_weights_path(ship_name: str) -> str:
     """Executor side: the shipped file's local path. Never downloads; a missing file is a driver bug."""
+    from pyspark import SparkFiles  # lazy: executors only; the serving process must not import pyspark
+
     path = SparkFiles.get(ship_name)
     if not os.path.isfile(path):
         raise RuntimeError(
@@ -265,6 +268,8 @@ def _local_copy(spec: str, root: Path, spark: SparkSession | None) -> Path:
             raise UserError(f"weights file not found: {path}")
         return path
     if spark is None:
+        from pyspark.sql import SparkSession  # lazy: URIs only; the serving process must not import pyspark
+
         spark = SparkSession.getActiveSession()
     if spark is None:
         raise UserError(f"weights {spec!r} is a URI: it needs an active Spark session to copy it (Hadoop FS)")

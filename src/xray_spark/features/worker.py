@@ -1,0 +1,139 @@
+"""The featurizer's model side, without Spark: decode a batch, run the backbone, report what failed.
+
+Why a module of its own: `DeepImageFeaturizer` (featurizer.py) is a Spark ML Transformer and imports pyspark,
+while the same per-image work also runs where there is no Spark at all — `xray-spark serve` answers one
+upload at a time from this class, so a served prediction and a batch-scored one share every step (decode,
+resize, preprocess, engine). Nothing here imports pyspark at module level: inside a Spark task (where the
+Python worker has imported pyspark already) `tf_threads` reads the task's cores, and `executor_weights_path`
+is imported from weights.py, which imports SparkFiles only when called.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import Any
+
+import numpy as np
+
+from xray_spark.data.decode import DecodeError, decode_for_model, image_struct_to_gray, resize, to_rgb
+from xray_spark.features.backbones import get_backbone
+from xray_spark.features.engines import keras_model, load_engine
+from xray_spark.features.weights import executor_weights_path
+
+log = logging.getLogger(__name__)
+
+
+def tf_threads() -> int:
+    """Threads for TensorFlow and OpenVINO in this worker.
+
+    XRAY_SPARK_TF_THREADS if set; else the task's `spark.task.cpus` when above 1 (a task that reserved k
+    cores may use k threads); else TF_NUM_INTRAOP_THREADS (session.py sets 1); else 1. One thread per
+    concurrent task because Spark already runs one task per core: the cores stay busy without TF's
+    intra-op synchronisation, and threads x tasks never exceeds the cores.
+    """
+    explicit = os.environ.get("XRAY_SPARK_TF_THREADS", "").strip()
+    if explicit.isdigit() and int(explicit) > 0:
+        return int(explicit)
+    task_cpus = _task_cpus()
+    if task_cpus is not None and task_cpus > 1:
+        return task_cpus
+    value = os.environ.get("TF_NUM_INTRAOP_THREADS", "").strip()
+    return int(value) if value.isdigit() and int(value) > 0 else 1
+
+
+def _task_cpus() -> int | None:
+    """The running Spark task's cores, or None outside a task (a Spark Python worker has imported pyspark;
+    a process that has not is not in a task, and must not pay for importing it)."""
+    if "pyspark" not in sys.modules:
+        return None
+    try:
+        from pyspark import TaskContext  # lazy: only inside Spark tasks, where pyspark is loaded already
+
+        ctx = TaskContext.get()
+        return int(ctx.cpus()) if ctx is not None else None
+    except Exception:  # outside a task, or an old Spark without TaskContext.cpus()
+        return None
+
+
+def configure_tf_threads(n: int) -> None:
+    """Cap TensorFlow's pools before its runtime starts (later calls raise; then the first setting stays)."""
+    import tensorflow as tf  # lazy: loads TensorFlow, needed only where a model runs
+
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(n)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+    except RuntimeError:
+        log.debug("TensorFlow already initialised; thread caps unchanged")
+
+
+def load_model(backbone: str, weights_path: str) -> Any:
+    """Build the backbone and load a weights file, once per Python worker (workers are reused)."""
+    configure_tf_threads(tf_threads())
+    return keras_model(backbone, weights_path)
+
+
+class WorkerFeaturizer:
+    """Executor-side: decode a batch to uint8, run the model on the images that decoded, report the rest."""
+
+    def __init__(
+        self, backbone: str, ship_name: str, weights_path: str | None = None, *, engine: str = "keras",
+        precision: str | None = None, fingerprint: str | None = None, cache_dir: str | None = None,
+    ) -> None:
+        self.backbone = get_backbone(backbone)
+        threads = tf_threads()
+        configure_tf_threads(threads)  # before TensorFlow starts; OpenVINO gets the same cap
+        self.engine = load_engine(
+            self.backbone.name, weights_path or executor_weights_path(ship_name), engine=engine,
+            precision=precision, fingerprint=fingerprint, cache_dir=cache_dir, threads=threads,
+        )
+
+    def infer(self, images: np.ndarray) -> np.ndarray:
+        """uint8 (N, S, S, 3) -> float32 (N, feature_dim), preprocessing included."""
+        return self.engine(images)
+
+    def _run(self, n: int, decode_one) -> dict[str, np.ndarray]:
+        size = self.backbone.input_size
+        batch = np.empty((n, size, size, 3), dtype=np.uint8)
+        errors = np.full(n, None, dtype=object)
+        for i in range(n):
+            try:
+                batch[i] = decode_one(i)
+            except DecodeError as exc:
+                errors[i] = str(exc)
+            except Exception as exc:  # bad input never fails the task: report it on the row
+                errors[i] = f"decode_failed: {type(exc).__name__}: {exc}"
+        feats = np.full((n, self.backbone.feature_dim), np.nan, dtype=np.float32)
+        ok = np.array([e is None for e in errors], dtype=bool)
+        if ok.any():
+            feats[ok] = self.infer(batch[ok] if not ok.all() else batch)
+        engines = np.where(ok, self.engine.label, None).astype(object)
+        return {"features": feats, "error": errors, "engine": engines}
+
+    def featurize_bytes(self, contents: np.ndarray) -> dict[str, np.ndarray]:
+        size = self.backbone.input_size
+
+        def one(i: int) -> np.ndarray:
+            data = contents[i]
+            if data is None:
+                raise DecodeError("empty_file", "null content")
+            return decode_for_model(bytes(data), size)
+
+        return self._run(len(contents), one)
+
+    def featurize_structs(self, height, width, n_channels, mode, data) -> dict[str, np.ndarray]:
+        size = self.backbone.input_size
+
+        def one(i: int) -> np.ndarray:
+            if data[i] is None or _isnan(height[i]):
+                raise DecodeError("corrupt_image", "null image struct")
+            gray = image_struct_to_gray(int(height[i]), int(width[i]), int(n_channels[i]), int(mode[i]),
+                                        bytes(data[i]))
+            return to_rgb(resize(gray, size))
+
+        return self._run(len(data), one)
+
+
+def _isnan(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and np.isnan(value))
