@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -33,6 +34,8 @@ from xray_spark.features.run import featurize_folder
 from xray_spark.logs import setup_logging
 from xray_spark.scoring.model import resolve_model
 from xray_spark.scoring.run import IMAGES_PER_TASK, WAVES_PER_CHUNK, score_command
+from xray_spark.serving.app import Settings as ServeSettings
+from xray_spark.serving.run import TOKEN_ENV, serve_command
 from xray_spark.session import add_spark_arguments, get_spark, parse_conf_pairs
 from xray_spark.tracking import tracking_uri_for
 from xray_spark.train.options import resolve_train_options
@@ -166,6 +169,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    settings = ServeSettings(
+        host=args.host, port=args.port, token=args.token or os.environ.get(TOKEN_ENV) or None,
+        workers=args.workers, queue=args.queue, max_upload_mb=args.max_upload_mb,
+        cors_origins=tuple(args.cors_origin or ()),
+    )
+    serve_command(settings, bundle=args.bundle, model=args.model, engine=args.engine, threads=args.threads,
+                  tracking_uri=args.tracking_uri)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="xray-spark", description="Spark-native chest X-ray classification pipeline")
     parser.add_argument("--verbose", action="store_true", help="debug logging and tracebacks on failure")
@@ -265,6 +279,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--external", metavar="DIR",
                    help="a labelled folder from another source (e.g. ../shared/data/figure1): each champion "
                         "is evaluated on it and report.md puts internal vs external side by side")
+
+    p = add("serve", cmd_serve, "serve a model over HTTP, one image at a time, without Spark: upload page, "
+            "REST API (/predict, /health, /version, /docs)", spark=False)
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--bundle", metavar="DIR",
+                       help="a serving bundle folder (serving.json, head/, weights/)")
+    which.add_argument("--model", metavar="URI",
+                       help="a registered model, e.g. models:/xray-spark-binary@champion (its serving "
+                            "bundle, logged by train), or a bundle folder")
+    p.add_argument("--tracking-uri", metavar="URI",
+                   help="MLflow tracking URI for --model (default: MLFLOW_TRACKING_URI, else MLflow's "
+                        "default)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to bind (default 127.0.0.1; any other needs a token)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--token", metavar="TOKEN",
+                   help=f"bearer token required on /predict (default: ${TOKEN_ENV}; prefer the variable, "
+                        "arguments show in `ps`)")
+    p.add_argument("--workers", type=int, default=2, metavar="N", help="inference threads (default 2)")
+    p.add_argument("--queue", type=int, default=32, metavar="N",
+                   help="requests admitted beyond the busy workers before answering 503 (default 32)")
+    p.add_argument("--max-upload-mb", type=float, default=50.0, metavar="MB",
+                   help="upload limit (default 50)")
+    p.add_argument("--cors-origin", action="append", metavar="ORIGIN",
+                   help="allow browser pages from this origin (repeat for several; default: CORS off)")
+    p.add_argument("--engine", choices=("auto", "keras", "openvino"), default=None,
+                   help="inference engine (default: the one the model was trained with)")
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="TensorFlow/OpenVINO threads for the model (default: all cores)")
     return parser
 
 

@@ -42,7 +42,7 @@ from xray_spark.scoring.model import (
     split_pipeline,
 )
 from xray_spark.spark_io import balanced_partitions
-from xray_spark.tracking import BASELINE_TAG, configure, finite_metrics, linked_baseline, tracking_uri_for
+from xray_spark.tracking import BASELINE_TAG, configure, finite_metrics, linked_model, tracking_uri_for
 from xray_spark.train.baseline import INPUT_COLUMNS
 from xray_spark.train.evaluate import confusion, evaluate
 from xray_spark.train.report import md_table, plot_confusion, with_ci
@@ -280,7 +280,7 @@ def _baseline(spark: SparkSession, cfg: Config, ref: ModelRef, images: DataFrame
     """The metadata-only baseline `train` linked to this model version, on the same images; or why none."""
     if ref.kind != "registry":
         return None, "only a registered model version links its training run's baseline"
-    uri = linked_baseline(ref.name, ref.version)
+    uri = linked_model(ref.name, ref.version, BASELINE_TAG)
     if not uri:
         return None, (f"{ref.name} version {ref.version} links no baseline (trained with --no-baseline, "
                       "or by an older xray-spark)")

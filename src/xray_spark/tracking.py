@@ -10,9 +10,11 @@ import logging
 import math
 import os
 import platform
+import re
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 from xray_spark import paths
 from xray_spark.errors import UserError
@@ -125,22 +127,54 @@ def registered_name(prefix: str, task: str) -> str:
     return f"{prefix}-{task}"
 
 
-# on a champion's model version: where its training run's metadata-only baseline is logged
-BASELINE_TAG = "baseline_model_uri"
+# Tags on a champion's model version naming models logged beside it by the same training run:
+BASELINE_TAG = "baseline_model_uri"  # its metadata-only baseline (Spark PipelineModel over the images table)
+SERVING_TAG = "serving_model_uri"  # its Spark-free serving bundle (MLflow pyfunc)
+
+MODEL_ALIAS_URI = re.compile(r"^models:/([^/@]+)@([^/@]+)/?$")  # models:/NAME@ALIAS
+MODEL_VERSION_URI = re.compile(r"^models:/([^/@]+)/([^/@]+)/?$")  # models:/NAME/VERSION (or a stage)
 
 
-def link_baseline(name: str, version: str, baseline_uri: str) -> None:
-    """Record on model version `name`/`version` where its metadata-only baseline is logged."""
+def configure_lookup(config_uri: str | None) -> str:
+    """Point MLflow at the store to look models up in: config `tracking_uri` (the CLI puts `--tracking-uri`
+    there), else MLFLOW_TRACKING_URI, else MLflow's default; returns the URI.
+
+    A sqlite or file store that does not exist is an error: looking a model up must not silently create
+    an empty database in the current directory.
+    """
+    import mlflow  # lazy: a slow import that argument checks skip
+
+    chosen = tracking_uri_for(None, config_uri, None)
+    if chosen:
+        point_at(chosen)
+    uri = mlflow.get_tracking_uri()
+    store = None
+    # tracking URIs are RFC URIs (MLflow percent-encodes them), not Hadoop-form names: decode like MLflow does
+    if uri.startswith("sqlite:///"):
+        store = Path(unquote(uri[len("sqlite:///"):]))  # SQLAlchemy decodes the database path
+    elif paths.scheme(uri) == "file":
+        store = paths.from_file_uri(uri)
+    if store is not None and not store.exists():
+        raise UserError(
+            f"MLflow tracking store {uri} does not exist: set MLFLOW_TRACKING_URI or `tracking_uri` in "
+            "the config"
+        )
+    return uri
+
+
+def link_model(name: str, version: str, tag: str, uri: str) -> None:
+    """Record on model version `name`/`version` where a model logged beside it lives (`tag`: BASELINE_TAG or
+    SERVING_TAG)."""
     from mlflow import MlflowClient  # lazy: a slow import that argument checks skip
 
-    MlflowClient().set_model_version_tag(name, version, BASELINE_TAG, baseline_uri)
+    MlflowClient().set_model_version_tag(name, version, tag, uri)
 
 
-def linked_baseline(name: str, version: str) -> str | None:
-    """The baseline model URI recorded by `link_baseline`, or None (older models, --no-baseline)."""
+def linked_model(name: str, version: str, tag: str) -> str | None:
+    """The URI recorded by `link_model`, or None (older models, --no-baseline)."""
     from mlflow import MlflowClient  # lazy: a slow import that argument checks skip
 
-    return MlflowClient().get_model_version(name, version).tags.get(BASELINE_TAG)
+    return MlflowClient().get_model_version(name, version).tags.get(tag)
 
 
 def register_champion(model_uri: str, name: str, description: str = "") -> str:

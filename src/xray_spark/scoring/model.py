@@ -14,7 +14,6 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
-from urllib.parse import unquote
 
 from pyspark.ml import PipelineModel
 from pyspark.ml.feature import IndexToString
@@ -24,7 +23,8 @@ from xray_spark.config import Config
 from xray_spark.errors import TransientError, UserError, is_transient
 from xray_spark.features.featurizer import DeepImageFeaturizer
 from xray_spark.spark_io import HadoopFS
-from xray_spark.tracking import point_at, tracking_uri_for
+from xray_spark.tracking import MODEL_ALIAS_URI, MODEL_VERSION_URI, configure_lookup
+from xray_spark.train.tasks import prob_suffix
 
 if TYPE_CHECKING:
     from pyspark.ml import Transformer
@@ -32,8 +32,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-_ALIAS = re.compile(r"^models:/([^/@]+)@([^/@]+)/?$")
-_VERSION = re.compile(r"^models:/([^/@]+)/([^/@]+)/?$")
 _LOGGED = re.compile(r"^models:/(m-[0-9a-fA-F]+)/?$")
 _RUN = re.compile(r"^runs:/([^/]+)/(.+?)/?$")
 
@@ -78,33 +76,6 @@ def _safe(text: str) -> str:
 # ------------------------------------------------------------------------------------- resolution (no Spark)
 
 
-def configure_tracking(cfg: Config) -> str:
-    """`tracking.tracking_uri_for` without `--out`: config `tracking_uri` (the CLI puts `--tracking-uri`
-    there), else MLFLOW_TRACKING_URI, else MLflow's default.
-
-    A sqlite or file store that does not exist is an error: looking a model up must not silently create
-    an empty database in the current directory.
-    """
-    import mlflow  # lazy: a slow import that argument checks skip
-
-    chosen = tracking_uri_for(None, cfg.tracking_uri, None)
-    if chosen:
-        point_at(chosen)
-    uri = mlflow.get_tracking_uri()
-    store = None
-    # tracking URIs are RFC URIs (MLflow percent-encodes them), not Hadoop-form names: decode like MLflow does
-    if uri.startswith("sqlite:///"):
-        store = Path(unquote(uri[len("sqlite:///"):]))  # SQLAlchemy decodes the database path
-    elif paths.scheme(uri) == "file":
-        store = paths.from_file_uri(uri)
-    if store is not None and not store.exists():
-        raise UserError(
-            f"MLflow tracking store {uri} does not exist: set MLFLOW_TRACKING_URI or `tracking_uri` in "
-            "the config"
-        )
-    return uri
-
-
 def resolve_model(model: str, cfg: Config) -> ModelRef:
     """Turn MODEL into a ModelRef, talking only to MLflow (never Spark). Unknown model -> UserError."""
     uri = model.strip()
@@ -113,7 +84,7 @@ def resolve_model(model: str, cfg: Config) -> ModelRef:
     if uri.startswith(("models:/", "runs:/")):
         from mlflow.exceptions import MlflowException  # lazy: a slow import that argument checks skip
 
-        tracking = configure_tracking(cfg)
+        tracking = configure_lookup(cfg.tracking_uri)
         try:
             return _resolve_mlflow(uri)
         except MlflowException as exc:
@@ -136,11 +107,11 @@ def _resolve_mlflow(uri: str) -> ModelRef:
     if m := _LOGGED.match(uri):
         logged = client.get_logged_model(m.group(1))
         return ModelRef(uri, uri, "logged", logged.name, logged.model_id, True)
-    if m := _ALIAS.match(uri):
+    if m := MODEL_ALIAS_URI.match(uri):
         name, alias = m.groups()
         mv = client.get_model_version_by_alias(name, alias)
         return ModelRef(uri, f"models:/{name}/{mv.version}", "registry", name, str(mv.version), True)
-    if m := _VERSION.match(uri):
+    if m := MODEL_VERSION_URI.match(uri):
         name, ver = m.groups()
         if ver.isdigit():
             mv = client.get_model_version(name, ver)
@@ -257,10 +228,6 @@ class ScoringPipeline:
 
     def score_frame(self, featurized_ok: DataFrame) -> DataFrame:
         return self.head.transform(featurized_ok)
-
-
-def prob_suffix(label: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "_", str(label).lower()).strip("_") or "class"
 
 
 def _flatten(stages: list[Transformer]) -> list[Transformer]:

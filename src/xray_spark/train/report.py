@@ -337,11 +337,28 @@ def write_comparison(df: pd.DataFrame, out_dir: Path) -> list[Path]:
     return [csv_path, md_path, html_path, png_path]
 
 
+def _best_rows(df: pd.DataFrame, task: str, metric: str) -> tuple[list[dict], list[dict]]:
+    rows = _task_rows(df, task)
+    return ([r for r in rows if r.get("kind") == "image" and _finite(r.get(metric))],
+            [r for r in rows if r.get("kind") == "metadata-baseline" and _finite(r.get(metric))])
+
+
+def baseline_matches(df: pd.DataFrame, task: str, metric: str = "accuracy") -> bool | None:
+    """True when the best metadata-only baseline reaches the best image model's 95% interval on `metric`
+    (the verdict `baseline_comparison` words); None when there is no baseline, model or interval."""
+    image, base = _best_rows(df, task, metric)
+    if not image or not base:
+        return None
+    best = max(image, key=lambda r: float(r[metric]))
+    lo = best.get(f"{metric}_ci_low")
+    if not _finite(lo):
+        return None
+    return max(float(r[metric]) for r in base) >= float(lo)
+
+
 def baseline_comparison(df: pd.DataFrame, task: str, metric: str = "accuracy") -> str:
     """One plain paragraph: best image model vs best metadata-only baseline on `metric` for `task`."""
-    rows = _task_rows(df, task)
-    image = [r for r in rows if r.get("kind") == "image" and _finite(r.get(metric))]
-    base = [r for r in rows if r.get("kind") == "metadata-baseline" and _finite(r.get(metric))]
+    image, base = _best_rows(df, task, metric)
     label = metric.replace("_", " ")
     if not base:
         return (f"No metadata-only baseline was evaluated for task {task}, so these numbers cannot tell "
@@ -361,7 +378,7 @@ def baseline_comparison(df: pd.DataFrame, task: str, metric: str = "accuracy") -
                 f"(image model minus baseline: {gap:+.3f}); without an interval a small gap is no evidence "
                 "that the model sees more than the file metadata.")
     lo, hi = float(lo), float(hi)
-    if b_val >= lo:
+    if baseline_matches(df, task, metric):
         where, verb = ("inside", "does as well as") if b_val <= hi else ("above", "does better than")
         return (f"{who}, {where} the image model's 95% interval. A head that never sees a pixel, only file "
                 f"size, dimensions, format and colour mode, {verb} the image model: the dataset, not the "

@@ -29,12 +29,16 @@ from xray_spark.config import Config
 from xray_spark.data.images import image_contents, load_or_ingest, ok_keys
 from xray_spark.evaluate import held_out_split, loso_plan, side_by_side_md
 from xray_spark.features.cache import featurize_to_cache
+from xray_spark.features.weights import resolve_weights
+from xray_spark.serving.mlflow_model import log_serving_model, serving_name
 from xray_spark.tracking import (
+    BASELINE_TAG,
+    SERVING_TAG,
     configure,
     finite_metrics,
     flat_params,
     library_versions,
-    link_baseline,
+    link_model,
     register_champion,
     registered_name,
     tracking_uri_for,
@@ -56,6 +60,8 @@ from xray_spark.train.compare import (
 from xray_spark.train.heads import get_head
 from xray_spark.train.report import (
     append_section,
+    baseline_comparison,
+    baseline_matches,
     comparison_table,
     per_source_md,
     plot_confusion,
@@ -122,6 +128,8 @@ class _Tracker:
         self.model_uris: dict[tuple[str, str, str], str] = {}
         # (task, head) -> (fitted baseline head, its metadata pipeline, run id): logged for champions only
         self.baselines: dict[tuple[str, str], tuple[Any, Any, str]] = {}
+        # (task, backbone, head) -> (fitted image head, run id): the champions' serving bundles come from it
+        self.heads: dict[tuple[str, str, str], tuple[Any, str]] = {}
         # (task, backbone, head) -> source -> metrics, when the test split holds 2+ sources
         self.per_source: dict[tuple[str, str, str], dict[str, dict[str, float]]] = {}
         self.lock = threading.Lock()
@@ -169,6 +177,8 @@ class _Tracker:
             self.confusion_pngs[res.name] = png
             if fs.kind == BASELINE:
                 self.baselines[(task.name, res.head)] = (res.fit.model, fs.prep, run.info.run_id)
+            else:
+                self.heads[(task.name, fs.backbone, res.head)] = (res.fit.model, run.info.run_id)
             self.rows.append({**res.row(self.spec.weights), "run_id": run.info.run_id})
 
     def ordered_rows(self) -> list[dict[str, Any]]:
@@ -282,6 +292,7 @@ def run_training(spark: SparkSession, cfg: Config, spec: TrainSpec) -> TrainResu
             mlflow.log_artifact(str(p), "comparison")
         champions = _register_champions(tracker, rows, spec, cfg)
         _log_champion_baselines(tracker, champions)
+        _log_champion_serving(spark, tracker, champions, spec, table, cfg.train.select_metric)
         mlflow.set_tags({f"champion.{t}": json.dumps(c) for t, c in champions.items()})
         by_source = [per_source_md(f"{get_task(t).description}: {c['backbone']} + {c['head']}",
                                    tracker.per_source[(t, c["backbone"], c["head"])])
@@ -374,8 +385,30 @@ def _log_champion_baselines(tracker: _Tracker, champions: dict[str, dict[str, st
         with mlflow.start_run(run_id=run_id, nested=True):
             info = mlflow.spark.log_model(baseline_pipeline(prep, head_model, get_task(task)), "model",
                                           pip_requirements=_pip_requirements())
-        link_baseline(champ["name"], champ["version"], info.model_uri)
+        link_model(champ["name"], champ["version"], BASELINE_TAG, info.model_uri)
         champ["baseline_uri"] = info.model_uri
+
+
+def _log_champion_serving(spark: SparkSession, tracker: _Tracker, champions: dict[str, dict[str, str]],
+                          spec: TrainSpec, table: pd.DataFrame, metric: str) -> None:
+    """Each champion's Spark-free serving bundle (serving/mlflow_model.py) in the champion's own run,
+    registered as `<name>-serving@champion` and linked from the Spark model version."""
+    import mlflow  # lazy: a slow import that argument checks skip
+
+    for task, champ in champions.items():
+        head_model, run_id = tracker.heads[(task, champ["backbone"], champ["head"])]
+        weights = resolve_weights(champ["backbone"], spec.weights, spark=spark).local_path
+        as_good = baseline_matches(table, task, metric)
+        meta = {"task": task, "model_name": champ["name"], "model_version": champ["version"],
+                "model_uri": champ["uri"], "baseline_as_good": as_good,
+                "baseline_sentence": baseline_comparison(table, task, metric) if as_good else None}
+        pipeline = full_pipeline(champ["backbone"], spec.weights, head_model, get_task(task))
+        with mlflow.start_run(run_id=run_id, nested=True):
+            uri = log_serving_model(pipeline, weights, meta)
+        link_model(champ["name"], champ["version"], SERVING_TAG, uri)
+        twin = serving_name(champ["name"])
+        register_champion(uri, twin, f"Spark-free serving bundle of {champ['name']} v{champ['version']}")
+        champ["serving_uri"] = f"models:/{twin}@champion"
 
 
 def _report_context(spec: TrainSpec, summary: dict, cfg: Config, tracking_uri: str) -> dict[str, str]:

@@ -6,6 +6,7 @@ so MLflow models, confusion matrices and scoring outputs line up. COVID is the p
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from xray_spark.errors import UserError
@@ -59,3 +60,8 @@ def parse_list(value: str | list[str] | None, known: list[str], what: str) -> li
     if not out:
         raise UserError(f"no {what} given")
     return out
+
+
+def prob_suffix(label: str) -> str:
+    """A class label as a column-name suffix (`prob_<suffix>` in scoring output and served predictions)."""
+    return re.sub(r"[^a-z0-9]+", "_", str(label).lower()).strip("_") or "class"

@@ -1,0 +1,99 @@
+"""The serving bundle in MLflow: logged beside each champion's Spark model at train time, found again by
+`xray-spark serve --model models:/...` without Spark.
+
+Why beside, not instead: batch scoring loads the Spark PipelineModel (decode -> featurize -> head), serving
+loads the bundle (the same weights file + the head as numpy arrays). `train` logs the bundle as an MLflow
+pyfunc in the champion's own run, registers it as `<name>-serving` with the same `champion` alias (so `mlflow
+models serve` can serve it) and tags the champion's Spark model version with its URI (tracking.SERVING_TAG).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+from xray_spark import paths
+from xray_spark.errors import UserError
+from xray_spark.serving.bundle import META_FILE, bundle_from_pipeline
+from xray_spark.tracking import (
+    MODEL_ALIAS_URI,
+    MODEL_VERSION_URI,
+    SERVING_TAG,
+    configure_lookup,
+    linked_model,
+)
+
+log = logging.getLogger(__name__)
+
+ARTIFACT = "bundle"  # the pyfunc's artifact key, and its folder under <model>/artifacts/
+ENTRY = Path(__file__).with_name("pyfunc_model.py")
+
+
+def serving_name(name: str) -> str:
+    """The registered name of a Spark model's serving twin."""
+    return f"{name}-serving"
+
+
+def log_serving_model(pipeline_model: Any, weights_path: str | os.PathLike, meta: dict[str, Any]) -> str:
+    """Export `pipeline_model`'s head, write the bundle and log it as a pyfunc named `serving` in the active
+    MLflow run; returns the logged model's URI."""
+    import mlflow.pyfunc  # lazy: a slow import that argument checks skip
+    from mlflow.models import ModelSignature  # lazy: as above
+    from mlflow.types import ColSpec, Schema  # lazy: as above
+
+    with tempfile.TemporaryDirectory(prefix="xray-serving-") as tmp:
+        folder = bundle_from_pipeline(pipeline_model, weights_path, Path(tmp) / ARTIFACT, meta)
+        info = mlflow.pyfunc.log_model(
+            name="serving", python_model=str(ENTRY), artifacts={ARTIFACT: str(folder)},
+            signature=ModelSignature(inputs=Schema([ColSpec("binary", "content")])),
+            pip_requirements=[f"xray-spark=={version('xray-spark')}", f"keras=={version('keras')}",
+                              f"mlflow=={version('mlflow')}"],
+        )
+    return info.model_uri
+
+
+def bundle_for_model(model: str, config_uri: str | None, cache_dir: str | os.PathLike | None = None) -> Path:
+    """A local bundle folder for `--model`: a bundle folder itself, or a registered model (models:/NAME@ALIAS,
+    models:/NAME/VERSION) — a Spark champion (through its SERVING_TAG) or its `-serving` twin — downloaded
+    once into `cache_dir` (default: the system temp folder) by name and version."""
+    if paths.is_local(model) and (paths.local_path(model) / META_FILE).is_file():
+        return paths.local_path(model)
+    alias, numbered = MODEL_ALIAS_URI.match(model), MODEL_VERSION_URI.match(model)
+    if not (alias or numbered):
+        raise UserError(f"--model {model}: expected a serving bundle folder (with {META_FILE}), "
+                        "models:/NAME@ALIAS or models:/NAME/VERSION")
+    from mlflow import MlflowClient  # lazy: a slow import that argument checks skip
+    from mlflow.artifacts import download_artifacts  # lazy: as above
+    from mlflow.exceptions import MlflowException  # lazy: as above
+
+    tracking = configure_lookup(config_uri)
+    client = MlflowClient()
+    try:
+        if alias:
+            name, alias_name = alias.groups()
+            mv = client.get_model_version_by_alias(name, alias_name)
+        else:
+            name, number = numbered.groups()
+            mv = client.get_model_version(name, number)
+        source = linked_model(name, str(mv.version), SERVING_TAG)
+        if source is None and name.endswith("-serving"):
+            source = f"models:/{name}/{mv.version}"
+        if source is None:
+            raise UserError(f"--model {model}: version {mv.version} of {name} has no serving bundle (trained "
+                            "by an older xray-spark?); retrain, or pass --bundle DIR")
+        target = Path(cache_dir or tempfile.gettempdir()) / "xray-spark-serving" / f"{name}-{mv.version}"
+        bundle = target / "artifacts" / ARTIFACT
+        if not (bundle / META_FILE).is_file():
+            download_artifacts(artifact_uri=source, dst_path=str(target))
+    except MlflowException as exc:
+        first = str(getattr(exc, "message", exc)).strip().splitlines()
+        raise UserError(f"--model {model}: {first[0] if first else type(exc).__name__} (MLflow: {tracking})"
+                        ) from None
+    if not (bundle / META_FILE).is_file():
+        raise UserError(f"--model {model}: {source} holds no serving bundle")
+    log.info("serving bundle of %s version %s from %s", name, mv.version, source)
+    return bundle
