@@ -3,8 +3,19 @@ sys.path)."""
 
 from __future__ import annotations
 
+import logging
 import os
+from collections.abc import Iterable
 from pathlib import Path
+
+
+def setup_logging(noisy: Iterable[str] = ("py4j", "absl")) -> None:
+    """INFO lines with a clock for the benchmark's own progress; the chatty libraries at WARNING."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
+    for name in noisy:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 def tree_cpu_seconds() -> float | None:

@@ -28,7 +28,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from featurize import pick_files  # benchmarks/ is on sys.path when run as a script
+from common import setup_logging  # benchmarks/ is on sys.path when run as a script
+from featurize import pick_files
 
 log = logging.getLogger("benchmarks.engines")
 VARIANTS = (("keras", "fp32"), ("openvino", "fp32"), ("openvino", "bf16"))
@@ -122,10 +123,7 @@ def bench_backbone(spark, name: str, payloads: list[bytes], staged: Path, warm: 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    for noisy in ("py4j", "absl"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    setup_logging()
 
     from xray_spark.config import load_config
     from xray_spark.features import engines

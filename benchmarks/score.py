@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import tree_cpu_seconds  # benchmarks/ is the script folder, so on sys.path
+from common import setup_logging, tree_cpu_seconds  # benchmarks/ is the script folder, so on sys.path
 
 log = logging.getLogger("benchmarks.score")
 CLASSES = ("covid", "no_findings", "pneumonia")
@@ -104,13 +104,9 @@ def main() -> None:
     ap.add_argument("--verbose", action="store_true",
                     help="per-phase timings of the scoring runs (debug log)")
     args = ap.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        datefmt="%H:%M:%S")
-    for noisy in ("py4j", "mlflow", "PIL", "h5py", "absl", "xray_spark"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    setup_logging(("py4j", "mlflow", "PIL", "h5py", "absl", "xray_spark"))
     if args.verbose:
         logging.getLogger("xray_spark.scoring").setLevel(logging.DEBUG)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
     from xray_spark.config import load_config
     from xray_spark.session import get_spark

@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
+from common import setup_logging  # benchmarks/ is on sys.path when run as a script
 
 log = logging.getLogger("benchmarks.train")
 METRICS = ["accuracy", "covid_recall", "macro_f1", "accuracy_ci_low", "accuracy_ci_high"]
@@ -50,11 +51,7 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        datefmt="%H:%M:%S")
-    for noisy in ("py4j", "mlflow", "PIL", "h5py", "absl", "xray_spark", "alembic"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    setup_logging(("py4j", "mlflow", "PIL", "h5py", "absl", "xray_spark", "alembic"))
 
     from xray_spark.config import load_config
     from xray_spark.session import get_spark
