@@ -9,10 +9,12 @@ from collections.abc import Iterable
 from pathlib import Path
 
 
-def setup_logging(noisy: Iterable[str] = ("py4j", "absl")) -> None:
-    """INFO lines with a clock for the benchmark's own progress; the chatty libraries at WARNING."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        datefmt="%H:%M:%S")
+def setup_logging(noisy: Iterable[str] = ()) -> None:
+    """The CLI's logging (xray_spark.logs) at INFO for the benchmark's own progress, plus `noisy` loggers
+    (e.g. the package's own, when its INFO lines would drown the figures) at WARNING."""
+    from xray_spark.logs import setup_logging as package_logging
+
+    package_logging(logging.INFO)
     for name in noisy:
         logging.getLogger(name).setLevel(logging.WARNING)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

@@ -335,8 +335,8 @@ def test_token_is_checked_on_predict(predictor: Predictor, trained: Trained) -> 
         assert request(base, "GET", "/health").json()["auth_required"] is True
 
 
-def test_cli_refuses_a_public_bind_without_token_and_bad_arguments(trained: Trained, monkeypatch,
-                                                                   capsys) -> None:
+def test_cli_refuses_a_public_bind_without_token_and_bad_arguments(trained: Trained, monkeypatch, capsys,
+                                                                   tmp_path: Path) -> None:
     from xray_spark.cli import main
 
     monkeypatch.delenv("XRAY_SPARK_SERVE_TOKEN", raising=False)
@@ -344,7 +344,9 @@ def test_cli_refuses_a_public_bind_without_token_and_bad_arguments(trained: Trai
         (["serve", "--bundle", str(trained.bundle), "--host", "0.0.0.0"], "token"),
         (["serve", "--bundle", str(trained.bundle), "--workers", "0"], "--workers"),
         (["serve", "--bundle", str(trained.bundle.parent / "nothing-here")], "not a serving bundle"),
-        (["serve", "--model", "models:/xray-spark-binary@champion"], "--bundle"),
+        (["serve", "--model", "models:/xray-spark-binary@champion", "--tracking-uri",
+          f"sqlite:///{tmp_path}/none.db"], "does not exist"),  # never creates an empty store
+        (["serve", "--model", "no-such-folder"], "expected a serving bundle folder"),
     ]
     for argv, needle in cases:
         t0 = time.perf_counter()

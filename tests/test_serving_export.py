@@ -148,8 +148,8 @@ def test_values_on_a_split_and_nan_go_where_spark_sends_them(spark, fitted, head
 
 
 def test_predict_and_load_need_neither_pyspark_nor_the_package(fitted, tmp_path: Path) -> None:
-    """The serving side: heads_numpy.py alone, in a process where importing pyspark (or xray_spark, whose
-    package imports pyspark) fails, loads and predicts exactly as in-process."""
+    """The serving side: heads_numpy.py alone, in a process where importing pyspark (or xray_spark itself)
+    fails, loads and predicts exactly as in-process: the head file format needs nothing but numpy."""
     script = """
 import importlib.abc, importlib.util, json, sys
 import numpy as np

@@ -30,6 +30,7 @@ from xray_spark.errors import (
 )
 from xray_spark.evaluate import evaluate_model
 from xray_spark.features.backbones import get_backbone
+from xray_spark.features.engines import ENGINES
 from xray_spark.features.run import featurize_folder
 from xray_spark.logs import setup_logging
 from xray_spark.scoring.model import resolve_model
@@ -304,7 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="upload limit (default 50)")
     p.add_argument("--cors-origin", action="append", metavar="ORIGIN",
                    help="allow browser pages from this origin (repeat for several; default: CORS off)")
-    p.add_argument("--engine", choices=("auto", "keras", "openvino"), default=None,
+    p.add_argument("--engine", choices=ENGINES, default=None,
                    help="inference engine (default: the one the model was trained with)")
     p.add_argument("--threads", type=int, default=None, metavar="N",
                    help="TensorFlow/OpenVINO threads for the model (default: all cores)")

@@ -34,7 +34,7 @@ from xray_spark import __version__
 from xray_spark.errors import UserError
 from xray_spark.features.backbones import get_backbone
 from xray_spark.features.weights import file_digest, resolve_weights, weights_fingerprint, weights_kind
-from xray_spark.serving.export import FEATURIZER, export_head
+from xray_spark.serving.export import FEATURIZER, export_head, flatten_stages
 from xray_spark.serving.heads_numpy import HeadFormatError, SparkFreeHead
 
 FORMAT = "xray-spark/serving-bundle"
@@ -164,7 +164,7 @@ def load_bundle(folder: str | os.PathLike, *, verify_weights: bool = True) -> Bu
         meta = BundleMeta.of({f.name: doc[f.name] for f in fields(BundleMeta) if f.name in doc})
         return Bundle(root, backbone, weights, doc["weights_fingerprint"], list(doc["labels"]), head, meta,
                       importances, doc.get("created", ""))
-    except HeadFormatError as exc:
+    except (HeadFormatError, ValueError, OSError) as exc:  # incl. a damaged importances.npy
         raise BundleError(f"{root}: {exc}") from None
     except KeyError as exc:
         raise BundleError(f"{root}: {META_FILE} has no {exc.args[0]!r}") from None
@@ -183,7 +183,7 @@ def bundle_from_pipeline(
     The bundle's engine and precision are the featurizer's own Params (what batch scoring runs); `serve
     --engine` can override them.
     """
-    stages = _flatten(pipeline_model)
+    stages = flatten_stages(pipeline_model)
     featurizer = next((s for s in stages if type(s).__name__ == FEATURIZER), None)
     if featurizer is None:
         names = [type(s).__name__ for s in stages]
@@ -218,13 +218,6 @@ def _fingerprint_of(backbone: str, spec: str, weights: Path) -> str:
             raise UserError(f"{weights} is not the published ImageNet {bb.name} weights file "
                             f"({bb.hash_algorithm} differs from {bb.weights_hash})")
     return weights_fingerprint(backbone, spec)
-
-
-def _flatten(model: Any) -> list[Any]:
-    stages = getattr(model, "stages", None)
-    if stages is None or type(model).__name__ != "PipelineModel":
-        return [model]
-    return [s for stage in stages for s in _flatten(stage)]
 
 
 def _importances(stages: list[Any]) -> np.ndarray | None:

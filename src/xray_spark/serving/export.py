@@ -62,10 +62,9 @@ def export_head(pipeline_model: Any, labels: list[str] | None = None) -> SparkFr
 def _head_stages(pipeline_model: Any) -> tuple[Any, Any, Any, dict[str, Any]]:
     """(scaler or None, classifier, IndexToString or None, info) after the featurizer; anything else, or
     a stage not reading what the one before it writes, is an UnsupportedStageError naming the stage."""
-    from pyspark.ml import PipelineModel  # lazy: export is the only place that needs Spark
-    from pyspark.ml.feature import IndexToString, StandardScalerModel  # lazy: as above
+    from pyspark.ml.feature import IndexToString, StandardScalerModel  # lazy: only export needs Spark
 
-    stages = _flatten(pipeline_model, PipelineModel)
+    stages = flatten_stages(pipeline_model)
     info: dict[str, Any] = {"source_stages": [type(s).__name__ for s in stages]}
     start, features_col = 0, None
     for i, stage in enumerate(stages):
@@ -93,10 +92,13 @@ def _head_stages(pipeline_model: Any) -> tuple[Any, Any, Any, dict[str, Any]]:
     return scaler, classifier, decoder, info
 
 
-def _flatten(model: Any, pipeline_cls: type) -> list[Any]:
-    if not isinstance(model, pipeline_cls):
+def flatten_stages(model: Any) -> list[Any]:
+    """A PipelineModel's stages with nested PipelineModels (the head's own) expanded, in order."""
+    from pyspark.ml import PipelineModel  # lazy: export is the only place that needs Spark
+
+    if not isinstance(model, PipelineModel):
         return [model]
-    return [s for stage in model.stages for s in _flatten(stage, pipeline_cls)]
+    return [s for stage in model.stages for s in flatten_stages(stage)]
 
 
 def _check_input(stage: Any, reads: str, written: str | None) -> None:

@@ -27,7 +27,6 @@ import io
 from typing import Any
 
 import numpy as np
-from matplotlib import colormaps  # the colormap registry only: no pyplot, no backend
 from PIL import Image
 
 from xray_spark.features.backbones import get_backbone
@@ -142,6 +141,8 @@ def cam(maps: np.ndarray, weights: np.ndarray) -> np.ndarray:
 
 def overlay_png(gray: np.ndarray, heat: np.ndarray, alpha: float = OVERLAY_ALPHA) -> bytes:
     """The map upsampled (bilinear) onto the grayscale image, `jet`-coloured, blended by its strength."""
+    from matplotlib import colormaps  # lazy: ~0.5 s at every CLI start otherwise (registry only, no pyplot)
+
     h, w = gray.shape
     up = Image.fromarray(np.asarray(heat, dtype=np.float32)).resize((w, h),
                                                                               Image.Resampling.BILINEAR)

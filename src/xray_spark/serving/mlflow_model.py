@@ -9,8 +9,11 @@ models serve` can serve it) and tags the champion's Spark model version with its
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
+import re
+import shutil
 import tempfile
 from importlib.metadata import version
 from pathlib import Path
@@ -59,7 +62,7 @@ def log_serving_model(pipeline_model: Any, weights_path: str | os.PathLike, meta
 def bundle_for_model(model: str, config_uri: str | None, cache_dir: str | os.PathLike | None = None) -> Path:
     """A local bundle folder for `--model`: a bundle folder itself, or a registered model (models:/NAME@ALIAS,
     models:/NAME/VERSION) — a Spark champion (through its SERVING_TAG) or its `-serving` twin — downloaded
-    once into `cache_dir` (default: the system temp folder) by name and version."""
+    once into `cache_dir` (default: per-user cache, see `_cache_root`), keyed by store, name and version."""
     if paths.is_local(model) and (paths.local_path(model) / META_FILE).is_file():
         return paths.local_path(model)
     alias, numbered = MODEL_ALIAS_URI.match(model), MODEL_VERSION_URI.match(model)
@@ -85,10 +88,12 @@ def bundle_for_model(model: str, config_uri: str | None, cache_dir: str | os.Pat
         if source is None:
             raise UserError(f"--model {model}: version {mv.version} of {name} has no serving bundle (trained "
                             "by an older xray-spark?); retrain, or pass --bundle DIR")
-        target = Path(cache_dir or tempfile.gettempdir()) / "xray-spark-serving" / f"{name}-{mv.version}"
+        # keyed by store and source too: two stores (dev, prod) can both have "xray-spark-binary" version 1
+        key = hashlib.sha256(f"{tracking}\n{source}".encode()).hexdigest()[:16]
+        target = _cache_root(cache_dir) / f"{_safe(name)}-{mv.version}-{key}"
         bundle = target / "artifacts" / ARTIFACT
         if not (bundle / META_FILE).is_file():
-            download_artifacts(artifact_uri=source, dst_path=str(target))
+            _download(download_artifacts, source, target)
     except MlflowException as exc:
         first = str(getattr(exc, "message", exc)).strip().splitlines()
         raise UserError(f"--model {model}: {first[0] if first else type(exc).__name__} (MLflow: {tracking})"
@@ -97,3 +102,27 @@ def bundle_for_model(model: str, config_uri: str | None, cache_dir: str | os.Pat
         raise UserError(f"--model {model}: {source} holds no serving bundle")
     log.info("serving bundle of %s version %s from %s", name, mv.version, source)
     return bundle
+
+
+def _cache_root(cache_dir: str | os.PathLike | None) -> Path:
+    """Per user: `cache_dir`, else $XRAY_SPARK_CACHE/serving, else ~/.cache/xray-spark/serving."""
+    if cache_dir:
+        return Path(cache_dir)
+    env = os.environ.get("XRAY_SPARK_CACHE")
+    return Path(env) / "serving" if env else Path.home() / ".cache" / "xray-spark" / "serving"
+
+
+def _safe(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text)
+
+
+def _download(download_artifacts: Any, source: str, target: Path) -> None:
+    """Download into a temp folder beside `target`, then rename: a half-finished download is never reused."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        download_artifacts(artifact_uri=source, dst_path=str(tmp))
+        shutil.rmtree(target, ignore_errors=True)  # an earlier, incomplete copy
+        os.replace(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -4,7 +4,8 @@ with the same Spark-free model as `xray-spark serve`.
 MLflow "models from code": `serving/mlflow_model.py` logs this file by path and MLflow runs it when the model
 is loaded; nothing in the package imports it. Input: a DataFrame with a binary `content` column (file bytes;
 base64 strings in MLflow's JSON). Output: one row per input with `predicted_label`, `prob_<label>` per class
-(or the head's raw scores for heads without probabilities), `sha256`, `engine` and `error` (the decoder's
+(null for heads Spark gives no probability: LinearSVC, one-vs-rest), `score_<label>` (the probabilities, or
+Spark's rawPrediction for those heads), `sha256`, `engine` and `error` (the decoder's
 reason for a file that is not a usable image: such a row is not a failure of the whole request).
 """
 
@@ -32,14 +33,17 @@ class ServingModel(mlflow.pyfunc.PythonModel):
         rows = []
         for data in model_input["content"]:
             row: dict[str, Any] = {"predicted_label": None, "sha256": None, "engine": self.predictor.engine,
-                                   "error": None, **{f"prob_{prob_suffix(lab)}": None for lab in labels}}
+                                   "error": None, **{f"prob_{prob_suffix(lab)}": None for lab in labels},
+                                   **{f"score_{prob_suffix(lab)}": None for lab in labels}}
             try:
                 p = self.predictor.predict(bytes(data))
             except InputRejected as exc:
                 row.update(error=f"{exc.code}: {exc.detail}", sha256=exc.sha256)
             else:
                 row.update(predicted_label=p.label, sha256=p.sha256, engine=p.engine,
-                           **{f"prob_{prob_suffix(lab)}": p.scores[lab] for lab in labels})
+                           **{f"score_{prob_suffix(lab)}": p.scores[lab] for lab in labels})
+                if p.probabilities is not None:
+                    row.update({f"prob_{prob_suffix(lab)}": p.probabilities[lab] for lab in labels})
             rows.append(row)
         return pd.DataFrame(rows)
 

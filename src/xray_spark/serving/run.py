@@ -43,7 +43,10 @@ def serve_command(settings: Settings, *, bundle: str | None = None, model: str |
     folder = resolve_bundle_folder(bundle, model, tracking_uri)
     loaded = load_bundle(folder)
     # worker.tf_threads() reads this when the model loads: this process is the server, not a Spark task
-    os.environ["XRAY_SPARK_TF_THREADS"] = str(threads or os.cpu_count() or 1)
+    if threads is not None:
+        os.environ["XRAY_SPARK_TF_THREADS"] = str(threads)
+    else:  # a user's own setting stands; else every core (one inference runs at a time)
+        os.environ.setdefault("XRAY_SPARK_TF_THREADS", str(os.cpu_count() or 1))
     predictor = Predictor(loaded, engine=engine)
     predictor.warm_up()
     meta = loaded.meta

@@ -343,17 +343,23 @@ def _best_rows(df: pd.DataFrame, task: str, metric: str) -> tuple[list[dict], li
             [r for r in rows if r.get("kind") == "metadata-baseline" and _finite(r.get(metric))])
 
 
+def as_good_as(model: Mapping[str, Any], baseline: Mapping[str, Any], metric: str) -> bool | None:
+    """The shortcut verdict, one rule everywhere: True when the baseline's `metric` reaches the model's 95%
+    interval (its lower bound); None when either value or the model's interval is missing."""
+    value, lo = baseline.get(metric), model.get(f"{metric}_ci_low")
+    if not (_finite(model.get(metric)) and _finite(value) and _finite(lo)):
+        return None
+    return float(value) >= float(lo)
+
+
 def baseline_matches(df: pd.DataFrame, task: str, metric: str = "accuracy") -> bool | None:
-    """True when the best metadata-only baseline reaches the best image model's 95% interval on `metric`
-    (the verdict `baseline_comparison` words); None when there is no baseline, model or interval."""
+    """`as_good_as` for the best image model and the best metadata-only baseline of `task` (the verdict
+    `baseline_comparison` words); None when there is no baseline, model or interval."""
     image, base = _best_rows(df, task, metric)
     if not image or not base:
         return None
-    best = max(image, key=lambda r: float(r[metric]))
-    lo = best.get(f"{metric}_ci_low")
-    if not _finite(lo):
-        return None
-    return max(float(r[metric]) for r in base) >= float(lo)
+    return as_good_as(max(image, key=lambda r: float(r[metric])), max(base, key=lambda r: float(r[metric])),
+                      metric)
 
 
 def baseline_comparison(df: pd.DataFrame, task: str, metric: str = "accuracy") -> str:
