@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import pkgutil
 import re
 import shutil
 import tempfile
@@ -51,12 +52,25 @@ def log_serving_model(pipeline_model: Any, weights_path: str | os.PathLike, meta
     with tempfile.TemporaryDirectory(prefix="xray-serving-") as tmp:
         folder = bundle_from_pipeline(pipeline_model, weights_path, Path(tmp) / ARTIFACT, meta)
         info = mlflow.pyfunc.log_model(
-            name="serving", python_model=str(ENTRY), artifacts={ARTIFACT: str(folder)},
+            name="serving", python_model=str(_entry_file(Path(tmp))), artifacts={ARTIFACT: str(folder)},
             signature=ModelSignature(inputs=Schema([ColSpec("binary", "content")])),
             pip_requirements=[f"xray-spark=={version('xray-spark')}", f"keras=={version('keras')}",
                               f"mlflow=={version('mlflow')}"],
         )
     return info.model_uri
+
+
+def _entry_file(tmp: Path) -> Path:
+    """pyfunc_model.py as a real file: MLflow logs models-from-code by path, and on a cluster driver this
+    package may be imported from a zip (`--py-files`), where ENTRY is no file at all."""
+    if ENTRY.is_file():
+        return ENTRY
+    source = pkgutil.get_data("xray_spark.serving", ENTRY.name)
+    if source is None:
+        raise UserError(f"cannot read {ENTRY.name} from the installed xray_spark package")
+    path = tmp / ENTRY.name
+    path.write_bytes(source)
+    return path
 
 
 def bundle_for_model(model: str, config_uri: str | None, cache_dir: str | os.PathLike | None = None) -> Path:
