@@ -44,6 +44,7 @@ def spark_predictions(spark, trained, images) -> pd.DataFrame:
     isolate_mlflow(mp)
     try:
         mlflow.set_tracking_uri(trained.tracking_uri)
+        mlflow.set_registry_uri(trained.tracking_uri)  # else an earlier module's registry may linger
         model = mlflow.spark.load_model(trained.champions["binary"]["uri"])
         df = spark.createDataFrame([(p.name, p.read_bytes()) for p in images], "name string, content binary")
         return model.transform(df).select("name", "predicted_label", "probability").toPandas()
