@@ -97,6 +97,8 @@ def test_champions_registered_load_and_predict_new_images(trained, spark, ozturk
 
     new = copy_subset(ozturk_dir, tmp_path / "new", per_class=2, offset=100)  # not in the training subset
     isolate_mlflow(monkeypatch)  # the global URIs set below are undone after the test
+    # a machine that never saw the training run's weights cache: the model carries its weights (pinned)
+    monkeypatch.setenv("XRAY_SPARK_CACHE", str(tmp_path / "fresh-cache"))
     mlflow.set_tracking_uri(trained.tracking_uri)
     mlflow.set_registry_uri(trained.tracking_uri)
     client = mlflow.MlflowClient()
@@ -104,6 +106,10 @@ def test_champions_registered_load_and_predict_new_images(trained, spark, ozturk
         mv = client.get_model_version_by_alias(f"xray-spark-{task}", "champion")
         assert str(mv.version) == trained.champions[task]["version"] == "1"  # a fresh store: nothing before
         model = mlflow.spark.load_model(f"models:/xray-spark-{task}@champion")
+        featurizer = model.stages[0]
+        pin = featurizer.getWeightsSha256()
+        assert pin and pin == client.get_run(mv.run_id).data.params["weights_sha256"]
+        assert f"/weights/ResNet50/{pin}/" in featurizer.getWeights(), featurizer.getWeights()
         df = spark.read.format("binaryFile").option("recursiveFileLookup", "true").load(str(new))
         pred = model.transform(df).select("path", "predicted_label", "probability").toPandas()
         assert len(pred) == 6
@@ -112,6 +118,7 @@ def test_champions_registered_load_and_predict_new_images(trained, spark, ozturk
         # the label decode stage names the most probable class, in the task's label order
         argmax = pred["probability"].map(lambda v, names=labels: names[int(v.toArray().argmax())])
         assert (pred["predicted_label"] == argmax).all()
+    assert not (tmp_path / "fresh-cache" / "none").exists()  # the seeded init was not rebuilt here
 
 
 @pytest.mark.parametrize("flag, value", [("--heads", "lr,xgboost"), ("--backbones", "ResNet51"),

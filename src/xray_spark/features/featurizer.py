@@ -15,7 +15,8 @@ Differences from sparkdl, on purpose:
 - `scaleHint` is accepted for compatibility and ignored: every source is resized by one path
   (xray_spark.data.decode.resize), so that resizing can never differ between training and scoring;
 - `weights` chooses ImageNet, a seeded random init, or a file (see weights.py) — resolved once on the
-  driver and shipped to executors;
+  driver and shipped to executors; `weightsSha256` pins them (see pinning.py): `train` sets it, and a
+  transform whose weights resolve to other tensors is refused instead of silently predicting otherwise;
 - `engine` ('auto' | 'keras' | 'openvino') and `precision` ('fp32' | 'bf16') choose how the Keras model
   runs (see engines.py): 'auto' is decided on each executor for its own hardware (OpenVINO bf16 on CPUs with
   native bf16, else OpenVINO fp32, Keras where TensorFlow sees a GPU or openvino is missing). `engineCol`
@@ -57,6 +58,7 @@ from xray_spark.features.engines import (
     resolve_engine,
     validate_engine,
 )
+from xray_spark.features.pinning import check_pinned
 from xray_spark.features.weights import (
     resolve_weights,
     ship_weights,
@@ -94,6 +96,12 @@ class _DeepImageFeaturizerParams(HasInputCol, HasOutputCol):
     weights: Param[str] = Param(
         Params._dummy(), "weights",
         "'imagenet', 'none' / 'none:seed=N' (seeded random init), or a path/URI to a Keras weights file",
+        typeConverter=TypeConverters.toString,
+    )
+    weightsSha256: Param[str] = Param(
+        Params._dummy(), "weightsSha256",
+        "pin: sha256 of the weight tensors the model was trained with (features/pinning.py); weights that "
+        "resolve to other tensors are refused. Unset: not pinned",
         typeConverter=TypeConverters.toString,
     )
     batchSize: Param[int] = Param(
@@ -140,6 +148,9 @@ class _DeepImageFeaturizerParams(HasInputCol, HasOutputCol):
     def getWeights(self) -> str:
         return self.getOrDefault(self.weights)
 
+    def getWeightsSha256(self) -> str | None:
+        return self.getOrDefault(self.weightsSha256) if self.isDefined(self.weightsSha256) else None
+
     def getBatchSize(self) -> int:
         return self.getOrDefault(self.batchSize)
 
@@ -174,7 +185,7 @@ class DeepImageFeaturizer(Transformer, _DeepImageFeaturizerParams, DefaultParams
         self, *, inputCol: str = "content", outputCol: str = "features", modelName: str = "ResNet50",
         scaleHint: str = "SCALE_AREA_AVERAGE", weights: str = "imagenet", batchSize: int = 32,
         errorCol: str = "featurize_error", engine: str = "auto", precision: str = "fp32",
-        engineCol: str | None = None,
+        engineCol: str | None = None, weightsSha256: str | None = None,
     ) -> None:
         super().__init__()
         self._udf_cache: tuple[tuple, Any] | None = None
@@ -186,7 +197,7 @@ class DeepImageFeaturizer(Transformer, _DeepImageFeaturizerParams, DefaultParams
         self, *, inputCol: str = "content", outputCol: str = "features", modelName: str = "ResNet50",
         scaleHint: str = "SCALE_AREA_AVERAGE", weights: str = "imagenet", batchSize: int = 32,
         errorCol: str = "featurize_error", engine: str = "auto", precision: str = "fp32",
-        engineCol: str | None = None,
+        engineCol: str | None = None, weightsSha256: str | None = None,
     ) -> DeepImageFeaturizer:
         return self._set(**self._input_kwargs)
 
@@ -204,6 +215,9 @@ class DeepImageFeaturizer(Transformer, _DeepImageFeaturizerParams, DefaultParams
 
     def setWeights(self, value: str) -> DeepImageFeaturizer:
         return self._set(weights=value)
+
+    def setWeightsSha256(self, value: str) -> DeepImageFeaturizer:
+        return self._set(weightsSha256=value)
 
     def setBatchSize(self, value: int) -> DeepImageFeaturizer:
         return self._set(batchSize=value)
@@ -260,11 +274,14 @@ class DeepImageFeaturizer(Transformer, _DeepImageFeaturizerParams, DefaultParams
         key = (
             self.getModelName().lower(), self.getWeights(), self.getBatchSize(), kind,
             spark.sparkContext.applicationId, str(weights_cache_dir()), id(self._progress),
-            self.getEngine(), self._requested_precision(),
+            self.getEngine(), self._requested_precision(), self.getWeightsSha256(),
         )
         if self._udf_cache is not None and self._udf_cache[0] == key:
             return self._udf_cache[1]
         resolved = resolve_weights(self.getModelName(), self.getWeights(), spark=spark)
+        pinned = self.getWeightsSha256()
+        if pinned:
+            check_pinned(resolved, pinned)
         ship_name = ship_weights(spark, resolved)
         udf = make_featurize_udf(
             resolved.backbone, ship_name, kind, self.getBatchSize(),

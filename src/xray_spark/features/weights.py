@@ -15,7 +15,9 @@ into one verified local file; Spark ships it with `SparkContext.addFile`; execut
 - a path to a Keras weights file (`.h5`, `.hdf5`, `.weights.h5`, `.keras`): a local path (also Databricks'
   FUSE paths `/Volumes/...`, `/dbfs/...`), or a URI with a scheme (`dbfs:/`, `hdfs://`, `s3a://`,
   `abfss://`, `file:/`, ...) that is copied to a local temp file through the Hadoop FileSystem of the active
-  Spark session (so any scheme the cluster's Hadoop config can read works).
+  Spark session (so any scheme the cluster's Hadoop config can read works), or an MLflow artifact URI
+  (`runs:/`, `models:/`, `mlflow-artifacts:/`) downloaded through MLflow: how a registered model names the
+  weights it carries (see pinning.py).
 
 Cache dir: `$XRAY_SPARK_CACHE` if set (used as is), else `~/.cache/xray-spark/weights`.
 Base URL for downloads: `$XRAY_SPARK_WEIGHTS_BASE_URL` (e.g. an internal mirror), else Keras' bucket.
@@ -45,6 +47,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 WEIGHT_SUFFIXES = (".weights.h5", ".h5", ".hdf5", ".keras")
+MLFLOW_SCHEMES = ("runs:", "models:", "mlflow-artifacts:")
 _NONE = re.compile(r"^(none|random)(?::seed=(-?\d+))?$", re.IGNORECASE)
 _digest_memo: dict[tuple[str, str, int, int], str] = {}
 
@@ -267,6 +270,8 @@ def _local_copy(spec: str, root: Path, spark: SparkSession | None) -> Path:
         if not path.is_file():
             raise UserError(f"weights file not found: {path}")
         return path
+    if spec.startswith(MLFLOW_SCHEMES):
+        return _mlflow_copy(spec, name, root)
     if spark is None:
         from pyspark.sql import SparkSession  # lazy: URIs only; the serving process must not import pyspark
 
@@ -290,6 +295,28 @@ def _local_copy(spec: str, root: Path, spark: SparkSession | None) -> Path:
     except Exception as exc:  # Py4J wraps Hadoop's IOException; keep one readable line
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(f"cannot copy weights {spec} through Hadoop FS: {first}") from None
+    return dest
+
+
+def _mlflow_copy(spec: str, name: str, root: Path) -> Path:
+    """An MLflow artifact as a local file, downloaded once per machine (the URI names immutable content:
+    `train` logs weights under their tensor digest, and the pin is checked after every resolve anyway)."""
+    dest = root / "mlflow" / hashlib.sha256(spec.encode()).hexdigest()[:16] / name
+    if dest.is_file():
+        return dest
+    import mlflow.artifacts  # lazy: only models that carry their weights need it
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=dest.parent, prefix=".download-") as tmp:
+        try:
+            got = Path(mlflow.artifacts.download_artifacts(artifact_uri=spec, dst_path=tmp))
+        except Exception as exc:  # MlflowException, network errors: one readable line
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise UserError(f"cannot download weights {spec} from MLflow: {first}") from None
+        if not got.is_file():
+            raise UserError(f"weights {spec} is not a file in MLflow")
+        os.replace(got, dest)
+    log.info("downloaded weights %s", spec)
     return dest
 
 

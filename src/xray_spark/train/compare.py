@@ -155,10 +155,13 @@ def _decode_label(task: Task) -> IndexToString:
     return IndexToString(inputCol="prediction", outputCol="predicted_label", labels=list(task.labels))
 
 
-def full_pipeline(backbone: str, weights: str, head_model: Any, task: Task) -> PipelineModel:
-    """decode -> featurize -> head -> label decode: the one model MLflow stores and scoring loads."""
+def full_pipeline(backbone: str, weights: str, head_model: Any, task: Task,
+                  weights_sha256: str | None = None) -> PipelineModel:
+    """decode -> featurize -> head -> label decode: the one model MLflow stores and scoring loads.
+
+    `weights_sha256` pins the featurizer to the tensors the head was trained on (features/pinning.py)."""
     featurizer = DeepImageFeaturizer(inputCol="content", outputCol="features", modelName=backbone,
-                                     weights=weights)
+                                     weights=weights, weightsSha256=weights_sha256)
     return PipelineModel(stages=[featurizer, head_model, _decode_label(task)])
 
 

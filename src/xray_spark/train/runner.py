@@ -29,6 +29,7 @@ from xray_spark.config import Config
 from xray_spark.data.images import image_contents, load_or_ingest, ok_keys
 from xray_spark.evaluate import held_out_split, loso_plan, side_by_side_md
 from xray_spark.features.cache import featurize_to_cache
+from xray_spark.features.pinning import weights_sha256
 from xray_spark.features.weights import resolve_weights
 from xray_spark.serving.mlflow_model import log_serving_model, serving_name
 from xray_spark.tracking import (
@@ -132,6 +133,8 @@ class _Tracker:
         self.heads: dict[tuple[str, str, str], tuple[Any, str]] = {}
         # (task, backbone, head) -> source -> metrics, when the test split holds 2+ sources
         self.per_source: dict[tuple[str, str, str], dict[str, dict[str, float]]] = {}
+        # backbone -> (URI of the weights file this run carries, tensor sha256): what every model pins
+        self.pins: dict[str, tuple[str, str]] = {}
         self.lock = threading.Lock()
 
     def log(self, res: ComboResult) -> None:
@@ -152,6 +155,7 @@ class _Tracker:
                 "task": task.name, "labels": ",".join(task.labels), "backbone": fs.backbone, "head": res.head,
                 "weights": self.spec.weights if fs.kind == IMAGE else "n/a",
                 "weights_fingerprint": fs.fingerprint,
+                **({"weights_sha256": self.pins[fs.backbone][1]} if fs.kind == IMAGE else {}),
                 "split_hash": self.summary["split"]["hash"], "split_seed": self.cfg.split.seed,
                 "dataset_manifest_hash": self.summary.get("manifest_hash", ""),
                 "class_weights": self.cfg.train.class_weights, "n_train": res.n_train,
@@ -166,8 +170,9 @@ class _Tracker:
             mlflow.log_text(pd.DataFrame(res.confusion, index=task.labels, columns=task.labels).to_csv(),
                             "confusion.csv")
             if fs.kind == IMAGE:
+                weights_uri, sha = self.pins[fs.backbone]
                 info = mlflow.spark.log_model(
-                    full_pipeline(fs.backbone, self.spec.weights, res.fit.model, task), "model",
+                    full_pipeline(fs.backbone, weights_uri, res.fit.model, task, sha), "model",
                     signature=_signature(), pip_requirements=_pip_requirements(),
                 )
                 self.model_uris[(task.name, fs.backbone, res.head)] = info.model_uri
@@ -187,6 +192,21 @@ class _Tracker:
                  for i, name in enumerate(names)}
         return sorted(self.rows, key=lambda r: (order[r["task"]], r["kind"] != IMAGE,
                                                 order.get(r["backbone"], 0), order[r["head"]]))
+
+
+def _carry_weights(spark: SparkSession, backbone: str, weights: str) -> tuple[str, str]:
+    """Log the backbone's weights file once in the parent run, under its tensor digest, and return (its
+    artifact URI, the digest): every model of this run names that copy and pins the digest, so a registered
+    model scores on a cluster that never saw this machine's weights cache, and never with other weights."""
+    import mlflow  # lazy: a slow import that argument checks skip
+
+    resolved = resolve_weights(backbone, weights, spark=spark)
+    sha = weights_sha256(resolved)
+    folder = f"weights/{backbone}/{sha}"
+    mlflow.log_artifact(str(resolved.local_path), folder)
+    uri = mlflow.get_artifact_uri(f"{folder}/{resolved.local_path.name}")
+    log.info("%s weights %s: tensors sha256 %s, carried as %s", backbone, weights, sha[:16], uri)
+    return uri, sha
 
 
 def _run_combinations(features: FeatureSet, heads: list[str], cfg: Config,
@@ -268,6 +288,7 @@ def run_training(spark: SparkSession, cfg: Config, spec: TrainSpec) -> TrainResu
             if failed:
                 log.warning("%s: %d images could not be featurized; they are left out of training",
                             backbone, failed)
+            tracker.pins[backbone] = _carry_weights(spark, backbone, spec.weights)
             features, frame = _image_features(spark, labels, feats, tasks, cfg, backbone, fingerprint,
                                               seconds[f"featurize_{backbone}"])
             t1 = time.time()
@@ -398,11 +419,12 @@ def _log_champion_serving(spark: SparkSession, tracker: _Tracker, champions: dic
     for task, champ in champions.items():
         head_model, run_id = tracker.heads[(task, champ["backbone"], champ["head"])]
         weights = resolve_weights(champ["backbone"], spec.weights, spark=spark).local_path
+        weights_uri, sha = tracker.pins[champ["backbone"]]
         as_good = baseline_matches(table, task, metric)
         meta = {"task": task, "model_name": champ["name"], "model_version": champ["version"],
                 "model_uri": champ["uri"], "baseline_as_good": as_good,
                 "baseline_sentence": baseline_comparison(table, task, metric) if as_good else None}
-        pipeline = full_pipeline(champ["backbone"], spec.weights, head_model, get_task(task))
+        pipeline = full_pipeline(champ["backbone"], weights_uri, head_model, get_task(task), sha)
         with mlflow.start_run(run_id=run_id, nested=True):
             uri = log_serving_model(pipeline, weights, meta)
         link_model(champ["name"], champ["version"], SERVING_TAG, uri)
