@@ -8,8 +8,10 @@ subprocess for the kill test.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -28,7 +30,7 @@ from xray_spark.scoring.lease import LeaseHeld
 from xray_spark.scoring.model import ModelRef, resolve_model
 from xray_spark.scoring.plan import plan_run
 from xray_spark.scoring.run import default_chunk_size
-from xray_spark.scoring.store import LEDGER_SCHEMA, OutputStore
+from xray_spark.scoring.store import LEDGER_SCHEMA, OutputStore, latest_rows
 
 CLASSES = ("covid", "no_findings", "pneumonia")
 
@@ -397,6 +399,73 @@ def test_file_names_are_kept_exactly_and_huge_files_are_never_read(spark, regist
     s = _score(spark, registered, src, out, capsys)  # the ledger matches every name: nothing is read again
     assert (s["files seen"], s["newly scored"], s["quarantined"],
             s["skipped as already scored"]) == (5, 0, 0, 5)
+
+
+def _undecodable_dicom() -> bytes:
+    """A DICOM whose transfer syntax (JPEG-LS, or another compressed one) has no installed decoder here."""
+    import numpy as np
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.encaps import encapsulate
+    from pydicom.pixels import get_decoder
+    from pydicom.uid import HTJ2KLossless, JPEGLosslessSV1, JPEGLSLossless, SecondaryCaptureImageStorage
+
+    syntax = next((u for u in (JPEGLSLossless, JPEGLosslessSV1, HTJ2KLossless)
+                   if not get_decoder(u).is_available), None)
+    if syntax is None:
+        pytest.skip("every compressed transfer syntax has a decoder here")
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = "1.2.3.4"
+    meta.TransferSyntaxUID = syntax
+    ds = FileDataset(None, {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = SecondaryCaptureImageStorage, "1.2.3.4", "DX"
+    ds.Rows = ds.Columns = 64
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.PixelData = encapsulate([b"\xff\xd8" + np.arange(256, dtype=np.uint8).tobytes() + b"\xff\xd9"])
+    ds["PixelData"].VR = "OB"
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+def test_undecodable_file_is_rescored_once_the_decoder_stack_changes(spark, registered, ozturk_dir, tmp_path,
+                                                                     capsys, monkeypatch):
+    import xray_spark.scoring.store as store_module
+
+    src, out = tmp_path / "in", tmp_path / "out"
+    images = _copy(_images(ozturk_dir, 1, skip=60), src)
+    (src / "scan.dcm").write_bytes(_undecodable_dicom())
+    (src / "notes.jpg").write_bytes(b"not an image\n" * 100)  # the file's own fault: final under any decoder
+    monkeypatch.setattr(store_module, "decoder_signature", lambda: "pydicom=3;no JPEG-LS plugin")
+    s = _score(spark, registered, src, out, capsys)
+    assert (s["files seen"], s["newly scored"], s["quarantined"]) == (5, 3, 2)
+    rows = _read_output(spark, out).set_index("path")
+    dcm = rows.loc[f"file:{src / 'scan.dcm'}"]
+    assert dcm["status"] == "quarantined" and dcm["reason"].startswith("dicom_unsupported: no decoder")
+    assert dcm["engine"] is None  # no features were made, so no engine made them
+    assert set(rows["decoder"]) == {"pydicom=3;no JPEG-LS plugin"}
+    ok = rows[rows["status"] == "ok"]
+    assert len(ok) == len(images) and ok["engine"].map(lambda e: bool(re.fullmatch(
+        r"(keras|openvino):(fp32|bf16)", str(e)))).all(), ok["engine"]
+    assert _score(spark, registered, src, out, capsys)["skipped as already scored"] == 5  # same decoders
+    before = _part_files(out)
+
+    monkeypatch.setattr(store_module, "decoder_signature", lambda: "pydicom=3;pillow-jpls=1.3")  # a plugin
+    s = _score(spark, registered, src, out, capsys)
+    assert (s["newly scored"], s["quarantined"], s["skipped as already scored"]) == (0, 1, 4)
+    new = [f for f in _part_files(out) if f not in before]
+    assert len(new) == 1
+    retried = spark.read.parquet(str(new[0])).toPandas()
+    assert list(retried["path"]) == [f"file:{src / 'scan.dcm'}"]  # exactly that file, nothing else
+    assert list(retried["decoder"]) == ["pydicom=3;pillow-jpls=1.3"]
+    both = _read_output(spark, out)
+    assert len(both) == 6  # the earlier quarantine row stays in its committed chunk ...
+    current = latest_rows(spark.read.parquet(str(out))).toPandas()
+    assert len(current) == 5 and current["sha256"].is_unique  # ... and readers take the newest per image
+    assert current.set_index("path").loc[f"file:{src / 'scan.dcm'}", "decoder"] == "pydicom=3;pillow-jpls=1.3"
+    s = _score(spark, registered, src, out, capsys)  # tried under these decoders: done until they change
+    assert (s["newly scored"], s["quarantined"], s["skipped as already scored"]) == (0, 0, 5)
 
 
 def _cli(args: list[str], registered, cwd: Path, env: dict[str, str] | None = None,

@@ -1,7 +1,7 @@
 """One way to build the SparkSession, shared by the CLI, spark-submit jobs and notebooks.
 
 Why one helper: Spark settings that matter for the featurizer (Arrow batch size, Python worker reuse,
-TensorFlow thread caps) must be the same wherever the pipeline runs.
+TensorFlow thread caps, task retries in local mode) must be the same wherever the pipeline runs.
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import sys
 from collections.abc import Sequence
 
@@ -46,6 +47,24 @@ def parse_conf_pairs(pairs: Sequence[str]) -> dict[str, str]:
 
 
 
+_LOCAL_MASTER = re.compile(r"^local(?:\[\s*(\*|\d+)\s*\])?$")
+DEFAULT_TASK_RETRIES = 4  # Spark's own spark.task.maxFailures default on clusters
+
+
+def with_task_retries(master: str, max_failures: str | None = None) -> str:
+    """`local`, `local[N]`, `local[*]` -> `local[N,F]`: in local mode Spark ignores spark.task.maxFailures
+    and never retries a failed task (F is 1), so one executor fault (a MemoryError, a lost file) would fail
+    the whole job. F is spark.task.maxFailures when given, else 4 like on a cluster. Masters that already
+    say F (`local[2,1]` turns retries off), cluster masters and `local-cluster[...]` are returned as they
+    are."""
+    m = _LOCAL_MASTER.match(master.strip())
+    if m is None:
+        return master
+    failures = (max_failures or "").strip()
+    failures = failures if failures.isdigit() and int(failures) > 0 else str(DEFAULT_TASK_RETRIES)
+    return f"local[{m.group(1) or 1},{failures}]"
+
+
 def _submitted_conf() -> dict[str, str]:
     """Settings spark-submit already passed to this driver (empty when Python started the JVM itself)."""
     if not os.environ.get("PYSPARK_GATEWAY_PORT"):
@@ -53,6 +72,13 @@ def _submitted_conf() -> dict[str, str]:
 
     SparkContext._ensure_initialized()
     return dict(SparkConf().getAll())
+
+
+def _winning(settings: dict[str, str], submitted: dict[str, str],
+             conf: dict[str, str] | None) -> dict[str, str]:
+    """The settings to apply: spark-submit --conf / spark-defaults.conf win over our config defaults,
+    explicit `conf` wins over both."""
+    return {k: v for k, v in settings.items() if k not in submitted or k in (conf or {})}
 
 
 def get_spark(
@@ -64,6 +90,8 @@ def get_spark(
     """Return the active session (spark-submit, Databricks, notebooks) or build one from config.
 
     Under spark-submit the master and confs given on its command line win; config only fills gaps.
+    A local master gets task retries (`local[2]` runs as `local[2,4]`, see `with_task_retries`), so a
+    task that fails for a reason other than its data is retried as it would be on a cluster.
     """
     settings = dict(cfg.spark.conf)
     settings.update(conf or {})
@@ -85,13 +113,15 @@ def get_spark(
         return active
     builder = SparkSession.builder.appName(app_name or cfg.spark.app_name)
     submitted = _submitted_conf()
-    if master:
-        builder = builder.master(master)
-    elif "spark.master" not in submitted and not os.environ.get("MASTER"):
-        builder = builder.master(cfg.spark.master)
-    for key, value in settings.items():
-        if key in submitted and key not in (conf or {}):
-            continue  # spark-submit --conf / spark-defaults.conf win over our config defaults
+    outside = submitted.get("spark.master") or os.environ.get("MASTER")  # spark-submit's, if any
+    chosen = master or outside or cfg.spark.master
+    applied = _winning(settings, submitted, conf)
+    retrying = with_task_retries(chosen, {**submitted, **applied}.get("spark.task.maxFailures"))
+    if master or not outside or retrying != chosen:
+        builder = builder.master(retrying)
+    if retrying != chosen:
+        log.debug("master %s runs as %s: failed tasks are retried in local mode too", chosen, retrying)
+    for key, value in applied.items():
         builder = builder.config(key, value)
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

@@ -53,6 +53,7 @@ silently with grey tails; ``decode_gray`` resets it (with a warning) if someone 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib
 import io
@@ -68,8 +69,8 @@ from xray_spark.data.pixels import REASONS, DecodeError, ImageInfo, luma, luma_o
 
 __all__ = [
     "DEFAULT_MAX_PIXELS", "REASONS", "DecodeError", "ImageInfo", "ImageRecord", "analyze",
-    "decode_for_model", "decode_gray", "image_struct_to_gray", "phash_hex", "pixel_sha256", "resize",
-    "stretch", "thumbnail", "to_rgb",
+    "decode_for_model", "decode_gray", "decoder_signature", "image_struct_to_gray", "phash_hex",
+    "pixel_sha256", "resize", "stretch", "thumbnail", "to_rgb",
 ]
 
 log = logging.getLogger(__name__)
@@ -94,6 +95,33 @@ _UNSUPPORTED_MAGIC = (
     (b"\x00\x00\x00\x0cJXL ", "JPEG XL"), (b"\xff\x0a", "JPEG XL"), (b"DDS ", "DDS"), (b"qoif", "QOI"),
     (b"PK\x03\x04", "ZIP"), (b"\x1f\x8b", "gzip"), (b"\x76\x2f\x31\x01", "OpenEXR"), (b"#?RADIANCE", "HDR"),
 )
+
+
+# What decides which files decode: this package's rules, Pillow, pydicom and pydicom's pixel-data plugins.
+_DECODER_DISTRIBUTIONS = (
+    "xray-spark", "Pillow", "pydicom", "pylibjpeg", "pylibjpeg-libjpeg", "pylibjpeg-openjpeg",
+    "pylibjpeg-rle", "python-gdcm", "pyjpegls", "pillow-jpls",
+)
+
+
+@functools.cache
+def decoder_signature() -> str:
+    """The installed decoder stack, e.g. `xray-spark=0.1.0;Pillow=11.3.0;pydicom=3.0.1;pylibjpeg=2.0.1`.
+
+    Recorded on scoring rows so a file quarantined because no decoder could read it (`unsupported_format`,
+    `dicom_unsupported`) is tried again once this changes, e.g. after installing a JPEG-LS plugin.
+    Distributions that are not installed are left out. Cached: package versions do not change within a
+    process, and the lookups cost ~0.1 s.
+    """
+    from importlib import metadata  # lazy: only the scoring driver asks
+
+    found = []
+    for name in _DECODER_DISTRIBUTIONS:
+        try:
+            found.append(f"{name}={metadata.version(name)}")
+        except metadata.PackageNotFoundError:
+            continue
+    return ";".join(found)
 
 
 def _check_gray(gray: np.ndarray) -> np.ndarray:
@@ -350,7 +378,10 @@ def analyze(
     thumb_size: int = 128,
     patient_salt: str | None = None,
 ) -> ImageRecord:
-    """Decode once and summarise; never raises (bad input becomes status 'quarantined' + reason)."""
+    """Decode once and summarise: an image fault (DecodeError: the decoders turn every error they raise on
+    bad bytes into one) becomes status 'quarantined' + reason. Anything else — MemoryError, a missing
+    library, a bug — is not the image's fault and propagates, so the Spark task fails and is retried instead
+    of leaving a permanent quarantine row for a good file."""
     try:
         gray, info = decode_gray(data, max_pixels=max_pixels, patient_salt=patient_salt)
         return ImageRecord(
@@ -364,6 +395,3 @@ def analyze(
         return ImageRecord(
             "quarantined", str(e), i.format, i.mode, i.width, i.height, i.bit_depth, patient_ref=i.patient_ref
         )
-    except Exception as e:  # ingest must never crash on one file
-        log.warning("unexpected decode failure: %s: %s", type(e).__name__, e)
-        return ImageRecord("quarantined", f"decode_failed: {type(e).__name__}: {e}")

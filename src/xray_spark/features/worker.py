@@ -94,16 +94,18 @@ class WorkerFeaturizer:
         return self.engine(images)
 
     def _run(self, n: int, decode_one) -> dict[str, np.ndarray]:
+        """Only a DecodeError (the image's own fault) becomes a row error, which scoring commits as that
+        image's permanent `quarantined` row. Anything else (MemoryError, a lost file system, a bug) is the
+        executor's fault, not the image's: it propagates, the Spark task fails and Spark retries it. The
+        decoders turn every error the bytes can cause into DecodeError (decode.py, dicom.py)."""
         size = self.backbone.input_size
         batch = np.empty((n, size, size, 3), dtype=np.uint8)
         errors = np.full(n, None, dtype=object)
         for i in range(n):
             try:
                 batch[i] = decode_one(i)
-            except DecodeError as exc:
+            except DecodeError as exc:  # bad input never fails the task: report it on the row
                 errors[i] = str(exc)
-            except Exception as exc:  # bad input never fails the task: report it on the row
-                errors[i] = f"decode_failed: {type(exc).__name__}: {exc}"
         feats = np.full((n, self.backbone.feature_dim), np.nan, dtype=np.float32)
         ok = np.array([e is None for e in errors], dtype=bool)
         if ok.any():

@@ -5,6 +5,12 @@ the featurizer once and persist that (without the image bytes), set aside rows w
 `quarantined` (reason from the featurizer's error column), run the head on the rest, and commit the union
 as one Parquet file (see store.py). Each committed chunk is final: a crash loses at most the chunk in flight,
 and the next run scores exactly what is missing.
+
+Only the image's own faults (decode.py's reason codes) become `quarantined` rows: any other executor fault
+(MemoryError, I/O) fails the task, which Spark retries (worker.py; session.py gives local masters retries).
+Rows record `engine`, what made the features (`openvino:bf16`, `keras:fp32`; null when quarantined), and
+`decoder`, the decoder stack that read the file, which lets a later run rescore files no decoder could read
+(store.py).
 """
 
 from __future__ import annotations
@@ -86,12 +92,30 @@ class ScoreSummary:
         return out
 
 
+ENGINE_COL = "__xray_engine"  # the featurizer's engineCol while scoring, when the model did not set one
+
+
 def _output_columns(pipe: ScoringPipeline) -> list[str]:
     return ["path", "sha256", "status", "reason", "predicted_label", *pipe.prob_columns(), "probability",
-            "model_name", "model_version", "model_uri", "scored_at", "file_size", "modified_at"]
+            "model_name", "model_version", "model_uri", "engine", "decoder", "scored_at", "file_size",
+            "modified_at"]
 
 
-def _ok_rows(pipe: ScoringPipeline, scored: DataFrame) -> DataFrame:
+def record_engine(pipe: ScoringPipeline) -> str | None:
+    """Make the featurizer stage report the engine that made each row's features (e.g. `openvino:bf16`):
+    its own `engineCol` if the model set one, else a private column. None when the stage has no such Param
+    (a custom featurizer): rows then say nothing about the engine. The stage belongs to this run's loaded
+    model only, so setting the Param changes nothing persisted."""
+    feat = pipe.featurize.stages[-1]
+    if not feat.hasParam("engineCol"):
+        return None
+    param = feat.getParam("engineCol")
+    if not feat.isDefined(param) or not feat.getOrDefault(param):
+        feat.set(param, ENGINE_COL)
+    return feat.getOrDefault(param)
+
+
+def _ok_rows(pipe: ScoringPipeline, scored: DataFrame, engine_col: str | None) -> DataFrame:
     cols = [F.col(pipe.label_col).cast("string").alias("predicted_label")]
     if pipe.probability_col and pipe.probability_col in scored.columns:
         arr = vector_to_array(F.col(pipe.probability_col), "float64")
@@ -101,8 +125,10 @@ def _ok_rows(pipe: ScoringPipeline, scored: DataFrame) -> DataFrame:
     else:  # LinearSVC / OneVsRest heads: no probabilities, same schema
         cols += [F.lit(None).cast("double").alias(name) for name in pipe.prob_columns()]
         cols.append(F.lit(None).cast("map<string,double>").alias("probability"))
+    engine = F.col(engine_col) if engine_col else F.lit(None)
     return scored.select("path", "sha256", "file_size", "modified_at", F.lit("ok").alias("status"),
-                         F.lit(None).cast("string").alias("reason"), *cols)
+                         F.lit(None).cast("string").alias("reason"), *cols,
+                         engine.cast("string").alias("engine"))
 
 
 def _quarantine_rows(pipe: ScoringPipeline, df: DataFrame, reason: Callable) -> DataFrame:
@@ -111,13 +137,16 @@ def _quarantine_rows(pipe: ScoringPipeline, df: DataFrame, reason: Callable) -> 
         reason().cast("string").alias("reason"), F.lit(None).cast("string").alias("predicted_label"),
         *[F.lit(None).cast("double").alias(n) for n in pipe.prob_columns()],
         F.lit(None).cast("map<string,double>").alias("probability"),
+        F.lit(None).cast("string").alias("engine"),  # no features were made
     )
 
 
-def _stamp(pipe: ScoringPipeline, df: DataFrame, ref: ModelRef, scored_at: datetime) -> DataFrame:
+def _stamp(pipe: ScoringPipeline, df: DataFrame, store: OutputStore, scored_at: datetime) -> DataFrame:
+    ref = store.ref
     df = df.select(
         "*", F.lit(ref.name).alias("model_name"), F.lit(ref.version).alias("model_version"),
-        F.lit(ref.uri).alias("model_uri"), F.lit(scored_at).cast("timestamp").alias("scored_at"),
+        F.lit(ref.uri).alias("model_uri"), F.lit(store.decoder).alias("decoder"),
+        F.lit(scored_at).cast("timestamp").alias("scored_at"),
     )
     return df.select(*_output_columns(pipe))
 
@@ -131,13 +160,12 @@ def _commit_too_large(spark: SparkSession, pipe: ScoringPipeline, store: OutputS
     df = spark.createDataFrame(rows,
                                "path string, sha256 string, file_size long, modified_at timestamp, r string")
     scored_at = datetime.now(timezone.utc)
-    store.commit(_stamp(pipe, _quarantine_rows(pipe, df, lambda: F.col("r")), store.ref, scored_at),
-                 scored_at)
+    store.commit(_stamp(pipe, _quarantine_rows(pipe, df, lambda: F.col("r")), store, scored_at), scored_at)
     return len(rows)
 
 
 def score_chunk(spark: SparkSession, pipe: ScoringPipeline, store: OutputStore,
-                chunk: list[Candidate]) -> tuple[int, int]:
+                chunk: list[Candidate], engine_col: str | None = None) -> tuple[int, int]:
     """Score one chunk and commit it; returns (ok, quarantined). Rows whose bytes changed are left out.
 
     One Spark job does the work: the featurized rows are persisted (without the image bytes) and both
@@ -160,10 +188,10 @@ def score_chunk(spark: SparkSession, pipe: ScoringPipeline, store: OutputStore,
     feats = pipe.featurize_frame(current).drop(pipe.input_col).persist(StorageLevel.MEMORY_AND_DISK)
     try:
         scored_at = datetime.now(timezone.utc)
-        good = _ok_rows(pipe, pipe.score_frame(feats.where(F.col(pipe.features_col).isNotNull())))
+        good = _ok_rows(pipe, pipe.score_frame(feats.where(F.col(pipe.features_col).isNotNull())), engine_col)
         reason = lambda: F.coalesce(F.col(pipe.error_col), F.lit("no_features"))  # noqa: E731
         bad = _quarantine_rows(pipe, feats.where(F.col(pipe.features_col).isNull()), reason)
-        rows = _stamp(pipe, good.unionByName(bad), store.ref, scored_at)
+        rows = _stamp(pipe, good.unionByName(bad), store, scored_at)
         staged = store.stage(rows.repartition(1))
         # counts read back from the staged file (an Observation here broke later Python UDF jobs on the
         # same session in Spark 4.0: "Task not serializable: ObservationManager")
@@ -221,6 +249,7 @@ def score_folder(spark: SparkSession, cfg: Config, ref: ModelRef, *, input_dir: 
                     ledger.unpersist()
                 model = loading.result()
             pipe = split_pipeline(model, featurizer_cls or featurizer_class(), ref.uri)
+            engine_col = record_engine(pipe)
             log.debug("model loaded and run planned in %.1fs", time.time() - t0)
             summary.files_seen = plan.files_seen
             summary.skipped = plan.known_by_path + plan.known_by_content
@@ -233,7 +262,7 @@ def score_folder(spark: SparkSession, cfg: Config, ref: ModelRef, *, input_dir: 
             done = 0
             for i, chunk in enumerate(parts, 1):
                 tc = time.time()
-                n_ok, n_bad = score_chunk(spark, pipe, store, chunk)
+                n_ok, n_bad = score_chunk(spark, pipe, store, chunk, engine_col)
                 summary.newly_scored += n_ok
                 summary.quarantined += n_bad
                 summary.retry_later += len(chunk) - n_ok - n_bad

@@ -14,6 +14,15 @@ own `_tmp` folder. There is no second bookkeeping file that could disagree with 
 Overlapping runs of one model into one output are kept apart by the lease: a run commits only while it
 holds the lease (checked right before each rename), and only the lease holder deletes `_tmp` folders of
 other runs, which are then dead or past their lease and can no longer commit.
+
+Every row records `decoder`, the decoder stack that read it (`decode.decoder_signature()`: this package,
+Pillow, pydicom and its pixel-data plugins). A file quarantined because no decoder could read it
+(`RETRYABLE_REASONS`: `unsupported_format`, `dicom_unsupported`) counts as done only while that signature is
+unchanged; after e.g. installing a JPEG-LS plugin the next run scores it again and commits a NEW row. The
+earlier quarantine row stays in its chunk (committed files are never rewritten: that would be a second,
+non-atomic commit), so an image can have more than one row per model: the newest `scored_at` is current
+(`latest_rows` gives readers that view). Any other quarantine reason is the file's own fault and final. The
+signature is the driver's: driver and executors are expected to share one environment (same image/venv).
 """
 
 from __future__ import annotations
@@ -26,9 +35,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pyspark.sql import Window
 from pyspark.sql import functions as F
 
 from xray_spark import paths
+from xray_spark.data.decode import decoder_signature
 from xray_spark.errors import UserError
 from xray_spark.scoring.lease import Lease
 from xray_spark.scoring.plan import listed_on_driver
@@ -48,6 +59,10 @@ LEDGER_SCHEMA = (
     "file_size long, modified_at timestamp, score_date string"
 )
 LEDGER_COLUMNS = ("path", "sha256", "file_size", "modified_at")
+# read with the ledger: files written before `decoder` existed read it as null (-> retried once if retryable)
+_OUTCOME_SCHEMA = "status string, reason string, decoder string"
+# quarantine reasons that say "no installed decoder reads this", not "these bytes are broken"
+RETRYABLE_REASONS = ("unsupported_format", "dicom_unsupported")
 # publish() names each chunk `part-<file_key>-<uuid4 hex>.parquet`; this glob matches exactly that id
 _CHUNK_ID_GLOB = "[0-9a-f]" * 32
 
@@ -67,6 +82,7 @@ class OutputStore:
         self.run_id = f"{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
         self.run_tmp = paths.join(self.tmp_root, self.run_id)
         self.lease: Lease | None = None
+        self.decoder = decoder_signature()  # stamped on every row (run.py) and compared by ledger()
 
     # -------------------------------------------------------------------------------------------- lifecycle
 
@@ -122,6 +138,8 @@ class OutputStore:
     def ledger(self) -> DataFrame:
         """What this model already scored: path, sha256, file_size, modified_at (one row per scored file).
 
+        Rows quarantined for a reason in RETRYABLE_REASONS under another decoder signature are left out, so
+        the plan treats those files as new (see the module docstring).
         Reads only this model's chunk files, never those of other models and versions sharing the output, so
         a run costs what this model has scored plus what is new. The glob is resolved here rather than by
         Spark: no files is an empty ledger (Spark fails on an empty glob), and Spark's streaming-metadata
@@ -132,12 +150,12 @@ class OutputStore:
         if not files:
             return self.spark.createDataFrame([], LEDGER_SCHEMA).select(*LEDGER_COLUMNS)
         with listed_on_driver(self.spark, files):
-            df = (self.spark.read.schema(LEDGER_SCHEMA).option("basePath", self.root)
+            df = (self.spark.read.schema(f"{LEDGER_SCHEMA}, {_OUTCOME_SCHEMA}").option("basePath", self.root)
                   .parquet(*[paths.glob_escape(f) for f in files]))
         # pushed-down guard for model names that file_key() makes alike (`a b` and `a_b` both give `a_b`)
         for col, value in self.ref.ledger_key().items():
             df = df.where(F.col(col) == F.lit(value))
-        return df.select(*LEDGER_COLUMNS)
+        return df.where(~F.coalesce(retry_under(self.decoder), F.lit(False))).select(*LEDGER_COLUMNS)
 
     # ----------------------------------------------------------------------------------------------- commit
 
@@ -175,3 +193,20 @@ class OutputStore:
         final = self.publish(staged, scored_at)
         log.debug("committed %s in %.1fs", final, time.time() - t0)
         return final
+
+
+def retry_under(decoder: str):
+    """True for rows that a run with decoder signature `decoder` must score again: quarantined because no
+    decoder could read the file, by a different decoder stack (or one not recorded)."""
+    code = F.substring_index(F.col("reason"), ":", 1)
+    return ((F.col("status") == "quarantined") & code.isin(*RETRYABLE_REASONS)
+            & ~F.col("decoder").eqNullSafe(F.lit(decoder)))
+
+
+def latest_rows(rows: DataFrame) -> DataFrame:
+    """The current row per model and image: the newest `scored_at` (a rescored file has an older quarantine
+    row too; see the module docstring). An image is its sha256, or its path where no bytes were read."""
+    image = F.coalesce(F.col("sha256"), F.col("path"))
+    newest = Window.partitionBy("model_name", "model_version", "model_uri", image).orderBy(
+        F.col("scored_at").desc())
+    return rows.withColumn("__n", F.row_number().over(newest)).where(F.col("__n") == 1).drop("__n")
