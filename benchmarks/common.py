@@ -20,6 +20,33 @@ def setup_logging(noisy: Iterable[str] = ()) -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
+CPU_FLAGS_SHOWN = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
+
+
+def cpu_line() -> str:
+    """One line naming the CPU, its cores and whether bf16 is native, printed by every benchmark.
+
+    Why: engine ratios depend on the CPU (AMX / AVX512-BF16 or neither); a figure without it cannot be
+    compared, and where bf16 is not native OpenVINO's bf16 hint runs fp32, which the line says plainly.
+    """
+    from xray_spark.features.engines import cpu_flags, has_native_bf16
+
+    model = "unknown"
+    info = Path("/proc/cpuinfo")
+    for line in (info.read_text(errors="replace") if info.exists() else "").splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "model name":
+            model = value.strip()
+            break
+    flags = cpu_flags()
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    shown = " ".join(f"{f}={'yes' if f in flags else 'no'}" for f in CPU_FLAGS_SHOWN)
+    native = has_native_bf16(flags)
+    note = "" if native else " (no AMX/AVX512-BF16: OpenVINO's bf16 hint runs as fp32 on this CPU)"
+    load = " ".join(f"{x:.1f}" for x in os.getloadavg())
+    return f"cpu={model!r} cores={cores} {shown} native_bf16={'yes' if native else 'no'}{note} load={load}"
+
+
 def tree_cpu_seconds() -> float | None:
     """CPU seconds used so far by this process and all its descendants (JVM, Python workers), from /proc.
 

@@ -1,6 +1,24 @@
-"""Featurizer throughput: DeepImageFeaturizer vs raw Keras vs the reference pandas-UDF recipe.
+"""Featurizer throughput per inference engine (default), or the featurizer vs raw Keras vs the pandas-UDF
+recipe (`--recipes`).
 
-Same images, same process, every variant warmed up once, then timed:
+Default section — engines. For each backbone and engine (Keras fp32, OpenVINO fp32, OpenVINO bf16), side by
+side in one run on the same images (weights none: same compute as ImageNet weights):
+  bare   the engine in this process on already-decoded uint8 arrays (preprocess_input included), batches of
+         --batch-size, threads = the cores Spark uses (TensorFlow intra-op / OpenVINO INFERENCE_NUM_THREADS);
+  spark  DeepImageFeaturizer(engine=..., precision=...) from file bytes (binaryFile folder) in Spark
+         local[cores]: one thread per Python worker, decode included.
+Every variant is warmed up (models loaded, IR converted and cached), then `--repeat` interleaved rounds run,
+the fastest kept. Per line: `img_per_s=` (bare), `ratio_vs_keras_fp32=` (bare, vs bare Keras fp32),
+`cosine_min=` (per-image cosine vs bare Keras fp32 features, the worst image), `label_agreement=` (a
+logistic regression fitted on Keras fp32 features of every other image with its class-folder label, then
+applied to the rest from each engine's features: the share of predicted labels equal to Keras fp32's; goal
+>= 0.99), `spark_img_per_s=`, `spark_over_bare=` (featurizer img/s over the same engine's bare img/s, goal
+>= 0.9), and `ran=`: the engine label the Spark workers reported. The first line names the CPU and whether
+it has native bf16: where it does not, OpenVINO runs the bf16 hint as fp32 and the bf16 lines say so.
+
+    python benchmarks/featurize.py --data ../shared/data/ozturk --limit 256 --batch-size 32
+
+`--recipes` — same images, same process, every variant warmed up once, then timed:
   (a)  raw Keras on already-decoded uint8 arrays in this process (TF's default threads = all cores): the
        limit of this hardware as the brief defines it. `model.predict` and a `predict_on_batch` loop are
        both timed; the faster is (a).
@@ -11,14 +29,14 @@ Same images, same process, every variant warmed up once, then timed:
        `model.predict`, returning float arrays.
   (c)  DeepImageFeaturizer end to end from file bytes (binaryFile folder -> features) in Spark local[2].
   (c2) optional: the same worker code behind a plain iterator pandas UDF instead of predict_batch_udf.
-Optionally (--cache-dir) the feature cache: a first run and a second run over the same images.
+Optionally (--cache-dir) the feature cache: a first run and a second run over the same images. Last line
+per backbone: `ratio_vs_raw=<c/a> ratio_vs_pandas_udf=<c/b> ...` (images/s).
+
+    python benchmarks/featurize.py --recipes --data ../shared/data/ozturk --backbones ResNet50 --limit 256
 
 Timing: after the warm-up, `--repeat R` rounds run every variant once each, interleaved, and the fastest
 round per variant is kept — on a shared machine, load changes by the minute, and interleaving exposes
-every variant to the same quiet and busy spells. Last line:
-`ratio_vs_raw=<c/a> ratio_vs_pandas_udf=<c/b> ...` (images/s).
-
-    python benchmarks/featurize.py --data ../shared/data/ozturk --backbone ResNet50 --limit 256 --repeat 3
+every variant to the same quiet and busy spells.
 """
 
 from __future__ import annotations
@@ -35,9 +53,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from common import setup_logging  # benchmarks/ is on sys.path when run as a script
+from common import cpu_line, setup_logging  # benchmarks/ is on sys.path when run as a script
 
 log = logging.getLogger("benchmarks.featurize")
+VARIANTS = (("keras", "fp32"), ("openvino", "fp32"), ("openvino", "bf16"))
 EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm", ".gif", ".webp"}
 
 
@@ -196,59 +215,156 @@ def cache_timings(spark, payloads: list[bytes], backbone: str, weights: str, bat
     return times[0], times[1]
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--data", required=True, type=Path)
-    p.add_argument("--backbone", default="ResNet50")
-    p.add_argument("--limit", type=int, default=128)
-    p.add_argument("--weights", default="none")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--partitions", type=int, default=0,
-                   help="input partitions (default: a multiple of the cores, <= 256 images each)")
-    p.add_argument("--repeat", type=int, default=1,
-                   help="interleaved timed rounds after the warm-up (best kept)")
-    p.add_argument("--master", default="local[2]")
-    p.add_argument("--conf", action="append", default=[], metavar="K=V", help="extra Spark conf, repeatable")
-    p.add_argument("--skip-reference", action="store_true", help="skip (b), the reference recipe")
-    p.add_argument("--skip-processes", action="store_true",
-                   help="skip (a2), raw Keras in one process per core")
-    p.add_argument("--iterator-variant", action="store_true", help="also time (c2), an iterator pandas UDF")
-    p.add_argument("--cache-dir",
-                   help="also time featurize_to_cache twice (first run, cached run) under this dir")
-    return p.parse_args(argv)
+def cosine_min(a: np.ndarray, b: np.ndarray) -> float:
+    return float(((a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))).min())
 
 
-def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
-    setup_logging()
+def label_head(feats: np.ndarray, labels: np.ndarray, train: np.ndarray):
+    """A small trained head (standardised logistic regression) on Keras fp32 features of the `train` rows.
 
-    from xray_spark.config import load_config
+    Why: cosine >= 0.999 per image does not by itself say a downstream decision is unchanged; a head's
+    labels agreeing on >= 99% of held-out images does (issue 10's parity goal).
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    return make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000)).fit(feats[train], labels[train])
+
+
+def bench_backbone(spark, name: str, files: list[Path], payloads: list[bytes], staged: Path, warm: Path,
+                   parts: int, cores: int, batch_size: int, rounds: int, native: bool) -> list[str]:
+    """Warm up, then time every variant bare and in Spark, interleaved; one output line per variant."""
+    from xray_spark.data.decode import decode_for_model
+    from xray_spark.features import engines
+    from xray_spark.features.backbones import get_backbone
+    from xray_spark.features.featurizer import DeepImageFeaturizer
+    from xray_spark.features.weights import resolve_weights, weights_cache_dir
+
+    bb = get_backbone(name)
+    resolved = resolve_weights(bb.name, "none", spark=spark)
+    x = np.stack([decode_for_model(b, bb.input_size) for b in payloads])
+    n = len(x)
+    bare: dict[tuple[str, str], engines.Engine] = {}
+    spark_fns: dict[tuple[str, str], Callable[[], None]] = {}
+    ran: dict[tuple[str, str], str] = {}
+    for engine, precision in VARIANTS:
+        bare[engine, precision] = engines.load_engine(
+            bb.name, str(resolved.local_path), engine=engine, precision=precision,
+            fingerprint=resolved.fingerprint, cache_dir=weights_cache_dir(), threads=cores)
+        bare[engine, precision](x[:batch_size])  # warm-up: the first inference allocates
+        feat = DeepImageFeaturizer(modelName=bb.name, weights="none", engine=engine, precision=precision,
+                                   batchSize=batch_size, engineCol="engine")
+        out = feat.transform(spark.read.format("binaryFile").load(str(warm)).repartition(cores))
+        # warm-up in Spark (every worker loads the model) and the label the workers report
+        labels = {r.engine for r in out.select("engine").distinct().collect()}
+        ran[engine, precision] = ",".join(sorted(labels))
+        spark_fns[engine, precision] = (
+            lambda f=feat: f.transform(spark.read.format("binaryFile").load(str(staged)).repartition(parts))
+            .write.format("noop").mode("overwrite").save())
+
+    best_bare = dict.fromkeys(VARIANTS, float("inf"))
+    best_spark = dict.fromkeys(VARIANTS, float("inf"))
+    feats: dict[tuple[str, str], np.ndarray] = {}
+    for r in range(rounds):
+        for v in VARIANTS:
+            t = time.perf_counter()
+            feats[v] = np.concatenate([bare[v](x[i:i + batch_size]) for i in range(0, n, batch_size)])
+            t_bare = time.perf_counter() - t
+            t = time.perf_counter()
+            spark_fns[v]()
+            t_spark = time.perf_counter() - t
+            best_bare[v], best_spark[v] = min(best_bare[v], t_bare), min(best_spark[v], t_spark)
+            log.info("round %d %s %s: bare %.1fs spark %.1fs (load %.2f)", r + 1, bb.name, v, t_bare, t_spark,
+                     os.getloadavg()[0])
+
+    classes = np.array([f.parent.name for f in files])  # the class folder is the label
+    train, test = np.arange(0, n, 2), np.arange(1, n, 2)  # the listing is sorted by class: both sides get all
+    reference = feats["keras", "fp32"]
+    head = label_head(reference, classes, train)
+    expected = head.predict(reference[test])
+    log.info("%s head: %d train / %d held-out images, accuracy vs folder labels %.3f", bb.name, len(train),
+             len(test), float((expected == classes[test]).mean()))
+    keras_ips = n / best_bare["keras", "fp32"]
+    lines = []
+    for v in VARIANTS:
+        ips, spark_ips = n / best_bare[v], n / best_spark[v]
+        same = int((head.predict(feats[v][test]) == expected).sum())
+        note = " bf16_not_native=ran_as_fp32" if v[1] == "bf16" and not native else ""
+        lines.append(
+            f"backbone={bb.name} engine={v[0]}:{v[1]} ran={ran[v]} bare_ran={bare[v].label} "
+            f"img_per_s={ips:.2f} ratio_vs_keras_fp32={ips / keras_ips:.3f} "
+            f"cosine_min={cosine_min(feats[v], reference):.6f} "
+            f"label_agreement={same / len(test):.4f} ({same}/{len(test)}) "
+            f"spark_img_per_s={spark_ips:.2f} spark_over_bare={spark_ips / ips:.3f}{note}")
+        log.info(lines[-1])
+    return lines
+
+
+def stage(files: list[Path], folder: Path) -> Path:
+    """Copy `files` flat into `folder`: a folder read, as real jobs do (a list of N explicit paths makes
+    Spark run a file-listing job per read)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, f in enumerate(files):
+        shutil.copyfile(f, folder / f"{i:05d}{f.suffix.lower()}")
+    return folder
+
+
+def run_engines(spark, args: argparse.Namespace, files: list[Path], payloads: list[bytes]) -> None:
+    """The default section: one line per backbone and engine (see the module docstring)."""
+    from xray_spark.features import engines
+    from xray_spark.features.cache import IMAGES_PER_TASK
+    from xray_spark.features.worker import configure_tf_threads
+    from xray_spark.spark_io import balanced_partitions
+
+    native = engines.has_native_bf16(engines.cpu_flags())
+    ov, error = engines.import_openvino()
+    caps = ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES") if ov else []
+    n = len(files)
+    cores = spark.sparkContext.defaultParallelism
+    configure_tf_threads(cores)  # before TensorFlow starts: the bare engines use the cores Spark uses
+    parts = balanced_partitions(n, cores, IMAGES_PER_TASK)
+    root = Path(tempfile.mkdtemp(prefix="bench-engines-"))
+    staged, warm = stage(files, root / "all"), stage(files[:2 * args.batch_size], root / "warm")
+    lines: list[str] = []
+    try:
+        for name in backbones(args):
+            lines += bench_backbone(spark, name, files, payloads, staged, warm, parts, cores, args.batch_size,
+                                    max(1, args.repeat), native)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+    print(f"\n{cpu_line()}")
+    print(f"cores_used={cores} openvino={ov.__version__ if ov else error} "
+          f"openvino_cpu_capabilities={','.join(caps)}")
+    print(f"images={n} batch={args.batch_size} partitions={parts} rounds={max(1, args.repeat)} weights=none "
+          f"load_now={os.getloadavg()[0]:.2f}")
+    if not native:
+        print("bf16 is NOT native on this CPU (no amx_bf16 / avx512_bf16): OpenVINO runs the bf16 hint as "
+              "fp32, so the openvino:bf16 lines below measure fp32 again and say nothing about bf16")
+    for line in lines:
+        print(line)
+
+
+def run_recipes(spark, args: argparse.Namespace, backbone: str, files: list[Path],
+                payloads: list[bytes]) -> None:
+    """`--recipes`: (a) raw Keras, (a2) raw processes, (b) the pandas-UDF recipe, (c) the featurizer."""
     from xray_spark.data.decode import decode_for_model
     from xray_spark.features.cache import IMAGES_PER_TASK
     from xray_spark.features.featurizer import DeepImageFeaturizer
     from xray_spark.features.weights import resolve_weights, ship_weights
-    from xray_spark.session import get_spark, parse_conf_pairs
     from xray_spark.spark_io import balanced_partitions
 
-    files = pick_files(args.data, args.limit)
-    payloads = [f.read_bytes() for f in files]
     n = len(files)
-    log.info("%d images, %.1f MB, load %.2f", n, sum(map(len, payloads)) / 1e6, os.getloadavg()[0])
-    spark = get_spark(load_config(), master=args.master, conf=parse_conf_pairs(args.conf),
-                      app_name="bench-featurize")
     cores = spark.sparkContext.defaultParallelism
     parts = args.partitions or balanced_partitions(n, cores, IMAGES_PER_TASK)
-    resolved = resolve_weights(args.backbone, args.weights, spark=spark)
+    resolved = resolve_weights(backbone, args.weights, spark=spark)
 
-    bb, model = raw_model(args.backbone, resolved.local_path)
+    bb, model = raw_model(backbone, resolved.local_path)
     t = time.perf_counter()
     x = np.stack([decode_for_model(b, bb.input_size) for b in payloads])
     decode_ips = n / (time.perf_counter() - t)
-
-    # read a folder, as real jobs do: a list of N explicit paths makes Spark run a file-listing job per read
-    staged = Path(tempfile.mkdtemp(prefix="bench-featurize-"))
-    for i, f in enumerate(files):
-        shutil.copyfile(f, staged / f"{i:05d}{f.suffix.lower()}")
+    staged = stage(files, Path(tempfile.mkdtemp(prefix="bench-featurize-")))
 
     def source():
         return spark.read.format("binaryFile").load(str(staged)).repartition(parts)
@@ -269,15 +385,15 @@ def main(argv: list[str] | None = None) -> None:
     }
     pool = None
     if not args.skip_processes:
-        pool = RawProcessPool(args.backbone, resolved.local_path, x, args.batch_size, cores)
+        pool = RawProcessPool(backbone, resolved.local_path, x, args.batch_size, cores)
         variants["a2"] = pool.run
     if not args.skip_reference:
-        ref = reference_pandas_udf(spark, args.backbone, resolved.local_path)
+        ref = reference_pandas_udf(spark, backbone, resolved.local_path)
         variants["b"] = spark_run(lambda: ref("content"))
-    featurizer = DeepImageFeaturizer(modelName=args.backbone, weights=args.weights, batchSize=args.batch_size)
+    featurizer = DeepImageFeaturizer(modelName=backbone, weights=args.weights, batchSize=args.batch_size)
     variants["c"] = lambda: featurizer.transform(source()).write.format("noop").mode("overwrite").save()
     if args.iterator_variant:
-        it_udf = iterator_udf_variant(args.backbone, ship_weights(spark, resolved), args.batch_size)
+        it_udf = iterator_udf_variant(backbone, ship_weights(spark, resolved), args.batch_size)
         variants["c2"] = spark_run(lambda: it_udf("content"))
 
     try:
@@ -293,13 +409,14 @@ def main(argv: list[str] | None = None) -> None:
 
     cache_line = ""
     if args.cache_dir:
-        first, second = cache_timings(spark, payloads, args.backbone, args.weights, args.batch_size,
+        first, second = cache_timings(spark, payloads, backbone, args.weights, args.batch_size,
                                       args.cache_dir)
         cache_line = (f" cache_first_s={first:.2f} cache_second_s={second:.2f} "
                       f"cache_speedup={first / second:.1f}")
 
     env = spark.sparkContext.environment
-    print(f"\nbackbone={args.backbone} images={n} batch={args.batch_size} partitions={parts} "
+    print(f"\n{cpu_line()}")
+    print(f"backbone={backbone} images={n} batch={args.batch_size} partitions={parts} "
           f"arrow_batch={spark.conf.get('spark.sql.execution.arrow.maxRecordsPerBatch')} "
           f"task_cpus={spark.conf.get('spark.task.cpus', '1')} "
           f"tf_threads_env={env.get('XRAY_SPARK_TF_THREADS') or env.get('TF_NUM_INTRAOP_THREADS')} "
@@ -318,6 +435,54 @@ def main(argv: list[str] | None = None) -> None:
     print(f"ratio_vs_raw={c / a:.3f} ratio_vs_pandas_udf={c / b:.3f} raw_ips={a:.2f} pandas_udf_ips={b:.2f} "
           f"featurizer_ips={c:.2f} ratio_vs_raw_processes={c / a2:.3f} raw_processes_ips={a2:.2f}"
           f"{cache_line}")
+
+
+def backbones(args: argparse.Namespace) -> list[str]:
+    return [b.strip() for b in args.backbones.split(",") if b.strip()]
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--data", required=True, type=Path)
+    p.add_argument("--backbones", default="ResNet50,InceptionV3", help="comma-separated")
+    p.add_argument("--limit", type=int, default=256)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--repeat", type=int, default=1,
+                   help="interleaved timed rounds after the warm-up (best kept)")
+    p.add_argument("--master", default="local[2]")
+    p.add_argument("--conf", action="append", default=[], metavar="K=V", help="extra Spark conf, repeatable")
+    p.add_argument("--recipes", action="store_true",
+                   help="instead of the engines: featurizer vs raw Keras vs the pandas-UDF recipe")
+    g = p.add_argument_group("--recipes only")
+    g.add_argument("--weights", default="none")
+    g.add_argument("--partitions", type=int, default=0,
+                   help="input partitions (default: a multiple of the cores, <= 256 images each)")
+    g.add_argument("--skip-reference", action="store_true", help="skip (b), the reference recipe")
+    g.add_argument("--skip-processes", action="store_true",
+                   help="skip (a2), raw Keras in one process per core")
+    g.add_argument("--iterator-variant", action="store_true", help="also time (c2), an iterator pandas UDF")
+    g.add_argument("--cache-dir",
+                   help="also time featurize_to_cache twice (first run, cached run) under this dir")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    setup_logging()
+
+    from xray_spark.config import load_config
+    from xray_spark.session import get_spark, parse_conf_pairs
+
+    files = pick_files(args.data, args.limit)
+    payloads = [f.read_bytes() for f in files]
+    log.info("%d images, %.1f MB, load %.2f", len(files), sum(map(len, payloads)) / 1e6, os.getloadavg()[0])
+    spark = get_spark(load_config(), master=args.master, conf=parse_conf_pairs(args.conf),
+                      app_name="bench-featurize")
+    if not args.recipes:
+        run_engines(spark, args, files, payloads)
+        return
+    for backbone in backbones(args):
+        run_recipes(spark, args, backbone, files, payloads)
 
 
 if __name__ == "__main__":

@@ -58,6 +58,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from common import cpu_line  # benchmarks/ is on sys.path when run as a script
 from PIL import Image
 
 log = logging.getLogger("benchmarks.scale")
@@ -618,21 +619,6 @@ def read_outcome(run: IngestRun, ds: DataSet) -> Outcome:
 
 
 # --------------------------------------------------------------------------- reporting
-
-
-def cpu_line() -> str:
-    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    model, flags = "unknown", set()
-    for line in info.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() == "model name" and model == "unknown":
-            model = value.strip()
-        elif key.strip() == "flags" and not flags:
-            flags = set(value.split())
-    amx = "yes" if any(f.startswith("amx") for f in flags) else "no"
-    bf16 = "yes" if "avx512_bf16" in flags else "no"
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return f"cpu={model} amx={amx} avx512_bf16={bf16} cores={cores}"
 
 
 def emit(key: str, value: object) -> None:

@@ -28,6 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+from common import cpu_line  # benchmarks/ is on sys.path when run as a script
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
@@ -37,20 +38,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def cpu_line() -> str:
-    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    lines = info.splitlines()
-    model = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")),
-                 "unknown CPU")
-    flags = next((set(line.split(":", 1)[1].split()) for line in info.splitlines()
-                  if line.startswith("flags")), set())
-    shown = [f for f in ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_tile")
-             if f in flags]
-    load = " ".join(f"{x:.1f}" for x in os.getloadavg())
-    bf16 = "" if {"avx512_bf16", "amx_bf16"} & flags else " (no native bf16: OpenVINO runs fp32)"
-    return f"cpu: {model}, {os.cpu_count()} cores, flags {' '.join(shown) or '-'}{bf16}; load average {load}"
 
 
 def make_bundle(folder: Path) -> Path:

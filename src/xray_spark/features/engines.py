@@ -1,7 +1,7 @@
 """Inference engines for the featurizer: one backbone + weights file -> a callable `images -> features`.
 
 Why: the Keras/TensorFlow fp32 model is the source of truth (weights, layer graph, ImageNet files), but
-OpenVINO runs the same graph 1.3-1.8x faster on this project's AVX2 CPU (benchmarks/engines.py), and bf16
+OpenVINO runs the same graph 1.3-1.8x faster on this project's AVX2 CPU (benchmarks/featurize.py), and bf16
 can be faster again on CPUs with native bf16 (AMX / AVX512-BF16; not measured here). So the Keras model is
 converted once per executor machine and cached there as OpenVINO IR; the driver never ships a second copy of
 the weights.
