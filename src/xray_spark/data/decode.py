@@ -59,6 +59,7 @@ import importlib
 import io
 import logging
 from dataclasses import dataclass
+from importlib import metadata
 
 import imagehash
 import numpy as np
@@ -113,8 +114,6 @@ def decoder_signature() -> str:
     Distributions that are not installed are left out. Cached: package versions do not change within a
     process, and the lookups cost ~0.1 s.
     """
-    from importlib import metadata  # lazy: only the scoring driver asks
-
     found = []
     for name in _DECODER_DISTRIBUTIONS:
         try:

@@ -22,6 +22,8 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from xray_spark.errors import UserError
 from xray_spark.features.backbones import get_backbone
 from xray_spark.features.weights import ResolvedWeights, file_digest, weights_cache_dir
@@ -34,8 +36,6 @@ log = logging.getLogger(__name__)
 
 def tensor_digest(model: keras.Model) -> str:
     """sha256 over every weight variable's dtype, shape and bytes, in the model's order."""
-    import numpy as np
-
     h = hashlib.sha256()
     for var in model.weights:
         arr = np.ascontiguousarray(np.asarray(var.numpy()))
