@@ -31,7 +31,8 @@ from xray_spark.errors import (
 from xray_spark.evaluate import evaluate_model
 from xray_spark.features.backbones import get_backbone
 from xray_spark.features.engines import ENGINES
-from xray_spark.features.run import featurize_folder
+from xray_spark.features.run import check_weights_arg, featurize_folder
+from xray_spark.finetune.runner import FinetuneSpec, run_finetune
 from xray_spark.logs import setup_logging
 from xray_spark.scoring.model import resolve_model
 from xray_spark.scoring.run import IMAGES_PER_TASK, WAVES_PER_CHUNK, score_command
@@ -42,7 +43,7 @@ from xray_spark.tracking import tracking_uri_for
 from xray_spark.train.options import resolve_train_options
 from xray_spark.train.report import format_reference_table
 from xray_spark.train.runner import TrainResult, run_training
-from xray_spark.train.tasks import get_task
+from xray_spark.train.tasks import TASKS, get_task
 
 log = logging.getLogger("xray_spark")
 
@@ -115,6 +116,21 @@ def _print_train_result(result: TrainResult) -> None:
         print(f"champion {task}: {champ['uri']} "
               f"(version {champ['version']}: {champ['backbone']} + {champ['head']})")
     print(f"MLflow: {result.tracking_uri}  (UI: mlflow ui --backend-store-uri {result.tracking_uri})")
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    get_backbone(args.backbone)  # every argument is checked (exit 2) before a JVM starts
+    check_data_args(args.data)
+    check_weights_arg(args.weights)
+    _check_local_out(args.out)
+    for name in ("epochs", "workers"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            raise UserError(f"--{name} must be 1 or more, got {getattr(args, name)}")
+    cfg, spark = _context(args)
+    spec = FinetuneSpec(data=args.data, backbone=args.backbone, task=args.task, weights=args.weights,
+                        out_dir=args.out, epochs=args.epochs, workers=args.workers)
+    print("\n".join(run_finetune(spark(), cfg, spec).lines()))
+    return 0
 
 
 def cmd_score(args: argparse.Namespace) -> int:
@@ -236,6 +252,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="leave-one-source-out: also refit each task's champion once per source, tested on "
                         "that source only (2+ sources: --data NAME=DIR repeated, or a manifest source "
                         "column)")
+
+    p = add("finetune", cmd_finetune, "fine-tune a backbone + new softmax head end to end, distributed over "
+            "Spark barrier tasks, with a checkpoint every epoch (a rerun resumes from it)")
+    p.add_argument("--data", required=True, metavar="DIR", help="image folder, or an ingest output folder")
+    p.add_argument("--backbone", required=True, metavar="NAME", help="e.g. ResNet50, InceptionV3, VGG16")
+    p.add_argument("--task", required=True, choices=tuple(TASKS))
+    p.add_argument("--weights", default="imagenet", metavar="imagenet|none|PATH")
+    p.add_argument("--epochs", type=int, default=None, metavar="N",
+                   help="total epochs, counting those of a resumed checkpoint (default: config "
+                        "finetune.epochs)")
+    p.add_argument("--out", required=True, metavar="DIR",
+                   help="checkpoints, the final model.keras and finetune_metrics.json (on the driver's disk)")
+    p.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="training workers = barrier tasks (default: config finetune.workers)")
 
     p = add("score", cmd_score, "score new images in a folder with a model, incrementally and exactly once")
     p.add_argument("--model", required=True, metavar="URI",

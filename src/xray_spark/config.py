@@ -19,6 +19,7 @@ from typing import Any, get_type_hints
 import yaml
 
 from xray_spark.errors import ConfigError
+from xray_spark.finetune.config import OPTIMIZERS, PRECISIONS, FinetuneConfig, unfreeze_count
 
 CANONICAL_LABELS = ("covid", "no_findings", "pneumonia")
 
@@ -85,6 +86,7 @@ class Config:
     scoring: ScoringConfig = field(default_factory=ScoringConfig)
     spark: SparkConfig = field(default_factory=SparkConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     tracking_uri: str | None = None
     cache_dir: str | None = None
 
@@ -113,7 +115,27 @@ _RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "train.bootstrap_resamples": (lambda v: v >= 1, ">= 1"),
     "train.parallel_fits": (lambda v: v >= 1, ">= 1"),
     "train.seed": (lambda v: 0 <= v <= 2**63 - 1, "in [0, 2**63 - 1] (a Spark seed is a long)"),
+    "finetune.optimizer": (lambda v: v in OPTIMIZERS, f"one of {', '.join(OPTIMIZERS)}"),
+    "finetune.learning_rate": (lambda v: v > 0, "> 0"),
+    "finetune.epochs": (lambda v: v >= 1, ">= 1"),
+    "finetune.batch_size": (lambda v: v >= 1, ">= 1"),
+    "finetune.unfreeze": (lambda v: _unfreeze_ok(v), "'all' or a number of layers >= 0"),
+    "finetune.rotation_degrees": (lambda v: 0 <= v <= 45, "in [0, 45] (mild: a film is never upside down)"),
+    "finetune.scale": (lambda v: 0 <= v < 0.5, "in [0, 0.5)"),
+    "finetune.contrast": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "finetune.precision": (lambda v: v in PRECISIONS, f"one of {', '.join(PRECISIONS)}"),
+    "finetune.patience": (lambda v: v >= 1, ">= 1"),
+    "finetune.workers": (lambda v: v >= 1, ">= 1"),
+    "finetune.seed": (lambda v: 0 <= v <= 2**31 - 1, "in [0, 2**31 - 1]"),
 }
+
+
+def _unfreeze_ok(value: Any) -> bool:
+    try:
+        unfreeze_count(value)
+    except (TypeError, ValueError):
+        return False
+    return True
 
 
 class _DuplicateKey(yaml.YAMLError):
@@ -192,7 +214,10 @@ def _check_type(value: Any, hint: Any, where: str, key: str) -> Any:
     text = str(hint)
     if value is None and "None" in text:
         return None
-    if hint is int or text.startswith("int"):
+    if text in ("int | str", "str | int"):  # e.g. finetune.unfreeze: a count or a word; _RANGES checks it
+        if isinstance(value, bool) or not isinstance(value, (int, str)):
+            raise ConfigError(f"{where}: key '{key}' must be an integer or a string, got {value!r}")
+    elif hint is int or text.startswith("int"):
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{where}: key '{key}' must be an integer, got {value!r}")
     elif hint is float:

@@ -1,0 +1,6 @@
+"""Fine-tuning a backbone end to end across Spark barrier tasks (issue 14).
+
+config.py (settings) -> data.py (the driver writes per-worker shards; workers read theirs) -> distributed.py
+(barrier tasks launch one TensorFlow worker each) -> trainer.py (the training loop in that worker, with
+checkpoints) ; runner.py wires them for the CLI.
+"""
