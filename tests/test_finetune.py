@@ -1,0 +1,148 @@
+"""Fine-tuning across Spark barrier tasks: real local[2] Spark, real Keras/TensorFlow workers, real X-rays.
+
+The integration tests share one ingest and one first run (module fixture): two workers, one epoch, ResNet50
+from seeded random weights with only the head training (fast on 2 cores), then a second run of the same
+--out asked for 2 epochs must continue from the checkpoint rather than start over.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from xray_spark.config import load_config
+from xray_spark.errors import ConfigError
+from xray_spark.finetune.augment import augment_one
+from xray_spark.finetune.config import FinetuneConfig
+from xray_spark.finetune.data import batch_indices, class_weights, shard_of
+from xray_spark.finetune.distributed import tf_config
+from xray_spark.finetune.trainer import precision_policy
+
+# ------------------------------------------------------------------------------------------- pure units
+
+
+def test_config_section_defaults_and_validation(tmp_path: Path) -> None:
+    cfg = load_config(local=None)
+    ft = cfg.finetune
+    assert (ft.optimizer, ft.learning_rate, ft.unfreeze) == ("adam", 3e-5, "all")
+    bad = tmp_path / "bad.yml"
+    bad.write_text("finetune:\n  unfreeze: some\n")
+    with pytest.raises(ConfigError, match="finetune.unfreeze"):
+        load_config(bad, local=None)
+    bad.write_text("finetune:\n  flip: true\n")  # there is no flip setting: anatomy is not symmetric
+    with pytest.raises(ConfigError, match="unknown config key 'finetune.flip'"):
+        load_config(bad, local=None)
+    ok = tmp_path / "ok.yml"
+    ok.write_text("finetune:\n  unfreeze: 12\n")
+    assert load_config(ok, local=None).finetune.unfreeze == 12
+
+
+def test_precision_policy_bf16_only_where_native() -> None:
+    assert precision_policy("auto", {"avx2"}) == "float32"
+    assert precision_policy("auto", {"avx2", "amx_bf16"}) == "mixed_bfloat16"
+    assert precision_policy("fp32", {"amx_bf16"}) == "float32"
+    assert precision_policy("bf16", set()) == "mixed_bfloat16"
+
+
+def test_tf_config_names_every_worker_in_rank_order() -> None:
+    conf = tf_config(["h1:1", "h2:2"], 1)
+    assert conf == {"cluster": {"worker": ["h1:1", "h2:2"]}, "task": {"type": "worker", "index": 1}}
+
+
+def test_batches_same_step_count_whatever_the_shard_size() -> None:
+    rng = np.random.default_rng(0)
+    for n in (0, 3, 10):
+        train = list(batch_indices(n, 4, rng, steps=5))
+        assert len(train) == 5 and all(len(i) == 4 for i, _ in train)
+    val = list(batch_indices(6, 4, None, steps=3))  # one pass, padded and masked
+    assert [m.sum() for _, m in val] == [4, 2, 0]
+    assert sorted(np.concatenate([i[m > 0] for i, m in val]).tolist()) == list(range(6))
+    assert class_weights([30, 10, 0]) == [40 / 90, 40 / 30, 0.0]
+    assert shard_of("0000000a" + "f" * 56, 3) == 10 % 3
+
+
+def test_augmentation_is_mild_and_never_mirrors() -> None:
+    img = np.zeros((64, 64, 3), np.uint8)
+    img[:, :20] = 255  # bright on the left only
+    cfg = FinetuneConfig()
+    for seed in range(5):
+        out = augment_one(img, np.random.default_rng(seed), cfg)
+        assert out.shape == img.shape and out.dtype == np.uint8
+        assert out[:, :16].mean() > 150 and out[:, -16:].mean() < 50  # still bright on the left
+        assert (out[..., 0] == out[..., 2]).all()
+    still = FinetuneConfig(rotation_degrees=0, scale=0, contrast=0)
+    assert (augment_one(img, np.random.default_rng(0), still) == img).all()
+
+
+def test_cli_bad_arguments_exit_2_before_spark(tmp_path: Path, small_data: Path) -> None:
+    out = tmp_path / "out"
+    for extra in (["--backbone", "NoSuchNet"], ["--backbone", "ResNet50", "--epochs", "0"],
+                  ["--backbone", "ResNet50", "--weights", str(tmp_path / "missing.h5")]):
+        proc = subprocess.run([sys.executable, "-m", "xray_spark", "finetune", "--data", str(small_data),
+                               "--task", "binary", "--out", str(out), *extra],
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2, proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+# ------------------------------------------------------------------------------------------ integration
+
+
+def _cfg():
+    cfg = load_config(local=None)
+    ft = cfg.finetune
+    ft.learning_rate, ft.batch_size, ft.unfreeze = 1e-5, 8, 0  # head only: seconds per step on 2 cores
+    ft.augment, ft.class_weights = False, False
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def first_run(spark, small_data: Path, weights_cache, tmp_path_factory: pytest.TempPathFactory):
+    from xray_spark.finetune.runner import FinetuneSpec, run_finetune
+
+    out = tmp_path_factory.mktemp("finetune_out")
+    t0 = time.perf_counter()
+    result = run_finetune(spark, _cfg(), FinetuneSpec(data=str(small_data), backbone="ResNet50",
+                                                      task="multiclass", weights="none", out_dir=str(out),
+                                                      epochs=1, workers=2))
+    return result, out, time.perf_counter() - t0
+
+
+def test_two_worker_epoch_learns_on_a_fixed_batch(first_run, evidence) -> None:
+    result, out, seconds = first_run
+    m = result.metrics
+    assert m["workers"] == 2 and m["start_epoch"] == 0 and [h["epoch"] for h in m["history"]] == [1]
+    epoch = m["history"][0]
+    assert epoch["fixed_batch_loss"] < m["initial_fixed_batch_loss"], m
+    assert epoch["images_per_second"] > 0 and np.isfinite(epoch["val_loss"])
+    assert m["test"]["n"] > 0 and 0 <= m["test"]["accuracy"] <= 1
+    assert (out / "model.keras").is_file() and json.loads((out / "finetune_metrics.json").read_text()) == m
+    state = json.loads((out / "checkpoints" / "state.json").read_text())
+    assert state["epoch"] == 1 and (out / "checkpoints" / state["weights"]).is_file()
+    evidence(f"finetune 2 workers, 1 epoch: fixed-batch loss {m['initial_fixed_batch_loss']:.4f} -> "
+             f"{epoch['fixed_batch_loss']:.4f}, {epoch['images_per_second']:.2f} images/s, "
+             f"run {seconds:.0f}s")
+
+
+def test_second_run_resumes_from_the_checkpoint(first_run, spark) -> None:
+    from xray_spark.finetune.runner import FinetuneSpec, run_finetune
+
+    first, out, _ = first_run
+    epoch1 = first.metrics["history"][0]
+    result = run_finetune(spark, _cfg(), FinetuneSpec(data=str(out / "ingest"), backbone="ResNet50",
+                                                      task="multiclass", weights="none", out_dir=str(out),
+                                                      epochs=2, workers=2))
+    m = result.metrics
+    assert m["start_epoch"] == 1  # not from scratch
+    assert [h["epoch"] for h in m["history"]] == [1, 2]
+    assert m["history"][0] == epoch1  # epoch 1 came from the checkpoint, not a new run of it
+    # the optimizer state came back too: its step counter continues from epoch 1's
+    assert m["history"][1]["optimizer_step"] == 2 * epoch1["optimizer_step"]
+    assert json.loads((out / "checkpoints" / "state.json").read_text())["epoch"] == 2
