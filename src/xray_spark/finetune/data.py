@@ -58,8 +58,8 @@ class ShardPlan:
 
 
 def shard_of(sha256: str, workers: int) -> int:
-    """The worker that owns an image: the first 8 hex digits of its sha256 modulo `workers` (the same rule
-    as the Spark expression in `write_shards`, which a unit test keeps in step)."""
+    """The worker that owns an image: the first 8 hex digits of its sha256 modulo `workers` (the rule the
+    Spark expression in `write_shards` applies; no test compares the two yet)."""
     return int(sha256[:8], 16) % workers
 
 
