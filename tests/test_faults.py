@@ -179,3 +179,22 @@ def test_an_injected_executor_fault_is_retried_not_quarantined(ozturk_dir: Path,
     assert all(r["has_features"] and r["engine"] == "keras:fp32" for r in rows), rows
     evidence(f"injected MemoryError in a Python worker (pid {marker.read_text()}): task retried, "
              f"{len(rows)}/{len(rows)} images featurized, none quarantined")
+
+
+def test_rows_of_the_old_catch_all_and_of_a_changed_decoder_are_scored_again(spark) -> None:
+    """`decode_failed` rows were written for any fault (not the image's verdict): always retried. A file no
+    decoder could read is retried only under another decoder stack; the image's own faults never are."""
+    from pyspark.sql import functions as F
+
+    from xray_spark.scoring.store import retry_under
+
+    rows = spark.createDataFrame([
+        ("quarantined", "decode_failed: MemoryError: ", "now"),
+        ("quarantined", "dicom_unsupported: no decoder for JPEG-LS", "now"),
+        ("quarantined", "dicom_unsupported: no decoder for JPEG-LS", "before"),
+        ("quarantined", "dicom_unsupported: no decoder for JPEG-LS", None),
+        ("quarantined", "truncated: cut short", "before"),
+        ("ok", None, "before"),
+    ], "status string, reason string, decoder string")
+    got = [r[0] for r in rows.select(F.coalesce(retry_under("now"), F.lit(False))).collect()]
+    assert got == [True, False, True, True, False, False]

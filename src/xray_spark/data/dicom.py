@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import logging
+import warnings
 
 import numpy as np
 import pydicom
@@ -20,6 +21,10 @@ from xray_spark.data.pixels import DecodeError, ImageInfo, luma_of, stretch
 from xray_spark.data.privacy import hash_identifier
 
 log = logging.getLogger(__name__)
+
+# pydicom's validation warnings quote element values (PatientID, names, dates) into executor logs and notebook
+# output: header values never leave this module in clear (privacy), so its warnings are silenced
+warnings.filterwarnings("ignore", category=UserWarning, module=r"pydicom(\.|$)")
 
 PATIENT_REF_PREFIX: str = "dcm-"
 _PATIENT_ID = 0x00100020
@@ -74,7 +79,23 @@ def decode_dicom(
     data: bytes, max_pixels: int, forced: bool = False, *, patient_salt: str | None = None
 ) -> tuple[np.ndarray, ImageInfo]:
     """DICOM bytes -> (normalised uint8 luminance, info). Raises DecodeError. `forced`: no preamble/meta.
-    With `patient_salt`, info.patient_ref is the salted hash of PatientID (see _patient_ref)."""
+    With `patient_salt`, info.patient_ref is the salted hash of PatientID (see _patient_ref).
+
+    Every error the bytes can cause is a DecodeError: pydicom parses lazily, so a damaged element raises
+    whatever its reader raises (NotImplementedError for an unknown VR, BytesLengthException, ...) wherever it
+    is first touched. Only MemoryError passes: it is not the image's fault (the task fails and is retried).
+    The message names the exception type only: pydicom's texts can quote header values."""
+    try:
+        return _decode_dicom(data, max_pixels, forced, patient_salt)
+    except (MemoryError, DecodeError):
+        raise
+    except Exception as e:  # a damaged element found late by pydicom's lazy parsing
+        raise DecodeError("dicom_corrupt", f"unreadable DICOM element ({type(e).__name__})") from None
+
+
+def _decode_dicom(
+    data: bytes, max_pixels: int, forced: bool, patient_salt: str | None
+) -> tuple[np.ndarray, ImageInfo]:
     try:
         ds = pydicom.dcmread(io.BytesIO(data), force=forced)
     except MemoryError:

@@ -11,6 +11,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+# the reason older versions wrote for ANY fault while decoding (MemoryError, a missing library, a bug), not
+# only the image's: rows carrying it are not the image's verdict and are computed again (cache.py, store.py)
+STALE_REASON = "decode_failed"
+
 REASONS: dict[str, str] = {
     "empty_file": "the file has 0 bytes",
     "not_an_image": "the bytes are not any image format we recognise (e.g. text)",

@@ -29,6 +29,7 @@ from pyspark.ml.linalg import VectorUDT
 from pyspark.sql import functions as F
 from pyspark.sql.types import StringType, StructField, StructType
 
+from xray_spark.data.pixels import STALE_REASON
 from xray_spark.errors import UserError
 from xray_spark.features.backbones import get_backbone
 from xray_spark.features.featurizer import DeepImageFeaturizer
@@ -141,9 +142,12 @@ def _empty(spark: SparkSession) -> DataFrame:
 
 
 def _read_cache(spark: SparkSession, fs: HadoopFS, path: str) -> DataFrame | None:
+    """The cached rows, less `decode_failed` errors: the featurizer used to turn any fault (MemoryError, a
+    lost library) into that row error; such rows are not the image's verdict, so they are computed again."""
     if not fs.list_parts(path):
         return None
-    return spark.read.parquet(path)
+    rows = spark.read.parquet(path)
+    return rows.where(~F.coalesce(F.col("featurize_error").startswith(STALE_REASON), F.lit(False)))
 
 
 def _compute_and_append(

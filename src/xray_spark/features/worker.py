@@ -128,8 +128,8 @@ class WorkerFeaturizer:
         size = self.backbone.input_size
 
         def one(i: int) -> np.ndarray:
-            if data[i] is None or _isnan(height[i]):
-                raise DecodeError("corrupt_image", "null image struct")
+            if data[i] is None or any(_isnan(f[i]) for f in (height, width, n_channels, mode)):
+                raise DecodeError("corrupt_image", "null image struct field")
             gray = image_struct_to_gray(int(height[i]), int(width[i]), int(n_channels[i]), int(mode[i]),
                                         bytes(data[i]))
             return to_rgb(resize(gray, size))

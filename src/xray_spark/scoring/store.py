@@ -40,6 +40,7 @@ from pyspark.sql import functions as F
 
 from xray_spark import paths
 from xray_spark.data.decode import decoder_signature
+from xray_spark.data.pixels import STALE_REASON
 from xray_spark.errors import UserError
 from xray_spark.scoring.lease import Lease
 from xray_spark.scoring.plan import listed_on_driver
@@ -197,10 +198,12 @@ class OutputStore:
 
 def retry_under(decoder: str):
     """True for rows that a run with decoder signature `decoder` must score again: quarantined because no
-    decoder could read the file, by a different decoder stack (or one not recorded)."""
+    decoder could read the file, by a different decoder stack (or one not recorded); or quarantined as
+    `decode_failed`, the old catch-all's reason for any fault, image or not (never written any more)."""
     code = F.substring_index(F.col("reason"), ":", 1)
-    return ((F.col("status") == "quarantined") & code.isin(*RETRYABLE_REASONS)
-            & ~F.col("decoder").eqNullSafe(F.lit(decoder)))
+    return (F.col("status") == "quarantined") & (
+        (code.isin(*RETRYABLE_REASONS) & ~F.col("decoder").eqNullSafe(F.lit(decoder)))
+        | (code == STALE_REASON))
 
 
 def latest_rows(rows: DataFrame) -> DataFrame:
