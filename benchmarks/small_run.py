@@ -54,7 +54,12 @@ def build_folder(source: Path, folder: Path, n: int) -> Path:
     return folder
 
 
-def plain_script(data: Path, batch_size: int = 32) -> None:
+# what a user's plain script would call: keras.applications class, its preprocess module, input size
+PLAIN_MODELS = {"ResNet50": ("ResNet50", "resnet50", 224),
+                "InceptionV3": ("InceptionV3", "inception_v3", 299)}
+
+
+def plain_script(data: Path, backbone: str, batch_size: int = 32) -> None:
     """The baseline a user would write: no Spark, Keras fp32, everything in one process."""
     import numpy as np
     from PIL import Image
@@ -62,12 +67,17 @@ def plain_script(data: Path, batch_size: int = 32) -> None:
     files = sorted(p for p in data.rglob("*") if p.is_file() and p.suffix.lower() in EXTS)
     import keras
 
-    model = keras.applications.ResNet50(include_top=False, pooling="avg", weights=None)
-    preprocess = keras.applications.resnet50.preprocess_input
+    cls, module, size = PLAIN_MODELS[backbone]
+    model = getattr(keras.applications, cls)(include_top=False, pooling="avg", weights=None)
+    preprocess = getattr(keras.applications, module).preprocess_input
+
+    def load(f: Path) -> np.ndarray:
+        with Image.open(f) as im:
+            return np.asarray(im.convert("RGB").resize((size, size), Image.BILINEAR), dtype=np.float32)
+
     out = []
     for i in range(0, len(files), batch_size):
-        batch = [np.asarray(Image.open(f).convert("RGB").resize((224, 224), Image.BILINEAR), dtype=np.float32)
-                 for f in files[i:i + batch_size]]
+        batch = [load(f) for f in files[i:i + batch_size]]
         out.append(model.predict_on_batch(preprocess(np.stack(batch))))
     feats = np.concatenate(out)
     print(f"plain images={len(files)} features={feats.shape}")
@@ -96,7 +106,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--source", type=Path, default=DEFAULT_SOURCE)
     p.add_argument("--images", type=int, default=466)
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds after one warm-up pair")
-    p.add_argument("--backbone", default="ResNet50")
+    p.add_argument("--backbone", default="ResNet50", choices=sorted(PLAIN_MODELS))
     p.add_argument("--before-src", type=Path, metavar="SRC",
                    help="also time `python -m xray_spark featurize` with this src/ first on PYTHONPATH")
     p.add_argument("--src", type=Path, metavar="SRC",
@@ -110,7 +120,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.plain:
-        plain_script(args.plain)
+        plain_script(args.plain, args.backbone)
         return
     from common import cpu_line
 
@@ -122,9 +132,12 @@ def main(argv: list[str] | None = None) -> None:
     env_note = os.environ.get("XRAY_SPARK_CACHE", "~/.cache/xray-spark")
 
     def featurize(tag: str) -> float:
-        if args.src:
-            return with_src(args.src, tag)
-        return timed([cli, *featurize_args(tag)], log_file)
+        try:
+            if args.src:
+                return with_src(args.src, tag)
+            return timed([cli, *featurize_args(tag)], log_file)
+        finally:  # each round's output is only timed; the log stays for reading
+            shutil.rmtree(work / f"out-{tag}", ignore_errors=True)
 
     def featurize_args(tag: str) -> list[str]:
         return ["featurize", "--data", str(data), "--backbone", args.backbone, "--weights", "none",
@@ -136,10 +149,14 @@ def main(argv: list[str] | None = None) -> None:
         return timed([sys.executable, "-m", "xray_spark", *featurize_args(tag)], log_file, env)
 
     def before(tag: str) -> float:
-        return with_src(args.before_src, f"before-{tag}")
+        try:
+            return with_src(args.before_src, f"before-{tag}")
+        finally:
+            shutil.rmtree(work / f"out-before-{tag}", ignore_errors=True)
 
     def plain() -> float:
-        return timed([sys.executable, str(Path(__file__).resolve()), "--plain", str(data)], log_file)
+        return timed([sys.executable, str(Path(__file__).resolve()), "--plain", str(data), "--backbone",
+                      args.backbone], log_file)
 
     print(cpu_line(), flush=True)
     print(f"images={n} data={data} rounds={args.rounds} backbone={args.backbone} weights=none "

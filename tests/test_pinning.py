@@ -8,13 +8,14 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from xray_spark.errors import UserError
 from xray_spark.features.pinning import weights_sha256
-from xray_spark.features.weights import resolve_weights
+from xray_spark.features.weights import file_digest, resolve_weights
 
 BACKBONE = "VGG16"
 
@@ -44,8 +45,10 @@ def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def test_none_is_pinned_by_its_tensors_not_its_file_bytes(tmp_path: Path) -> None:
     first = resolve_weights(BACKBONE, "none", cache_dir=tmp_path / "one")
+    time.sleep(1.1)  # HDF5 stamps times in seconds
     second = resolve_weights(BACKBONE, "none", cache_dir=tmp_path / "two")  # built and saved again
     other_seed = resolve_weights(BACKBONE, "none:seed=1", cache_dir=tmp_path / "one")
+    assert file_digest(first.local_path) != file_digest(second.local_path)  # why files cannot be the pin
     digest = weights_sha256(first, tmp_path / "one")
     assert digest == weights_sha256(second, tmp_path / "two")
     assert digest != weights_sha256(other_seed, tmp_path / "one")

@@ -299,10 +299,11 @@ def _local_copy(spec: str, root: Path, spark: SparkSession | None) -> Path:
 
 
 def _mlflow_copy(spec: str, name: str, root: Path) -> Path:
-    """An MLflow artifact as a local file, downloaded once per machine (the URI names immutable content:
-    `train` logs weights under their tensor digest, and the pin is checked after every resolve anyway)."""
+    """An MLflow artifact as a local file. `runs:/` and `mlflow-artifacts:` URIs name immutable content
+    (`train` logs weights under their tensor digest) and are downloaded once per machine; a `models:/` URI can
+    move (an alias), so it is downloaded every time. The pin is checked after every resolve anyway."""
     dest = root / "mlflow" / hashlib.sha256(spec.encode()).hexdigest()[:16] / name
-    if dest.is_file():
+    if dest.is_file() and not spec.startswith("models:"):
         return dest
     import mlflow.artifacts  # lazy: only models that carry their weights need it
 

@@ -27,6 +27,7 @@ from pyspark.sql import DataFrame, SparkSession
 
 from xray_spark.config import Config
 from xray_spark.data.images import image_contents, load_or_ingest, ok_keys
+from xray_spark.errors import UserError
 from xray_spark.evaluate import held_out_split, loso_plan, side_by_side_md
 from xray_spark.features.cache import featurize_to_cache
 from xray_spark.features.pinning import weights_sha256
@@ -194,17 +195,22 @@ class _Tracker:
                                                 order.get(r["backbone"], 0), order[r["head"]]))
 
 
-def _carry_weights(spark: SparkSession, backbone: str, weights: str) -> tuple[str, str]:
+def _carry_weights(spark: SparkSession, backbone: str, weights: str, fingerprint: str) -> tuple[str, str]:
     """Log the backbone's weights file once in the parent run, under its tensor digest, and return (its
     artifact URI, the digest): every model of this run names that copy and pins the digest, so a registered
     model scores on a cluster that never saw this machine's weights cache, and never with other weights."""
     import mlflow  # lazy: a slow import that argument checks skip
 
     resolved = resolve_weights(backbone, weights, spark=spark)
+    if resolved.fingerprint != fingerprint:  # the file was replaced while this run featurized with it
+        raise UserError(f"{backbone} weights {weights!r} changed during this run ({fingerprint} when "
+                        f"featurized, {resolved.fingerprint} now): train again with a file that stays put")
     sha = weights_sha256(resolved)
     folder = f"weights/{backbone}/{sha}"
     mlflow.log_artifact(str(resolved.local_path), folder)
-    uri = mlflow.get_artifact_uri(f"{folder}/{resolved.local_path.name}")
+    # runs:/ and not the artifact store's own URI: that one may be percent-encoded (file:), or a scheme only
+    # MLflow's clients read (s3:, gs:, wasbs:, dbfs:/databricks/mlflow-tracking); MLflow resolves runs:/
+    uri = f"runs:/{mlflow.active_run().info.run_id}/{folder}/{resolved.local_path.name}"
     log.info("%s weights %s: tensors sha256 %s, carried as %s", backbone, weights, sha[:16], uri)
     return uri, sha
 
@@ -288,7 +294,7 @@ def run_training(spark: SparkSession, cfg: Config, spec: TrainSpec) -> TrainResu
             if failed:
                 log.warning("%s: %d images could not be featurized; they are left out of training",
                             backbone, failed)
-            tracker.pins[backbone] = _carry_weights(spark, backbone, spec.weights)
+            tracker.pins[backbone] = _carry_weights(spark, backbone, spec.weights, fingerprint)
             features, frame = _image_features(spark, labels, feats, tasks, cfg, backbone, fingerprint,
                                               seconds[f"featurize_{backbone}"])
             t1 = time.time()
