@@ -177,15 +177,39 @@ def linked_model(name: str, version: str, tag: str) -> str | None:
     return MlflowClient().get_model_version(name, version).tags.get(tag)
 
 
-def register_champion(model_uri: str, name: str, description: str = "") -> str:
-    """Register `model_uri` under `name` and point the `champion` alias at the new version."""
+def register_model(model_uri: str, name: str, description: str = "") -> str:
+    """Register `model_uri` as a new version of `name` (no alias moves); returns the version."""
     import mlflow  # lazy: a slow import that argument checks skip
     from mlflow import MlflowClient  # lazy: a slow import that argument checks skip
 
     mv = mlflow.register_model(model_uri, name)
-    client = MlflowClient()
-    client.set_registered_model_alias(name, CHAMPION, mv.version)
     if description:
-        client.update_model_version(name, mv.version, description=description[:4000])
-    log.info("registered %s version %s as @%s", name, mv.version, CHAMPION)
+        MlflowClient().update_model_version(name, mv.version, description=description[:4000])
+    log.info("registered %s version %s", name, mv.version)
     return str(mv.version)
+
+
+def register_champion(model_uri: str, name: str, description: str = "") -> str:
+    """Register `model_uri` under `name` and point the `champion` alias at the new version."""
+    from mlflow import MlflowClient  # lazy: a slow import that argument checks skip
+
+    version = register_model(model_uri, name, description)
+    MlflowClient().set_registered_model_alias(name, CHAMPION, version)
+    log.info("%s version %s is now @%s", name, version, CHAMPION)
+    return version
+
+
+def spark_model_signature() -> Any:
+    """What every logged image PipelineModel takes and gives: file bytes in, a class index out."""
+    from mlflow.models import ModelSignature  # lazy: a slow import that argument checks skip
+    from mlflow.types import ColSpec, Schema  # lazy: a slow import that argument checks skip
+
+    return ModelSignature(
+        inputs=Schema([ColSpec("binary", "content")]), outputs=Schema([ColSpec("double", "prediction")])
+    )
+
+
+def model_pip_requirements() -> list[str]:
+    """Pinned requirements of a logged model (given, so MLflow does not load the model to infer them)."""
+    return [f"xray-spark=={version('xray-spark')}", f"pyspark=={version('pyspark')}",
+            f"keras=={version('keras')}"]

@@ -26,10 +26,11 @@ import numpy as np
 
 from xray_spark.errors import UserError
 from xray_spark.features.backbones import get_backbone
-from xray_spark.features.weights import ResolvedWeights, file_digest, weights_cache_dir
+from xray_spark.features.weights import ResolvedWeights, file_digest, resolve_weights, weights_cache_dir
 
 if TYPE_CHECKING:
     import keras
+    from pyspark.sql import SparkSession
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +72,31 @@ def check_pinned(resolved: ResolvedWeights, pinned: str, cache_dir: str | os.Pat
             "another Keras version's random init, or another download); score with the weights the model "
             "was trained with, or train again"
         )
+
+
+def carry_weights(spark: SparkSession | None, backbone: str, weights: str,
+                  fingerprint: str | None = None) -> tuple[str, str]:
+    """Log the backbone's weights file once in the active MLflow run, under its tensor digest, and return
+    (its `runs:/` URI, the digest): every model of the run names that copy and pins the digest, so a
+    registered model scores on a cluster that never saw this machine's weights cache, and never with other
+    weights. Shared by `train` (ImageNet / random / a file) and `finetune` (the fine-tuned backbone).
+
+    `fingerprint`: the weights fingerprint the run featurized with; weights that resolve to another one now
+    (a file replaced during the run) are refused. `runs:/` and not the artifact store's own URI: that one may
+    be percent-encoded (file:) or a scheme only MLflow's clients read (s3:, gs:, dbfs:/databricks/...)."""
+    import mlflow  # lazy: a slow import that argument checks skip (and featurizing never needs it)
+
+    resolved = resolve_weights(backbone, weights, spark=spark)
+    if fingerprint is not None and resolved.fingerprint != fingerprint:
+        raise UserError(f"{backbone} weights {weights!r} changed during this run ({fingerprint} when "
+                        f"featurized, {resolved.fingerprint} now): train again with a file that stays put")
+    sha = weights_sha256(resolved)
+    folder = f"weights/{resolved.backbone}/{sha}"
+    mlflow.log_artifact(str(resolved.local_path), folder)
+    uri = f"runs:/{mlflow.active_run().info.run_id}/{folder}/{resolved.local_path.name}"
+    log.info("%s weights %s: tensors sha256 %s, carried in the run", resolved.backbone, resolved.kind,
+             sha[:16])
+    return uri, sha
 
 
 def _load(backbone: str, path: Path) -> Any:

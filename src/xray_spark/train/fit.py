@@ -101,11 +101,19 @@ def fit_head(
     else:
         model = estimator.fit(train)
     fit_seconds = time.time() - t0
+    # OneVsRest (GBT, LinearSVC on 3 classes) emits no `probability`, whatever its base classifier does
+    probabilistic = spec.probabilistic and not (spec.binary_only and task.n_classes > 2)
+    return FitResult(model=model, **predict_split(model, test, probabilistic), fit_seconds=fit_seconds,
+                     cv_best=cv_best)
+
+
+def predict_split(model: Any, test, probabilistic: bool) -> dict[str, np.ndarray | None]:
+    """The FitResult arrays (y_true, y_pred, proba, groups, paths, sources) of `model` on the test side of a
+    task frame. Shared by the fitted heads and the fine-tuned pipeline, so both are measured on the same
+    rows in the same way."""
     cols = ["path", "group_id", LABEL, "prediction", "rawPrediction"]
     if "source" in test.columns:
         cols.append("source")
-    # OneVsRest (GBT, LinearSVC on 3 classes) emits no `probability`, whatever its base classifier does
-    probabilistic = spec.probabilistic and not (spec.binary_only and task.n_classes > 2)
     if probabilistic:
         cols.append("probability")
     pdf = model.transform(test).select(*cols).toPandas()
@@ -113,14 +121,11 @@ def fit_head(
         proba = np.stack([np.asarray(v.toArray(), dtype=float) for v in pdf["probability"]])
     else:
         proba = _softmax(np.stack([np.asarray(v.toArray(), dtype=float) for v in pdf["rawPrediction"]]))
-    return FitResult(
-        model=model,
-        y_true=pdf[LABEL].to_numpy(dtype=int),
-        y_pred=pdf["prediction"].to_numpy(dtype=int),
-        proba=proba,
-        groups=pdf["group_id"].astype(str).to_numpy(),
-        paths=pdf["path"].astype(str).to_numpy(),
-        fit_seconds=fit_seconds,
-        cv_best=cv_best,
-        sources=pdf["source"].astype(str).to_numpy() if "source" in pdf else None,
-    )
+    return {
+        "y_true": pdf[LABEL].to_numpy(dtype=int),
+        "y_pred": pdf["prediction"].to_numpy(dtype=int),
+        "proba": proba,
+        "groups": pdf["group_id"].astype(str).to_numpy(),
+        "paths": pdf["path"].astype(str).to_numpy(),
+        "sources": pdf["source"].astype(str).to_numpy() if "source" in pdf else None,
+    }

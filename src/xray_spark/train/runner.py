@@ -18,7 +18,6 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +26,9 @@ from pyspark.sql import DataFrame, SparkSession
 
 from xray_spark.config import Config
 from xray_spark.data.images import image_contents, load_or_ingest, ok_keys
-from xray_spark.errors import UserError
 from xray_spark.evaluate import held_out_split, loso_plan, side_by_side_md
 from xray_spark.features.cache import featurize_to_cache
-from xray_spark.features.pinning import weights_sha256
+from xray_spark.features.pinning import carry_weights
 from xray_spark.features.weights import resolve_weights
 from xray_spark.serving.mlflow_model import log_serving_model, serving_name
 from xray_spark.tracking import (
@@ -41,8 +39,10 @@ from xray_spark.tracking import (
     flat_params,
     library_versions,
     link_model,
+    model_pip_requirements,
     register_champion,
     registered_name,
+    spark_model_signature,
     tracking_uri_for,
 )
 from xray_spark.train.baseline import BASELINE_NAME, baseline_input, metadata_feature_model
@@ -103,20 +103,6 @@ class TrainResult:
     ingest_dir: str = ""  # the ingest output the run used (IngestLayout root)
 
 
-def _signature():
-    from mlflow.models import ModelSignature  # lazy: a slow import that argument checks skip
-    from mlflow.types import ColSpec, Schema  # lazy: a slow import that argument checks skip
-
-    return ModelSignature(
-        inputs=Schema([ColSpec("binary", "content")]), outputs=Schema([ColSpec("double", "prediction")])
-    )
-
-
-def _pip_requirements() -> list[str]:
-    return [f"xray-spark=={version('xray-spark')}", f"pyspark=={version('pyspark')}",
-            f"keras=={version('keras')}"]
-
-
 class _Tracker:
     """Logs each combination as a nested run of one parent; collects the rows, plots and model URIs."""
 
@@ -174,7 +160,7 @@ class _Tracker:
                 weights_uri, sha = self.pins[fs.backbone]
                 info = mlflow.spark.log_model(
                     full_pipeline(fs.backbone, weights_uri, res.fit.model, task, sha), "model",
-                    signature=_signature(), pip_requirements=_pip_requirements(),
+                    signature=spark_model_signature(), pip_requirements=model_pip_requirements(),
                 )
                 self.model_uris[(task.name, fs.backbone, res.head)] = info.model_uri
         with self.lock:
@@ -193,26 +179,6 @@ class _Tracker:
                  for i, name in enumerate(names)}
         return sorted(self.rows, key=lambda r: (order[r["task"]], r["kind"] != IMAGE,
                                                 order.get(r["backbone"], 0), order[r["head"]]))
-
-
-def _carry_weights(spark: SparkSession, backbone: str, weights: str, fingerprint: str) -> tuple[str, str]:
-    """Log the backbone's weights file once in the parent run, under its tensor digest, and return (its
-    artifact URI, the digest): every model of this run names that copy and pins the digest, so a registered
-    model scores on a cluster that never saw this machine's weights cache, and never with other weights."""
-    import mlflow  # lazy: a slow import that argument checks skip
-
-    resolved = resolve_weights(backbone, weights, spark=spark)
-    if resolved.fingerprint != fingerprint:  # the file was replaced while this run featurized with it
-        raise UserError(f"{backbone} weights {weights!r} changed during this run ({fingerprint} when "
-                        f"featurized, {resolved.fingerprint} now): train again with a file that stays put")
-    sha = weights_sha256(resolved)
-    folder = f"weights/{backbone}/{sha}"
-    mlflow.log_artifact(str(resolved.local_path), folder)
-    # runs:/ and not the artifact store's own URI: that one may be percent-encoded (file:), or a scheme only
-    # MLflow's clients read (s3:, gs:, wasbs:, dbfs:/databricks/mlflow-tracking); MLflow resolves runs:/
-    uri = f"runs:/{mlflow.active_run().info.run_id}/{folder}/{resolved.local_path.name}"
-    log.info("%s weights %s: tensors sha256 %s, carried as %s", backbone, weights, sha[:16], uri)
-    return uri, sha
 
 
 def _run_combinations(features: FeatureSet, heads: list[str], cfg: Config,
@@ -294,7 +260,7 @@ def run_training(spark: SparkSession, cfg: Config, spec: TrainSpec) -> TrainResu
             if failed:
                 log.warning("%s: %d images could not be featurized; they are left out of training",
                             backbone, failed)
-            tracker.pins[backbone] = _carry_weights(spark, backbone, spec.weights, fingerprint)
+            tracker.pins[backbone] = carry_weights(spark, backbone, spec.weights, fingerprint)
             features, frame = _image_features(spark, labels, feats, tasks, cfg, backbone, fingerprint,
                                               seconds[f"featurize_{backbone}"])
             t1 = time.time()
@@ -411,7 +377,7 @@ def _log_champion_baselines(tracker: _Tracker, champions: dict[str, dict[str, st
         head_model, prep, run_id = found
         with mlflow.start_run(run_id=run_id, nested=True):
             info = mlflow.spark.log_model(baseline_pipeline(prep, head_model, get_task(task)), "model",
-                                          pip_requirements=_pip_requirements())
+                                          pip_requirements=model_pip_requirements())
         link_model(champ["name"], champ["version"], BASELINE_TAG, info.model_uri)
         champ["baseline_uri"] = info.model_uri
 
