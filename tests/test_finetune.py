@@ -2,12 +2,15 @@
 
 The integration tests share one ingest and one first run (module fixture): two workers, one epoch, ResNet50
 from seeded random weights with only the head training (fast on 2 cores), then a second run of the same
---out asked for 2 epochs must continue from the checkpoint rather than start over.
+--out asked for 2 epochs must continue from the checkpoint rather than start over. The first run's exported
+PipelineModel, its MLflow run and its registered version are checked against the Keras model it came from.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import sys
 import time
@@ -16,12 +19,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import isolate_mlflow
+from xray_spark import paths
 from xray_spark.config import load_config
+from xray_spark.data.decode import decode_for_model
 from xray_spark.errors import ConfigError
+from xray_spark.features.backbones import get_backbone
 from xray_spark.finetune.augment import augment_one
 from xray_spark.finetune.config import FinetuneConfig
 from xray_spark.finetune.data import batch_indices, class_weights, shard_of
 from xray_spark.finetune.distributed import tf_config
+from xray_spark.finetune.export import head_coefficients
 from xray_spark.finetune.trainer import precision_policy
 
 # ------------------------------------------------------------------------------------------- pure units
@@ -80,6 +88,25 @@ def test_augmentation_is_mild_and_never_mirrors() -> None:
     assert (augment_one(img, np.random.default_rng(0), still) == img).all()
 
 
+def test_softmax_head_as_logistic_regression_coefficients() -> None:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(5, 4))
+
+    def softmax(z: np.ndarray) -> np.ndarray:
+        e = np.exp(z - z.max(axis=1, keepdims=True))
+        return e / e.sum(axis=1, keepdims=True)
+
+    for k in (2, 3):
+        kernel, bias = rng.normal(size=(4, k)), rng.normal(size=k)
+        coef, intercept, multinomial = head_coefficients(kernel, bias)
+        assert multinomial == (k > 2)
+        if multinomial:
+            np.testing.assert_allclose(softmax(x @ coef.T + intercept), softmax(x @ kernel + bias))
+        else:  # MLlib's binomial model: P(class 1) = sigmoid(w.x + c)
+            p1 = 1 / (1 + np.exp(-(x @ coef[0] + intercept[0])))
+            np.testing.assert_allclose(p1, softmax(x @ kernel + bias)[:, 1])
+
+
 def test_cli_bad_arguments_exit_2_before_spark(tmp_path: Path, small_data: Path) -> None:
     out = tmp_path / "out"
     for extra in (["--backbone", "NoSuchNet"], ["--backbone", "ResNet50", "--epochs", "0"],
@@ -108,11 +135,27 @@ def first_run(spark, small_data: Path, weights_cache, tmp_path_factory: pytest.T
     from xray_spark.finetune.runner import FinetuneSpec, run_finetune
 
     out = tmp_path_factory.mktemp("finetune_out")
-    t0 = time.perf_counter()
-    result = run_finetune(spark, _cfg(), FinetuneSpec(data=str(small_data), backbone="ResNet50",
-                                                      task="multiclass", weights="none", out_dir=str(out),
-                                                      epochs=1, workers=2))
-    return result, out, time.perf_counter() - t0
+    with pytest.MonkeyPatch.context() as mp:
+        isolate_mlflow(mp)  # the run's sqlite store under `out` must not leak into later test modules
+        t0 = time.perf_counter()
+        result = run_finetune(spark, _cfg(), FinetuneSpec(data=str(small_data), backbone="ResNet50",
+                                                          task="multiclass", weights="none", out_dir=str(out),
+                                                          epochs=1, workers=2))
+        yield result, out, time.perf_counter() - t0
+
+
+@pytest.fixture(scope="module")
+def keras_probabilities(first_run) -> dict[str, np.ndarray]:
+    """The first run's Keras model (as logged in MLflow, Keras flavor) on each exported test-fold image."""
+    import mlflow.keras
+
+    result, _, _ = first_run
+    model = mlflow.keras.load_model(result.metrics["keras_model_uri"])
+    bb = get_backbone("ResNet50")
+    files = [paths.local_path(p) for p in result.predictions["paths"]]
+    images = np.stack([decode_for_model(Path(f).read_bytes(), bb.input_size) for f in files])
+    proba = np.asarray(model.predict(bb.preprocess(images), verbose=0), dtype=np.float64)
+    return dict(zip(result.predictions["paths"], proba, strict=True))
 
 
 def test_two_worker_epoch_learns_on_a_fixed_batch(first_run, evidence) -> None:
@@ -129,6 +172,66 @@ def test_two_worker_epoch_learns_on_a_fixed_batch(first_run, evidence) -> None:
     evidence(f"finetune 2 workers, 1 epoch: fixed-batch loss {m['initial_fixed_batch_loss']:.4f} -> "
              f"{epoch['fixed_batch_loss']:.4f}, {epoch['images_per_second']:.2f} images/s, "
              f"run {seconds:.0f}s")
+
+
+def test_exported_pipeline_matches_the_keras_model_on_the_test_fold(first_run, keras_probabilities,
+                                                                     evidence) -> None:
+    result, _, _ = first_run
+    pred = result.predictions
+    keras_proba = np.stack([keras_probabilities[p] for p in pred["paths"]])
+    gap = float(np.abs(pred["proba"] - keras_proba).max())
+    assert gap < 1e-4, gap
+    assert (pred["y_pred"] == keras_proba.argmax(axis=1)).all()
+    evidence(f"finetune export parity on {len(keras_proba)} test-fold images: max |p_spark - p_keras| = "
+             f"{gap:.2e}")
+
+
+def test_mlflow_run_has_epoch_metrics_intervals_and_an_unaliased_version(first_run) -> None:
+    from mlflow import MlflowClient
+
+    result, _, _ = first_run
+    client = MlflowClient()
+    run = client.get_run(result.run_id)
+    for key in ("loss", "val_loss", "val_accuracy", "images_per_s"):
+        assert [m.step for m in client.get_metric_history(result.run_id, key)] == [1], key
+    metrics = run.data.metrics
+    for key in ("accuracy", "macro_f1"):
+        assert metrics[f"{key}_ci_low"] <= metrics[key] <= metrics[f"{key}_ci_high"], key
+    assert metrics["n_test"] == result.metrics["test"]["n"] > 0
+    assert run.data.params["weights"] == "none" and "random weights" in run.data.tags["note"]
+    assert "random weights" in run.data.tags["mlflow.note.content"]
+    assert run.data.params["split_hash"] == result.metrics["split_hash"]
+    artifacts = {a.path for a in client.list_artifacts(result.run_id)}
+    assert {"plots", "weights"} <= artifacts
+    name, version = result.model_uri.removeprefix("models:/").split("/")
+    mv = client.get_model_version(name, version)
+    assert mv.run_id == result.run_id
+    assert not client.get_registered_model(name).aliases  # champion is train's to give
+
+
+def test_registered_model_scores_through_the_cli(first_run, keras_probabilities, tmp_path: Path) -> None:
+    result, _, _ = first_run
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    expected = {}
+    for uri in list(keras_probabilities)[:3]:
+        f = Path(paths.local_path(uri))
+        shutil.copy(f, src / f.name)
+        expected[f.name] = result.metrics["labels"][int(keras_probabilities[uri].argmax())]
+    import mlflow
+
+    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow.get_tracking_uri(), "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.run([sys.executable, "-m", "xray_spark", "score", "--model", result.model_uri,
+                           "--input", str(src), "--output", str(out)], env=env, capture_output=True,
+                          text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    import pandas as pd
+
+    rows = pd.concat([pd.read_parquet(f) for f in sorted(out.glob("score_date=*/part-*.parquet"))])
+    assert (rows["status"] == "ok").all() and len(rows) == len(expected)
+    got = {Path(paths.local_path(p)).name: lab for p, lab in zip(rows["path"], rows["predicted_label"],
+                                                                 strict=True)}
+    assert got == expected
 
 
 def test_second_run_resumes_from_the_checkpoint(first_run, spark) -> None:

@@ -128,7 +128,8 @@ def cmd_finetune(args: argparse.Namespace) -> int:
             raise UserError(f"--{name} must be 1 or more, got {getattr(args, name)}")
     cfg, spark = _context(args)
     spec = FinetuneSpec(data=args.data, backbone=args.backbone, task=args.task, weights=args.weights,
-                        out_dir=args.out, epochs=args.epochs, workers=args.workers)
+                        out_dir=args.out, epochs=args.epochs, workers=args.workers,
+                        tracking_uri=args.tracking_uri)
     print("\n".join(run_finetune(spark(), cfg, spec).lines()))
     return 0
 
@@ -266,6 +267,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="checkpoints, the final model.keras and finetune_metrics.json (on the driver's disk)")
     p.add_argument("--workers", type=int, default=None, metavar="N",
                    help="training workers = barrier tasks (default: config finetune.workers)")
+    p.add_argument("--tracking-uri", metavar="URI",
+                   help="MLflow tracking URI (default: config tracking_uri, else MLFLOW_TRACKING_URI, else "
+                        "sqlite under --out)")
 
     p = add("score", cmd_score, "score new images in a folder with a model, incrementally and exactly once")
     p.add_argument("--model", required=True, metavar="URI",

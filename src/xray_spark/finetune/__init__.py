@@ -2,5 +2,6 @@
 
 config.py (settings) -> data.py (the driver writes per-worker shards; workers read theirs) -> distributed.py
 (barrier tasks launch one TensorFlow worker each) -> trainer.py (the training loop in that worker, with
-checkpoints) ; runner.py wires them for the CLI.
+checkpoints) ; export.py (the trained model as the Spark PipelineModel every command accepts) ; runner.py
+wires them for the CLI and tracks the result in MLflow.
 """

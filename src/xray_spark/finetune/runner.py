@@ -1,7 +1,13 @@
-"""`xray-spark finetune`: ingest-or-reuse, write the shards, run the barrier workers, write the metrics.
+"""`xray-spark finetune`: ingest-or-reuse, write the shards, run the barrier workers, then make the result a
+model like any other and track it in MLflow.
 
-The driver holds only small things: shard counts, the payload, and each worker's result (history from the
-chief, a confusion matrix of its test share from every worker).
+The driver holds only small things: shard counts, the payload, each worker's result (history from the
+chief, a confusion matrix of its test share from every worker), and the test fold's predictions (as `train`
+collects its heads'). After training, the Keras model becomes the Spark PipelineModel of export.py; its
+fine-tuned backbone weights are carried in the run exactly as `train` carries a backbone's (pinning.py), and
+the test-fold metrics come from that exported model through `train`'s own helpers (`predict_split`,
+`evaluate`: same grouped split, same bootstrap intervals), so they describe the model that is registered.
+The model is registered under the task's name without moving `champion`: competing for it is `train`'s job.
 """
 
 from __future__ import annotations
@@ -17,15 +23,32 @@ import numpy as np
 
 from xray_spark import paths
 from xray_spark.config import Config
-from xray_spark.data.images import load_or_ingest
+from xray_spark.data.images import image_contents, load_or_ingest
 from xray_spark.errors import UserError
 from xray_spark.features.backbones import get_backbone
+from xray_spark.features.pinning import carry_weights
 from xray_spark.features.weights import resolve_weights, ship_weights
 from xray_spark.finetune.checkpoints import Checkpoints, write_json_atomic
 from xray_spark.finetune.data import class_weights, steps_for, write_shards
 from xray_spark.finetune.distributed import run_barrier
+from xray_spark.finetune.export import backbone_and_head, save_backbone_weights, softmax_head
 from xray_spark.finetune.trainer import CHECKPOINTS, MODEL_FILE
-from xray_spark.train.tasks import get_task
+from xray_spark.tracking import (
+    configure,
+    finite_metrics,
+    flat_params,
+    library_versions,
+    model_pip_requirements,
+    register_model,
+    registered_name,
+    spark_model_signature,
+    tracking_uri_for,
+)
+from xray_spark.train.compare import full_pipeline, labels_frame
+from xray_spark.train.evaluate import confusion, evaluate
+from xray_spark.train.fit import predict_split, task_frame
+from xray_spark.train.report import plot_confusion
+from xray_spark.train.tasks import Task, get_task
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +64,11 @@ class FinetuneSpec:
     out_dir: str
     epochs: int | None = None  # None: config finetune.epochs
     workers: int | None = None  # None: config finetune.workers
+    tracking_uri: str | None = None  # --tracking-uri (see tracking.tracking_uri_for for the precedence)
+
+
+RANDOM_NOTE = "the backbone started from random weights (--weights none), not ImageNet"
+INTERVAL_METRICS = ("accuracy", "macro_f1", "covid_recall")  # printed with their 95% intervals
 
 
 @dataclass
@@ -48,16 +76,24 @@ class FinetuneResult:
     metrics: dict[str, Any]
     model_path: Path
     metrics_path: Path
+    model_uri: str = ""  # models:/NAME/VERSION
+    run_id: str = ""
+    tracking_uri: str = ""
+    predictions: dict[str, Any] | None = None  # exported model's test-fold arrays (train.fit.predict_split)
 
     def lines(self) -> list[str]:
         m = self.metrics
         out = [f"epoch {h['epoch']}: loss {h['loss']:.4f}, val loss {h['val_loss']:.4f}, "
                f"{h['images_per_second']:.1f} images/s" for h in m["history"]]
         test = m["test"]
-        out.append(f"test fold: accuracy {test['accuracy']:.3f} on {test['n']} images")
+        shown = [f"{k} {test[k]:.3f} [{test[k + '_ci_low']:.3f}, {test[k + '_ci_high']:.3f}]"
+                 for k in INTERVAL_METRICS if f"{k}_ci_low" in test]
+        out.append(f"test fold ({test['n']} images, 95% intervals): {'; '.join(shown)}")
         if m["weights_kind"] == "none":
-            out.append("NOTE: the backbone started from random weights (--weights none), not ImageNet")
-        out += [f"model: {self.model_path}", f"metrics: {self.metrics_path}"]
+            out.append(f"NOTE: {RANDOM_NOTE}")
+        out += [f"model: {self.model_uri} (run {self.run_id}; not @champion: compete with train --heads "
+                "finetune)", f"keras model: {self.model_path}", f"metrics: {self.metrics_path}",
+                f"MLflow: {self.tracking_uri}"]
         return out
 
 
@@ -96,8 +132,7 @@ def run_finetune(spark, cfg: Config, spec: FinetuneSpec) -> FinetuneResult:
              "%d steps per epoch", bb.name, task.name, resolved.kind, plan.n("train"), plan.n("val"), workers,
              batch, payload["steps"])
     results = run_barrier(spark, workers, payload)
-    confusion = np.sum([r["test_confusion"] for r in results], axis=0)
-    n_test = int(confusion.sum())
+    keras_confusion = np.sum([r["test_confusion"] for r in results], axis=0)
     metrics = {
         "backbone": bb.name, "task": task.name, "labels": list(task.labels), "weights": spec.weights,
         "weights_kind": resolved.kind, "weights_fingerprint": resolved.fingerprint, "workers": workers,
@@ -105,10 +140,80 @@ def run_finetune(spark, cfg: Config, spec: FinetuneSpec) -> FinetuneResult:
         "val_fold": plan.val_fold, "n_train": plan.n("train"), "n_val": plan.n("val"),
         "start_epoch": results[0]["start_epoch"],
         "initial_fixed_batch_loss": results[0]["initial_fixed_batch_loss"],
-        "history": results[0]["history"],
-        "test": {"n": n_test, "accuracy": float(np.trace(confusion) / n_test) if n_test else float("nan"),
-                 "confusion": confusion.tolist()},
+        "history": results[0]["history"], "keras_test_confusion": keras_confusion.tolist(),
+        "split_hash": summary["split"]["hash"],
     }
+    result = _track(spark, cfg, spec, task, images, summary, metrics)
     out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out / METRICS_FILE, metrics)
-    return FinetuneResult(metrics, out / MODEL_FILE, out / METRICS_FILE)
+    write_json_atomic(out / METRICS_FILE, result.metrics)
+    return result
+
+
+def _params(spec: FinetuneSpec, cfg: Config, summary: dict, m: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "task": m["task"], "labels": ",".join(m["labels"]), "backbone": m["backbone"], "head": "finetune",
+        "weights": m["weights_kind"] if m["weights_kind"] == "file" else spec.weights,  # never a path
+        "weights_fingerprint": m["weights_fingerprint"], "epochs": spec.epochs or cfg.finetune.epochs,
+        "workers": m["workers"], "per_worker_batch": m["per_worker_batch"], "precision_policy": m["policy"],
+        "val_fold": m["val_fold"], "n_train": m["n_train"], "n_val": m["n_val"],
+        "split_hash": summary["split"]["hash"], "split_seed": cfg.split.seed,
+        "dataset_manifest_hash": summary.get("manifest_hash", ""),
+        **flat_params("finetune", m["finetune"]), **library_versions(),
+    }
+
+
+def _test_fold(spark, cfg: Config, images, summary: dict, task: Task):
+    """The test side of the persisted split with its bytes: the rows `train` evaluates its heads on."""
+    contents = image_contents(spark, summary, cfg).dropDuplicates(["sha256"])
+    frame = labels_frame(images).where("split = 'test'").join(contents, "sha256")
+    return task_frame(frame, task, weighted=False)
+
+
+def _track(spark, cfg: Config, spec: FinetuneSpec, task: Task, images, summary: dict,
+           metrics: dict[str, Any]) -> FinetuneResult:
+    """One MLflow run: params, per-epoch metrics, the exported model's test metrics with intervals, the
+    confusion plot, the Spark and Keras models, and a registered version (no alias moves)."""
+    import keras  # lazy: loads TensorFlow; the driver needs it only to split the saved model
+    import mlflow  # lazy: a slow import that argument checks skip
+    import mlflow.keras  # lazy: a slow import that argument checks skip
+    import mlflow.spark  # lazy: a slow import that argument checks skip
+
+    out = paths.local_path(spec.out_dir)
+    bb, tc = get_backbone(metrics["backbone"]), cfg.train
+    configure(tracking_uri_for(spec.tracking_uri, cfg.tracking_uri, out), out)
+    random_start = metrics["weights_kind"] == "none"
+    description = (f"{bb.name} fine-tuned end to end + softmax head ({task.description}); started from "
+                   + (RANDOM_NOTE.removeprefix("the backbone started from ") if random_start
+                      else f"{metrics['weights_kind']} weights {metrics['weights_fingerprint'][:16]}"))
+    model = keras.saving.load_model(str(out / MODEL_FILE), compile=False)
+    backbone, kernel, bias = backbone_and_head(model)
+    weights_file = save_backbone_weights(backbone, out / "export" / f"{bb.name}-finetuned.weights.h5")
+    with mlflow.start_run(run_name=f"finetune {bb.name} {task.name}", description=description) as run:
+        mlflow.set_tags({"kind": "finetune", "task": task.name, "backbone": bb.name, "head": "finetune",
+                         "start_weights": metrics["weights_kind"],
+                         **({"note": RANDOM_NOTE} if random_start else {})})
+        mlflow.log_params(_params(spec, cfg, summary, metrics))
+        for h in metrics["history"]:
+            mlflow.log_metrics(finite_metrics({"loss": h["loss"], "val_loss": h["val_loss"],
+                                               "val_accuracy": h["val_accuracy"],
+                                               "images_per_s": h["images_per_second"]}), step=h["epoch"])
+        weights_uri, sha = carry_weights(spark, bb.name, str(weights_file))
+        pipeline = full_pipeline(bb.name, weights_uri, softmax_head(spark, kernel, bias, task), task, sha)
+        pred = predict_split(pipeline, _test_fold(spark, cfg, images, summary, task), probabilistic=True)
+        test = evaluate(pred["y_true"], pred["y_pred"], pred["proba"], list(task.labels), pred["groups"],
+                        n_resamples=tc.bootstrap_resamples, seed=tc.seed, positive=task.positive)
+        cm = confusion(pred["y_true"], pred["y_pred"], task.n_classes)
+        mlflow.log_metrics(finite_metrics(test))
+        png = plot_confusion(cm, list(task.labels), f"{task.description}\n{bb.name} fine-tuned",
+                             out / "plots" / f"confusion_{task.name}_{bb.name}_finetune.png")
+        mlflow.log_artifact(str(png), "plots")
+        info = mlflow.spark.log_model(pipeline, "model", signature=spark_model_signature(),
+                                      pip_requirements=model_pip_requirements())
+        keras_info = mlflow.keras.log_model(model, "keras_model", pip_requirements=model_pip_requirements())
+        name = registered_name(tc.registered_model_prefix, task.name)
+        version = register_model(info.model_uri, name, description)
+    metrics.update(weights_sha256=sha, run_id=run.info.run_id, model_uri=f"models:/{name}/{version}",
+                   keras_model_uri=keras_info.model_uri,
+                   test={**finite_metrics(test), "n": int(cm.sum()), "confusion": cm.tolist()})
+    return FinetuneResult(metrics, out / MODEL_FILE, out / METRICS_FILE, metrics["model_uri"],
+                          run.info.run_id, mlflow.get_tracking_uri(), pred)
