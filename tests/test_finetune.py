@@ -107,6 +107,36 @@ def test_softmax_head_as_logistic_regression_coefficients() -> None:
             np.testing.assert_allclose(p1, softmax(x @ kernel + bias)[:, 1])
 
 
+def test_softmax_head_is_an_mllib_model_that_spark_and_serving_agree_on(spark) -> None:
+    """Both task shapes through the py4j constructor (binary needs row-major coefficients), Spark's transform
+    and the Spark-free serving export (`serve`) against numpy's softmax."""
+    from pyspark.ml import PipelineModel
+    from pyspark.ml.linalg import Vectors
+
+    from xray_spark.finetune.export import softmax_head
+    from xray_spark.serving.export import export_head
+    from xray_spark.train.compare import _decode_label
+    from xray_spark.train.tasks import get_task
+
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(6, 8))
+    for name in ("binary", "multiclass"):
+        task = get_task(name)
+        kernel, bias = rng.normal(size=(8, task.n_classes)), rng.normal(size=task.n_classes)
+        z = x @ kernel + bias
+        want = np.exp(z - z.max(axis=1, keepdims=True))
+        want /= want.sum(axis=1, keepdims=True)
+        head = softmax_head(spark, kernel, bias, task)
+        pipeline = PipelineModel(stages=[head, _decode_label(task)])
+        frame = spark.createDataFrame([(Vectors.dense(v),) for v in x], ["features"])
+        rows = pipeline.transform(frame).collect()
+        np.testing.assert_allclose(np.stack([r["probability"].toArray() for r in rows]), want, atol=1e-12)
+        assert [r["predicted_label"] for r in rows] == [task.labels[i] for i in want.argmax(axis=1)]
+        labels, proba = export_head(pipeline).predict(x)
+        np.testing.assert_allclose(proba, want, atol=1e-12)
+        assert list(labels) == [task.labels[i] for i in want.argmax(axis=1)]
+
+
 def test_cli_bad_arguments_exit_2_before_spark(tmp_path: Path, small_data: Path) -> None:
     out = tmp_path / "out"
     for extra in (["--backbone", "NoSuchNet"], ["--backbone", "ResNet50", "--epochs", "0"],
@@ -167,6 +197,8 @@ def test_two_worker_epoch_learns_on_a_fixed_batch(first_run, evidence) -> None:
     assert epoch["images_per_second"] > 0 and np.isfinite(epoch["val_loss"])
     assert m["test"]["n"] > 0 and 0 <= m["test"]["accuracy"] <= 1
     assert (out / "model.keras").is_file() and json.loads((out / "finetune_metrics.json").read_text()) == m
+    summary = "\n".join(result.lines())
+    assert "random weights" in summary and result.model_uri in summary and "95% intervals" in summary
     state = json.loads((out / "checkpoints" / "state.json").read_text())
     assert state["epoch"] == 1 and (out / "checkpoints" / state["weights"]).is_file()
     evidence(f"finetune 2 workers, 1 epoch: fixed-batch loss {m['initial_fixed_batch_loss']:.4f} -> "
