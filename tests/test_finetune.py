@@ -266,6 +266,24 @@ def test_registered_model_scores_through_the_cli(first_run, keras_probabilities,
     assert got == expected
 
 
+def test_registered_version_serves_spark_free(first_run, keras_probabilities, tmp_path: Path) -> None:
+    """`serve --model models:/NAME/VERSION` finds the bundle linked to the version and predicts as Keras."""
+    import mlflow
+
+    from xray_spark.serving.bundle import load_bundle
+    from xray_spark.serving.mlflow_model import bundle_for_model
+    from xray_spark.serving.predictor import Predictor
+
+    result, _, _ = first_run
+    folder = bundle_for_model(result.model_uri, mlflow.get_tracking_uri(), cache_dir=tmp_path / "serving")
+    predictor = Predictor(load_bundle(folder))
+    for uri, proba in list(keras_probabilities.items())[:3]:
+        got = predictor.predict(Path(paths.local_path(uri)).read_bytes())
+        assert got.label == result.metrics["labels"][int(proba.argmax())]
+        assert max(abs(got.probabilities[k] - p) for k, p in zip(result.metrics["labels"], proba,
+                                                                  strict=True)) < 1e-4
+
+
 def test_second_run_resumes_from_the_checkpoint(first_run, spark) -> None:
     from xray_spark.finetune.runner import FinetuneSpec, run_finetune
 

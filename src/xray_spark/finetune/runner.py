@@ -7,7 +7,8 @@ collects its heads'). After training, the Keras model becomes the Spark Pipeline
 fine-tuned backbone weights are carried in the run exactly as `train` carries a backbone's (pinning.py), and
 the test-fold metrics come from that exported model through `train`'s own helpers (`predict_split`,
 `evaluate`: same grouped split, same bootstrap intervals), so they describe the model that is registered.
-The model is registered under the task's name without moving `champion`: competing for it is `train`'s job.
+The model is registered under the task's name without moving `champion` (competing for it is `train`'s
+job), with a Spark-free serving bundle linked as for champions, so `serve --model models:/NAME/VERSION` works.
 """
 
 from __future__ import annotations
@@ -33,11 +34,14 @@ from xray_spark.finetune.data import class_weights, steps_for, write_shards
 from xray_spark.finetune.distributed import run_barrier
 from xray_spark.finetune.export import backbone_and_head, save_backbone_weights, softmax_head
 from xray_spark.finetune.trainer import CHECKPOINTS, MODEL_FILE
+from xray_spark.serving.mlflow_model import log_serving_model
 from xray_spark.tracking import (
+    SERVING_TAG,
     configure,
     finite_metrics,
     flat_params,
     library_versions,
+    link_model,
     model_pip_requirements,
     register_model,
     registered_name,
@@ -212,6 +216,11 @@ def _track(spark, cfg: Config, spec: FinetuneSpec, task: Task, images, summary: 
         keras_info = mlflow.keras.log_model(model, "keras_model", pip_requirements=model_pip_requirements())
         name = registered_name(tc.registered_model_prefix, task.name)
         version = register_model(info.model_uri, name, description)
+        # `serve --model models:/NAME/VERSION` serves the bundle its SERVING_TAG names, as for champions
+        serving_uri = log_serving_model(pipeline, weights_file, {
+            "task": task.name, "model_name": name, "model_version": version,
+            "model_uri": f"models:/{name}/{version}"})
+        link_model(name, version, SERVING_TAG, serving_uri)
     metrics.update(weights_sha256=sha, run_id=run.info.run_id, model_uri=f"models:/{name}/{version}",
                    keras_model_uri=keras_info.model_uri,
                    test={**finite_metrics(test), "n": int(cm.sum()), "confusion": cm.tolist()})
