@@ -27,7 +27,7 @@ from xray_spark.errors import ConfigError
 from xray_spark.features.backbones import get_backbone
 from xray_spark.finetune.augment import augment_one
 from xray_spark.finetune.config import FinetuneConfig
-from xray_spark.finetune.data import batch_indices, class_weights, shard_of
+from xray_spark.finetune.data import batch_indices, class_weights
 from xray_spark.finetune.distributed import tf_config
 from xray_spark.finetune.export import head_coefficients
 from xray_spark.finetune.trainer import precision_policy
@@ -51,6 +51,32 @@ def test_config_section_defaults_and_validation(tmp_path: Path) -> None:
     assert load_config(ok, local=None).finetune.unfreeze == 12
 
 
+def test_run_key_covers_every_setting_but_epochs() -> None:
+    """A rerun with other settings must not resume a checkpoint (its metrics would claim one setting)."""
+    from xray_spark.finetune.runner import FinetuneSpec, run_key
+
+    spec = FinetuneSpec(data="d", backbone="ResNet50", task="binary", weights="none", out_dir="o")
+    cfg = load_config(local=None)
+    key = run_key("/x/shards-1", spec, "none:seed=0", cfg, 2)
+    cfg.finetune.epochs += 5  # asking for more epochs is what a resume is for
+    assert run_key("/x/shards-1", spec, "none:seed=0", cfg, 2) == key
+    for change in ({"learning_rate": 1e-3}, {"augment": False}, {"seed": 8}, {"class_weights": False}):
+        other = load_config(local=None)
+        for name, value in change.items():
+            setattr(other.finetune, name, value)
+        assert run_key("/x/shards-1", spec, "none:seed=0", other, 2) != key, change
+
+
+def test_more_workers_than_task_slots_is_one_clear_line(spark) -> None:
+    """Spark would wait ~10 minutes for barrier slots that never come, then fail with a traceback."""
+    from xray_spark.errors import UserError
+    from xray_spark.finetune.runner import _check_cluster
+
+    _check_cluster(spark, spark.sparkContext.defaultParallelism)
+    with pytest.raises(UserError, match="--workers 3 needs 3 concurrent task slots"):
+        _check_cluster(spark, 3)
+
+
 def test_precision_policy_bf16_only_where_native() -> None:
     assert precision_policy("auto", {"avx2"}) == "float32"
     assert precision_policy("auto", {"avx2", "amx_bf16"}) == "mixed_bfloat16"
@@ -72,7 +98,6 @@ def test_batches_same_step_count_whatever_the_shard_size() -> None:
     assert [m.sum() for _, m in val] == [4, 2, 0]
     assert sorted(np.concatenate([i[m > 0] for i, m in val]).tolist()) == list(range(6))
     assert class_weights([30, 10, 0]) == [40 / 90, 40 / 30, 0.0]
-    assert shard_of("0000000a" + "f" * 56, 3) == 10 % 3
 
 
 def test_augmentation_is_mild_and_never_mirrors() -> None:

@@ -57,12 +57,6 @@ class ShardPlan:
         return max(self.n(role, s) for s in range(self.workers))
 
 
-def shard_of(sha256: str, workers: int) -> int:
-    """The worker that owns an image: the first 8 hex digits of its sha256 modulo `workers` (the rule the
-    Spark expression in `write_shards` applies; no test compares the two yet)."""
-    return int(sha256[:8], 16) % workers
-
-
 def class_weights(counts: list[int]) -> list[float]:
     """Inverse-frequency weights n / (k * n_c), so each class contributes equally to the loss; a class with
     no training images gets 0 (it has nothing to weight)."""

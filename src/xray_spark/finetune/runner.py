@@ -29,7 +29,7 @@ from xray_spark.errors import UserError
 from xray_spark.features.backbones import get_backbone
 from xray_spark.features.pinning import carry_weights
 from xray_spark.features.weights import resolve_weights, ship_weights
-from xray_spark.finetune.checkpoints import Checkpoints, write_json_atomic
+from xray_spark.finetune.checkpoints import BEST, Checkpoints, write_json_atomic
 from xray_spark.finetune.data import class_weights, steps_for, write_shards
 from xray_spark.finetune.distributed import run_barrier
 from xray_spark.finetune.export import backbone_and_head, save_backbone_weights, softmax_head
@@ -102,11 +102,27 @@ class FinetuneResult:
 
 
 def run_key(plan_root: str, spec: FinetuneSpec, fingerprint: str, cfg: Config, workers: int) -> str:
-    """What a checkpoint must match to be resumed: data shards, backbone, weights, task, and the settings
-    that shape the variables or the steps."""
+    """What a checkpoint must match to be resumed: data shards, backbone, weights, task, workers and every
+    fine-tune setting but `epochs` (a resume may ask for more): a rerun with another learning rate or
+    augmentation must not continue a run whose metrics then claim one setting for all epochs."""
+    settings = {k: v for k, v in asdict(cfg.finetune).items() if k not in ("epochs", "workers")}
     parts = [Path(plan_root).name, get_backbone(spec.backbone).name, fingerprint, spec.task, workers,
-             str(cfg.finetune.unfreeze), cfg.finetune.optimizer, cfg.finetune.batch_size]
+             json.dumps(settings, sort_keys=True, default=str)]
     return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
+
+
+def _check_cluster(spark, workers: int) -> None:
+    """One clear line (exit 2) instead of a hang: Spark waits ~10 min for barrier slots it will never get,
+    and on several hosts the shards, checkpoints and model would land on different executors' disks
+    (they are written to --out as a local folder; shared storage for them is not built yet)."""
+    master = spark.sparkContext.master
+    if not master.startswith("local"):
+        raise UserError(f"finetune runs in Spark local mode only for now (master {master}): its shards and "
+                        "checkpoints live on one machine's disk")
+    slots = spark.sparkContext.defaultParallelism
+    if workers > slots:
+        raise UserError(f"--workers {workers} needs {workers} concurrent task slots; master {master} has "
+                        f"{slots}: use --workers {slots} or a master with more cores")
 
 
 def run_finetune(spark, cfg: Config, spec: FinetuneSpec) -> FinetuneResult:
@@ -114,6 +130,7 @@ def run_finetune(spark, cfg: Config, spec: FinetuneSpec) -> FinetuneResult:
     bb = get_backbone(spec.backbone)
     workers = spec.workers or cfg.finetune.workers
     epochs = spec.epochs or cfg.finetune.epochs
+    _check_cluster(spark, workers)
     out = paths.local_path(spec.out_dir)
     images, summary, _ = load_or_ingest(spark, spec.data, spec.out_dir, cfg)
     plan = write_shards(spark, images, summary, cfg, task, spec.out_dir, workers)
@@ -123,6 +140,8 @@ def run_finetune(spark, cfg: Config, spec: FinetuneSpec) -> FinetuneResult:
     if state is not None and state.get("run_key") != key:
         raise UserError(f"--out {spec.out_dir} holds checkpoints of another fine-tune (other data, backbone, "
                         "weights, task or settings); give a new --out to start over")
+    if state is None:  # a fresh start: a best-weights file left by a killed earlier run is not this run's
+        (out / CHECKPOINTS / BEST).unlink(missing_ok=True)
     batch = -(-cfg.finetune.batch_size // workers)
     payload = {
         "backbone": bb.name, "labels": list(task.labels), "data_root": plan.root, "out_dir": str(out),
