@@ -94,7 +94,8 @@ def assert_ran_on_executors(cluster: StandaloneCluster, app_id: str, env: dict, 
              f"executor {executor_dir.parent.name}/{executor_dir.name} "
              f"ran {stderr.count('Finished task')} tasks")
     assert (executor_dir / env["pyfiles"].name).is_file()  # the package came from --py-files
-    weights = list(executor_dir.glob("resnet50-seed0-*.weights.h5"))
+    # train ships the seeded init; score ships the copy the model carries (staged as <sha256 prefix>-<name>)
+    weights = list(executor_dir.glob("*resnet50-seed0-*.weights.h5"))
     assert weights, (
         f"weights were not shipped with addFile to {executor_dir}: {sorted(executor_dir.iterdir())}")
     return executor_dir
