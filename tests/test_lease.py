@@ -90,10 +90,10 @@ def test_heartbeat_renews_and_a_stalled_run_that_was_taken_over_cannot_commit(sp
     store = OutputStore(spark, viewfs(str(tmp_path / "out")), ref)
     rows = spark.createDataFrame([("viewfs://v/x.png", "s1", "m", "path", "/models/m", 1,
                                    datetime.now(timezone.utc), "d")], LEDGER_SCHEMA).drop("score_date")
-    with store.leased(ttl=0.8, settle=0.0) as lease:
+    with store.leased(ttl=4.0, settle=0.0) as lease:  # ttl well above a Spark commit on a loaded machine
         assert lease.info is not None
         first = lease.info.renewed_at
-        time.sleep(0.6)
+        time.sleep(1.5)  # > ttl/4: at least one heartbeat
         lease.check()
         assert lease.info.renewed_at > first  # the heartbeat (every ttl/4) rewrote the lease
         assert store.commit(rows, datetime.now(timezone.utc)) is not None  # holder commits
