@@ -309,9 +309,10 @@ def test_registered_version_serves_spark_free(first_run, keras_probabilities, tm
                                                                   strict=True)) < 1e-4
 
 
-def test_second_run_resumes_from_the_checkpoint(first_run, spark) -> None:
+def test_second_run_resumes_from_the_checkpoint(first_run, spark, monkeypatch) -> None:
     from xray_spark.finetune.runner import FinetuneSpec, run_finetune
 
+    isolate_mlflow(monkeypatch)  # run_finetune points MLflow (and MLFLOW_*_URI) at its store: undone after
     first, out, _ = first_run
     epoch1 = first.metrics["history"][0]
     result = run_finetune(spark, _cfg(), FinetuneSpec(data=str(out / "ingest"), backbone="ResNet50",

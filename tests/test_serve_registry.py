@@ -134,7 +134,8 @@ def test_cli_serve_model_uri_answers_like_spark(trained, images, spark_predictio
     """`xray-spark serve --model models:/NAME@champion`: the champion's bundle from the registry, served."""
     port = free_port()
     log_path = tmp_path / "serve.log"
-    env = {**os.environ, "XRAY_SPARK_CACHE": str(tmp_path)}  # the bundle is downloaded into this folder
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+    env["XRAY_SPARK_CACHE"] = str(tmp_path)  # the bundle is downloaded into this folder; --tracking-uri only
     proc = subprocess.Popen([sys.executable, "-m", "xray_spark", "serve", "--model",
                              trained.champions["binary"]["uri"], "--tracking-uri", trained.tracking_uri,
                              "--port", str(port), "--threads", "1"],
