@@ -32,7 +32,7 @@ from xray_spark.features.backbones import Backbone, get_backbone
 from xray_spark.features.engines import cpu_flags, has_native_bf16
 from xray_spark.features.worker import configure_tf_threads
 from xray_spark.finetune.augment import augment_batch
-from xray_spark.finetune.checkpoints import Checkpoints
+from xray_spark.finetune.checkpoints import Checkpoints, best_name
 from xray_spark.finetune.config import FinetuneConfig, unfreeze_count
 from xray_spark.finetune.data import batch_indices, decode_batch, read_shard
 from xray_spark.logs import setup_logging
@@ -40,6 +40,7 @@ from xray_spark.logs import setup_logging
 log = logging.getLogger("xray_spark.finetune")
 
 MODEL_FILE = "model.keras"
+PROGRESS_SECONDS = 60.0  # a progress line within an epoch at most this often (an epoch can take many minutes)
 CHECKPOINTS = "checkpoints"
 
 
@@ -106,6 +107,7 @@ class _Worker:
         self.batch = int(p["per_worker_batch"])
         self.global_batch = self.batch * self.world
         self.class_weights = np.asarray(p["class_weights"], dtype=np.float32)
+        self.n_train = int(p["n_train"])  # training images over all shards (the driver's count)
         self.strategy = tf.distribute.MultiWorkerMirroredStrategy()  # reads TF_CONFIG; before any other op
         self.policy = precision_policy(self.cfg.precision, cpu_flags())
         keras.mixed_precision.set_global_policy(self.policy)
@@ -119,6 +121,7 @@ class _Worker:
         self.ckpt = Checkpoints(Path(p["out_dir"]) / CHECKPOINTS, chief=self.chief)
         self._train_step = tf.function(self._train_step_fn)
         self._eval_step = tf.function(self._eval_step_fn)
+        self._sync = tf.function(self._sync_fn)
 
     # ---------------------------------------------------------------------------------- compiled steps
 
@@ -140,6 +143,11 @@ class _Worker:
                                   self.tf.reduce_sum(correct * mask), self.tf.reduce_sum(mask)])
         return self.strategy.reduce("SUM", self.strategy.run(replica, args=(x, y, mask)), axis=None)
 
+    def _sync_fn(self):
+        """A collective no-op: no worker passes it before all reach it (e.g. the chief's checkpoint files
+        exist before any worker reads them)."""
+        return self.strategy.reduce("SUM", self.strategy.run(lambda: self.tf.constant(1.0)), axis=None)
+
     # ------------------------------------------------------------------------------------------ batches
 
     def _inputs(self, role: str, idx: np.ndarray, augment: bool, rng: np.random.Generator | None):
@@ -153,16 +161,24 @@ class _Worker:
         return self.bb.preprocess(images), labels[idx]
 
     def train_epoch(self, epoch: int) -> tuple[float, float]:
-        """Mean weighted training loss over the epoch, and images/s (all workers, decoding included)."""
+        """Mean weighted training loss over the epoch, and images/s (all workers, decoding included; real
+        images only: every training image is seen once per epoch, the padding that evens out the shards is
+        not counted). The chief logs a progress line about once a minute."""
         rng = np.random.default_rng([self.cfg.seed, self.rank, epoch])
         total, t0 = 0.0, time.perf_counter()
-        n = len(self.data["train"][1])
-        for idx, mask in batch_indices(n, self.batch, rng, int(self.p["steps"])):
+        shown = t0
+        n, steps = len(self.data["train"][1]), int(self.p["steps"])
+        for step, (idx, mask) in enumerate(batch_indices(n, self.batch, rng, steps), start=1):
             x, y = self._inputs("train", idx, self.cfg.augment, rng)
             w = mask * (self.class_weights[y] if self.cfg.class_weights else 1.0)
             total += float(self._train_step(x, y, w.astype(np.float32)))
-        seconds = time.perf_counter() - t0
-        return total / int(self.p["steps"]), int(self.p["steps"]) * self.global_batch / seconds
+            now = time.perf_counter()
+            if self.chief and now - shown >= PROGRESS_SECONDS and step < steps:
+                shown = now
+                log.info("epoch %d/%d: step %d/%d, loss %.4f so far, %.1f images/s", epoch + 1,
+                         int(self.p["epochs"]), step, steps, total / step,
+                         self.n_train * step / steps / (now - t0))
+        return total / steps, self.n_train / (time.perf_counter() - t0)
 
     def evaluate(self, role: str) -> tuple[float, float, int]:
         """(mean loss, accuracy, images) over a whole role, exactly (padding masked), across all workers."""
@@ -198,11 +214,12 @@ class _Worker:
 
     def run(self) -> dict[str, Any]:
         state = self.ckpt.state()
-        start, history, best_val, bad = 0, [], float("inf"), 0
+        start, history, best_val, bad, best_epoch = 0, [], float("inf"), 0, None
         if state is not None:
             self.model.load_weights(str(self.ckpt.weights_path(state["weights"])))
             start, history = int(state["epoch"]), list(state["history"])
             best_val, bad = float(state["best_val"]), int(state["bad_epochs"])
+            best_epoch = state.get("best_epoch")
             if self.chief:
                 log.info("resuming from the checkpoint after epoch %d (optimizer step %d)", start,
                          int(self.model.optimizer.iterations.numpy()))
@@ -212,24 +229,28 @@ class _Worker:
         for epoch in range(start, epochs):
             if stopped:
                 break
+            t_epoch = time.perf_counter()
             loss, ips = self.train_epoch(epoch)
             val_loss, val_acc, _ = self.evaluate("val")
             improved = val_loss < best_val
             best_val, bad = (val_loss, 0) if improved else (best_val, bad + 1)
+            best_epoch = epoch + 1 if improved else best_epoch
             record = {"epoch": epoch + 1, "loss": loss, "val_loss": val_loss, "val_accuracy": val_acc,
                       "images_per_second": ips, "fixed_batch_loss": self.fixed_batch_loss(),
-                      "optimizer_step": int(self.model.optimizer.iterations.numpy())}
+                      "optimizer_step": int(self.model.optimizer.iterations.numpy()),
+                      "seconds": time.perf_counter() - t_epoch}
             history.append(record)
             self.ckpt.save(self.model, {"epoch": epoch + 1, "history": history, "best_val": best_val,
-                                        "bad_epochs": bad, "run_key": self.p["run_key"]}, best=improved)
+                                        "bad_epochs": bad, "best_epoch": best_epoch,
+                                        "run_key": self.p["run_key"]}, best=improved)
+            self._sync()  # the chief has written the checkpoint files: the others may now read them
             stopped = bad >= self.cfg.patience
             if self.chief:
                 log.info("epoch %d/%d: loss %.4f, val loss %.4f, val accuracy %.3f, %.1f images/s "
                          "(%d workers)%s", epoch + 1, epochs, loss, val_loss, val_acc, ips, self.world,
                          "; early stop" if stopped else "")
-        best = self.ckpt.weights_path("best.weights.h5")
-        if best.is_file():
-            self.model.load_weights(str(best))
+        if best_epoch is not None:  # every worker knows it: the validation loss is all-reduced
+            self.model.load_weights(str(self.ckpt.weights_path(best_name(best_epoch))))
         result = {"rank": self.rank, "start_epoch": start, "initial_fixed_batch_loss": initial_fixed,
                   "test_confusion": self.confusion("test"), "policy": self.policy}
         self._save_model()
