@@ -240,7 +240,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="image folder, or an ingest output folder; repeat as NAME=DIR for several sources")
     p.add_argument("--backbones", metavar="LIST",
                    help="e.g. ResNet50,InceptionV3 (default: config train.backbones)")
-    p.add_argument("--heads", metavar="LIST", help="e.g. lr,rf,dt,gbt,svc,mlp (default: config train.heads)")
+    p.add_argument("--heads", metavar="LIST",
+                   help="e.g. lr,rf,dt,gbt,svc,mlp; finetune trains the backbone end to end (config section "
+                        "finetune) (default: config train.heads)")
     p.add_argument("--tasks", metavar="LIST", help="binary,multiclass (default: config train.tasks)")
     p.add_argument("--weights", metavar="imagenet|none|PATH", help="default: config train.weights")
     p.add_argument("--out", required=True, metavar="DIR")
@@ -264,7 +266,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="total epochs, counting those of a resumed checkpoint (default: config "
                         "finetune.epochs)")
     p.add_argument("--out", required=True, metavar="DIR",
-                   help="checkpoints, the final model.keras and finetune_metrics.json (on the driver's disk)")
+                   help="shards, checkpoints, the final model.keras and finetune_metrics.json: on a cluster "
+                        "a folder every executor sees at the same path (/dbfs, /Volumes, NFS)")
     p.add_argument("--workers", type=int, default=None, metavar="N",
                    help="training workers = barrier tasks (default: config finetune.workers)")
     p.add_argument("--tracking-uri", metavar="URI",

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -29,9 +30,9 @@ from xray_spark.errors import UserError
 from xray_spark.features.backbones import get_backbone
 from xray_spark.features.pinning import carry_weights
 from xray_spark.features.weights import resolve_weights, ship_weights
-from xray_spark.finetune.checkpoints import BEST, Checkpoints, write_json_atomic
+from xray_spark.finetune.checkpoints import Checkpoints, write_json_atomic
 from xray_spark.finetune.data import class_weights, steps_for, write_shards
-from xray_spark.finetune.distributed import run_barrier
+from xray_spark.finetune.distributed import NotShared, run_barrier
 from xray_spark.finetune.export import backbone_and_head, save_backbone_weights, softmax_head
 from xray_spark.finetune.trainer import CHECKPOINTS, MODEL_FILE
 from xray_spark.serving.mlflow_model import log_serving_model
@@ -101,52 +102,69 @@ class FinetuneResult:
         return out
 
 
-def run_key(plan_root: str, spec: FinetuneSpec, fingerprint: str, cfg: Config, workers: int) -> str:
+def run_key(plan_root: str, backbone: str, task: str, fingerprint: str, cfg: Config, workers: int) -> str:
     """What a checkpoint must match to be resumed: data shards, backbone, weights, task, workers and every
     fine-tune setting but `epochs` (a resume may ask for more): a rerun with another learning rate or
     augmentation must not continue a run whose metrics then claim one setting for all epochs."""
     settings = {k: v for k, v in asdict(cfg.finetune).items() if k not in ("epochs", "workers")}
-    parts = [Path(plan_root).name, get_backbone(spec.backbone).name, fingerprint, spec.task, workers,
+    parts = [Path(plan_root).name, get_backbone(backbone).name, fingerprint, task, workers,
              json.dumps(settings, sort_keys=True, default=str)]
     return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
 
 
+def start_words(metrics: dict[str, Any]) -> str:
+    """How the run's description says where the backbone started (plainly random for `--weights none`)."""
+    if metrics["weights_kind"] == "none":
+        return RANDOM_NOTE.removeprefix("the backbone started from ")
+    return f"{metrics['weights_kind']} weights {metrics['weights_fingerprint'][:16]}"
+
+
+def log_history(metrics: dict[str, Any]) -> None:
+    """Per-epoch loss, validation loss and accuracy, images/s into the active MLflow run (step = epoch)."""
+    import mlflow  # lazy: a slow import that argument checks skip
+
+    for h in metrics["history"]:
+        mlflow.log_metrics(finite_metrics({"loss": h["loss"], "val_loss": h["val_loss"],
+                                           "val_accuracy": h["val_accuracy"],
+                                           "images_per_s": h["images_per_second"]}), step=h["epoch"])
+
+
 def _check_cluster(spark, workers: int) -> None:
-    """One clear line (exit 2) instead of a hang: Spark waits ~10 min for barrier slots it will never get,
-    and on several hosts the shards, checkpoints and model would land on different executors' disks
-    (they are written to --out as a local folder; shared storage for them is not built yet)."""
+    """One clear line (exit 2) instead of a hang: Spark waits ~10 min for barrier slots it will never get.
+    (Whether --out is shared by every executor is checked by the barrier tasks themselves: distributed.py.)"""
     master = spark.sparkContext.master
-    if not master.startswith("local"):
-        raise UserError(f"finetune runs in Spark local mode only for now (master {master}): its shards and "
-                        "checkpoints live on one machine's disk")
     slots = spark.sparkContext.defaultParallelism
     if workers > slots:
         raise UserError(f"--workers {workers} needs {workers} concurrent task slots; master {master} has "
                         f"{slots}: use --workers {slots} or a master with more cores")
 
 
-def run_finetune(spark, cfg: Config, spec: FinetuneSpec) -> FinetuneResult:
-    task = get_task(spec.task)
-    bb = get_backbone(spec.backbone)
-    workers = spec.workers or cfg.finetune.workers
-    epochs = spec.epochs or cfg.finetune.epochs
+def fit_finetune(spark, cfg: Config, images, summary: dict, task: Task, backbone: str, weights: str,
+                 out_dir: str, workers: int | None = None, epochs: int | None = None) -> dict[str, Any]:
+    """Train backbone + softmax head on the ingest output `images` with barrier workers; the Keras model lands
+    in `out_dir`/model.keras. Returns the training facts (history, counts, settings): the part of a
+    fine-tune that `finetune` and `train --heads finetune` share before each tracks the result its own way.
+    Resumes from `out_dir`'s checkpoint when it belongs to the same run (run_key)."""
+    bb = get_backbone(backbone)
+    workers = workers or cfg.finetune.workers
+    epochs = epochs or cfg.finetune.epochs
     _check_cluster(spark, workers)
-    out = paths.local_path(spec.out_dir)
-    images, summary, _ = load_or_ingest(spark, spec.data, spec.out_dir, cfg)
-    plan = write_shards(spark, images, summary, cfg, task, spec.out_dir, workers)
-    resolved = resolve_weights(bb.name, spec.weights, spark=spark)
-    key = run_key(plan.root, spec, resolved.fingerprint, cfg, workers)
-    state = Checkpoints(out / CHECKPOINTS, chief=False).state()
+    out = paths.local_path(out_dir)
+    plan = write_shards(spark, images, summary, cfg, task, out_dir, workers)
+    resolved = resolve_weights(bb.name, weights, spark=spark)
+    key = run_key(plan.root, bb.name, task.name, resolved.fingerprint, cfg, workers)
+    ckpt = Checkpoints(out / CHECKPOINTS, chief=False)
+    state = ckpt.state()
     if state is not None and state.get("run_key") != key:
-        raise UserError(f"--out {spec.out_dir} holds checkpoints of another fine-tune (other data, backbone, "
+        raise UserError(f"--out {out_dir} holds checkpoints of another fine-tune (other data, backbone, "
                         "weights, task or settings); give a new --out to start over")
-    if state is None:  # a fresh start: a best-weights file left by a killed earlier run is not this run's
-        (out / CHECKPOINTS / BEST).unlink(missing_ok=True)
+    if state is None:
+        ckpt.discard_stale()
     batch = -(-cfg.finetune.batch_size // workers)
     payload = {
         "backbone": bb.name, "labels": list(task.labels), "data_root": plan.root, "out_dir": str(out),
         "finetune": asdict(cfg.finetune), "epochs": epochs, "per_worker_batch": batch, "run_key": key,
-        "steps": steps_for(plan.largest_shard("train"), batch),
+        "n_train": plan.n("train"), "steps": steps_for(plan.largest_shard("train"), batch),
         "val_steps": steps_for(plan.largest_shard("val"), batch),
         "class_weights": class_weights(plan.class_counts("train")),
         "weights_path": str(resolved.local_path), "weights_ship_name": ship_weights(spark, resolved),
@@ -154,22 +172,71 @@ def run_finetune(spark, cfg: Config, spec: FinetuneSpec) -> FinetuneResult:
     log.info("fine-tuning %s (%s, weights %s) on %d train / %d validation images, %d workers x batch %d, "
              "%d steps per epoch", bb.name, task.name, resolved.kind, plan.n("train"), plan.n("val"), workers,
              batch, payload["steps"])
-    results = run_barrier(spark, workers, payload)
+    try:
+        results = run_barrier(spark, workers, payload)
+    except NotShared as e:
+        raise UserError(str(e)) from None
     keras_confusion = np.sum([r["test_confusion"] for r in results], axis=0)
-    metrics = {
-        "backbone": bb.name, "task": task.name, "labels": list(task.labels), "weights": spec.weights,
+    return {
+        "backbone": bb.name, "task": task.name, "labels": list(task.labels), "weights": weights,
         "weights_kind": resolved.kind, "weights_fingerprint": resolved.fingerprint, "workers": workers,
-        "per_worker_batch": batch, "policy": results[0]["policy"], "finetune": asdict(cfg.finetune),
-        "val_fold": plan.val_fold, "n_train": plan.n("train"), "n_val": plan.n("val"),
-        "start_epoch": results[0]["start_epoch"],
+        "epochs": epochs, "per_worker_batch": batch, "policy": results[0]["policy"],
+        "finetune": asdict(cfg.finetune), "val_fold": plan.val_fold, "n_train": plan.n("train"),
+        "n_val": plan.n("val"), "start_epoch": results[0]["start_epoch"],
         "initial_fixed_batch_loss": results[0]["initial_fixed_batch_loss"],
         "history": results[0]["history"], "keras_test_confusion": keras_confusion.tolist(),
         "split_hash": summary["split"]["hash"],
+        # the epochs that made the model, across resumes (this process may have trained none of them)
+        "train_seconds": sum(h["seconds"] for h in results[0]["history"]),
     }
+
+
+def run_finetune(spark, cfg: Config, spec: FinetuneSpec) -> FinetuneResult:
+    task = get_task(spec.task)
+    workers = spec.workers or cfg.finetune.workers
+    _check_cluster(spark, workers)  # before the ingest: a wrong master or --workers fails in a second
+    out = paths.local_path(spec.out_dir)
+    images, summary, _ = load_or_ingest(spark, spec.data, spec.out_dir, cfg)
+    metrics = fit_finetune(spark, cfg, images, summary, task, spec.backbone, spec.weights, spec.out_dir,
+                           workers, spec.epochs)
     result = _track(spark, cfg, spec, task, images, summary, metrics)
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / METRICS_FILE, result.metrics)
     return result
+
+
+@dataclass
+class Exported:
+    """A trained fine-tune as the models every command accepts, measured on the test fold."""
+
+    keras_model: Any
+    weights_file: Path  # the fine-tuned backbone's .weights.h5 (the serving bundle copies it)
+    weights_uri: str  # its copy carried in the active MLflow run (runs:/...)
+    weights_sha256: str
+    head: Any  # the softmax head as an MLlib LogisticRegressionModel
+    pipeline: Any  # train.compare.full_pipeline: decode -> fine-tuned featurizer -> head -> label
+    predictions: dict[str, Any]  # train.fit.predict_split arrays on the test fold
+    seconds: float  # exporting and predicting
+
+
+def export_finetuned(spark, cfg: Config, images, summary: dict, task: Task, backbone: str,
+                     out_dir: str) -> Exported:
+    """`out_dir`/model.keras -> the Spark PipelineModel of export.py, its weights carried in the active MLflow
+    run, and its predictions on the persisted split's test fold through `train`'s own `predict_split`, so the
+    metrics describe the model that is logged and registered."""
+    import keras  # lazy: loads TensorFlow; the driver needs it only to split the saved model
+
+    t0 = time.time()
+    out = paths.local_path(out_dir)
+    bb = get_backbone(backbone)
+    model = keras.saving.load_model(str(out / MODEL_FILE), compile=False)
+    backbone_model, kernel, bias = backbone_and_head(model)
+    weights_file = save_backbone_weights(backbone_model, out / "export" / f"{bb.name}-finetuned.weights.h5")
+    weights_uri, sha = carry_weights(spark, bb.name, str(weights_file))
+    head = softmax_head(spark, kernel, bias, task)
+    pipeline = full_pipeline(bb.name, weights_uri, head, task, sha)
+    pred = predict_split(pipeline, _test_fold(spark, cfg, images, summary, task), probabilistic=True)
+    return Exported(model, weights_file, weights_uri, sha, head, pipeline, pred, time.time() - t0)
 
 
 def _params(spec: FinetuneSpec, cfg: Config, summary: dict, m: dict[str, Any]) -> dict[str, Any]:
@@ -196,7 +263,6 @@ def _track(spark, cfg: Config, spec: FinetuneSpec, task: Task, images, summary: 
            metrics: dict[str, Any]) -> FinetuneResult:
     """One MLflow run: params, per-epoch metrics, the exported model's test metrics with intervals, the
     confusion plot, the Spark and Keras models, and a registered version (no alias moves)."""
-    import keras  # lazy: loads TensorFlow; the driver needs it only to split the saved model
     import mlflow  # lazy: a slow import that argument checks skip
     import mlflow.keras  # lazy: a slow import that argument checks skip
     import mlflow.spark  # lazy: a slow import that argument checks skip
@@ -206,23 +272,15 @@ def _track(spark, cfg: Config, spec: FinetuneSpec, task: Task, images, summary: 
     configure(tracking_uri_for(spec.tracking_uri, cfg.tracking_uri, out), out)
     random_start = metrics["weights_kind"] == "none"
     description = (f"{bb.name} fine-tuned end to end + softmax head ({task.description}); started from "
-                   + (RANDOM_NOTE.removeprefix("the backbone started from ") if random_start
-                      else f"{metrics['weights_kind']} weights {metrics['weights_fingerprint'][:16]}"))
-    model = keras.saving.load_model(str(out / MODEL_FILE), compile=False)
-    backbone, kernel, bias = backbone_and_head(model)
-    weights_file = save_backbone_weights(backbone, out / "export" / f"{bb.name}-finetuned.weights.h5")
+                   + start_words(metrics))
     with mlflow.start_run(run_name=f"finetune {bb.name} {task.name}", description=description) as run:
         mlflow.set_tags({"kind": "finetune", "task": task.name, "backbone": bb.name, "head": "finetune",
                          "start_weights": metrics["weights_kind"],
                          **({"note": RANDOM_NOTE} if random_start else {})})
         mlflow.log_params(_params(spec, cfg, summary, metrics))
-        for h in metrics["history"]:
-            mlflow.log_metrics(finite_metrics({"loss": h["loss"], "val_loss": h["val_loss"],
-                                               "val_accuracy": h["val_accuracy"],
-                                               "images_per_s": h["images_per_second"]}), step=h["epoch"])
-        weights_uri, sha = carry_weights(spark, bb.name, str(weights_file))
-        pipeline = full_pipeline(bb.name, weights_uri, softmax_head(spark, kernel, bias, task), task, sha)
-        pred = predict_split(pipeline, _test_fold(spark, cfg, images, summary, task), probabilistic=True)
+        log_history(metrics)
+        ex = export_finetuned(spark, cfg, images, summary, task, bb.name, spec.out_dir)
+        pred = ex.predictions
         test = evaluate(pred["y_true"], pred["y_pred"], pred["proba"], list(task.labels), pred["groups"],
                         n_resamples=tc.bootstrap_resamples, seed=tc.seed, positive=task.positive)
         cm = confusion(pred["y_true"], pred["y_pred"], task.n_classes)
@@ -230,18 +288,19 @@ def _track(spark, cfg: Config, spec: FinetuneSpec, task: Task, images, summary: 
         png = plot_confusion(cm, list(task.labels), f"{task.description}\n{bb.name} fine-tuned",
                              out / "plots" / f"confusion_{task.name}_{bb.name}_finetune.png")
         mlflow.log_artifact(str(png), "plots")
-        info = mlflow.spark.log_model(pipeline, "model", signature=spark_model_signature(),
+        info = mlflow.spark.log_model(ex.pipeline, "model", signature=spark_model_signature(),
                                       pip_requirements=model_pip_requirements())
-        keras_info = mlflow.keras.log_model(model, "keras_model", pip_requirements=model_pip_requirements())
+        keras_info = mlflow.keras.log_model(ex.keras_model, "keras_model",
+                                            pip_requirements=model_pip_requirements())
         name = registered_name(tc.registered_model_prefix, task.name)
         version = register_model(info.model_uri, name, description)
         # `serve --model models:/NAME/VERSION` serves the bundle its SERVING_TAG names, as for champions
-        serving_uri = log_serving_model(pipeline, weights_file, {
+        serving_uri = log_serving_model(ex.pipeline, ex.weights_file, {
             "task": task.name, "model_name": name, "model_version": version,
             "model_uri": f"models:/{name}/{version}"})
         link_model(name, version, SERVING_TAG, serving_uri)
-    metrics.update(weights_sha256=sha, run_id=run.info.run_id, model_uri=f"models:/{name}/{version}",
-                   keras_model_uri=keras_info.model_uri,
+    metrics.update(weights_sha256=ex.weights_sha256, run_id=run.info.run_id,
+                   model_uri=f"models:/{name}/{version}", keras_model_uri=keras_info.model_uri,
                    test={**finite_metrics(test), "n": int(cm.sum()), "confusion": cm.tolist()})
     return FinetuneResult(metrics, out / MODEL_FILE, out / METRICS_FILE, metrics["model_uri"],
                           run.info.run_id, mlflow.get_tracking_uri(), pred)

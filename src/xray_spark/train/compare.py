@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,7 +22,7 @@ from xray_spark.config import Config
 from xray_spark.features.featurizer import DeepImageFeaturizer
 from xray_spark.train.evaluate import confusion, evaluate
 from xray_spark.train.fit import FitResult, fit_head, task_frame
-from xray_spark.train.heads import get_head, head_params
+from xray_spark.train.heads import get_head, head_params, head_title
 from xray_spark.train.tasks import Task
 
 IMAGE, BASELINE = "image", "metadata-baseline"  # the two kinds of rows in a comparison
@@ -62,6 +63,9 @@ class ComboResult:
     confusion: np.ndarray
     n_train: int
     per_source: dict[str, dict[str, float]] = field(default_factory=dict)  # only with 2+ test sources
+    # a model with a backbone of its own (a fine-tune): (carried runs:/ URI, tensor sha256, local file) of
+    # its weights; None: the run's shared backbone weights
+    own_weights: tuple[str, str, Path] | None = None
 
     @property
     def name(self) -> str:
@@ -71,7 +75,7 @@ class ComboResult:
         """The comparison-table row (without the MLflow run id, which only the runner knows)."""
         fs = self.features
         return {"task": self.task.name, "backbone": fs.backbone, "head": self.head,
-                "head_title": get_head(self.head).title, "kind": fs.kind,
+                "head_title": head_title(self.head), "kind": fs.kind,
                 "weights": weights if fs.kind == IMAGE else "n/a", "confusion": self.confusion.tolist(),
                 **self.metrics}
 
@@ -114,12 +118,21 @@ def fit_and_evaluate(features: FeatureSet, head: str, tf: TaskFrame, cfg: Config
     task = tf.task
     fit = fit_head(spec, params, tf.frame, task, features.n_features, weighted=tc.class_weights, cv_grid=grid,
                    cv_metric=tc.cv_metric)
+    return measured(features, head, task, params, fit, tf.n_train, cfg)
+
+
+def measured(features: FeatureSet, head: str, task: Task, params: dict[str, Any], fit: FitResult,
+             n_train: int, cfg: Config, own_weights: tuple[str, str, Path] | None = None) -> ComboResult:
+    """A fitted model's test-side predictions -> its comparison result: metrics with group-bootstrap
+    intervals, confusion matrix, per-source metrics. One home for how every row is measured (MLlib heads,
+    the baseline, fine-tunes)."""
+    tc = cfg.train
     metrics = evaluate(fit.y_true, fit.y_pred, fit.proba, list(task.labels), fit.groups,
                        n_resamples=tc.bootstrap_resamples, seed=tc.seed, positive=task.positive)
     metrics.update(fit_seconds=fit.fit_seconds, featurize_seconds=features.featurize_seconds)
     return ComboResult(features, head, task, params, fit, metrics,
-                       confusion(fit.y_true, fit.y_pred, task.n_classes), tf.n_train,
-                       per_source_metrics(fit, task, cfg))
+                       confusion(fit.y_true, fit.y_pred, task.n_classes), n_train,
+                       per_source_metrics(fit, task, cfg), own_weights)
 
 
 def per_source_metrics(fit: FitResult, task: Task, cfg: Config) -> dict[str, dict[str, float]]:

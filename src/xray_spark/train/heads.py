@@ -49,6 +49,11 @@ HEADS: dict[str, HeadSpec] = {
     "mlp": HeadSpec("mlp", "MultilayerPerceptron", "MultilayerPerceptronClassifier", True, False, True, False,
                     {"maxIter": 200, "hidden": 64}),
 }
+# Not an MLlib head: the backbone trained end to end with a new softmax head (xray_spark.finetune), on the
+# same split and measured the same way, so it competes for `champion` in the same table. Its settings: config
+# section `finetune`.
+FINETUNE = "finetune"
+FINETUNE_TITLE = "Fine-tuned end to end"
 _SEEDED = {"rf", "dt", "gbt", "mlp"}
 _EXTRA = {"mlp": {"hidden"}}  # our own knobs, turned into MLlib Params in build_head
 
@@ -58,6 +63,16 @@ def get_head(name: str) -> HeadSpec:
         return HEADS[name]
     except KeyError:
         raise UserError(f"unknown head {name!r}; known: {', '.join(HEADS)}") from None
+
+
+def head_names() -> list[str]:
+    """Every name `--heads` accepts: the MLlib heads, then `finetune`."""
+    return [*HEADS, FINETUNE]
+
+
+def head_title(name: str) -> str:
+    """The name tables and plots show for a head."""
+    return FINETUNE_TITLE if name == FINETUNE else get_head(name).title
 
 
 def estimator_class(spec: HeadSpec) -> type:

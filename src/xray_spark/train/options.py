@@ -9,7 +9,7 @@ from xray_spark.data.files import check_data_args
 from xray_spark.errors import UserError
 from xray_spark.features.backbones import backbone_names
 from xray_spark.features.run import check_weights_arg
-from xray_spark.train.heads import HEADS, check_param_names, get_head
+from xray_spark.train.heads import check_param_names, get_head, head_names
 from xray_spark.train.runner import TrainSpec
 from xray_spark.train.tasks import TASKS, parse_list
 
@@ -40,7 +40,7 @@ def resolve_train_options(args: argparse.Namespace, cfg: Config) -> TrainSpec:
     check_data_args(args.data)
     tc = cfg.train
     backbones = parse_list(args.backbones or tc.backbones, backbone_names(), "backbone")
-    heads = parse_list(args.heads or tc.heads, list(HEADS), "head")
+    heads = parse_list(args.heads or tc.heads, head_names(), "head")
     tasks = parse_list(args.tasks or tc.tasks, list(TASKS), "task")
     weights = args.weights or tc.weights
     check_train_config(cfg)

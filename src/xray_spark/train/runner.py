@@ -30,6 +30,7 @@ from xray_spark.evaluate import held_out_split, loso_plan, side_by_side_md
 from xray_spark.features.cache import featurize_to_cache
 from xray_spark.features.pinning import carry_weights
 from xray_spark.features.weights import resolve_weights
+from xray_spark.finetune.runner import RANDOM_NOTE, export_finetuned, fit_finetune, log_history
 from xray_spark.serving.mlflow_model import log_serving_model, serving_name
 from xray_spark.tracking import (
     BASELINE_TAG,
@@ -56,10 +57,12 @@ from xray_spark.train.compare import (
     fit_and_evaluate,
     full_pipeline,
     labels_frame,
+    measured,
     small_frame,
     task_frames,
 )
-from xray_spark.train.heads import get_head
+from xray_spark.train.fit import FitResult
+from xray_spark.train.heads import FINETUNE, head_title
 from xray_spark.train.report import (
     append_section,
     baseline_comparison,
@@ -116,33 +119,41 @@ class _Tracker:
         self.model_uris: dict[tuple[str, str, str], str] = {}
         # (task, head) -> (fitted baseline head, its metadata pipeline, run id): logged for champions only
         self.baselines: dict[tuple[str, str], tuple[Any, Any, str]] = {}
-        # (task, backbone, head) -> (fitted image head, run id): the champions' serving bundles come from it
-        self.heads: dict[tuple[str, str, str], tuple[Any, str]] = {}
+        # (task, backbone, head) -> (fitted image head, run id, its own weights or None): the champions'
+        # serving bundles come from it
+        self.heads: dict[tuple[str, str, str], tuple[Any, str, tuple[str, str, Path] | None]] = {}
         # (task, backbone, head) -> source -> metrics, when the test split holds 2+ sources
         self.per_source: dict[tuple[str, str, str], dict[str, dict[str, float]]] = {}
         # backbone -> (URI of the weights file this run carries, tensor sha256): what every model pins
         self.pins: dict[str, tuple[str, str]] = {}
         self.lock = threading.Lock()
 
-    def log(self, res: ComboResult) -> None:
-        """One nested run. Safe from several threads: MLflow keeps the active run per thread and the child
-        names its parent explicitly."""
+    def pin(self, res: ComboResult) -> tuple[str, str]:
+        """(carried weights URI, tensor sha256) the result's model pins: its own (a fine-tune) or the
+        run's shared backbone weights."""
+        return res.own_weights[:2] if res.own_weights else self.pins[res.features.backbone]
+
+    def log(self, res: ComboResult, run_id: str | None = None) -> None:
+        """One nested run (or, with `run_id`, the nested run the caller opened for it). Safe from several
+        threads: MLflow keeps the active run per thread and the child names its parent explicitly."""
         import mlflow  # lazy: a slow import that argument checks skip
         import mlflow.spark  # lazy: a slow import that argument checks skip
 
         fs, task = res.features, res.task
         with self.lock:  # matplotlib's font and text caches are not made for threads
             png = plot_confusion(res.confusion, list(task.labels),
-                                 f"{task.description}\n{fs.backbone} + {get_head(res.head).title}",
+                                 f"{task.description}\n{fs.backbone} + {head_title(res.head)}",
                                  self.plots / f"confusion_{task.name}_{fs.backbone}_{res.head}.png")
-        with mlflow.start_run(run_name=res.name, parent_run_id=self.parent_run_id,
-                              experiment_id=self.experiment_id) as run:
+        run_ctx = (mlflow.start_run(run_id=run_id, nested=True) if run_id else
+                   mlflow.start_run(run_name=res.name, parent_run_id=self.parent_run_id,
+                                    experiment_id=self.experiment_id))
+        with run_ctx as run:
             mlflow.set_tags({"kind": fs.kind, "task": task.name, "backbone": fs.backbone, "head": res.head})
             mlflow.log_params({
                 "task": task.name, "labels": ",".join(task.labels), "backbone": fs.backbone, "head": res.head,
                 "weights": self.spec.weights if fs.kind == IMAGE else "n/a",
                 "weights_fingerprint": fs.fingerprint,
-                **({"weights_sha256": self.pins[fs.backbone][1]} if fs.kind == IMAGE else {}),
+                **({"weights_sha256": self.pin(res)[1]} if fs.kind == IMAGE else {}),
                 "split_hash": self.summary["split"]["hash"], "split_seed": self.cfg.split.seed,
                 "dataset_manifest_hash": self.summary.get("manifest_hash", ""),
                 "class_weights": self.cfg.train.class_weights, "n_train": res.n_train,
@@ -157,7 +168,7 @@ class _Tracker:
             mlflow.log_text(pd.DataFrame(res.confusion, index=task.labels, columns=task.labels).to_csv(),
                             "confusion.csv")
             if fs.kind == IMAGE:
-                weights_uri, sha = self.pins[fs.backbone]
+                weights_uri, sha = self.pin(res)
                 info = mlflow.spark.log_model(
                     full_pipeline(fs.backbone, weights_uri, res.fit.model, task, sha), "model",
                     signature=spark_model_signature(), pip_requirements=model_pip_requirements(),
@@ -170,7 +181,8 @@ class _Tracker:
             if fs.kind == BASELINE:
                 self.baselines[(task.name, res.head)] = (res.fit.model, fs.prep, run.info.run_id)
             else:
-                self.heads[(task.name, fs.backbone, res.head)] = (res.fit.model, run.info.run_id)
+                self.heads[(task.name, fs.backbone, res.head)] = (res.fit.model, run.info.run_id,
+                                                                  res.own_weights)
             self.rows.append({**res.row(self.spec.weights), "run_id": run.info.run_id})
 
     def ordered_rows(self) -> list[dict[str, Any]]:
@@ -178,7 +190,35 @@ class _Tracker:
         order = {name: i for names in (self.spec.tasks, self.spec.backbones, self.spec.heads)
                  for i, name in enumerate(names)}
         return sorted(self.rows, key=lambda r: (order[r["task"]], r["kind"] != IMAGE,
-                                                order.get(r["backbone"], 0), order[r["head"]]))
+                                                order.get(r["backbone"], 0), order.get(r["head"], 0)))
+
+
+def _finetune(spark: SparkSession, cfg: Config, spec: TrainSpec, images: DataFrame, summary: dict, task: Task,
+              backbone: str, tracker: _Tracker) -> None:
+    """`--heads finetune`: train the backbone end to end on this task (xray_spark.finetune: barrier workers,
+    the persisted split's train folds, one of them for early stopping), then log it as one more row of the
+    comparison: the exported Spark model on the same test fold, measured by `compare.measured`, so it
+    competes for `champion` with the frozen heads. Checkpoints live under --out/finetune/TASK-BACKBONE: a
+    killed `train` resumes the fine-tune from its last epoch."""
+    import mlflow  # lazy: a slow import that argument checks skip
+    import mlflow.keras  # lazy: a slow import that argument checks skip
+
+    ft_out = str(Path(spec.out_dir) / "finetune" / f"{task.name}-{backbone}")
+    m = fit_finetune(spark, cfg, images, summary, task, backbone, spec.weights, ft_out)
+    with mlflow.start_run(run_name=f"{task.name}/{backbone}/{FINETUNE}", nested=True) as run:
+        mlflow.set_tags({"start_weights": m["weights_kind"],
+                         **({"note": RANDOM_NOTE} if m["weights_kind"] == "none" else {})})
+        log_history(m)
+        ex = export_finetuned(spark, cfg, images, summary, task, backbone, ft_out)
+        mlflow.keras.log_model(ex.keras_model, "keras_model", pip_requirements=model_pip_requirements())
+    fit = FitResult(model=ex.head, fit_seconds=m["train_seconds"], **ex.predictions)
+    features = FeatureSet(IMAGE, backbone, (), int(ex.head.numFeatures), m["weights_fingerprint"], 0.0)
+    params = {**m["finetune"], "epochs": m["epochs"], "epochs_run": len(m["history"]),
+              "workers": m["workers"], "per_worker_batch": m["per_worker_batch"],
+              "precision_policy": m["policy"], "val_fold": m["val_fold"], "n_val": m["n_val"]}
+    res = measured(features, FINETUNE, task, params, fit, m["n_train"], cfg,
+                   own_weights=(ex.weights_uri, ex.weights_sha256, ex.weights_file))
+    tracker.log(res, run_id=run.info.run_id)
 
 
 def _run_combinations(features: FeatureSet, heads: list[str], cfg: Config,
@@ -250,7 +290,15 @@ def run_training(spark: SparkSession, cfg: Config, spec: TrainSpec) -> TrainResu
         })
         tracker = _Tracker(spec, cfg, summary, parent.info.run_id, parent.info.experiment_id)
         contents, keys = image_contents(spark, summary, cfg), ok_keys(images)
+        mllib = [h for h in spec.heads if h != FINETUNE]
         for backbone in spec.backbones:
+            if FINETUNE in spec.heads:
+                t0 = time.time()
+                for task in tasks:
+                    _finetune(spark, cfg, spec, images, summary, task, backbone, tracker)
+                seconds[f"finetune_{backbone}"] = time.time() - t0
+            if not mllib:
+                continue
             t0 = time.time()
             feats = featurize_to_cache(spark, contents, backbone, spec.weights, cache_dir, keys=keys)
             feats = feats.select("sha256", "features", "featurize_error", "weights_fingerprint").cache()
@@ -264,14 +312,16 @@ def run_training(spark: SparkSession, cfg: Config, spec: TrainSpec) -> TrainResu
             features, frame = _image_features(spark, labels, feats, tasks, cfg, backbone, fingerprint,
                                               seconds[f"featurize_{backbone}"])
             t1 = time.time()
-            _run_combinations(features, spec.heads, cfg, tracker.log)
+            _run_combinations(features, mllib, cfg, tracker.log)
             seconds[f"heads_{backbone}"] = time.time() - t1
             _release(features, frame)
             feats.unpersist()
         if spec.baseline:
             t1 = time.time()
             features, frame = _baseline_features(spark, images, tasks, cfg)
-            _run_combinations(features, spec.heads, cfg, tracker.log)
+            # the baseline fits the MLlib heads asked for (a fine-tune of metadata is no model): `lr` when
+            # only `finetune` was asked, so the fine-tune still has its baseline beside it
+            _run_combinations(features, mllib or ["lr"], cfg, tracker.log)
             _release(features, frame)
             seconds["baseline"] = time.time() - t1
 
@@ -320,6 +370,9 @@ def _leave_one_source_out(spark: SparkSession, cfg: Config, spec: TrainSpec, lab
     import mlflow  # lazy: a slow import that argument checks skip
 
     backbone, head = champ["backbone"], champ["head"]
+    if head == FINETUNE:
+        return (f"{task.description}: the champion is a fine-tune; refitting it once per held-out source is "
+                "not built (hours per source on CPU). Not held out.\n")
     internal = table[(table["task"] == task.name) & (table["kind"] == IMAGE) & (table["backbone"] == backbone)
                      & (table["head"] == head)].iloc[0].to_dict()
     feats = featurize_to_cache(spark, contents, backbone, spec.weights, cache_dir, keys=keys)  # cached
@@ -372,6 +425,8 @@ def _log_champion_baselines(tracker: _Tracker, champions: dict[str, dict[str, st
 
     for task, champ in champions.items():
         found = tracker.baselines.get((task, champ["head"]))
+        if found is None:  # a fine-tuned champion: the baseline of the first MLlib head fitted on metadata
+            found = next((v for (t, _), v in tracker.baselines.items() if t == task), None)
         if found is None:  # --no-baseline
             continue
         head_model, prep, run_id = found
@@ -389,9 +444,12 @@ def _log_champion_serving(spark: SparkSession, tracker: _Tracker, champions: dic
     import mlflow  # lazy: a slow import that argument checks skip
 
     for task, champ in champions.items():
-        head_model, run_id = tracker.heads[(task, champ["backbone"], champ["head"])]
-        weights = resolve_weights(champ["backbone"], spec.weights, spark=spark).local_path
-        weights_uri, sha = tracker.pins[champ["backbone"]]
+        head_model, run_id, own = tracker.heads[(task, champ["backbone"], champ["head"])]
+        if own:  # a fine-tune: its own backbone weights
+            weights_uri, sha, weights = own
+        else:
+            weights = resolve_weights(champ["backbone"], spec.weights, spark=spark).local_path
+            weights_uri, sha = tracker.pins[champ["backbone"]]
         as_good = baseline_matches(table, task, metric)
         meta = {"task": task, "model_name": champ["name"], "model_version": champ["version"],
                 "model_uri": champ["uri"], "baseline_as_good": as_good,
@@ -424,6 +482,14 @@ def _report_context(spec: TrainSpec, summary: dict, cfg: Config, tracking_uri: s
         "Wilson for COVID recall",
         "tracking": tracking_uri,
     }
+    if FINETUNE in spec.heads:
+        ft = cfg.finetune
+        context["fine-tune"] = (
+            f"backbone + new softmax head trained end to end from the weights above ({ft.optimizer}, "
+            f"learning rate {ft.learning_rate:g}, up to {ft.epochs} epochs, global batch {ft.batch_size}, "
+            f"{ft.workers} barrier workers, unfreeze {ft.unfreeze}, augmentation "
+            f"{'on' if ft.augment else 'off'}); early stopping on one train fold held out of fitting; test "
+            "fold untouched")
     if spec.weights == "none":
         context["not measured here"] = ("what ImageNet features would score: this run used random weights "
                                         "(pass --weights imagenet or a weights file)")
