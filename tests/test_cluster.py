@@ -16,6 +16,7 @@ The worker and the executors start in tmp_path with no PYTHONPATH; all output go
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -86,7 +87,7 @@ def assert_ran_on_executors(cluster: StandaloneCluster, app_id: str, env: dict, 
     """The master finished the app with cores; its executor folder holds task logs and the shipped files."""
     app = cluster.wait_app_completed(app_id)
     assert app["state"] == "FINISHED" and app["cores"] >= 1
-    assert app["name"] in ("xray-spark train", "xray-spark score"), app["name"]  # the command names the app
+    assert app["name"] in ("xray-spark train", "xray-spark score", "xray-spark finetune"), app["name"]
     (executor_dir,) = cluster.executor_dirs(app_id)
     stderr = (executor_dir / "stderr").read_text(errors="replace")
     assert "Running task" in stderr and "Finished task" in stderr
@@ -150,3 +151,23 @@ def test_train_then_score_on_a_standalone_cluster(cluster: StandaloneCluster, en
     assert table["predicted_label"].notna().all()
     # the Pipeline's featurizer ran on the executor
     assert_ran_on_executors(cluster, score_app, env, evidence)
+
+
+def test_finetune_on_a_standalone_cluster(cluster: StandaloneCluster, env: dict, evidence):
+    """Two barrier workers on the standalone worker's executor: the TensorFlow children import the package
+    shipped with --py-files (the executor's Python has no xray_spark of its own) and read their shards from
+    --out, a folder the single-host cluster shares with the driver."""
+    config = env["root"] / "finetune.yml"
+    config.write_text("finetune:\n  unfreeze: 0\n  batch_size: 8\n  augment: false\n"
+                      "  learning_rate: 1.0e-5\n")
+    out = env["root"] / "finetune"
+    res, app_id = run_job(cluster, env, "finetune", [
+        "--config", str(config), "--data", str(env["data"]), "--backbone", "ResNet50", "--task", "binary",
+        "--weights", "none", "--epochs", "1", "--workers", "2", "--out", str(out),
+    ])
+    metrics = json.loads((out / "finetune_metrics.json").read_text())
+    assert metrics["workers"] == 2 and [h["epoch"] for h in metrics["history"]] == [1]
+    assert metrics["test"]["n"] > 0 and metrics["model_uri"] in res.stdout
+    executor_dir = assert_ran_on_executors(cluster, app_id, env, evidence)
+    stderr = (executor_dir / "stderr").read_text(errors="replace")
+    assert "epoch 1/1: loss" in stderr  # the TensorFlow workers ran (and logged) under the executor
