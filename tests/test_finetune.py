@@ -1,9 +1,10 @@
 """Fine-tuning across Spark barrier tasks: real local[2] Spark, real Keras/TensorFlow workers, real X-rays.
 
 The integration tests share one ingest and one first run (module fixture): two workers, one epoch, ResNet50
-from seeded random weights with only the head training (fast on 2 cores), then a second run of the same
---out asked for 2 epochs must continue from the checkpoint rather than start over. The first run's exported
+from seeded random weights with only the head training (fast on 2 cores). The first run's exported
 PipelineModel, its MLflow run and its registered version are checked against the Keras model it came from.
+Last, the CLI continues that --out to 3 epochs and is SIGKILLed once it has checkpointed epoch 2 (driver and
+JVM killed, the rest must exit on its own); a rerun must resume after epoch 2 rather than start over.
 """
 
 from __future__ import annotations
@@ -11,13 +12,16 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from conftest import isolate_mlflow
 from xray_spark import paths
@@ -53,18 +57,17 @@ def test_config_section_defaults_and_validation(tmp_path: Path) -> None:
 
 def test_run_key_covers_every_setting_but_epochs() -> None:
     """A rerun with other settings must not resume a checkpoint (its metrics would claim one setting)."""
-    from xray_spark.finetune.runner import FinetuneSpec, run_key
+    from xray_spark.finetune.runner import run_key
 
-    spec = FinetuneSpec(data="d", backbone="ResNet50", task="binary", weights="none", out_dir="o")
     cfg = load_config(local=None)
-    key = run_key("/x/shards-1", spec, "none:seed=0", cfg, 2)
+    key = run_key("/x/shards-1", "ResNet50", "binary", "none:seed=0", cfg, 2)
     cfg.finetune.epochs += 5  # asking for more epochs is what a resume is for
-    assert run_key("/x/shards-1", spec, "none:seed=0", cfg, 2) == key
+    assert run_key("/x/shards-1", "ResNet50", "binary", "none:seed=0", cfg, 2) == key
     for change in ({"learning_rate": 1e-3}, {"augment": False}, {"seed": 8}, {"class_weights": False}):
         other = load_config(local=None)
         for name, value in change.items():
             setattr(other.finetune, name, value)
-        assert run_key("/x/shards-1", spec, "none:seed=0", other, 2) != key, change
+        assert run_key("/x/shards-1", "ResNet50", "binary", "none:seed=0", other, 2) != key, change
 
 
 def test_more_workers_than_task_slots_is_one_clear_line(spark) -> None:
@@ -87,6 +90,57 @@ def test_precision_policy_bf16_only_where_native() -> None:
 def test_tf_config_names_every_worker_in_rank_order() -> None:
     conf = tf_config(["h1:1", "h2:2"], 1)
     assert conf == {"cluster": {"worker": ["h1:1", "h2:2"]}, "task": {"type": "worker", "index": 1}}
+
+
+class _FakeModel:
+    """What Checkpoints.save needs of a Keras model: save_weights writes a file (here: a label)."""
+
+    def __init__(self) -> None:
+        self.label = ""
+
+    def save_weights(self, path: str) -> None:
+        Path(path).write_text(self.label)
+
+
+def test_checkpoints_name_the_best_epoch_and_ignore_a_best_file_no_state_records(tmp_path: Path) -> None:
+    from xray_spark.finetune.checkpoints import Checkpoints
+
+    ckpt, model = Checkpoints(tmp_path, chief=True), _FakeModel()
+    for epoch, best in ((1, True), (2, False)):
+        model.label = f"after {epoch}"
+        ckpt.save(model, {"epoch": epoch}, best=best)
+    state = ckpt.state()
+    assert state["weights"] == "epoch-2.weights.h5" and state["best"] == "best-epoch-1.weights.h5"
+    assert (tmp_path / state["best"]).read_text() == "after 1"
+    # a run killed after writing epoch 3's best file but before state.json: the state still names epoch 1's
+    (tmp_path / "best-epoch-3.weights.h5").write_text("after 3, never recorded")
+    assert ckpt.state()["best"] == "best-epoch-1.weights.h5"
+    model.label = "after 4"
+    ckpt.save(model, {"epoch": 4}, best=True)
+    assert sorted(f.name for f in tmp_path.glob("*.h5")) == [
+        "best-epoch-3.weights.h5", "best-epoch-4.weights.h5", "epoch-4.weights.h5"]  # superseded files gone
+    ckpt.discard_stale()  # what a fresh start (no state) does
+    assert not list(tmp_path.glob("best-*"))
+
+
+def test_a_folder_the_executors_do_not_see_fails_before_training(spark, tmp_path: Path, monkeypatch) -> None:
+    """The barrier tasks check the driver's token in the fine-tune folder before any worker starts."""
+    from xray_spark.finetune import distributed
+
+    monkeypatch.setattr(distributed, "leave_token", lambda folder: "a token no executor can read")
+    out = tmp_path / "out"
+    with pytest.raises(distributed.NotShared, match="is not visible on the executors of host"):
+        distributed.run_barrier(spark, 2, {"out_dir": str(out), "weights_path": "unused"})
+    assert not out.exists()  # no worker started (a worker would have written checkpoints or a model)
+
+
+def test_shared_token_round_trip(tmp_path: Path) -> None:
+    from xray_spark.finetune.distributed import leave_token, sees_token
+
+    token = leave_token(tmp_path / "shared")
+    assert sees_token(str(tmp_path / "shared"), token)
+    assert not sees_token(str(tmp_path / "elsewhere"), token)
+    assert not sees_token(str(tmp_path / "shared"), "another token")
 
 
 def test_batches_same_step_count_whatever_the_shard_size() -> None:
@@ -309,19 +363,104 @@ def test_registered_version_serves_spark_free(first_run, keras_probabilities, tm
                                                                   strict=True)) < 1e-4
 
 
-def test_second_run_resumes_from_the_checkpoint(first_run, spark, monkeypatch) -> None:
-    from xray_spark.finetune.runner import FinetuneSpec, run_finetune
+def _session_processes(sid: int) -> dict[int, str]:
+    """Live (not zombie) processes of session `sid`, pid -> command line. Spark's Python daemon moves itself,
+    its workers and so the TensorFlow workers they start to a process group of its own, but never out of
+    the session that `start_new_session` gave the CLI."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:  # gone meanwhile
+            continue
+        state, _ppid, _pgrp, session = stat[stat.rindex(")") + 2:].split()[:4]
+        if int(session) == sid and state != "Z":
+            found[int(entry.name)] = cmdline.replace(b"\0", b" ").decode(errors="replace").strip()
+    return found
 
-    isolate_mlflow(monkeypatch)  # run_finetune points MLflow (and MLFLOW_*_URI) at its store: undone after
+
+def _wait_for_checkpoint(proc: subprocess.Popen, state_file: Path, epoch: int, log: Path,
+                         timeout: float = 900) -> dict:
+    deadline = time.monotonic() + timeout
+    while proc.poll() is None and time.monotonic() < deadline:
+        if json.loads(state_file.read_text())["epoch"] >= epoch:
+            return json.loads(state_file.read_text())
+        time.sleep(0.1)
+    tail = "\n".join(log.read_text(errors="replace").splitlines()[-30:])
+    raise AssertionError(f"no checkpoint of epoch {epoch} while the run was alive (exit {proc.poll()}):\n"
+                         f"{tail}")
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="finds the run's processes in /proc")
+def test_killed_run_resumes_from_its_last_checkpoint(first_run, spark, weights_cache, monkeypatch,
+                                                     tmp_path: Path, evidence) -> None:
+    """The CLI continues first_run's --out to 3 epochs (it resumes after epoch 1) and is SIGKILLed, driver and
+    JVM, as soon as it has checkpointed epoch 2: every process it started must then exit by itself (Spark's
+    Python daemon on its JVM's death, the TensorFlow workers with their Spark task), and a rerun must start
+    after epoch 2 with epochs 1-2 and the optimizer state as checkpointed."""
+    from xray_spark.finetune.runner import METRICS_FILE, FinetuneSpec, run_finetune
+
     first, out, _ = first_run
     epoch1 = first.metrics["history"][0]
+    steps = epoch1["optimizer_step"]
+    state_file = out / "checkpoints" / "state.json"
+    assert json.loads(state_file.read_text())["epoch"] == 1
+    t0 = time.perf_counter()
+    conf = tmp_path / "finetune.yml"  # _cfg()'s settings, so the CLI's run key is first_run's
+    conf.write_text(yaml.safe_dump({"finetune": asdict(_cfg().finetune)}))
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+    log = tmp_path / "killed-run.log"
+    cmd = [sys.executable, "-m", "xray_spark", "finetune", "--config", str(conf),
+           "--data", str(out / "ingest"), "--backbone", "ResNet50", "--task", "multiclass",
+           "--weights", "none", "--epochs", "3", "--out", str(out), "--workers", "2",
+           "--conf", "spark.driver.memory=2g"]
+    with log.open("w") as log_file:  # cwd tmp_path: no conf/local.yml layered over the config
+        proc = subprocess.Popen(cmd, cwd=tmp_path, env={**env, "PYTHONUNBUFFERED": "1"},
+                                stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    left: dict[int, str] = {}
+    try:
+        checkpointed = _wait_for_checkpoint(proc, state_file, 2, log)
+        running = _session_processes(proc.pid)
+        os.killpg(proc.pid, signal.SIGKILL)  # the CLI's group: the driver and its JVM
+        proc.wait(60)
+        deadline = time.monotonic() + 90
+        while (left := _session_processes(proc.pid)) and time.monotonic() < deadline:
+            time.sleep(0.5)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(60)
+        for pid in _session_processes(proc.pid):  # only after a failure: this run's, by pid
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    killed_s = time.perf_counter() - t0
+    assert proc.returncode == -signal.SIGKILL  # our kill ended it: it was still running
+    trainers = [c for c in running.values() if "xray_spark.finetune.trainer" in c]
+    assert len(trainers) == 2, running  # killed mid-training: both TensorFlow workers were alive
+    assert not left, f"still running 90 s after the kill: {left}"
+    assert checkpointed["epoch"] == 2 and json.loads(state_file.read_text()) == checkpointed  # not epoch 3
+    assert json.loads((out / METRICS_FILE).read_text()) == first.metrics  # the killed run never finished
+    # the killed run had itself resumed from first_run's checkpoint
+    assert checkpointed["history"][0] == epoch1 and checkpointed["history"][1]["optimizer_step"] == 2 * steps
+
+    isolate_mlflow(monkeypatch)  # run_finetune points MLflow (and MLFLOW_*_URI) at its store: undone after
     result = run_finetune(spark, _cfg(), FinetuneSpec(data=str(out / "ingest"), backbone="ResNet50",
                                                       task="multiclass", weights="none", out_dir=str(out),
-                                                      epochs=2, workers=2))
+                                                      epochs=3, workers=2))
     m = result.metrics
-    assert m["start_epoch"] == 1  # not from scratch
-    assert [h["epoch"] for h in m["history"]] == [1, 2]
-    assert m["history"][0] == epoch1  # epoch 1 came from the checkpoint, not a new run of it
-    # the optimizer state came back too: its step counter continues from epoch 1's
-    assert m["history"][1]["optimizer_step"] == 2 * epoch1["optimizer_step"]
-    assert json.loads((out / "checkpoints" / "state.json").read_text())["epoch"] == 2
+    assert m["start_epoch"] == 2  # after the killed run's last checkpoint, not from scratch
+    assert [h["epoch"] for h in m["history"]] == [1, 2, 3]
+    assert m["history"][:2] == checkpointed["history"]  # epochs 1-2 as checkpointed, not trained again
+    assert m["history"][0] == epoch1
+    # the optimizer state came back too: its step counter continues from epoch 2's
+    assert m["history"][2]["optimizer_step"] == 3 * steps
+    assert json.loads(state_file.read_text())["epoch"] == 3
+    evidence(f"finetune killed (SIGKILL, {len(running)} processes incl. 2 TF workers) after checkpointing "
+             f"epoch 2 of 3: all gone on their own; rerun resumed at epoch 2 (optimizer step "
+             f"{2 * steps} -> {3 * steps}); killed run {killed_s:.0f}s, test {time.perf_counter() - t0:.0f}s")
