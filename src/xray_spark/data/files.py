@@ -205,11 +205,20 @@ def labelled_listing(spark: SparkSession, folder: DataFolder, cfg: Config,
     return rows
 
 
+def ignored_name_col(path: Column) -> Column:
+    """True for names that are never images (manifest, README, OS clutter): not read, not counted."""
+    return F.lower(_name_col(path)).isin(sorted(IGNORED_NAMES))
+
+
+def candidate_files(folder: DataFolder) -> DataFrame:
+    """The folder's binaryFile rows less the ignored names (ignored_name_col)."""
+    return folder.files.where(~ignored_name_col(F.col("path")))
+
+
 def _listed(folder: DataFolder) -> DataFrame:
     rel = paths.rel_path_col(F.col("path"), folder.root)
-    return (folder.files.select("path", "length", F.col("modificationTime").alias("modified"))
-            .withColumn("rel_path", rel)
-            .where(~F.lower(_name_col(F.col("path"))).isin(sorted(IGNORED_NAMES))))
+    return (candidate_files(folder).select("path", "length", F.col("modificationTime").alias("modified"))
+            .withColumn("rel_path", rel))
 
 
 def _with_folders(folder: DataFolder, listed: DataFrame, cfg: Config) -> DataFrame:
@@ -273,7 +282,7 @@ def unlisted_files(spark: SparkSession, folder: DataFolder, n_listed: int) -> li
     total = fs.file_count(folder.root)
     if total <= n_listed:
         return []
-    log.info("ingest: %d files under %s were not listed by Spark (empty, or names starting with '_'/'.'); "
+    log.info("listing: %d files under %s were not listed by Spark (empty, or names starting with '_'/'.'); "
              "looking for them", total - n_listed, folder.root)
     found = []
     for uri, length in fs.walk_files(folder.root, limit=_UNLISTED_SCAN_LIMIT):

@@ -9,13 +9,22 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from pyspark.sql import functions as F
 
 from xray_spark import paths
 from xray_spark.config import Config
-from xray_spark.data.files import listing_fingerprint, open_data_folders, parse_data_args, sources_listing
+from xray_spark.data.files import (
+    candidate_files,
+    ignored_name_col,
+    listing_fingerprint,
+    open_data_folders,
+    parse_data_args,
+    sources_listing,
+    unlisted_files,
+)
 from xray_spark.data.ingest import ingest
 from xray_spark.data.layout import IngestLayout
 from xray_spark.spark_io import HadoopFS
@@ -34,17 +43,25 @@ def load_or_ingest(spark: SparkSession, data: str | Sequence[str], out_dir: str,
 
     Reusing keeps the split identical across every later train/featurize run (paired comparisons).
     """
+    layout = existing_ingest(spark, data, out_dir, cfg)
+    if layout is None:
+        layout = IngestLayout.under(paths.qualify(spark, str(out_dir)))
+        ingest(spark, data, layout.root, cfg)
+    summary = json.loads(HadoopFS(spark).read_text(layout.summary_json))
+    return spark.read.parquet(layout.images), summary, layout
+
+
+def existing_ingest(spark: SparkSession, data: str | Sequence[str], out_dir: str,
+                    cfg: Config) -> IngestLayout | None:
+    """The ingest to reuse for `data`, or None: `data` itself when it is an ingest output folder, else
+    OUT/ingest when an earlier ingest there saw the same listing and settings."""
     fs = HadoopFS(spark)
     args = parse_data_args(data)
     given = IngestLayout(paths.qualify(spark, args[0].path))
     if len(args) == 1 and fs.exists(given.summary_json) and fs.is_dir(given.images):
-        layout = given
-    else:
-        layout = IngestLayout.under(paths.qualify(spark, str(out_dir)))
-        if not _reusable(spark, fs, layout, data, cfg):
-            ingest(spark, data, layout.root, cfg)
-    summary = json.loads(fs.read_text(layout.summary_json))
-    return spark.read.parquet(layout.images), summary, layout
+        return given
+    layout = IngestLayout.under(paths.qualify(spark, str(out_dir)))
+    return layout if _reusable(spark, fs, layout, data, cfg) else None
 
 
 def _reusable(spark: SparkSession, fs: HadoopFS, layout: IngestLayout, data: str | Sequence[str],
@@ -74,3 +91,39 @@ def image_contents(spark: SparkSession, summary: dict, cfg: Config) -> DataFrame
 def ok_keys(images: DataFrame) -> DataFrame:
     """Distinct content hashes of the ok images: what featurizing an ingested folder must cover."""
     return images.where("status = 'ok'").select("sha256").distinct()
+
+
+@dataclass(frozen=True)
+class FolderFiles:
+    """The files under raw `--data` folders, listed once: what `featurize` hashes and featurizes when no
+    ingest exists (the feature cache is keyed by content, so it needs no labels, dedup or split)."""
+
+    contents: DataFrame  # (sha256, content) of every listed file up to decode.max_file_bytes
+    listed: int  # files Spark listed, less names that are never images (manifest, README, ...)
+    too_large: int  # of those, over decode.max_file_bytes: never read
+    unlisted: int  # files Spark's listing skips (empty, `_`-named): counted through Hadoop, never read
+
+    @property
+    def read(self) -> int:
+        return self.listed - self.too_large
+
+
+def folder_files(spark: SparkSession, data: str | Sequence[str], cfg: Config) -> FolderFiles:
+    """List raw data folders once (one small aggregate per folder, no bytes read) and describe their bytes.
+
+    Reading `contents` reads each file once; files over decode.max_file_bytes are filtered by `length`,
+    which Spark pushes into the file scan, so they are never opened."""
+    max_bytes = cfg.decode.max_file_bytes
+    contents, listed, too_large, unlisted = None, 0, 0, 0
+    for folder in open_data_folders(spark, data):
+        kept = ~ignored_name_col(F.col("path"))
+        large = kept & (F.col("length") > max_bytes)
+        row = folder.files.agg(F.count(F.lit(1)).alias("all"), F.count(F.when(kept, 1)).alias("listed"),
+                               F.count(F.when(large, 1)).alias("large")).first()
+        listed, too_large = listed + row["listed"], too_large + row["large"]
+        unlisted += len(unlisted_files(spark, folder, row["all"]))
+        part = candidate_files(folder).where(F.col("length") <= max_bytes).select(
+            F.sha2(F.col("content"), 256).alias("sha256"), "content")
+        contents = part if contents is None else contents.unionByName(part)
+    assert contents is not None  # open_data_folders returns at least one folder
+    return FolderFiles(contents, listed, too_large, unlisted)

@@ -31,9 +31,9 @@ from xray_spark.config import Config
 from xray_spark.data.decode import analyze
 from xray_spark.data.dedup import find_duplicates
 from xray_spark.data.files import (
-    IGNORED_NAMES,
     SALT_ENV,
     DataFolder,
+    candidate_files,
     extra_files,
     listing_fingerprint,
     open_data_folders,
@@ -108,11 +108,10 @@ class IngestResult:
 
 def _decode_stage(spark, folders: list[DataFolder], layout: IngestLayout, cfg: Config, n_files: int):
     """Read every listed file's bytes once (oversized files filtered by length first) into _work/analyzed."""
-    name = F.lower(F.regexp_extract("path", r"([^/]*)$", 1))
     todo = None
     for folder in folders:
-        part = (folder.files.where(F.col("length") <= cfg.decode.max_file_bytes)  # pushed into the file scan
-                .where(~name.isin(sorted(IGNORED_NAMES)))
+        # the length filter is pushed into the file scan: oversized files are never opened
+        part = (candidate_files(folder).where(F.col("length") <= cfg.decode.max_file_bytes)
                 .select("path", image_id_col(folder.rel_path_col()).alias("id"), "content"))
         todo = part if todo is None else todo.unionByName(part)
     target = paths.join(layout.work, "analyzed")

@@ -42,7 +42,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 CACHE_COLUMNS = ("sha256", "backbone", "weights_fingerprint", "features", "featurize_error")
-IMAGES_PER_TASK = 256  # upper bound; tasks are also >= 1 batch so the model never runs on slivers
+# upper bound: progress (an accumulator) moves as tasks finish, so a few hundred images still make several
+# tasks per core; a Python worker keeps its model across tasks, so a task costs little more than its images
+IMAGES_PER_TASK = 64
 BROADCAST_KEYS = 1_000_000  # missing sha256 keys (64 chars each) broadcast below this count
 CACHE_FORMAT = "f32"  # layout version: features as array<float>
 
@@ -99,11 +101,20 @@ def featurize_to_cache_run(
     path = cache_path(cache_dir, bb.name, fingerprint)
     fs = HadoopFS(spark)
 
+    given_keys = keys is not None
     if keys is None:
         keys = images.select("sha256")
     keys = keys.select("sha256").where(F.col("sha256").isNotNull()).distinct()
     cached = _read_cache(spark, fs, path)
-    if cached is None:
+    if cached is None and not given_keys:
+        # every row of `images` is wanted and none is cached: no pass to hash and count distinct keys first,
+        # so the bytes are read once (the count needs only the listing); copies of one content are computed
+        # twice and stored once, and `requested` becomes the distinct rows written
+        todo, requested = None, None
+        n_todo = images.count()
+        if n_todo == 0:
+            requested = 0
+    elif cached is None:
         todo = keys
         requested = n_todo = keys.count()
     else:  # one job counts both what was asked for and what is missing
@@ -117,10 +128,15 @@ def featurize_to_cache_run(
     if n_todo == 0:
         log.info("feature cache %s: all %d images cached, nothing to compute", path, requested)
     else:
-        log.info("feature cache %s: %d of %d images missing, featurizing them", path, n_todo, requested)
-        failed = _compute_and_append(
+        if requested is None:
+            log.info("feature cache %s: empty, featurizing all %d images", path, n_todo)
+        else:
+            log.info("feature cache %s: %d of %d images missing, featurizing them", path, n_todo, requested)
+        written, failed = _compute_and_append(
             spark, fs, images, todo, n_todo, bb.name, weights, fingerprint, path, batch_size, progress
         )
+        if requested is None:
+            requested = n_todo = written
     table = cached if n_todo == 0 else _read_cache(spark, fs, path)
     if table is None:  # nothing requested and nothing cached: an empty result with the right schema
         result = keys.limit(0).crossJoin(_empty(spark))
@@ -151,14 +167,17 @@ def _read_cache(spark: SparkSession, fs: HadoopFS, path: str) -> DataFrame | Non
 
 
 def _compute_and_append(
-    spark: SparkSession, fs: HadoopFS, images: DataFrame, todo: DataFrame, n_todo: int, backbone: str,
+    spark: SparkSession, fs: HadoopFS, images: DataFrame, todo: DataFrame | None, n_todo: int, backbone: str,
     weights: str, fingerprint: str, path: str, batch_size: int, progress: bool,
-) -> int:
+) -> tuple[int, int]:
+    """Featurize the `todo` keys of `images` (every row when None); returns (rows written, rows failed)."""
     sc = spark.sparkContext
-    # broadcast keys (ids, not bytes): the image bytes are not shuffled by the filter, only once by the
-    # balanced repartition below. Copies of one content under two paths are rare: n_todo sizes the tasks.
-    keys = F.broadcast(todo) if n_todo <= BROADCAST_KEYS else todo
-    rows = images.select("sha256", "content").join(keys, "sha256", "left_semi")
+    rows = images.select("sha256", "content")
+    if todo is not None:
+        # broadcast keys (ids, not bytes): the image bytes are not shuffled by the filter, only once by the
+        # balanced repartition below. Copies of one content under two paths are rare: n_todo sizes the tasks.
+        keys = F.broadcast(todo) if n_todo <= BROADCAST_KEYS else todo
+        rows = rows.join(keys, "sha256", "left_semi")
     rows = rows.repartition(balanced_partitions(n_todo, sc.defaultParallelism, IMAGES_PER_TASK))
     featurizer = DeepImageFeaturizer(
         inputCol="content", outputCol="features", modelName=backbone, weights=weights, batchSize=batch_size
@@ -183,6 +202,10 @@ def _compute_and_append(
         moved.append(f"{path}/part-{run_id}-{i:05d}.parquet")
         fs.rename(part, moved[-1])
     fs.delete(staging)
-    failed = spark.read.parquet(*moved).where(F.col("featurize_error").isNotNull()).count() if moved else 0
-    log.info("feature cache %s: appended %d rows (%d failed to decode)", path, n_todo, failed)
-    return failed
+    written = failed = 0
+    if moved:
+        row = spark.read.parquet(*moved).agg(
+            F.count(F.lit(1)).alias("n"), F.count("featurize_error").alias("failed")).first()
+        written, failed = int(row["n"]), int(row["failed"])
+    log.info("feature cache %s: appended %d rows (%d failed to decode)", path, written, failed)
+    return written, failed

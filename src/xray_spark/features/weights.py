@@ -26,6 +26,7 @@ Base URL for downloads: `$XRAY_SPARK_WEIGHTS_BASE_URL` (e.g. an internal mirror)
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import logging
 import os
 import re
@@ -112,10 +113,14 @@ def file_digest(path: str | os.PathLike, algorithm: str = "sha256") -> str:
     return _digest_memo[key]
 
 
-def none_fingerprint(seed: int) -> str:
-    import keras  # lazy: loads TensorFlow, needed only where a model runs
+def keras_version() -> str:
+    """The installed Keras distribution's version, without importing keras: that loads TensorFlow, seconds a
+    driver whose seeded weights file is already cached would spend on nothing else."""
+    return importlib.metadata.version("keras")
 
-    return f"none:seed={seed}:keras={keras.__version__}"
+
+def none_fingerprint(seed: int) -> str:
+    return f"none:seed={seed}:keras={keras_version()}"
 
 
 def weights_fingerprint(
@@ -238,11 +243,11 @@ def _download(url: str, target: Path, bb: Backbone) -> None:
 
 def _random_init_file(bb: Backbone, seed: int, root: Path) -> Path:
     """Build the seeded random model once on the driver and save its weights; reuse the file afterwards."""
-    import keras  # lazy: loads TensorFlow, needed only where a model runs
-
-    target = root / "none" / f"{bb.name.lower()}-seed{seed}-keras{keras.__version__}.weights.h5"
+    target = root / "none" / f"{bb.name.lower()}-seed{seed}-keras{keras_version()}.weights.h5"
     if target.is_file():
         return target
+    import keras  # lazy: loads TensorFlow, needed only to build the file once
+
     target.parent.mkdir(parents=True, exist_ok=True)
     log.info("building seeded random-init %s (seed %d) on the driver", bb.name, seed)
     keras.utils.set_random_seed(seed)
