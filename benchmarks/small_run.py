@@ -8,8 +8,9 @@ Both commands are separate processes, timed from outside, interleaved round by r
 both see the same quiet and busy spells of a shared machine; medians are printed and `ratio=` is
 featurize img/s over plain-script img/s (the round-by-round median of the pair ratios).
   featurize  `xray-spark featurize --data DIR --backbone ResNet50 --weights none --out FRESH` with a fresh
-             --out every round (cold: nothing ingested or featurized before; the IR conversion and the
-             seeded weights file stay in the per-user cache, as on any machine after its first run);
+             --out every round (cold: nothing featurized before, and a raw folder is not ingested; the IR
+             conversion and the seeded weights file stay in the per-user cache, as on any machine after its
+             first run);
   plain      this file with `--plain DIR`: Pillow decode, resize to 224, ResNet50(include_top=False,
              pooling='avg', weights=None), predict in batches of 32, TensorFlow's default threads.
 
