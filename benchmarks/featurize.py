@@ -470,8 +470,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     setup_logging()
 
-    from xray_spark.config import load_config
-    from xray_spark.session import get_spark, parse_conf_pairs
+    from xray_spark.config import load_config, parse_conf_pairs
+    from xray_spark.session import get_spark
 
     files = pick_files(args.data, args.limit)
     payloads = [f.read_bytes() for f in files]

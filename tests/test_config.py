@@ -9,9 +9,8 @@ from pathlib import Path
 import pytest
 
 from xray_spark.cli import main
-from xray_spark.config import _RANGES, load_config
+from xray_spark.config import _RANGES, load_config, parse_conf_pairs
 from xray_spark.errors import ConfigError
-from xray_spark.session import parse_conf_pairs
 
 
 def test_defaults_and_label_mapping() -> None:

@@ -12,13 +12,20 @@ import os
 import sys
 import time
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, NamedTuple
 
+# lazy: every command imports its implementation inside its cmd_* function (pyspark, TensorFlow via the
+# featurizer, scikit-learn, matplotlib, MLflow, OpenVINO, pandas...), so `--help`, `CMD --help` and argument
+# errors answer at once; the parser needs only the light modules below (tests/test_imports.py checks both).
 from xray_spark import paths
-from xray_spark.config import load_config
-from xray_spark.data.fetch import fetch_dataset
-from xray_spark.data.files import check_data_args, check_local_data_dir
-from xray_spark.data.ingest import format_summary, ingest
-from xray_spark.demo import run_demo
+from xray_spark.config import (
+    IMAGES_PER_TASK,
+    WAVES_PER_CHUNK,
+    Config,
+    add_spark_arguments,
+    load_config,
+    parse_conf_pairs,
+)
 from xray_spark.errors import (
     EXIT_FAILED,
     EXIT_RETRY,
@@ -28,24 +35,18 @@ from xray_spark.errors import (
     is_transient,
     one_line,
 )
-from xray_spark.evaluate import evaluate_model
-from xray_spark.features.backbones import get_backbone
-from xray_spark.features.engines import ENGINES
-from xray_spark.features.run import check_weights_arg, featurize_folder
-from xray_spark.finetune.runner import FinetuneSpec, run_finetune
+from xray_spark.features import ENGINES
 from xray_spark.logs import setup_logging
-from xray_spark.scoring.model import resolve_model
-from xray_spark.scoring.run import IMAGES_PER_TASK, WAVES_PER_CHUNK, score_command
-from xray_spark.serving.app import Settings as ServeSettings
-from xray_spark.serving.run import TOKEN_ENV, serve_command
-from xray_spark.session import add_spark_arguments, get_spark, parse_conf_pairs
-from xray_spark.tracking import tracking_uri_for
-from xray_spark.train.options import resolve_train_options
-from xray_spark.train.report import format_reference_table
-from xray_spark.train.runner import TrainResult, run_training
 from xray_spark.train.tasks import TASKS, get_task
 
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
+    from xray_spark.train.runner import TrainResult
+
 log = logging.getLogger("xray_spark")
+
+TOKEN_ENV = "XRAY_SPARK_SERVE_TOKEN"  # `serve --token`'s default: read here; the serving modules take a token
 
 
 class _Parser(argparse.ArgumentParser):
@@ -56,8 +57,10 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
-def _context(args: argparse.Namespace):
-    """Config + SparkSession from the shared --config/--master/--conf arguments."""
+def _context(args: argparse.Namespace) -> tuple[Config, Callable[[], SparkSession]]:
+    """Config + SparkSession (started on first call) from the shared --config/--master/--conf arguments."""
+    from xray_spark.session import get_spark
+
     cfg = load_config(args.config)
     conf = parse_conf_pairs(args.conf)
     app_name = f"{cfg.spark.app_name} {args.command}"  # e.g. "xray-spark score" in the cluster UI and history
@@ -65,6 +68,9 @@ def _context(args: argparse.Namespace):
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
+    from xray_spark.data.files import check_data_args
+    from xray_spark.data.ingest import format_summary, ingest
+
     check_data_args(args.data)  # fail fast (exit 2) before starting a JVM
     cfg, spark = _context(args)
     result = ingest(spark(), args.data, args.out, cfg)
@@ -74,6 +80,8 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
 
 def cmd_fetch(args: argparse.Namespace) -> int:
+    from xray_spark.data.fetch import fetch_dataset
+
     result = fetch_dataset(args.name, args.to, base_url=args.base_url, limit=args.limit,
                            progress=not args.quiet, workers=args.workers, timeout=args.timeout)
     print(result.summary())
@@ -83,6 +91,9 @@ def cmd_fetch(args: argparse.Namespace) -> int:
 
 
 def cmd_featurize(args: argparse.Namespace) -> int:
+    from xray_spark.features.backbones import get_backbone
+    from xray_spark.features.run import featurize_folder
+
     get_backbone(args.backbone)  # unknown name -> exit 2 before Spark starts
     cfg, spark = _context(args)
     summary = featurize_folder(spark(), cfg, data=args.data, backbone=args.backbone, weights=args.weights,
@@ -100,6 +111,9 @@ def _check_local_out(out: str) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from xray_spark.train.options import resolve_train_options
+    from xray_spark.train.runner import run_training
+
     _check_local_out(args.out)
     cfg, spark = _context(args)
     spec = resolve_train_options(args, cfg)
@@ -108,6 +122,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _print_train_result(result: TrainResult) -> None:
+    from xray_spark.train.report import format_reference_table
+
     for task in result.comparison["task"].drop_duplicates():
         print(f"\n{get_task(task).description} (test split, 95% intervals)")
         print(format_reference_table(result.comparison, task))
@@ -119,6 +135,11 @@ def _print_train_result(result: TrainResult) -> None:
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
+    from xray_spark.data.files import check_data_args
+    from xray_spark.features.backbones import get_backbone
+    from xray_spark.features.run import check_weights_arg
+    from xray_spark.finetune.runner import FinetuneSpec, run_finetune
+
     get_backbone(args.backbone)  # every argument is checked (exit 2) before a JVM starts
     check_data_args(args.data)
     check_weights_arg(args.weights)
@@ -135,6 +156,8 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
 
 def cmd_score(args: argparse.Namespace) -> int:
+    from xray_spark.scoring.run import score_command
+
     cfg, spark = _context(args)
     if args.tracking_uri:
         cfg.tracking_uri = args.tracking_uri
@@ -146,6 +169,11 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from xray_spark.data.files import check_local_data_dir
+    from xray_spark.evaluate import evaluate_model
+    from xray_spark.scoring.model import resolve_model
+    from xray_spark.tracking import tracking_uri_for
+
     check_local_data_dir(args.data)  # fail fast (exit 2) before starting a JVM
     _check_local_out(args.out)
     cfg, spark = _context(args)
@@ -157,6 +185,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    from xray_spark.demo import run_demo
+
     _check_local_out(args.out)
     cfg, spark = _context(args)
     demo = run_demo(spark, cfg, args)
@@ -188,6 +218,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from xray_spark.serving.app import Settings as ServeSettings
+    from xray_spark.serving.run import serve_command
+
     settings = ServeSettings(
         host=args.host, port=args.port, token=args.token or os.environ.get(TOKEN_ENV) or None,
         workers=args.workers, queue=args.queue, max_upload_mb=args.max_upload_mb,
@@ -198,25 +231,38 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Command(NamedTuple):
+    """One subcommand: its name, its code, the function adding its arguments, its one-line help."""
+
+    name: str
+    func: Callable[[argparse.Namespace], int]
+    arguments: Callable[[argparse.ArgumentParser], None]
+    help: str
+    spark: bool = True  # takes --config/--master/--conf
+
+
 def build_parser() -> argparse.ArgumentParser:
+    """The whole command line; each command's arguments are added by its own `_*_arguments` function."""
     parser = _Parser(prog="xray-spark", description="Spark-native chest X-ray classification pipeline")
     parser.add_argument("--verbose", action="store_true", help="debug logging and tracebacks on failure")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-
-    def add(name: str, fn: Callable[[argparse.Namespace], int], help_text: str, spark: bool = True):
-        p = sub.add_parser(name, help=help_text, description=help_text)
-        if spark:
+    for command in _COMMANDS:
+        p = sub.add_parser(command.name, help=command.help, description=command.help)
+        if command.spark:
             add_spark_arguments(p)
-        p.set_defaults(func=fn)
-        return p
+        p.set_defaults(func=command.func)
+        command.arguments(p)
+    return parser
 
-    p = add("ingest", cmd_ingest, "read, validate, de-duplicate and split an image folder")
+
+def _ingest_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, action="append", metavar="[NAME=]DIR",
                    help="class subfolders, or a folder with manifest.csv; repeat as NAME=DIR to ingest "
                         "several sources together (each image keeps its source)")
     p.add_argument("--out", required=True, metavar="DIR", help="where the images table, split and reports go")
 
-    p = add("fetch", cmd_fetch, "download a public dataset (sha256-verified, resumable)", spark=False)
+
+def _fetch_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("name", help="dataset name, e.g. ozturk2020")
     p.add_argument("--to", required=True, metavar="DIR")
     p.add_argument("--base-url", metavar="URL", help="mirror to download from instead of the public source")
@@ -227,7 +273,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS", help="per-request timeout")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
-    p = add("featurize", cmd_featurize, "turn images into feature vectors (cached by content hash)")
+
+def _featurize_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, metavar="DIR", help="image folder, or an ingest output folder")
     p.add_argument("--backbone", required=True, metavar="NAME",
                    help="ResNet50, InceptionV3, Xception, VGG16, VGG19, DenseNet121")
@@ -235,7 +282,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, metavar="DIR", help="feature cache folder")
     p.add_argument("--batch-size", type=int, default=None, metavar="N")
 
-    p = add("train", cmd_train, "train and compare heads for each backbone and task, tracked in MLflow")
+
+def _train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", action="append", metavar="[NAME=]DIR",
                    help="image folder, or an ingest output folder; repeat as NAME=DIR for several sources")
     p.add_argument("--backbones", metavar="LIST",
@@ -256,8 +304,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "that source only (2+ sources: --data NAME=DIR repeated, or a manifest source "
                         "column)")
 
-    p = add("finetune", cmd_finetune, "fine-tune a backbone + new softmax head end to end, distributed over "
-            "Spark barrier tasks, with a checkpoint every epoch (a rerun resumes from it)")
+
+def _finetune_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, metavar="DIR", help="image folder, or an ingest output folder")
     p.add_argument("--backbone", required=True, metavar="NAME", help="e.g. ResNet50, InceptionV3, VGG16")
     p.add_argument("--task", required=True, choices=tuple(TASKS))
@@ -274,7 +322,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="MLflow tracking URI (default: config tracking_uri, else MLFLOW_TRACKING_URI, else "
                         "sqlite under --out)")
 
-    p = add("score", cmd_score, "score new images in a folder with a model, incrementally and exactly once")
+
+def _score_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, metavar="URI",
                    help="models:/NAME@champion, runs:/..., or a PipelineModel path")
     p.add_argument("--input", required=True, metavar="DIR")
@@ -293,8 +342,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "one (catches files rewritten in place)")
     _add_retry_arguments(p)
 
-    p = add("evaluate", cmd_evaluate, "metrics of a trained model on any labelled folder (e.g. another "
-            "hospital's images), tracked in MLflow")
+
+def _evaluate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, metavar="URI",
                    help="models:/NAME@champion, models:/NAME/VERSION, runs:/..., or a PipelineModel path")
     p.add_argument("--data", required=True, metavar="DIR",
@@ -303,7 +352,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tracking-uri", metavar="URI",
                    help="default: config tracking_uri, else MLFLOW_TRACKING_URI, else sqlite under --out")
 
-    p = add("demo", cmd_demo, "the main job: fetch (or --data), ingest, featurize, train, register, score")
+
+def _demo_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", metavar="DIR", help="use this folder instead of fetching the Ozturk dataset")
     p.add_argument("--out", default="runs/demo", metavar="DIR")
     p.add_argument("--weights", default=None, metavar="imagenet|none|PATH",
@@ -318,8 +368,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a labelled folder from another source (e.g. ../shared/data/figure1): each champion "
                         "is evaluated on it and report.md puts internal vs external side by side")
 
-    p = add("serve", cmd_serve, "serve a model over HTTP, one image at a time, without Spark: upload page, "
-            "REST API (/predict, /health, /version, /docs)", spark=False)
+
+def _serve_arguments(p: argparse.ArgumentParser) -> None:
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--bundle", metavar="DIR",
                        help="a serving bundle folder (serving.json, head/, weights/)")
@@ -346,7 +396,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="inference engine (default: the one the model was trained with)")
     p.add_argument("--threads", type=int, default=None, metavar="N",
                    help="TensorFlow/OpenVINO threads for the model (default: all cores)")
-    return parser
 
 
 def _add_retry_arguments(p: argparse.ArgumentParser) -> None:
@@ -355,6 +404,32 @@ def _add_retry_arguments(p: argparse.ArgumentParser) -> None:
                         "or another run holding the lease), and only then")
     p.add_argument("--retry-wait", type=float, default=60.0, metavar="SECONDS",
                    help="seconds between such retries (default 60)")
+
+
+# The subcommands, in `--help` order.
+_COMMANDS = (
+    _Command("ingest", cmd_ingest, _ingest_arguments,
+             "read, validate, de-duplicate and split an image folder"),
+    _Command("fetch", cmd_fetch, _fetch_arguments,
+             "download a public dataset (sha256-verified, resumable)", spark=False),
+    _Command("featurize", cmd_featurize, _featurize_arguments,
+             "turn images into feature vectors (cached by content hash)"),
+    _Command("train", cmd_train, _train_arguments,
+             "train and compare heads for each backbone and task, tracked in MLflow"),
+    _Command("finetune", cmd_finetune, _finetune_arguments,
+             "fine-tune a backbone + new softmax head end to end, distributed over Spark barrier tasks, with "
+             "a checkpoint every epoch (a rerun resumes from it)"),
+    _Command("score", cmd_score, _score_arguments,
+             "score new images in a folder with a model, incrementally and exactly once"),
+    _Command("evaluate", cmd_evaluate, _evaluate_arguments,
+             "metrics of a trained model on any labelled folder (e.g. another hospital's images), tracked in "
+             "MLflow"),
+    _Command("demo", cmd_demo, _demo_arguments,
+             "the main job: fetch (or --data), ingest, featurize, train, register, score"),
+    _Command("serve", cmd_serve, _serve_arguments,
+             "serve a model over HTTP, one image at a time, without Spark: upload page, REST API (/predict, "
+             "/health, /version, /docs)", spark=False),
+)
 
 
 def _run_once(args: argparse.Namespace) -> int:

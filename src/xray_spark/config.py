@@ -3,14 +3,19 @@
 Why typed: a misspelt key in YAML silently does nothing; here it is an error naming the key and the file.
 The same goes for a key given twice (YAML keeps the last one without a word) and for a value out of its
 range (which would otherwise fail deep inside a Spark job, exit 1, instead of here, exit 2).
+
+The command-line layer is here too (`add_spark_arguments`: --config, --master, --conf over config `spark`),
+with the scoring chunk constants that `--chunk-size`'s help quotes: this module imports no pyspark, so
+`xray-spark --help` can build its parser from it without starting anything heavy.
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import functools
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -18,7 +23,7 @@ from typing import Any, get_type_hints
 
 import yaml
 
-from xray_spark.errors import ConfigError
+from xray_spark.errors import ConfigError, UserError
 from xray_spark.finetune.config import OPTIMIZERS, PRECISIONS, FinetuneConfig, unfreeze_count
 
 CANONICAL_LABELS = ("covid", "no_findings", "pneumonia")
@@ -50,6 +55,17 @@ class ScoringConfig:
     min_age_seconds: float = 5.0  # younger files may still be being copied in: left for the next run
     lease_seconds: float = 120.0  # a run's lease ends this long after its last renewal (every quarter of it)
     lease_settle_seconds: float = 2.0  # non-local outputs: wait, then re-read a new lease (racy create)
+
+
+# Scoring's (scoring/run.py; features/cache.py and evaluate.py size their own tasks), here because the CLI's
+# --chunk-size help quotes them and the scoring package imports pyspark.
+IMAGES_PER_TASK = 32  # small tasks within a chunk: no core idles while the last one finishes
+# Default images per committed chunk: this many waves of IMAGES_PER_TASK-image tasks on every core (512 on
+# 2 cores). The size is a trade-off: a kill loses at most one uncommitted chunk, so smaller is safer; but
+# every chunk pays a fixed amount of Spark work (its jobs and its commit) whatever its size, so smaller
+# chunks score fewer images per second (benchmarks/score.py measures scoring against the bare featurizer).
+# Counting in waves per core keeps that fixed cost the same share of a chunk's work on any cluster size.
+WAVES_PER_CHUNK = 8
 
 
 @dataclass
@@ -303,3 +319,27 @@ def load_config(path: str | Path | None = None, local: str | Path | None = "conf
         if canonical not in CANONICAL_LABELS:
             raise ConfigError(f"{where}: labels.{canonical} is not one of {', '.join(CANONICAL_LABELS)}")
     return cfg
+
+
+def add_spark_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add --config, --master and --conf k=v to any parser (CLI subcommands and jobs/*.py)."""
+    parser.add_argument("--config", metavar="FILE", help="YAML config layered over the defaults")
+    parser.add_argument("--master", metavar="URL", help="Spark master (default: config spark.master)")
+    parser.add_argument(
+        "--conf",
+        metavar="KEY=VALUE",
+        action="append",
+        default=[],
+        help="extra Spark setting, repeatable (e.g. --conf spark.driver.memory=8g)",
+    )
+
+
+def parse_conf_pairs(pairs: Sequence[str]) -> dict[str, str]:
+    """Turn ['k=v', ...] into a dict; a pair without '=' is a user error."""
+    out: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"--conf expects KEY=VALUE, got {pair!r}")
+        out[key.strip()] = value.strip()
+    return out

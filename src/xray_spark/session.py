@@ -6,45 +6,17 @@ TensorFlow thread caps, task retries in local mode) must be the same wherever th
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import re
 import sys
-from collections.abc import Sequence
 
 from pyspark import SparkConf, SparkContext
 from pyspark.sql import SparkSession
 
 from xray_spark.config import Config
-from xray_spark.errors import UserError
 
 log = logging.getLogger(__name__)
-
-
-def add_spark_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add --config, --master and --conf k=v to any parser (CLI subcommands and jobs/*.py)."""
-    parser.add_argument("--config", metavar="FILE", help="YAML config layered over the defaults")
-    parser.add_argument("--master", metavar="URL", help="Spark master (default: config spark.master)")
-    parser.add_argument(
-        "--conf",
-        metavar="KEY=VALUE",
-        action="append",
-        default=[],
-        help="extra Spark setting, repeatable (e.g. --conf spark.driver.memory=8g)",
-    )
-
-
-def parse_conf_pairs(pairs: Sequence[str]) -> dict[str, str]:
-    """Turn ['k=v', ...] into a dict; a pair without '=' is a user error."""
-    out: dict[str, str] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
-            raise UserError(f"--conf expects KEY=VALUE, got {pair!r}")
-        out[key.strip()] = value.strip()
-    return out
-
 
 
 _LOCAL_MASTER = re.compile(r"^local(?:\[\s*(\*|\d+)\s*\])?$")

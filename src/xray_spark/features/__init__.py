@@ -1,0 +1,7 @@
+"""Backbones, weights and their pinning, inference engines, the featurizer and its feature cache.
+
+Only names that light modules need live here (the CLI builds `--engine`'s choices from ENGINES): this file
+imports nothing, so `xray-spark --help` does not load numpy, pyspark or TensorFlow through it.
+"""
+
+ENGINES = ("auto", "keras", "openvino")  # inference engines (engines.py), `--engine` of `xray-spark serve`

@@ -50,6 +50,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from xray_spark.errors import UserError
+from xray_spark.features import ENGINES
 from xray_spark.features.backbones import Backbone, get_backbone
 from xray_spark.features.weights import file_digest, weights_cache_dir
 
@@ -58,7 +59,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-ENGINES = ("auto", "keras", "openvino")
 PRECISIONS = ("fp32", "bf16")
 NATIVE_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
 IR_WEIGHTS = "f32"  # IR weights stay fp32 (save_model would compress them to fp16 by default)

@@ -51,9 +51,9 @@ from pyspark.sql import functions as F
 from pyspark.sql.types import ArrayType, BinaryType, FloatType, StringType, StructField, StructType
 
 from xray_spark.errors import UserError
+from xray_spark.features import ENGINES
 from xray_spark.features.backbones import backbone_names, get_backbone
 from xray_spark.features.engines import (
-    ENGINES,
     PRECISIONS,
     resolve_engine,
     validate_engine,

@@ -27,7 +27,7 @@ from pyspark import StorageLevel
 from pyspark.ml.functions import vector_to_array
 from pyspark.sql import functions as F
 
-from xray_spark.config import Config
+from xray_spark.config import IMAGES_PER_TASK, WAVES_PER_CHUNK, Config
 from xray_spark.errors import UserError
 from xray_spark.paths import glob_escape, is_local, local_path
 from xray_spark.scoring.model import (
@@ -46,14 +46,6 @@ if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
 log = logging.getLogger(__name__)
-
-IMAGES_PER_TASK = 32  # small tasks within a chunk: no core idles while the last one finishes
-# Default images per committed chunk: this many waves of IMAGES_PER_TASK-image tasks on every core (512 on
-# 2 cores). The size is a trade-off: a kill loses at most one uncommitted chunk, so smaller is safer; but
-# every chunk pays a fixed amount of Spark work (its jobs and its commit) whatever its size, so smaller
-# chunks score fewer images per second (benchmarks/score.py measures scoring against the bare featurizer).
-# Counting in waves per core keeps that fixed cost the same share of a chunk's work on any cluster size.
-WAVES_PER_CHUNK = 8
 
 
 def default_chunk_size(spark: SparkSession) -> int:

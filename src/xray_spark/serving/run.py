@@ -19,8 +19,6 @@ from xray_spark.serving.predictor import Predictor
 
 log = logging.getLogger("xray_spark.serving")
 
-TOKEN_ENV = "XRAY_SPARK_SERVE_TOKEN"
-
 
 def resolve_bundle_folder(bundle: str | None, model: str | None, tracking_uri: str | None = None) -> Path:
     """The local bundle folder for `--bundle DIR` or `--model URI` (a bundle folder, or a registered model:
