@@ -74,7 +74,9 @@ def test_spark_matches_single_process_keras_and_bad_bytes_become_reasons(spark, 
     bad = [("bad/garbage.png", "covid", bytearray(b"this is not an image")), ("bad/null.png", "covid", None),
            ("bad/empty.png", "covid", bytearray())]
     df = _bytes_df(spark, images, bad)
-    feat = DeepImageFeaturizer(inputCol="content", outputCol="features", modelName="ResNet50", weights="none")
+    # exact parity with Keras fp32: pin fp32 (engine 'auto' runs OpenVINO bf16 on CPUs with native bf16)
+    feat = DeepImageFeaturizer(inputCol="content", outputCol="features", modelName="ResNet50", weights="none",
+                               precision="fp32")
     rows = feat.transform(df).select("path", "features", "featurize_error").collect()
     assert len(rows) == len(images) + len(bad)
     got = {r.path: r for r in rows}
