@@ -1,6 +1,7 @@
 # Two commands for a fresh machine (see README):
 #   make demo   set up .venv and run the main job end to end
 #   make test   set up .venv (with test tools) and run the test suite
+# While editing: make test-fast (every tier but e2e: no CLI processes, clusters, kernels or browsers)
 PYTHON ?= $(shell command -v python3.11 || command -v python3.12 || command -v python3.10 || command -v python3)
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
@@ -13,7 +14,7 @@ PYTEST_ARGS ?=
 NEWEST_SPARK := .spark-newest
 PYSPARK_RANGE = $(shell sed -n 's/^[[:space:]]*"\(pyspark[^";]*\)".*/\1/p' pyproject.toml)
 
-.PHONY: setup setup-dev demo test lint clean java newest-spark
+.PHONY: setup setup-dev demo test test-fast lint clean java newest-spark
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +43,9 @@ demo: setup java
 
 test: setup newest-spark java
 	XRAY_SPARK_NEWEST_PYSPARK=$(CURDIR)/$(NEWEST_SPARK) $(PY) -m pytest -q --durations=25 $(PYTEST_ARGS)
+
+test-fast: setup java
+	$(PY) -m pytest -q --durations=10 -m "not e2e" $(PYTEST_ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check src tests jobs benchmarks

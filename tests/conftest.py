@@ -67,17 +67,21 @@ def spark(tmp_path_factory: pytest.TempPathFactory):
 
     cfg = load_config(local=None)
     warehouse = tmp_path_factory.mktemp("warehouse")
-    session = get_spark(
-        cfg,
-        master="local[2]",
-        conf={
-            "spark.sql.warehouse.dir": str(warehouse),
-            "spark.driver.memory": "3g",
-            "spark.sql.shuffle.partitions": "4",
-            VIEWFS_MOUNT[0]: VIEWFS_MOUNT[1],
-        },
-        app_name="xray-spark-tests",
-    )
+    _JVM_STARTING.append(True)
+    try:
+        session = get_spark(
+            cfg,
+            master="local[2]",
+            conf={
+                "spark.sql.warehouse.dir": str(warehouse),
+                "spark.driver.memory": "3g",
+                "spark.sql.shuffle.partitions": "4",
+                VIEWFS_MOUNT[0]: VIEWFS_MOUNT[1],
+            },
+            app_name="xray-spark-tests",
+        )
+    finally:
+        _JVM_STARTING.pop()
     yield session
     session.stop()
 
@@ -86,6 +90,74 @@ def pytest_configure(config: pytest.Config) -> None:
     import sys
 
     sys.path.insert(0, str(Path(__file__).parent))  # test helper modules (ingest_fixtures, cluster_utils)
+    _watch_processes()
+
+
+# ------------------------------------------------------------------------------------------------- tiers
+# Every test has one tier marker, by what it costs (pyproject.toml declares them; `make test-fast` runs all
+# but e2e):
+#   unit  no JVM, no process of its own: pure functions, seconds for the whole tier;
+#   spark the shared local[2] session (the `spark` fixture, directly or through another fixture);
+#   e2e   starts processes: the CLI as a user runs it (exit codes, kill -9), a standalone cluster, the
+#         newest pyspark, notebook kernels, a browser. Marked by hand (`pytestmark = pytest.mark.e2e`);
+#         a test that starts a process without the mark fails (the guard below), so the tiers stay true.
+TIERS = ("unit", "spark", "e2e")
+# Fixtures that start processes themselves: every test that uses one is e2e.
+E2E_FIXTURES = {
+    "ingested": "test_ingest: the console command on all 1,124 images with a 4 MiB driver result limit",
+    "first_run": "test_finetune: fine-tunes ResNet50 in two TensorFlow worker processes (barrier tasks)",
+    "finetune_champion": "test_train_finetune: train --heads finetune, two TensorFlow worker processes",
+}
+_RUNNING: list[str] = []  # nodeid of the test being set up, run or torn down
+_SPAWNED: set[str] = set()  # tests that started a process
+_JVM_STARTING: list[bool] = []  # the shared session's own JVM start is not the test's process
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        marks = {m.name for m in item.iter_markers()}
+        if "cluster" in marks or E2E_FIXTURES.keys() & set(getattr(item, "fixturenames", ())):
+            marks.add("e2e")
+            item.add_marker("e2e")
+        if not marks & set(TIERS):
+            item.add_marker("spark" if "spark" in getattr(item, "fixturenames", ()) else "unit")
+
+
+def _watch_processes() -> None:
+    """Record which test starts a process (subprocess.Popen underlies run, check_output and the CLIs'
+    launchers), so `_tier_guard` can hold a test that is not marked e2e to it."""
+    import subprocess
+
+    if getattr(subprocess.Popen, "_xray_spark_watched", False):
+        return
+    original = subprocess.Popen.__init__
+
+    def init(self, *args, **kwargs):
+        if _RUNNING and not _JVM_STARTING:
+            _SPAWNED.add(_RUNNING[-1])
+        original(self, *args, **kwargs)
+
+    subprocess.Popen.__init__ = init
+    subprocess.Popen._xray_spark_watched = True
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem):
+    _RUNNING.append(item.nodeid)
+    try:
+        yield
+    finally:
+        _RUNNING.pop()
+
+
+@pytest.fixture(autouse=True)
+def _tier_guard(request: pytest.FixtureRequest):
+    """A test (or the fixtures it set up first) that started a process must be marked e2e."""
+    yield
+    node = request.node
+    if node.nodeid in _SPAWNED and node.get_closest_marker("e2e") is None:
+        pytest.fail(f"{node.nodeid} started a process but is not marked e2e (tests/conftest.py: tiers)",
+                    pytrace=False)
 
 
 def copy_subset(src: Path, dest: Path, per_class: int, offset: int = 0) -> Path:

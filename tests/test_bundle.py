@@ -95,6 +95,7 @@ def test_every_variable_reference_is_defined():
         assert used <= defined, f"{f.name} uses undefined variables {used - defined}"
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("job_key", ["xray_spark_train", "xray_spark_score"])
 def test_task_parameters_are_accepted_by_the_real_cli(job_key: str):
     parser = build_parser()
@@ -141,6 +142,7 @@ def test_referenced_files_exist():
     assert (REPO / script).is_file() and out_dir == "dist"
 
 
+@pytest.mark.e2e
 def test_the_wheel_glob_matches_what_the_build_script_writes(tmp_path: Path):
     """Run the artifact's build script for real (into tmp_path) and match the libraries glob against it."""
     import subprocess

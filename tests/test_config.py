@@ -148,6 +148,7 @@ def test_duplicate_key_from_cli_is_one_line_exit_2(
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.e2e
 def test_bad_config_from_cli_is_one_line_exit_2(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yml"
     bad.write_text("train:\n  heads: [lr]\n  nonsense: 1\n")
@@ -197,6 +198,7 @@ def test_train_yml_passes_train_option_checks(tmp_path: Path) -> None:
         ("train:\n  head_params:\n    xgb: {depth: 3}\n", "unknown head 'xgb'"),
     ],
 )
+@pytest.mark.e2e
 def test_bad_train_settings_fail_before_spark(tmp_path: Path, text: str, needle: str) -> None:
     bad = tmp_path / "bad.yml"
     bad.write_text(text)

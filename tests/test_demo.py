@@ -13,6 +13,9 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+import pytest
+
+pytestmark = pytest.mark.e2e
 
 
 def test_demo_runs_end_to_end_offline(small_data: Path, data_root: Path, tmp_path: Path) -> None:

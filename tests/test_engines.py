@@ -204,6 +204,7 @@ _SCORE_SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.e2e
 def test_saved_openvino_model_scores_with_keras_where_openvino_cannot_be_imported(
         spark, images, keras_features, ozturk_dir, weights_cache, tmp_path):
     """A fresh driver + Python workers where `import openvino` raises ImportError (a package of that name,

@@ -92,6 +92,7 @@ def test_evaluate_counts_equal_what_score_predicts(spark, trained, figure1, tmp_
     assert (pred["label"] == pred["predicted_label"]).mean() == pytest.approx(row["accuracy"])
 
 
+@pytest.mark.e2e
 def test_cli_evaluate_with_classes_missing_and_labels_the_model_does_not_know(trained, figure1, tmp_path):
     """The binary champion on figure1's COVID and pneumonia images only: no No-findings image at all
     (metrics for the classes present, no crash), and pneumonia is not a class of the binary model."""
@@ -115,6 +116,7 @@ def test_cli_evaluate_with_classes_missing_and_labels_the_model_does_not_know(tr
     assert "No images of no_findings" in (out / "report.md").read_text()
 
 
+@pytest.mark.e2e
 def test_cli_evaluate_unknown_model_is_exit_2_before_spark(trained, figure1, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "xray_spark", "evaluate", "--model", "models:/nope@champion",
                            "--data", str(figure1), "--out", str(tmp_path / "eval"),

@@ -151,6 +151,7 @@ spark.stop()
 '''
 
 
+@pytest.mark.e2e
 def test_an_injected_executor_fault_is_retried_not_quarantined(ozturk_dir: Path, weights_cache: Path,
                                                                tmp_path: Path, evidence) -> None:
     images = tmp_path / "images"

@@ -216,6 +216,7 @@ def test_softmax_head_is_an_mllib_model_that_spark_and_serving_agree_on(spark) -
         assert list(labels) == [task.labels[i] for i in want.argmax(axis=1)]
 
 
+@pytest.mark.e2e
 def test_cli_bad_arguments_exit_2_before_spark(tmp_path: Path, small_data: Path) -> None:
     out = tmp_path / "out"
     for extra in (["--backbone", "NoSuchNet"], ["--backbone", "ResNet50", "--epochs", "0"],
@@ -320,6 +321,7 @@ def test_mlflow_run_has_epoch_metrics_intervals_and_an_unaliased_version(first_r
     assert not client.get_registered_model(name).aliases  # champion is train's to give
 
 
+@pytest.mark.e2e
 def test_registered_model_scores_through_the_cli(first_run, keras_probabilities, tmp_path: Path) -> None:
     result, _, _ = first_run
     src, out = tmp_path / "in", tmp_path / "out"
@@ -394,6 +396,7 @@ def _wait_for_checkpoint(proc: subprocess.Popen, state_file: Path, epoch: int, l
                          f"{tail}")
 
 
+@pytest.mark.e2e
 @pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="finds the run's processes in /proc")
 def test_killed_run_resumes_from_its_last_checkpoint(first_run, spark, weights_cache, monkeypatch,
                                                      tmp_path: Path, evidence) -> None:

@@ -17,6 +17,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 SRC = Path(__file__).resolve().parents[1] / "src"
 PACKAGE = SRC / "xray_spark"
 LAZY_ALLOWED = {"tensorflow", "keras", "mlflow", "pyspark", "sklearn", "matplotlib"}
@@ -165,6 +167,7 @@ print(json.dumps({"results": results, "modules": sorted({m.split(".")[0] for m i
 """
 
 
+@pytest.mark.e2e
 def test_help_and_argument_errors_import_nothing_heavy() -> None:
     """`xray-spark --help`, every `xray-spark CMD --help` and argument errors answer (exit 0 / exit 2 with one
     line) without pyspark, TensorFlow, scikit-learn, matplotlib, MLflow, OpenVINO or pandas: one process."""

@@ -125,6 +125,7 @@ def test_duplicates_found_on_executors_match_the_known_pairs(ingested) -> None:
         (["ingest", "--data", "EMPTY", "--out", "OUT", "--conf", "novalue"], "KEY=VALUE"),
     ],
 )
+@pytest.mark.e2e
 def test_bad_arguments_one_line_exit_2(tmp_path: Path, args: list[str], needle: str) -> None:
     (tmp_path / "empty").mkdir()
     args = [a.replace("EMPTY", str(tmp_path / "empty")).replace("OUT", str(tmp_path / "out")) for a in args]
@@ -137,6 +138,7 @@ def test_bad_arguments_one_line_exit_2(tmp_path: Path, args: list[str], needle: 
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.e2e
 def test_cli_ingest_small_folder_exit_0(ozturk_dir: Path, tmp_path: Path) -> None:
     """The real console entry point on class folders (no manifest) with bad files: exit 0, summary printed."""
     data = tmp_path / "data"

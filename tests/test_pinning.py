@@ -75,6 +75,7 @@ def test_pinned_featurizer_refuses_other_weights_and_keeps_its_pin(spark, files,
     assert row["featurize_error"] is None and len(row["features"]) == 512
 
 
+@pytest.mark.e2e
 def test_cli_score_refuses_a_replaced_weights_file_with_exit_2(spark, files, ozturk_dir: Path,
                                                              tmp_path: Path) -> None:
     """The issue's story: a model names a weights path; the file there is replaced; scoring must stop."""

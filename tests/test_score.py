@@ -476,6 +476,7 @@ def _cli(args: list[str], registered, cwd: Path, env: dict[str, str] | None = No
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
 
 
+@pytest.mark.e2e
 def test_kill_9_mid_run_then_rerun_gives_exactly_one_row_per_image(spark, registered, ozturk_dir, tmp_path,
                                                                    capsys):
     src, out = tmp_path / "in", tmp_path / "out"
@@ -495,6 +496,7 @@ def test_kill_9_mid_run_then_rerun_gives_exactly_one_row_per_image(spark, regist
     assert not list((out / "_tmp").rglob("*.parquet"))  # the killed run's uncommitted chunk is gone
 
 
+@pytest.mark.e2e
 def test_unknown_model_or_missing_input_exit_2_with_one_line_before_any_work(registered, ozturk_dir,
                                                                              tmp_path):
     src, out = tmp_path / "in", tmp_path / "out"
@@ -536,6 +538,7 @@ def _wait_for_a_commit(proc: subprocess.Popen, out: Path, timeout: float = 240) 
                               f"{proc.stderr.read() if proc.poll() else ''}")
 
 
+@pytest.mark.e2e
 def test_overlapping_runs_under_viewfs_score_each_image_once(spark, registered, ozturk_dir, tmp_path, capsys):
     """Two runs of one model into one output, the second started while the first works (the scenario that
     scored every image twice when the only guard was a local flock), with a viewfs default filesystem.
@@ -576,6 +579,7 @@ def test_overlapping_runs_under_viewfs_score_each_image_once(spark, registered, 
     assert len(rows) == len(images) + 1 and rows["sha256"].is_unique
 
 
+@pytest.mark.e2e
 def test_kill_9_under_viewfs_waits_for_the_lease_then_scores_exactly_once(spark, registered, ozturk_dir,
                                                                            tmp_path, capsys):
     src, out = tmp_path / "in", tmp_path / "out"
@@ -607,6 +611,7 @@ def test_kill_9_under_viewfs_waits_for_the_lease_then_scores_exactly_once(spark,
     assert not list((out / "_leases").rglob("*.json"))  # and the lease released
 
 
+@pytest.mark.e2e
 def test_unreachable_tracking_server_exits_75_and_is_retried_only_then(registered, ozturk_dir, tmp_path):
     src, out = tmp_path / "in", tmp_path / "out"
     _copy(_images(ozturk_dir, 1), src)

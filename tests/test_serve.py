@@ -523,6 +523,7 @@ def _children(pid: int) -> list[str]:
     return names
 
 
+@pytest.mark.e2e
 def test_cli_server_logs_no_names_and_starts_no_jvm(trained: Trained, ozturk_dir: Path,
                                                     tmp_path: Path) -> None:
     port, log_path = free_port(), tmp_path / "serve.log"
@@ -552,6 +553,7 @@ def test_cli_server_logs_no_names_and_starts_no_jvm(trained: Trained, ozturk_dir
     assert "latency_ms=" in text
 
 
+@pytest.mark.e2e
 def test_serving_never_imports_pyspark(trained: Trained, tmp_path: Path) -> None:
     """Load the bundle, build the app, predict: pyspark must not be in sys.modules at any point."""
     image = trained.parity[0][0]

@@ -26,6 +26,9 @@ from xray_spark.serving.bundle import BundleMeta, load_bundle, write_bundle
 from xray_spark.serving.heads_numpy import Logistic, Scaler, SparkFreeHead
 from xray_spark.serving.predictor import Predictor
 
+pytestmark = pytest.mark.e2e
+
+
 REPO = Path(__file__).resolve().parents[1]
 SENTENCE = "The metadata-only baseline scored as well as this model: it may be reading the source."
 

@@ -89,6 +89,7 @@ def test_bundle_from_the_registry_predicts_what_spark_predicts(trained, images, 
         bundle_for_model("models:/nope@champion", trained.tracking_uri, cache_dir=tmp_path)
 
 
+@pytest.mark.e2e
 def test_mlflow_models_serve_answers_with_the_twin(trained, images, spark_predictions, tmp_path) -> None:
     """`mlflow models serve -m models:/<name>-serving@champion` (no Spark): same labels, and a file that is
     not an image comes back as a row with the decoder's reason."""
@@ -130,6 +131,7 @@ def test_mlflow_models_serve_answers_with_the_twin(trained, images, spark_predic
     assert "prob_covid" in out.columns
 
 
+@pytest.mark.e2e
 def test_cli_serve_model_uri_answers_like_spark(trained, images, spark_predictions, tmp_path) -> None:
     """`xray-spark serve --model models:/NAME@champion`: the champion's bundle from the registry, served."""
     port = free_port()

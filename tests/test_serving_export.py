@@ -147,6 +147,7 @@ def test_values_on_a_split_and_nan_go_where_spark_sends_them(spark, fitted, head
     np.testing.assert_allclose(values, _matrix(spark_rows[exported.output]), rtol=TOL, atol=TOL)
 
 
+@pytest.mark.e2e
 def test_predict_and_load_need_neither_pyspark_nor_the_package(fitted, tmp_path: Path) -> None:
     """The serving side: heads_numpy.py alone, in a process where importing pyspark (or xray_spark itself)
     fails, loads and predicts exactly as in-process: the head file format needs nothing but numpy."""

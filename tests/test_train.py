@@ -123,6 +123,7 @@ def test_champions_registered_load_and_predict_new_images(trained, spark, ozturk
 
 @pytest.mark.parametrize("flag, value", [("--heads", "lr,xgboost"), ("--backbones", "ResNet51"),
                                          ("--tasks", "ternary"), ("--out", "dbfs:/runs/train")])
+@pytest.mark.e2e
 def test_unknown_names_exit_2(small_data: Path, tmp_path: Path, flag: str, value: str) -> None:
     import subprocess
     import sys
