@@ -16,25 +16,26 @@ from dataclasses import dataclass
 
 _MARK = "@@xray-spark-step@@"
 
-# argv[1]: the commands as JSON; argv[2]: the prelude's Python code (its own step, exit code 0)
-_DRIVER = f"""
-import json, sys
-from xray_spark.cli import main
 
-def begin():
-    for stream in (sys.stdout, sys.stderr):
-        print({_MARK!r}, flush=True, file=stream)
+def _drive(commands_json: str, prelude: str) -> None:
+    """The subprocess's body: the prelude, then each command, with a marker line around each on both
+    streams. Run as a file, not `python -c`: pyspark 4.3 takes a `__main__` without `__file__` for its own
+    doctests and exits 0 at the first Spark Connect check (pyspark/sql/connect/utils.py)."""
+    from xray_spark.cli import main
 
-begin()
-exec(sys.argv[2])
-print({_MARK!r} + " exit 0", flush=True)
-for argv in json.loads(sys.argv[1]):
+    def begin() -> None:
+        for stream in (sys.stdout, sys.stderr):
+            print(_MARK, flush=True, file=stream)
+
     begin()
-    code = main(argv)
-    print({_MARK!r} + " exit " + str(code), flush=True)
-    if code:
-        sys.exit(code)
-"""
+    exec(prelude, {"__name__": "prelude"})
+    print(f"{_MARK} exit 0", flush=True)
+    for argv in json.loads(commands_json):
+        begin()
+        code = main(argv)
+        print(f"{_MARK} exit {code}", flush=True)
+        if code:
+            sys.exit(code)
 
 
 @dataclass
@@ -51,7 +52,7 @@ def run_cli_steps(commands: Sequence[Sequence[str]], env: Mapping[str, str] | No
     without the program name) in order in one process; stop at the first non-zero exit code (asserted, with
     that step's stderr). Returns one Step for the prelude (argv []) then one per command."""
     argvs = [[], *(list(c) for c in commands)]
-    proc = subprocess.run([sys.executable, "-c", _DRIVER, json.dumps(argvs[1:]), prelude],
+    proc = subprocess.run([sys.executable, __file__, json.dumps(argvs[1:]), prelude],
                           capture_output=True, text=True, timeout=timeout,
                           env=dict(env) if env is not None else None)
     outs = proc.stdout.split(_MARK + "\n")[1:]
@@ -66,3 +67,6 @@ def run_cli_steps(commands: Sequence[Sequence[str]], env: Mapping[str, str] | No
         f"`{' '.join(last.argv) or 'prelude'}` exited {proc.returncode}:\n{last.stderr[-4000:]}")
     return steps
 
+
+if __name__ == "__main__":
+    _drive(sys.argv[1], sys.argv[2])

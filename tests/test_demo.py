@@ -8,28 +8,34 @@ test split, and say where the report and the MLflow UI are.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pandas as pd
 import pytest
 
+from conftest import isolate_mlflow
+
 pytestmark = pytest.mark.e2e
 
 
-def test_demo_runs_end_to_end_offline(small_data: Path, data_root: Path, tmp_path: Path) -> None:
-    import os
+def test_demo_runs_end_to_end_offline(spark, small_data: Path, data_root: Path, tmp_path: Path, capsys,
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """`xray-spark demo` through the CLI's `main`, in this process on the shared session (the command's
+    get_spark returns it): ingest, featurize, train, register, score and the external evaluation of both
+    champions. Over 60 s (~2-4 min on 2 cores): it is the whole main job, with an empty weights cache, so
+    the seeded weights and their OpenVINO model are built anew."""
+    from xray_spark.cli import main
 
     out = tmp_path / "demo"
-    env = dict(os.environ, XRAY_SPARK_CACHE=str(tmp_path / "cache"),
-               XRAY_SPARK_WEIGHTS_BASE_URL="http://127.0.0.1:9/mirror/", KERAS_HOME=str(tmp_path / "keras"))
-    env.pop("MLFLOW_TRACKING_URI", None)
-    env.pop("MLFLOW_REGISTRY_URI", None)
-    proc = subprocess.run([sys.executable, "-m", "xray_spark", "demo", "--data", str(small_data),
-                           "--out", str(out), "--backbones", "ResNet50", "--heads", "lr",
-                           "--external", str(data_root / "figure1")],
-                          capture_output=True, text=True, timeout=600, env=env)
+    isolate_mlflow(monkeypatch)
+    monkeypatch.setenv("XRAY_SPARK_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("XRAY_SPARK_WEIGHTS_BASE_URL", "http://127.0.0.1:9/mirror/")
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+    code = main(["demo", "--data", str(small_data), "--out", str(out), "--backbones", "ResNet50",
+                 "--heads", "lr", "--external", str(data_root / "figure1")])
+    captured = capsys.readouterr()
+    proc = SimpleNamespace(returncode=code, stdout=captured.out, stderr=captured.err)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "ImageNet weights are not available here" in proc.stdout
     assert ("RANDOM (seeded) weights" in proc.stdout
