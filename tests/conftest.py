@@ -98,8 +98,9 @@ def pytest_configure(config: pytest.Config) -> None:
 # but e2e):
 #   unit  no JVM, no process of its own: pure functions, seconds for the whole tier;
 #   spark the shared local[2] session (the `spark` fixture, directly or through another fixture);
-#   e2e   starts processes: the CLI as a user runs it (exit codes, kill -9), a standalone cluster, the
-#         newest pyspark, notebook kernels, a browser. Marked by hand (`pytestmark = pytest.mark.e2e`);
+#   e2e   end to end: starts processes (the CLI as a user runs it: exit codes, kill -9; a standalone
+#         cluster, the newest pyspark, notebook kernels, a browser, fine-tuning's TensorFlow workers) or runs
+#         a whole command (the demo). Marked by hand (`pytestmark = pytest.mark.e2e`, or E2E_FIXTURES);
 #         a test that starts a process without the mark fails (the guard below), so the tiers stay true.
 TIERS = ("unit", "spark", "e2e")
 # Fixtures that start processes themselves: every test that uses one is e2e.
@@ -107,9 +108,10 @@ E2E_FIXTURES = {
     "ingested": "test_ingest: the console command on all 1,124 images with a 4 MiB driver result limit",
     "first_run": "test_finetune: fine-tunes ResNet50 in two TensorFlow worker processes (barrier tasks)",
     "finetune_champion": "test_train_finetune: train --heads finetune, two TensorFlow worker processes",
+    "built_wheel": "scripts/build_wheel.sh in bash",
 }
 _RUNNING: list[str] = []  # nodeid of the test being set up, run or torn down
-_SPAWNED: set[str] = set()  # tests that started a process
+_SPAWNED: dict[str, list[str]] = {}  # test -> the commands it started
 _JVM_STARTING: list[bool] = []  # the shared session's own JVM start is not the test's process
 
 
@@ -132,13 +134,22 @@ def _watch_processes() -> None:
         return
     original = subprocess.Popen.__init__
 
-    def init(self, *args, **kwargs):
-        if _RUNNING and not _JVM_STARTING:
-            _SPAWNED.add(_RUNNING[-1])
-        original(self, *args, **kwargs)
+    def init(self, args, *rest, **kwargs):
+        argv = str(args).split() if isinstance(args, (str, bytes)) else [str(a) for a in args]
+        if _RUNNING and not _JVM_STARTING and argv and _heavy(argv[0]):
+            _SPAWNED.setdefault(_RUNNING[-1], []).append(" ".join(argv[:3]))
+        original(self, args, *rest, **kwargs)
 
     subprocess.Popen.__init__ = init
     subprocess.Popen._xray_spark_watched = True
+
+
+def _heavy(program: str) -> bool:
+    """A process that costs what e2e means (an interpreter, a JVM, a shell script, a browser), not the small
+    helpers libraries run on their own (MLflow's `git`, platform's `uname`, matplotlib's `fc-list`)."""
+    name = Path(program).name
+    return name in ("bash", "sh") or name.startswith(("python", "java", "spark-", "chrom", "jupyter",
+                                                       "xray-spark", "mlflow"))
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -156,8 +167,8 @@ def _tier_guard(request: pytest.FixtureRequest):
     yield
     node = request.node
     if node.nodeid in _SPAWNED and node.get_closest_marker("e2e") is None:
-        pytest.fail(f"{node.nodeid} started a process but is not marked e2e (tests/conftest.py: tiers)",
-                    pytrace=False)
+        pytest.fail(f"{node.nodeid} started a process but is not marked e2e (tests/conftest.py: tiers): "
+                    f"{_SPAWNED[node.nodeid][:3]}", pytrace=False)
 
 
 def copy_subset(src: Path, dest: Path, per_class: int, offset: int = 0) -> Path:
@@ -178,18 +189,39 @@ def small_data(ozturk_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
 
 
 @pytest.fixture(scope="session")
-def trained(spark, small_data: Path, tmp_path_factory: pytest.TempPathFactory):
+def small_ingest(spark, small_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """small_data ingested once per session: `train` and `finetune` take an ingest output as their data (as
+    users reuse one split), so the fixtures that train on small_data share this one."""
+    from xray_spark.config import load_config
+    from xray_spark.data.ingest import ingest
+
+    out = tmp_path_factory.mktemp("small_ingest") / "ingest"
+    ingest(spark, str(small_data), str(out), load_config(local=None))
+    return out
+
+
+@pytest.fixture(scope="session")
+def trained(spark, small_ingest: Path, tmp_path_factory: pytest.TempPathFactory):
     """One real `train` run (ResNet50 random init, lr + dt, both tasks) shared by the tests that need
-    models."""
+    models. Over 60 s (~1-2 min): featurizes 36 images, fits 4 heads and the baseline, logs and registers."""
     from xray_spark.config import load_config
     from xray_spark.train.runner import TrainSpec, run_training
 
     out = tmp_path_factory.mktemp("train_out")
     cfg = load_config(local=None)
     cfg.train.bootstrap_resamples = 1000
-    spec = TrainSpec(data=str(small_data), out_dir=str(out), backbones=["ResNet50"], heads=["lr", "dt"],
+    spec = TrainSpec(data=str(small_ingest), out_dir=str(out), backbones=["ResNet50"], heads=["lr", "dt"],
                      tasks=["binary", "multiclass"], weights="none")
     return run_training(spark, cfg, spec)
+
+
+@pytest.fixture(scope="session")
+def built_wheel(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(wheel, pyfiles zip) from scripts/build_wheel.sh, built once for the bundle and cluster tests (a test
+    that uses it starts `bash`, so it is e2e)."""
+    from cluster_utils import build_wheel
+
+    return build_wheel(tmp_path_factory.mktemp("dist"))
 
 
 @pytest.fixture(scope="module")

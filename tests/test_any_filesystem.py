@@ -20,6 +20,8 @@ pytestmark = pytest.mark.e2e
 
 def test_ingest_train_score_under_a_viewfs_default_filesystem(spark, ozturk_dir: Path, tmp_path: Path,
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Over 60 s (~2-4 min): a process of its own (the default filesystem is fixed when a JVM starts) that
+    ingests, featurizes, trains and scores 24 images, then the same ingest here on `file:` to compare."""
     assert str(tmp_path).startswith("/tmp/"), "the mount table maps /tmp"
     isolate_mlflow(monkeypatch)
     data = copy_subset(ozturk_dir, tmp_path / "data", per_class=8)

@@ -28,7 +28,6 @@ import pytest
 from cluster_utils import (
     REPO,
     StandaloneCluster,
-    build_wheel,
     copy_subset,
     python_without_project,
     spark_submit,
@@ -40,11 +39,11 @@ PER_CLASS = 8
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory: pytest.TempPathFactory, ozturk_dir: Path) -> dict:
+def env(tmp_path_factory: pytest.TempPathFactory, ozturk_dir: Path, built_wheel: tuple[Path, Path]) -> dict:
     if shutil.which("java") is None:
         pytest.skip("Java is required for a Spark standalone cluster")
     root = tmp_path_factory.mktemp("cluster")
-    wheel, pyfiles = build_wheel(root / "dist")
+    wheel, pyfiles = built_wheel
     python = python_without_project(root / "executor-python")
     data = copy_subset(ozturk_dir, root / "data", PER_CLASS)
     incoming = root / "incoming"
@@ -114,6 +113,8 @@ def test_executor_python_cannot_import_the_source_tree(env: dict):
 
 
 def test_train_then_score_on_a_standalone_cluster(cluster: StandaloneCluster, env: dict, evidence):
+    """Over 60 s (~3-5 min on 2 cores): two spark-submit applications (train, then score), each a driver JVM
+    plus an executor JVM whose Python workers load TensorFlow and build the featurizer, on 24 + 6 images."""
     import mlflow
 
     out = env["root"] / "train"
@@ -156,7 +157,8 @@ def test_train_then_score_on_a_standalone_cluster(cluster: StandaloneCluster, en
 def test_finetune_on_a_standalone_cluster(cluster: StandaloneCluster, env: dict, evidence):
     """Two barrier workers on the standalone worker's executor: the TensorFlow children import the package
     shipped with --py-files (the executor's Python has no xray_spark of its own) and read their shards from
-    --out, a folder the single-host cluster shares with the driver."""
+    --out, a folder the single-host cluster shares with the driver. Over 60 s (~3 min): a spark-submit
+    application whose two TensorFlow processes each build ResNet50 and train one epoch."""
     config = env["root"] / "finetune.yml"
     config.write_text("finetune:\n  unfreeze: 0\n  batch_size: 8\n  augment: false\n"
                       "  learning_rate: 1.0e-5\n")

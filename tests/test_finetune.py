@@ -241,14 +241,17 @@ def _cfg():
 
 
 @pytest.fixture(scope="module")
-def first_run(spark, small_data: Path, weights_cache, tmp_path_factory: pytest.TempPathFactory):
+def first_run(spark, small_ingest: Path, weights_cache, tmp_path_factory: pytest.TempPathFactory):
+    """One real fine-tune (multiclass, 2 barrier workers, 1 epoch, head only). Over 60 s (~2-4 min): two
+    TensorFlow processes build and train ResNet50, then the exported pipeline featurizes the test fold with
+    the new weights (a new OpenVINO model) and MLflow logs the Keras and Spark models."""
     from xray_spark.finetune.runner import FinetuneSpec, run_finetune
 
     out = tmp_path_factory.mktemp("finetune_out")
     with pytest.MonkeyPatch.context() as mp:
         isolate_mlflow(mp)  # the run's sqlite store under `out` must not leak into later test modules
         t0 = time.perf_counter()
-        result = run_finetune(spark, _cfg(), FinetuneSpec(data=str(small_data), backbone="ResNet50",
+        result = run_finetune(spark, _cfg(), FinetuneSpec(data=str(small_ingest), backbone="ResNet50",
                                                           task="multiclass", weights="none", out_dir=str(out),
                                                           epochs=1, workers=2))
         yield result, out, time.perf_counter() - t0
@@ -398,12 +401,13 @@ def _wait_for_checkpoint(proc: subprocess.Popen, state_file: Path, epoch: int, l
 
 @pytest.mark.e2e
 @pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="finds the run's processes in /proc")
-def test_killed_run_resumes_from_its_last_checkpoint(first_run, spark, weights_cache, monkeypatch,
-                                                     tmp_path: Path, evidence) -> None:
+def test_killed_run_resumes_from_its_last_checkpoint(first_run, spark, small_ingest, weights_cache,
+                                                     monkeypatch, tmp_path: Path, evidence) -> None:
     """The CLI continues first_run's --out to 3 epochs (it resumes after epoch 1) and is SIGKILLed, driver and
     JVM, as soon as it has checkpointed epoch 2: every process it started must then exit by itself (Spark's
     Python daemon on its JVM's death, the TensorFlow workers with their Spark task), and a rerun must start
-    after epoch 2 with epochs 1-2 and the optimizer state as checkpointed."""
+    after epoch 2 with epochs 1-2 and the optimizer state as checkpointed. Over 60 s (~3-5 min): the killed
+    CLI run trains an epoch in its own JVM and TensorFlow processes, then the rerun trains the third."""
     from xray_spark.finetune.runner import METRICS_FILE, FinetuneSpec, run_finetune
 
     first, out, _ = first_run
@@ -417,7 +421,7 @@ def test_killed_run_resumes_from_its_last_checkpoint(first_run, spark, weights_c
     env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
     log = tmp_path / "killed-run.log"
     cmd = [sys.executable, "-m", "xray_spark", "finetune", "--config", str(conf),
-           "--data", str(out / "ingest"), "--backbone", "ResNet50", "--task", "multiclass",
+           "--data", str(small_ingest), "--backbone", "ResNet50", "--task", "multiclass",
            "--weights", "none", "--epochs", "3", "--out", str(out), "--workers", "2",
            "--conf", "spark.driver.memory=2g"]
     with log.open("w") as log_file:  # cwd tmp_path: no conf/local.yml layered over the config
@@ -453,7 +457,7 @@ def test_killed_run_resumes_from_its_last_checkpoint(first_run, spark, weights_c
     assert checkpointed["history"][0] == epoch1 and checkpointed["history"][1]["optimizer_step"] == 2 * steps
 
     isolate_mlflow(monkeypatch)  # run_finetune points MLflow (and MLFLOW_*_URI) at its store: undone after
-    result = run_finetune(spark, _cfg(), FinetuneSpec(data=str(out / "ingest"), backbone="ResNet50",
+    result = run_finetune(spark, _cfg(), FinetuneSpec(data=str(small_ingest), backbone="ResNet50",
                                                       task="multiclass", weights="none", out_dir=str(out),
                                                       epochs=3, workers=2))
     m = result.metrics

@@ -83,6 +83,8 @@ def _env(overlay: Path) -> dict[str, str]:
 
 def test_ingest_train_score_on_the_newest_pyspark(newest_pyspark: Path, small_data: Path, tmp_path: Path,
                                                   evidence) -> None:
+    """Over 60 s (~2-3 min): a process of its own (another pyspark needs another JVM) that ingests, featurizes
+    (its Python workers load TensorFlow anew), trains and scores 36 images."""
     newest, pinned = _overlay_version(newest_pyspark), metadata.version("pyspark")
     env = _env(newest_pyspark)
     images = sorted(str(p) for p in small_data.rglob("*") if p.is_file())

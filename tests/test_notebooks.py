@@ -69,7 +69,8 @@ def nb_env(tmp_path_factory: pytest.TempPathFactory, ozturk_dir: Path):
 
 def run_notebook(name: str, params: dict[str, object], workdir: Path, evidence, timeout: int = 300):
     """Execute one notebook with `params` injected; the executed copy is saved next to workdir for
-    debugging."""
+    debugging. Each notebook test can take over 60 s: its kernel is a new process that starts its own Spark
+    session (and, for 01/02, decodes and featurizes the subset)."""
     nb = nbformat.read(NOTEBOOKS / name, as_version=4)
     idx = next(i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", []))
     injected = nbformat.v4.new_code_cell("\n".join(f"{k} = {v!r}" for k, v in params.items()))

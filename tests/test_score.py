@@ -233,8 +233,9 @@ def test_resolve_rejects_unusable_models_without_spark(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def registered(spark, ozturk_dir, tmp_path_factory):
-    """ResNet50 (seeded random weights) + LogisticRegression + IndexToString, registered as @champion."""
+def registered(spark, ozturk_dir, weights_cache, tmp_path_factory):
+    """ResNet50 (seeded random weights) + LogisticRegression + IndexToString, registered as @champion. The
+    weights (and their OpenVINO model) come from the session's weights cache: built once for every module."""
     import mlflow
     import mlflow.spark
     from pyspark.ml import PipelineModel
@@ -248,7 +249,7 @@ def registered(spark, ozturk_dir, tmp_path_factory):
     base = tmp_path_factory.mktemp("score_model")
     with pytest.MonkeyPatch.context() as mp:
         isolate_mlflow(mp)
-        mp.setenv("XRAY_SPARK_CACHE", str(base / "weights"))
+        mp.setenv("XRAY_SPARK_CACHE", str(weights_cache))
         train = _copy(_images(ozturk_dir, 2, skip=40), base / "train")
         df = spark.read.format("binaryFile").load([str(p) for p in train])
         label = F.regexp_extract("path", r"/(covid|no_findings|pneumonia)__", 1)
@@ -270,7 +271,8 @@ def registered(spark, ozturk_dir, tmp_path_factory):
                                           pip_requirements=["pyspark"])
         register_champion(info.model_uri, "xray-test")
         model.save(str(base / "pipeline"))
-        yield {"tracking_uri": uri, "name": "xray-test", "env": dict(os.environ), "base": base}
+        yield {"tracking_uri": uri, "name": "xray-test", "env": dict(os.environ), "base": base,
+               "weights": weights_cache}
 
 
 def _cfg(registered):
@@ -288,7 +290,7 @@ def _score(spark, registered, src: Path | str, out: Path | str, capsys, chunk_si
         cfg.scoring.lease_seconds = lease_seconds
     cfg.decode.max_file_bytes = 1_000_000  # the test images are < 100 kB
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("XRAY_SPARK_CACHE", str(registered["base"] / "weights"))
+        mp.setenv("XRAY_SPARK_CACHE", str(registered["weights"]))
         summary = score_command(lambda: spark, cfg, model=model, input_dir=str(src), output_dir=str(out),
                                 chunk_size=chunk_size, min_age_seconds=0)
     assert capsys.readouterr().out == "", "only cli.py prints"
@@ -471,7 +473,7 @@ def test_undecodable_file_is_rescored_once_the_decoder_stack_changes(spark, regi
 def _cli(args: list[str], registered, cwd: Path, env: dict[str, str] | None = None,
          **kwargs) -> subprocess.Popen:
     env = {**registered["env"], "MLFLOW_TRACKING_URI": registered["tracking_uri"],
-           "XRAY_SPARK_CACHE": str(registered["base"] / "weights"), "PYTHONUNBUFFERED": "1", **(env or {})}
+           "XRAY_SPARK_CACHE": str(registered["weights"]), "PYTHONUNBUFFERED": "1", **(env or {})}
     return subprocess.Popen([sys.executable, "-m", "xray_spark", "score", *args], cwd=cwd, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
 
@@ -479,6 +481,8 @@ def _cli(args: list[str], registered, cwd: Path, env: dict[str, str] | None = No
 @pytest.mark.e2e
 def test_kill_9_mid_run_then_rerun_gives_exactly_one_row_per_image(spark, registered, ozturk_dir, tmp_path,
                                                                    capsys):
+    """Over 60 s (~1-2 min): a `score` process with its own JVM is killed after a commit, then the rerun
+    scores the rest."""
     src, out = tmp_path / "in", tmp_path / "out"
     images = _copy(_images(ozturk_dir, 4, skip=10), src)
     args = ["--model", "models:/xray-test@champion", "--input", str(src), "--output", str(out),
@@ -542,7 +546,8 @@ def _wait_for_a_commit(proc: subprocess.Popen, out: Path, timeout: float = 240) 
 def test_overlapping_runs_under_viewfs_score_each_image_once(spark, registered, ozturk_dir, tmp_path, capsys):
     """Two runs of one model into one output, the second started while the first works (the scenario that
     scored every image twice when the only guard was a local flock), with a viewfs default filesystem.
-    One file is still being written when the first run lists the folder: --min-age leaves it for later."""
+    One file is still being written when the first run lists the folder: --min-age leaves it for later.
+    Over 60 s (~1-2 min): two `score` processes, each with its own JVM and featurizing workers."""
     src, out = tmp_path / "in", tmp_path / "out"
     images = _copy(_images(ozturk_dir, 3, skip=30), src)  # copy2 keeps the originals' old mtimes
     arriving = src / "arriving.png"
@@ -582,6 +587,8 @@ def test_overlapping_runs_under_viewfs_score_each_image_once(spark, registered, 
 @pytest.mark.e2e
 def test_kill_9_under_viewfs_waits_for_the_lease_then_scores_exactly_once(spark, registered, ozturk_dir,
                                                                            tmp_path, capsys):
+    """Over 60 s (~1-2 min): a `score` process with its own JVM is killed holding the lease; the rerun waits
+    for the lease to end, then scores."""
     src, out = tmp_path / "in", tmp_path / "out"
     images = _copy(_images(ozturk_dir, 3, skip=50), src)
     conf = tmp_path / "score.yml"

@@ -38,14 +38,15 @@ def test_heads_option_accepts_finetune_and_rejects_typos(tmp_path: Path) -> None
 
 
 @pytest.fixture(scope="module")
-def finetune_champion(spark, small_data: Path, weights_cache, tmp_path_factory: pytest.TempPathFactory):
-    """`train --heads finetune` alone: the fine-tune is the only image model, so it must become champion."""
+def finetune_champion(spark, small_ingest: Path, weights_cache, tmp_path_factory: pytest.TempPathFactory):
+    """`train --heads finetune` alone: the fine-tune is the only image model, so it must become champion.
+    Over 60 s (~2-4 min): a whole train run whose one head fine-tunes ResNet50 in two TensorFlow processes."""
     from xray_spark.train.runner import TrainSpec, run_training
 
     out = tmp_path_factory.mktemp("train_finetune")
     with pytest.MonkeyPatch.context() as mp:
         isolate_mlflow(mp)
-        result = run_training(spark, _cfg(), TrainSpec(data=str(small_data), out_dir=str(out),
+        result = run_training(spark, _cfg(), TrainSpec(data=str(small_ingest), out_dir=str(out),
                                                        backbones=["ResNet50"], heads=["finetune"],
                                                        tasks=["binary"], weights="none"))
         import mlflow
