@@ -1,31 +1,83 @@
 """Small ingests are small (issue 23): one `ingest` of the 36-image folder runs a fixed, small number of Spark
-jobs (it ran 104, a minute of scheduling, when every count and check was a job of its own)."""
+jobs (it ran 104, most of a minute, when every count and check was a job of its own); the pieces that make
+it so keep their results: several small results come back from one job, and the leak check that rides on
+the split's aggregate still sees a patient spread over two groups."""
 
 from __future__ import annotations
 
+import math
+from contextlib import contextmanager
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from xray_spark.config import load_config
 from xray_spark.data.ingest import ingest
+from xray_spark.data.split import spanning_keys
+from xray_spark.spark_io import collect_parts, first_rows, sql_conf, static_shuffles
 
 MAX_JOBS = 25
 
 
-@pytest.mark.spark
-def test_an_ingest_of_36_images_runs_at_most_25_spark_jobs(spark, small_data: Path, tmp_path: Path) -> None:
-    """Counted by Spark's status tracker for a job group set on this thread; the SQL broadcasts run in other
-    JVM threads, which inherit the group, so every job of the call is in it."""
+@contextmanager
+def job_group(spark, name: str):
+    """Jobs started on this thread (and on the JVM threads SQL broadcasts use, which inherit the group) are
+    counted by Spark's status tracker under `name`; yields a function returning their ids."""
     sc = spark.sparkContext
-    group = f"ingest-jobs-{tmp_path.name}"
-    sc.setJobGroup(group, "test_ingest_jobs: one ingest of 36 images")
+    sc.setJobGroup(name, f"test_ingest_jobs: {name}")
     try:
-        result = ingest(spark, str(small_data), str(tmp_path / "out"), load_config(local=None))
+        yield lambda: sc.statusTracker().getJobIdsForGroup(name)
     finally:
         for key in ("spark.jobGroup.id", "spark.job.description", "spark.job.interruptOnCancel"):
             sc.setLocalProperty(key, None)  # later tests' jobs stay out of the group
-    jobs = sc.statusTracker().getJobIdsForGroup(group)
+
+
+def local(spark, rows: list[tuple], schema: str):
+    """A small in-memory DataFrame through pandas/Arrow (a local relation)."""
+    columns = [c.split()[0] for c in schema.split(",")]
+    return spark.createDataFrame(pd.DataFrame(rows, columns=columns), schema)
+
+
+@pytest.mark.spark
+def test_an_ingest_of_36_images_runs_at_most_25_spark_jobs(spark, small_data: Path, tmp_path: Path) -> None:
+    with job_group(spark, f"ingest-{tmp_path.name}") as jobs:
+        result = ingest(spark, str(small_data), str(tmp_path / "out"), load_config(local=None))
+        n = len(jobs())
     s = result.summary
     assert s["files_read"] == s["ok"] == 36 and s["split"]["train"] + s["split"]["test"] == 36
-    assert 0 < len(jobs) <= MAX_JOBS, f"{len(jobs)} Spark jobs for one ingest of 36 images"
+    assert 0 < n <= MAX_JOBS, f"{n} Spark jobs for one ingest of 36 images"
+
+
+@pytest.mark.spark
+def test_several_small_results_come_back_from_one_job(spark) -> None:
+    """Counts, a NaN, a null and a top-k sample, each part with its own columns, in one Spark job."""
+    rows = local(spark, [(k, k % 3, None if k == 2 else f"p{k}") for k in range(10)],
+                 "k long, g long, name string")
+    rows = rows.selectExpr("*", "IF(k = 4, double('NaN'), k / 10) AS c")  # pandas would make NaN a null
+    parts = {
+        "by_g": rows.groupBy("g").count(),
+        "top": first_rows(rows, 3, rows["c"].desc(), rows["k"]),
+        "total": rows.agg({"k": "sum"}).withColumnRenamed("sum(k)", "s"),
+        "named": rows.where("k in (2, 3)").select("k", "name"),
+    }
+    with sql_conf(spark, static_shuffles(spark, 10)), job_group(spark, "collect-parts") as jobs:
+        got = collect_parts(parts)
+        assert len(jobs()) == 1
+    assert sorted((r["g"], r["count"]) for r in got["by_g"]) == [(0, 4), (1, 3), (2, 3)]
+    top = sorted(got["top"], key=lambda r: r["_rank"])
+    assert [r["k"] for r in top] == [4, 9, 8] and math.isnan(top[0]["c"])  # Spark orders NaN above all
+    assert got["total"] == [{"s": 45}]
+    assert sorted(got["named"], key=lambda r: r["k"]) == [{"k": 2, "name": None}, {"k": 3, "name": "p3"}]
+
+
+@pytest.mark.spark
+def test_keys_spread_over_two_groups_are_counted_for_the_leak_check(spark) -> None:
+    schema = "rel_path string, patient_id string, group_id string, dup_group string"
+    rows = [("a", "p1", "g-1", None), ("b", " p1", "g-1", "d-1"), ("c", "p2", "g-2", "d-1"),
+            ("d", "", "g-3", None), ("e", " ", "g-4", None), ("f", None, "g-5", None)]
+    counts = {r["column"]: r["n"] for r in spanning_keys(local(spark, rows, schema)).collect()}
+    assert counts == {"patient_id": 0, "dup_group": 1}  # blank patient ids are unknown, never a key
+    spread = [*rows, ("g", "p1", "g-6", None)]
+    counts = {r["column"]: r["n"] for r in spanning_keys(local(spark, spread, schema)).collect()}
+    assert counts == {"patient_id": 1, "dup_group": 1}

@@ -6,20 +6,22 @@ filesystem Spark can reach, and both spread images over equal tasks before runni
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from functools import reduce
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from xray_spark import paths
 
 if TYPE_CHECKING:
-    from pyspark.sql import SparkSession
+    from pyspark.sql import Column, DataFrame, SparkSession
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +60,58 @@ def explicit_broadcasts_only(spark: SparkSession):
     ~1000 images with thumbnails is "small" to Spark (10 MB threshold) but per-image data the driver must
     not hold (spark.driver.maxResultSize of a few MiB fails it)."""
     return sql_conf(spark, {"spark.sql.autoBroadcastJoinThreshold": "-1"})
+
+
+def static_shuffles(spark: SparkSession, n_rows: int, rows_per_partition: int = 10_000) -> dict[str, str]:
+    """Settings for a run of many small actions over `n_rows` rows: adaptive execution off, and shuffle
+    partitions sized from the rows (a multiple of the cores, never more than the session's setting).
+
+    Why: adaptive execution runs every shuffle stage as a Spark job of its own and re-plans in between
+    (104 jobs for a 36-image ingest); without it an action is one job. What it would still have done for
+    small data -- coalesce shuffle partitions -- is done here up front from the row count."""
+    sc = spark.sparkContext
+    configured = int(spark.conf.get("spark.sql.shuffle.partitions", "200") or 200)
+    wanted = balanced_partitions(n_rows, sc.defaultParallelism, rows_per_partition)
+    return {"spark.sql.adaptive.enabled": "false",
+            "spark.sql.shuffle.partitions": str(max(1, min(configured, wanted)))}
+
+
+def collect_parts(parts: Mapping[str, DataFrame]) -> dict[str, list[dict[str, Any]]]:
+    """Several small results (counts, hashes, int edges, a bounded sample) in one Spark job, each returned as
+    its own list of rows (dicts keyed by the part's columns).
+
+    Why: every action is a Spark job (planning, scheduling, often a Python worker start), and a small run is
+    mostly those fixed costs. The parts are unioned as (part name, row as JSON) and collected once: only
+    what the parts hold reaches the driver, so each part must be small or bounded."""
+    from pyspark.sql import DataFrame  # lazy: a core module, importable without pyspark
+    from pyspark.sql import functions as F  # lazy: as above
+
+    if not parts:
+        return {}
+    packed = [df.select(F.lit(name).alias("part"), F.to_json(F.struct(*df.columns)).alias("row"))
+              for name, df in parts.items()]
+    types = {name: [(f.name, f.dataType.typeName()) for f in df.schema.fields] for name, df in parts.items()}
+    out: dict[str, list[dict[str, Any]]] = {name: [] for name in parts}
+    for r in reduce(DataFrame.unionByName, packed).collect():
+        raw = json.loads(r["row"])  # to_json leaves null fields out: they come back as None
+        out[r["part"]].append({c: _from_json(raw.get(c), t) for c, t in types[r["part"]]})
+    return out
+
+
+def _from_json(value: Any, type_name: str) -> Any:
+    """to_json writes NaN and infinities of double columns as strings: back to floats."""
+    if value is not None and type_name in ("double", "float"):
+        return float(value)
+    return value
+
+
+def first_rows(df: DataFrame, n: int, *order: Column) -> DataFrame:
+    """The first `n` rows of `df` in `order`, numbered in that order by `_rank` (so a collect of several
+    parts can put them back in order). Spark plans this as a top-k per task, not a global sort (which would
+    sample its input first: one more job); its one output partition keeps the order `_rank` numbers."""
+    from pyspark.sql import functions as F  # lazy: a core module, importable without pyspark
+
+    return df.orderBy(*order).limit(n).withColumn("_rank", F.monotonically_increasing_id())
 
 
 # binaryFile packs files into tasks by bytes, counting each file as at least openCostInBytes (4 MB by
@@ -203,6 +257,17 @@ class HadoopFS:
         p = self._path(uri)
         return int(self._fs(p).getFileStatus(p).getModificationTime()) / 1000.0
 
+    def first_line(self, uri: str) -> str:
+        """The first line of a text file (a CSV header, UTF-8, byte order mark dropped), the rest unread."""
+        p = self._path(uri)
+        stream = self._fs(p).open(p)
+        try:
+            jvm = self._jvm
+            line = jvm.java.io.BufferedReader(jvm.java.io.InputStreamReader(stream, "UTF-8")).readLine()
+        finally:
+            stream.close()
+        return str(line or "").lstrip("\ufeff")
+
     def read_text(self, uri: str) -> str:
         p = self._path(uri)
         stream = self._fs(p).open(p)
@@ -232,8 +297,13 @@ class HadoopFS:
         self.delete(folder)
         return dest
 
-    def write_csv(self, df, target: str) -> str:  # a Spark DataFrame
-        """One CSV file with a header at `target` (reports and split.csv people open), written by Spark."""
+    def write_csv(self, df: DataFrame, target: str, order: Sequence[str | Column] = ()) -> str:
+        """One CSV file with a header at `target` (reports and split.csv people open), written by Spark, its
+        rows sorted by `order`. One Spark job: the rows are sorted inside the one writing task (a global
+        orderBy would first sample its input, one more job) -- the file is written by one task anyway."""
         tmp = target + "._parts"
-        df.coalesce(1).write.mode("overwrite").option("header", "true").option("escape", '"').csv(tmp)
+        single = df.coalesce(1)
+        if order:
+            single = single.sortWithinPartitions(*order)
+        single.write.mode("overwrite").option("header", "true").option("escape", '"').csv(tmp)
         return self.single_file(tmp, target, ".csv")

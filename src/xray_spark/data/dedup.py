@@ -15,8 +15,8 @@ Thumbnails are read only for candidate members and never reach the driver.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -24,6 +24,7 @@ import pandas as pd
 from pyspark.sql import functions as F
 
 from xray_spark.data.groups import star_edges
+from xray_spark.spark_io import collect_parts
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame
@@ -106,16 +107,49 @@ class Duplicates:
     pairs: (a, b, kind, hamming, correlation), kind "exact" (same decoded pixels or bytes; a star per hash,
     correlation 1, hamming null) or "near" (a confirmed pHash candidate).
     rejected: pHash candidates the thumbnail correlation turned down (a, b, hamming, correlation).
+    tallies: the one-row aggregates behind `counts`, so a caller can collect them together with its own
+    small results in one Spark job (collect_parts, then set_counts); read alone, `counts` collects them.
     """
 
     pairs: DataFrame
     rejected: DataFrame
-    counts: dict[str, int]
     params: dict[str, float]
+    tallies: dict[str, DataFrame]
+    cached: list[DataFrame] = field(default_factory=list)
+    _counts: dict[str, int] | None = None
 
     @property
     def edges(self) -> DataFrame:
         return self.pairs.select("a", "b", "kind")
+
+    @property
+    def counts(self) -> dict[str, int]:
+        if self._counts is None:
+            self.set_counts(collect_parts(self.tallies))
+        assert self._counts is not None
+        return self._counts
+
+    def set_counts(self, collected: Mapping[str, list[dict]]) -> None:
+        """Counts from the collected `tallies` (any mapping that holds their parts)."""
+        images, exact, scored = (collected[name][0] for name in self.tallies)
+        near = int(scored["confirmed"] or 0)
+        self._counts = {
+            "n_images": int(images["n"]),
+            "n_unchecked": int(images["n"]) - int(images["hashed"]),
+            "n_exact_pairs": int(exact["n"]),
+            "n_near_pairs": near,
+            "n_candidates": int(scored["n"]),
+            "n_rejected_candidates": int(scored["n"]) - near,
+        }
+        c = self._counts
+        log.info("dedup: %d pHash candidates (<= %d bits), %d confirmed (r >= %.2f), %d rejected; %d exact "
+                 "pairs", c["n_candidates"], self.params["max_hamming"], c["n_near_pairs"],
+                 self.params["min_correlation"], c["n_rejected_candidates"], c["n_exact_pairs"])
+
+    def release(self) -> None:
+        """Drop the cached frames behind pairs and rejected (once the reports are written)."""
+        for df in self.cached:
+            df.unpersist()
 
 
 def exact_edges(images: DataFrame) -> DataFrame:
@@ -131,7 +165,8 @@ def find_duplicates(images: DataFrame, thumbs: DataFrame, *, max_hamming: int = 
                     min_correlation: float = 0.95, thumb_size: int = 128) -> Duplicates:
     """`images`: ok rows with id, pixel_sha256, sha256, phash; `thumbs`: (id, thumb) from the decode stage.
 
-    Returned frames are cached (they are small: one row per pair) and counted once.
+    Lazy: no Spark job runs here. The frames are cached (they are small: one row per pair), so the first
+    action that needs them computes the candidates once (Duplicates.release drops them).
     """
     exact = exact_edges(images).cache()
     hashes = images.select("id", phash_long(F.col("phash")).alias("h"), "pixel_sha256").where("h IS NOT NULL")
@@ -155,18 +190,12 @@ def find_duplicates(images: DataFrame, thumbs: DataFrame, *, max_hamming: int = 
     rejected = scored.where(~confirmed)
     pairs = exact.select("a", "b", F.lit("exact").alias("kind"), F.lit(None).cast("int").alias("hamming"),
                          F.lit(1.0).alias("correlation")).unionByName(near).cache()
-    n = scored.agg(F.count(F.lit(1)).alias("c"), F.sum(confirmed.cast("int")).alias("ok")).first()
-    counts = {
-        "n_images": images.count(),
-        "n_unchecked": images.count() - hashes.count(),
-        "n_exact_pairs": exact.count(),
-        "n_near_pairs": int(n["ok"] or 0),
-        "n_candidates": int(n["c"] or 0),
-        "n_rejected_candidates": int(n["c"] or 0) - int(n["ok"] or 0),
+    n = F.count(F.lit(1)).alias("n")
+    tallies = {  # one row each; Duplicates.set_counts reads them in this order
+        "dedup_images": images.agg(n, F.count(phash_long(F.col("phash"))).alias("hashed")),
+        "dedup_exact": exact.agg(n),
+        "dedup_scored": scored.agg(n, F.sum(confirmed.cast("int")).alias("confirmed")),
     }
-    cand.unpersist()
-    log.info("dedup: %d pHash candidates (<= %d bits), %d confirmed (r >= %.2f), %d rejected; %d exact pairs",
-             counts["n_candidates"], max_hamming, counts["n_near_pairs"], min_correlation,
-             counts["n_rejected_candidates"], counts["n_exact_pairs"])
     params = {"max_hamming": max_hamming, "min_correlation": min_correlation, "thumb_size": thumb_size}
-    return Duplicates(pairs=pairs, rejected=rejected, counts=counts, params=params)
+    return Duplicates(pairs=pairs, rejected=rejected, params=params, tallies=tallies,
+                      cached=[exact, cand, scored, pairs])

@@ -12,6 +12,7 @@ are found (a walk of the folder, only then) and become quarantine rows instead o
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import hashlib
 import json
@@ -20,18 +21,20 @@ import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import reduce
 from typing import TYPE_CHECKING
 
-from pyspark.sql import Window
+from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
+from pyspark.sql.types import StringType, StructField, StructType
 
 from xray_spark import paths
 from xray_spark.config import Config, _norm_label
 from xray_spark.errors import UserError
-from xray_spark.spark_io import HadoopFS
+from xray_spark.spark_io import HadoopFS, collect_parts
 
 if TYPE_CHECKING:
-    from pyspark.sql import Column, DataFrame, SparkSession
+    from pyspark.sql import Column, SparkSession
 
 log = logging.getLogger(__name__)
 
@@ -126,14 +129,48 @@ def open_data_folders(spark: SparkSession, data: str | Sequence[str]) -> list[Da
     return named
 
 
-def sources_listing(spark: SparkSession, folders: list[DataFolder], cfg: Config) -> DataFrame:
-    """labelled_listing of every folder (with the files Spark's listing skipped), as one DataFrame."""
-    listing = None
-    for folder in folders:
-        part = labelled_listing(spark, folder, cfg, unlisted_files(spark, folder, folder.files.count()))
-        listing = part if listing is None else listing.unionByName(part)
-    assert listing is not None
-    return listing
+@dataclass(frozen=True)
+class Listing:
+    """The labelled listing of every `--data` folder and what one Spark job learned about it (survey)."""
+
+    frame: DataFrame  # labelled_listing rows of every folder, files Spark's listing skipped included
+    rows: int  # rows of `frame`: every file to decode or quarantine
+    fingerprint: str  # what an earlier ingest must match to be reused (see _fingerprint)
+    not_in_manifest: dict[str, int]  # manifest folder -> files under it the manifest does not name (ignored)
+    repeated: dict[str, int]  # manifest folder -> rows naming a path again (the first one is kept)
+
+
+def survey(spark: SparkSession, folders: list[DataFolder], cfg: Config,
+           totals: Sequence[int] | None = None) -> Listing:
+    """Label every folder's files and learn, in one Spark job, what the driver needs: the fingerprint, how
+    many files Spark listed (against Hadoop's count, `totals`, to find the ones it skipped) and, for
+    manifests, the files they do not name and the paths they name twice. Nothing is re-listed: the
+    binaryFile frames keep their file index. Only when Spark skipped files (empty, `_`-named) are they looked
+    for and the fingerprint computed again (one more job)."""
+    fs = HadoopFS(spark)
+    totals = list(totals) if totals is not None else [fs.file_count(f.root) for f in folders]
+    parts = [labelled_listing(spark, f, cfg) for f in folders]
+    listing = reduce(DataFrame.unionByName, parts)
+    n = F.count(F.lit(1)).alias("n")
+    small = {"listing": listing.agg(*_fingerprint_aggs())}
+    for i, (folder, part) in enumerate(zip(folders, parts, strict=True)):
+        small[f"files{i}"] = folder.files.agg(n)
+        if folder.manifest:
+            small[f"extra{i}"] = extra_files(folder, part).agg(n)
+            small[f"repeated{i}"] = _manifest_entries(spark, folder).where("_n > 1").agg(n)
+    got = collect_parts(small)
+    skipped = [unlisted_files(spark, f, got[f"files{i}"][0]["n"], totals[i]) for i, f in enumerate(folders)]
+    row = got["listing"][0]
+    if any(skipped):
+        listing = reduce(DataFrame.unionByName, [labelled_listing(spark, f, cfg, s)
+                                                 for f, s in zip(folders, skipped, strict=True)])
+        row = listing.agg(*_fingerprint_aggs()).first().asDict()
+
+    def per_manifest(what: str) -> dict[str, int]:
+        return {f.root: int(got[f"{what}{i}"][0]["n"]) for i, f in enumerate(folders) if f.manifest}
+
+    return Listing(frame=listing, rows=int(row["n"]), fingerprint=_fingerprint(row, cfg),
+                   not_in_manifest=per_manifest("extra"), repeated=per_manifest("repeated"))
 
 
 def open_data_folder(spark: SparkSession, data_dir: str) -> DataFolder:
@@ -236,8 +273,22 @@ def _with_folders(folder: DataFolder, listed: DataFrame, cfg: Config) -> DataFra
     )
 
 
-def _with_manifest(spark: SparkSession, folder: DataFolder, listed: DataFrame, cfg: Config) -> DataFrame:
-    raw = spark.read.option("header", "true").option("inferSchema", "false").csv(folder.manifest)
+def _read_manifest(spark: SparkSession, uri: str) -> DataFrame:
+    """The manifest CSV, every column a string. The header is read through Hadoop and given as the schema
+    (Spark would run a job to read it); header names Spark would rename (twice the same) leave it to Spark."""
+    header = next(csv.reader([HadoopFS(spark).first_line(uri)]), [])
+    names = [name if name else f"_c{i}" for i, name in enumerate(header)]
+    reader = spark.read.option("header", "true")
+    if names and len({name.lower() for name in names}) == len(names):
+        reader = reader.schema(StructType([StructField(name, StringType()) for name in names]))
+    else:
+        reader = reader.option("inferSchema", "false")
+    return reader.csv(uri)
+
+
+def _manifest_entries(spark: SparkSession, folder: DataFolder) -> DataFrame:
+    """Manifest rows with their resolved `path` and `_n`: 1 for a path's first row, 2, 3... for repeats."""
+    raw = _read_manifest(spark, folder.manifest)
     missing = {"path", "label"} - set(raw.columns)
     if missing:
         raise UserError(f"{folder.manifest}: missing column(s) {', '.join(sorted(missing))}; "
@@ -249,11 +300,11 @@ def _with_manifest(spark: SparkSession, folder: DataFolder, listed: DataFrame, c
             .where(F.col("entry").isNotNull())
             .withColumn("path", paths.resolve_col(F.col("entry"), folder.root)))
     first = Window.partitionBy("path").orderBy("_order")
-    rows = rows.withColumn("_n", F.row_number().over(first))
-    dupes = rows.where("_n > 1").count()
-    if dupes:
-        log.warning("%d manifest rows list a path twice; keeping the first", dupes)
-    rows = rows.where("_n = 1")
+    return rows.withColumn("_n", F.row_number().over(first))
+
+
+def _with_manifest(spark: SparkSession, folder: DataFolder, listed: DataFrame, cfg: Config) -> DataFrame:
+    rows = _manifest_entries(spark, folder).where("_n = 1")  # survey counts the repeats
     canonical = label_map_col(cfg, F.col("raw_label"))
     status = F.when(canonical.isNotNull(), F.lit("ok")).otherwise(
         F.format_string("unknown_label: '%s' is not mapped in config labels", F.col("raw_label")))
@@ -268,18 +319,21 @@ def _with_manifest(spark: SparkSession, folder: DataFolder, listed: DataFrame, c
 
 
 def extra_files(folder: DataFolder, listing: DataFrame) -> DataFrame:
-    """Files under a manifest folder that the manifest does not name (ignored, counted in the log)."""
+    """Files under a manifest folder that its listing (the manifest's rows) does not name (ignored, counted
+    in the log)."""
     return _listed(folder).select("path").join(listing.select("path"), "path", "left_anti")
 
 
-def unlisted_files(spark: SparkSession, folder: DataFolder, n_listed: int) -> list[tuple[str, int]]:
+def unlisted_files(spark: SparkSession, folder: DataFolder, n_listed: int,
+                   total: int | None = None) -> list[tuple[str, int]]:
     """(uri, length) of the files Spark's listing skipped: zero-byte files and `_`-prefixed names.
 
-    Cheap check first (one ContentSummary call); the folder is walked only when counts differ, and the
-    result is bounded by how many files were skipped, not by the folder's size.
+    Cheap check first (one ContentSummary call, unless `total` already holds its count); the folder is
+    walked only when counts differ, and the result is bounded by how many files were skipped, not by the
+    folder's size.
     """
     fs = HadoopFS(spark)
-    total = fs.file_count(folder.root)
+    total = fs.file_count(folder.root) if total is None else total
     if total <= n_listed:
         return []
     log.info("listing: %d files under %s were not listed by Spark (empty, or names starting with '_'/'.'); "
@@ -295,13 +349,15 @@ def unlisted_files(spark: SparkSession, folder: DataFolder, n_listed: int) -> li
     return found
 
 
-def listing_fingerprint(listing: DataFrame, cfg: Config) -> str:
-    """What an earlier ingest must match to be reused: the folder's listing (relative path, size, mtime) and
-    the settings that shape the split. Order-independent and computed on executors (one small row back)."""
-    row = listing.agg(
-        F.count(F.lit(1)).alias("n"),
-        F.bit_xor(F.xxhash64("rel_path", "length", "modified", "label", "source", "patient_id")).alias("x"),
-    ).first()
+def _fingerprint_aggs() -> list[Column]:
+    """Order-independent aggregates of a listing: its size and an xor of per-row hashes (one small row)."""
+    row_hash = F.xxhash64("rel_path", "length", "modified", "label", "source", "patient_id")
+    return [F.count(F.lit(1)).alias("n"), F.bit_xor(row_hash).alias("x")]
+
+
+def _fingerprint(row: dict, cfg: Config) -> str:
+    """What an earlier ingest must match to be reused: the folder's listing (relative path, size, mtime,
+    labels; `row` from _fingerprint_aggs) and the settings that shape the split."""
     settings = {k: dataclasses.asdict(getattr(cfg, k)) for k in ("decode", "dedup", "split")}
     payload = json.dumps([row["n"], row["x"], settings, cfg.labels, os.environ.get(SALT_ENV, "")],
                          sort_keys=True, default=str)

@@ -51,7 +51,12 @@ def components(edges: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def component_frame(spark: SparkSession, edges: DataFrame) -> DataFrame:
     """Edges (a, b) on executors -> (id, root) for every node that has an edge; only int pairs cross."""
     pdf = edges.select("a", "b").toPandas()
-    nodes, roots = components(pdf[["a", "b"]].to_numpy(dtype=np.int64))
+    return roots_frame(spark, pdf[["a", "b"]].to_numpy(dtype=np.int64))
+
+
+def roots_frame(spark: SparkSession, edges: np.ndarray) -> DataFrame:
+    """(n, 2) int64 edges already on the driver (collected with other small results) -> (id, root) frame."""
+    nodes, roots = components(np.asarray(edges, dtype=np.int64).reshape(-1, 2))
     return spark.createDataFrame(pd.DataFrame({"id": nodes, "root": roots}), "id long, root long")
 
 

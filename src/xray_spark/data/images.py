@@ -19,10 +19,9 @@ from xray_spark.config import Config
 from xray_spark.data.files import (
     candidate_files,
     ignored_name_col,
-    listing_fingerprint,
     open_data_folders,
     parse_data_args,
-    sources_listing,
+    survey,
     unlisted_files,
 )
 from xray_spark.data.ingest import ingest
@@ -69,7 +68,7 @@ def _reusable(spark: SparkSession, fs: HadoopFS, layout: IngestLayout, data: str
     if not fs.exists(layout.summary_json):
         return False
     previous = json.loads(fs.read_text(layout.summary_json)).get("ingest_key")
-    return previous == listing_fingerprint(sources_listing(spark, open_data_folders(spark, data), cfg), cfg)
+    return previous == survey(spark, open_data_folders(spark, data), cfg).fingerprint
 
 
 def data_roots(summary: dict) -> list[str]:

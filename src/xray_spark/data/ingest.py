@@ -10,6 +10,12 @@ step that touches per-image data runs on executors and the driver sees ids and s
    (data/groups.py), assign folds from one row per group (data/split.py);
 4. write images/, split.csv, quarantine.csv, duplicates/ and summary.json through Hadoop.
 Counts always reconcile: files read = ok + quarantined.
+
+Small ingests are small: the number of Spark jobs is fixed (16 for a folder of 36 images) whatever the
+number of files, not one per count or check. The steps above build lazy frames; the small results each
+step needs (counts, hashes, int edges, bounded samples) are collected together (spark_io.collect_parts),
+adaptive execution is off so an action is one job (spark_io.static_shuffles), tables are written once and
+read back with their schema, and no count runs only for a log line.
 """
 
 from __future__ import annotations
@@ -22,28 +28,47 @@ import time
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
+import numpy as np
 import pandas as pd
 from pyspark.sql import functions as F
 
 from xray_spark import paths
 from xray_spark.config import Config
 from xray_spark.data.decode import analyze
-from xray_spark.data.dedup import find_duplicates
-from xray_spark.data.files import (
-    SALT_ENV,
-    DataFolder,
-    candidate_files,
-    extra_files,
-    listing_fingerprint,
-    open_data_folders,
-    sources_listing,
+from xray_spark.data.dedup import Duplicates, find_duplicates
+from xray_spark.data.files import SALT_ENV, DataFolder, candidate_files, open_data_folders, survey
+from xray_spark.data.groups import assign_group_ids, image_id_col, roots_frame, star_edges
+from xray_spark.data.ingest_report import (
+    duplicates_report,
+    summarize,
+    summary_parts,
+    write_duplicate_tables,
+    write_duplicates_md,
 )
-from xray_spark.data.groups import assign_group_ids, component_frame, image_id_col, star_edges
-from xray_spark.data.ingest_report import summarize, write_duplicates_report
 from xray_spark.data.layout import IngestLayout
-from xray_spark.data.split import check_no_leak, split_hash, split_images
-from xray_spark.spark_io import IMAGE_FILE_OPEN_COST, HadoopFS, Progress, explicit_broadcasts_only, sql_conf
+from xray_spark.data.split import (
+    COUNT_COLUMNS,
+    apply_folds,
+    check_no_leak,
+    group_label_frame,
+    plan_folds,
+    spanning_keys,
+    split_hash_frame,
+)
+from xray_spark.spark_io import (
+    IMAGE_FILE_OPEN_COST,
+    HadoopFS,
+    Progress,
+    collect_parts,
+    explicit_broadcasts_only,
+    sql_conf,
+    static_shuffles,
+)
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +150,7 @@ def _decode_stage(spark, folders: list[DataFolder], layout: IngestLayout, cfg: C
             ).write.mode("overwrite").parquet(target)
     finally:
         progress.stop()
-    return spark.read.parquet(target)
+    return spark.read.schema(ANALYZED_SCHEMA).parquet(target)  # a given schema: no job to read a footer
 
 
 def _reconcile(listing, analyzed, max_file_bytes: int):
@@ -154,70 +179,92 @@ def _reconcile(listing, analyzed, max_file_bytes: int):
     )
 
 
-def _groups_and_split(spark, ok, thumbs, cfg: Config):
-    """ok rows -> + group_id, dup_group, fold, split; and the duplicates found on the way."""
-    dups = find_duplicates(ok, thumbs, max_hamming=cfg.dedup.phash_max_hamming,
-                           min_correlation=cfg.dedup.pixel_min_correlation, thumb_size=cfg.dedup.thumb_size)
-    dup_edges = dups.edges.select("a", "b")
-    all_edges = dup_edges.unionByName(star_edges(ok, "patient_id"))
-    grouped = assign_group_ids(ok, component_frame(spark, all_edges), "group_id", "g-")
-    grouped = assign_group_ids(grouped, component_frame(spark, dup_edges), "dup_group", "dup-",
-                               singletons=False)
-    split, folds = split_images(spark, grouped, seed=cfg.split.seed, folds=cfg.split.folds,
-                                test_fold=cfg.split.test_fold)
-    split = split.select("path", "id", "rel_path", "label", "group_id", "dup_group", "fold", "split",
-                         "patient_id", "sha256").cache()
-    check_no_leak(split)
-    return split, dups, folds
+def _graph_parts(table: DataFrame, ok: DataFrame, dups: Duplicates) -> dict[str, DataFrame]:
+    """What the driver needs before grouping, as small lazy aggregates for one collect: every edge as ids
+    (duplicates, and patients as a star per id), whether the image ids are distinct, the dedup counts."""
+    dup_edges = dups.edges.select("a", "b", F.lit(True).alias("dup"))
+    patient_edges = star_edges(ok, "patient_id").select("a", "b", F.lit(False).alias("dup"))
+    ids = table.agg(F.countDistinct("id").alias("d"), F.count(F.lit(1)).alias("n"))
+    return {**dups.tallies, "edges": dup_edges.unionByName(patient_edges), "ids": ids}
+
+
+def _grouped(spark: SparkSession, ok: DataFrame, edges: list[dict]) -> DataFrame:
+    """ok rows + group_id (patients and duplicates joined) and dup_group (duplicates only), from the edges
+    collected on the driver (ints only)."""
+    every = np.array([(e["a"], e["b"]) for e in edges], dtype=np.int64).reshape(-1, 2)
+    dup = np.array([(e["a"], e["b"]) for e in edges if e["dup"]], dtype=np.int64).reshape(-1, 2)
+    grouped = assign_group_ids(ok, roots_frame(spark, every), "group_id", "g-")
+    return assign_group_ids(grouped, roots_frame(spark, dup), "dup_group", "dup-", singletons=False)
 
 
 def ingest(spark, data: str | Sequence[str], out_dir: str, cfg: Config) -> IngestResult:
     """Read, validate, de-duplicate and split one data folder, or several (`NAME=DIR` values: every image
     keeps its source, and duplicates across sources are grouped like any others, so they never straddle
-    the split); write everything under `out_dir`."""
-    with explicit_broadcasts_only(spark):
-        return _ingest(spark, data, out_dir, cfg)
-
-
-def _ingest(spark, data: str | Sequence[str], out_dir: str, cfg: Config) -> IngestResult:
-    t0 = time.time()
+    the split); write everything under `out_dir`, in a fixed number of Spark jobs (see the module doc)."""
     fs = HadoopFS(spark)
     folders = open_data_folders(spark, data)
+    totals = [fs.file_count(f.root) for f in folders]  # Hadoop counts every file; no Spark job
+    with explicit_broadcasts_only(spark), sql_conf(spark, static_shuffles(spark, sum(totals))):
+        return _ingest(spark, fs, folders, totals, out_dir, cfg)
+
+
+def _ingest(spark, fs: HadoopFS, folders: list[DataFolder], totals: list[int], out_dir: str,
+            cfg: Config) -> IngestResult:
+    t0 = time.time()
     layout = IngestLayout(paths.qualify(spark, str(out_dir)))
-    listing = sources_listing(spark, folders, cfg).cache()
-    key = listing_fingerprint(listing, cfg)  # before reading: a file added mid-run triggers the next ingest
-    n_listed = listing.count()
+    # job 1, before reading: a file added mid-run changes the fingerprint and triggers the next ingest
+    listing = survey(spark, folders, cfg, totals)
     roots = [f.root for f in folders]
-    log.info("ingest: %d files listed under %s; decoding with Spark", n_listed, ", ".join(roots))
-    for folder in folders:
-        if folder.manifest:
-            n_extra = extra_files(folder, listing).count()
-            if n_extra:
-                log.info("ingest: %d files under %s are not in its manifest; ignored", n_extra, folder.root)
+    log.info("ingest: %d files listed under %s; decoding with Spark", listing.rows, ", ".join(roots))
+    for root, n in listing.not_in_manifest.items():
+        if n:
+            log.info("ingest: %d files under %s are not in its manifest; ignored", n, root)
+    for root, n in listing.repeated.items():
+        if n:
+            log.warning("%d manifest rows list a path twice; keeping the first (%s)", n, root)
 
-    analyzed = _decode_stage(spark, folders, layout, cfg, n_listed)
-    table = _reconcile(listing, analyzed, cfg.decode.max_file_bytes).cache()
-    n_ids = table.agg(F.countDistinct("id").alias("d"), F.count(F.lit(1)).alias("n")).first()
-    if n_ids["d"] != n_ids["n"]:
+    analyzed = _decode_stage(spark, folders, layout, cfg, listing.rows)
+    log.info("ingest: decoded %d files in %.1fs", listing.rows, time.time() - t0)
+    table = _reconcile(listing.frame, analyzed, cfg.decode.max_file_bytes).cache()
+    ok = table.where("status = 'ok'")
+    dups = find_duplicates(ok, analyzed.select("id", "thumb"), max_hamming=cfg.dedup.phash_max_hamming,
+                           min_correlation=cfg.dedup.pixel_min_correlation, thumb_size=cfg.dedup.thumb_size)
+    graph = collect_parts(_graph_parts(table, ok, dups))
+    ids = graph["ids"][0]
+    if ids["d"] != ids["n"]:
         raise RuntimeError("ingest: two relative paths hash to the same 64-bit id; please report this")
-    log.info("ingest: decoded %d files in %.1fs", n_ids["n"], time.time() - t0)
+    dups.set_counts(graph)
 
-    ok = table.where("status = 'ok'").cache()
-    split, dups, folds = _groups_and_split(spark, ok, analyzed.select("id", "thumb"), cfg)
+    grouped = _grouped(spark, ok, graph["edges"]).cache()
+    by_group = collect_parts({"counts": group_label_frame(grouped), "spanning": spanning_keys(grouped)})
+    plan = plan_folds(pd.DataFrame(by_group["counts"], columns=COUNT_COLUMNS), seed=cfg.split.seed,
+                      folds=cfg.split.folds, test_fold=cfg.split.test_fold)
+    split = apply_folds(spark, grouped, plan)
+    if any(r["n"] for r in by_group["spanning"]):
+        check_no_leak(split)  # a patient or duplicate group in two groups: the full check says where
+
     images = table.join(split.select("id", "group_id", "dup_group", "fold", "split"), "id", "left")
-    images.select(*IMAGE_COLUMNS).write.mode("overwrite").parquet(layout.images)
-    images = spark.read.parquet(layout.images)
+    images = images.select(*IMAGE_COLUMNS)
+    images.write.mode("overwrite").parquet(layout.images)
+    images = spark.read.schema(images.schema).parquet(layout.images)
 
     files = _write_tables(fs, images, layout)
-    files.update(write_duplicates_report(fs, dups, ok, split, layout.duplicates))
-    summary = summarize(images, dups.counts, split, split_hash(images.where("status = 'ok'")),
+    report = duplicates_report(dups, ok.select("id", "rel_path"), grouped.where("dup_group IS NOT NULL"))
+    files.update(write_duplicate_tables(fs, report, layout.duplicates))
+    small = collect_parts({**summary_parts(images, report.groups), **report.md_parts(),
+                           "split_hash": split_hash_frame(images.where("status = 'ok'")),
+                           "manifest_hash": manifest_hash_frame(images)})
+    files.update(write_duplicates_md(fs, dups, small, int(small["dup_groups"][0]["n"]), layout.duplicates))
+    summary = summarize(small, dups.counts, len(plan.table), str(small["split_hash"][0]["h"]),
                         time.time() - t0)
-    summary.update(data_dir=roots[0], data_dirs=roots, ingest_key=key, manifest_hash=manifest_hash(images))
-    summary["split"]["folds"] = folds
+    summary.update(data_dir=roots[0], data_dirs=roots, ingest_key=listing.fingerprint,
+                   manifest_hash=str(small["manifest_hash"][0]["h"]))
+    summary["split"]["folds"] = plan.folds
     fs.write_text(layout.summary_json, _json(summary))
     files["summary.json"] = layout.summary_json
-    for df in (listing, table, ok, split, dups.pairs):
+    for df in (table, grouped):
         df.unpersist()
+    dups.release()
     fs.delete(layout.work)
     return IngestResult(layout=layout, images=images, summary=summary, files=files)
 
@@ -230,20 +277,20 @@ def _write_tables(fs: HadoopFS, images, layout: IngestLayout) -> dict[str, str]:
     """split.csv (the persisted split every later run reuses) and quarantine.csv, each one file via Spark."""
     out = {"images": layout.images}
     tables = {
-        layout.split_csv: images.where("status = 'ok'").select(*SPLIT_COLUMNS).orderBy("rel_path"),
-        layout.quarantine_csv: images.where("status != 'ok'").select("path", "label", "file_size", "reason")
-        .orderBy("path"),
+        layout.split_csv: (images.where("status = 'ok'").select(*SPLIT_COLUMNS), ["rel_path"]),
+        layout.quarantine_csv: (images.where("status != 'ok'").select("path", "label", "file_size", "reason"),
+                                ["path"]),
     }
-    for target, df in tables.items():
-        out[paths.file_name(target)] = fs.write_csv(df, target)
+    for target, (df, order) in tables.items():
+        out[paths.file_name(target)] = fs.write_csv(df, target, order)
     return out
 
 
-def manifest_hash(images) -> str:
-    """Identifies the dataset content (relative path, label, bytes) independent of where it lives."""
+def manifest_hash_frame(images: DataFrame) -> DataFrame:
+    """One row, `h`: identifies the dataset content (relative path, label, bytes) independent of where it
+    lives; computed on executors (lazy)."""
     line = F.concat_ws("\t", "rel_path", "label", F.coalesce("sha256", F.lit("")))
-    row = images.agg(F.sha2(F.concat_ws("\n", F.sort_array(F.collect_list(line))), 256).alias("h")).first()
-    return str(row["h"])
+    return images.agg(F.sha2(F.concat_ws("\n", F.sort_array(F.collect_list(line))), 256).alias("h"))
 
 
 def format_summary(summary: dict) -> str:

@@ -1,20 +1,24 @@
 """What an ingest tells people: summary counts (summary.json) and the duplicates report (CSV + markdown).
 
 Why separate from ingest.py: these are small aggregates over the images table and the duplicate pairs,
-computed by Spark and written through Hadoop; only counts and a bounded sample reach the driver.
+computed by Spark and written through Hadoop; only counts and a bounded sample reach the driver. The frames
+here are lazy: ingest collects the small ones together (spark_io.collect_parts), one Spark job for all.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from pyspark.sql import Window
 from pyspark.sql import functions as F
 
 from xray_spark import paths
+from xray_spark.spark_io import first_rows
 
 if TYPE_CHECKING:
-    from pyspark.sql import DataFrame
+    from pyspark.sql import Column, DataFrame
 
     from xray_spark.data.dedup import Duplicates
     from xray_spark.spark_io import HadoopFS
@@ -23,12 +27,24 @@ MD_MAX_GROUPS = 200
 MD_MAX_REJECTED = 20
 
 
-def summarize(images: DataFrame, dup_counts: dict[str, int], split: DataFrame, split_id: str,
+def summary_parts(images: DataFrame, groups: DataFrame) -> dict[str, DataFrame]:
+    """The small aggregates `summarize` reads (lazy, collected with others in one job): images by status,
+    label, reason code and side; duplicate groups and how many of them mix labels (`groups`:
+    duplicate_groups)."""
+    code = F.split(F.coalesce("reason", F.lit("")), ":").getItem(0)
+    per_group = groups.select("dup_group", F.col("label_conflict").cast("int").alias("conflict")).distinct()
+    return {
+        "by_status": images.groupBy("status", "label", code.alias("code"), "split")
+        .agg(F.count(F.lit(1)).alias("count")),
+        "dup_groups": per_group.agg(F.count(F.lit(1)).alias("n"), F.sum("conflict").alias("c")),
+    }
+
+
+def summarize(collected: Mapping[str, list[dict]], dup_counts: dict[str, int], n_groups: int, split_id: str,
               seconds: float) -> dict:
-    """Counts that must reconcile: read = ok + quarantined, per class, plus split and duplicate figures."""
-    by = images.groupBy("status", "label",
-                        F.split(F.coalesce("reason", F.lit("")), ":").getItem(0).alias("code"),
-                        "split").count().collect()
+    """Counts that must reconcile: read = ok + quarantined, per class, plus split and duplicate figures.
+    `collected`: summary_parts, collected; `n_groups`: groups of the split."""
+    by = collected["by_status"]
     ok = [r for r in by if r["status"] == "ok"]
     bad = [r for r in by if r["status"] != "ok"]
     per_class: dict[str, int] = {}
@@ -37,10 +53,7 @@ def summarize(images: DataFrame, dup_counts: dict[str, int], split: DataFrame, s
     reasons: dict[str, int] = {}
     for r in bad:
         reasons[str(r["code"])] = reasons.get(str(r["code"]), 0) + r["count"]
-    dup_groups = split.where("dup_group IS NOT NULL").groupBy("dup_group").agg(
-        F.countDistinct("label").alias("labels"))
-    g = dup_groups.agg(F.count(F.lit(1)).alias("n"),
-                       F.sum((F.col("labels") > 1).cast("int")).alias("c")).first()
+    g = collected["dup_groups"][0]
     return {
         "files_read": sum(r["count"] for r in by),
         "ok": sum(r["count"] for r in ok),
@@ -51,17 +64,58 @@ def summarize(images: DataFrame, dup_counts: dict[str, int], split: DataFrame, s
             "hash": split_id,
             "train": sum(r["count"] for r in ok if r["split"] == "train"),
             "test": sum(r["count"] for r in ok if r["split"] == "test"),
-            "groups": split.select("group_id").distinct().count(),
+            "groups": n_groups,
         },
         "duplicates": {**dup_counts, "n_groups": int(g["n"] or 0), "n_conflicting_groups": int(g["c"] or 0)},
         "seconds": round(seconds, 1),
     }
 
 
-def write_duplicates_report(fs: HadoopFS, dups: Duplicates, ok: DataFrame, split: DataFrame,
-                            folder: str) -> dict[str, str]:
-    """duplicates_pairs.csv, duplicate_groups.csv, rejected_candidates.csv and a readable duplicates.md."""
-    names = ok.select("id", "rel_path")
+def _group_order() -> list[Column]:
+    """duplicate_groups.csv's order: label conflicts first, then larger groups; a group's rows together."""
+    return [F.desc("label_conflict"), F.desc("group_size"), F.col("dup_group"), F.col("path")]
+
+
+def _rejected_order() -> list[Column]:
+    """rejected_candidates.csv's order: the closest calls first."""
+    return [F.desc("correlation"), F.col("path_a"), F.col("path_b")]
+
+
+def duplicate_groups(dups: Duplicates, members: DataFrame) -> DataFrame:
+    """One row per image in a duplicate group (`members`: id, rel_path, label, dup_group of the ok images
+    in one): its group's kinds of copies, size and labels, and whether the labels disagree."""
+    members = members.select("id", "rel_path", "label", "dup_group")
+    kinds = (dups.edges.join(members.select(F.col("id").alias("a"), "dup_group"), "a")
+             .groupBy("dup_group")
+             .agg(F.concat_ws("+", F.sort_array(F.collect_set("kind"))).alias("dup_kind")))
+    w = Window.partitionBy("dup_group")
+    return (members.join(kinds, "dup_group", "left")
+            .select(F.col("rel_path").alias("path"), "dup_group", "dup_kind",
+                    F.count(F.lit(1)).over(w).alias("group_size"),
+                    F.concat_ws(";", F.sort_array(F.collect_set("label").over(w))).alias("labels"))
+            .withColumn("label_conflict", F.instr("labels", ";") > 0))
+
+
+@dataclass(frozen=True)
+class DuplicatesReport:
+    """The duplicates report's frames, paths relative to the data folder (lazy)."""
+
+    pairs: DataFrame  # confirmed pairs (exact and near)
+    groups: DataFrame  # duplicate_groups
+    rejected: DataFrame  # pHash candidates the pixels turned down
+
+    def md_parts(self) -> dict[str, DataFrame]:
+        """Bounded samples for duplicates.md (collected with other small results): the members of the first
+        MD_MAX_GROUPS groups in report order (`_rank`: their group's) and the MD_MAX_REJECTED closest
+        rejected candidates (`_rank`: theirs)."""
+        per_group = self.groups.select("dup_group", "label_conflict", "group_size").distinct()
+        shown = first_rows(per_group, MD_MAX_GROUPS, *_group_order()[:3]).select("dup_group", "_rank")
+        return {"md_groups": self.groups.join(shown, "dup_group"),
+                "md_rejected": first_rows(self.rejected, MD_MAX_REJECTED, *_rejected_order())}
+
+
+def duplicates_report(dups: Duplicates, names: DataFrame, members: DataFrame) -> DuplicatesReport:
+    """dups with image ids replaced by relative paths (`names`: id, rel_path), path_a < path_b."""
 
     def named(df: DataFrame) -> DataFrame:
         a = names.select(F.col("id").alias("a"), F.col("rel_path").alias("path_a"))
@@ -72,37 +126,29 @@ def write_duplicates_report(fs: HadoopFS, dups: Duplicates, ok: DataFrame, split
                            F.when(swap, F.col("path_a")).otherwise(F.col("path_b")).alias("path_b"),
                            *[c for c in df.columns if c not in ("a", "b")])
 
-    pairs = named(dups.pairs).orderBy("kind", "path_a", "path_b")
-    rejected = named(dups.rejected).orderBy(F.desc("correlation"), "path_a", "path_b")
+    return DuplicatesReport(pairs=named(dups.pairs), groups=duplicate_groups(dups, members),
+                            rejected=named(dups.rejected))
 
-    members = split.where("dup_group IS NOT NULL").select("id", "rel_path", "label", "dup_group")
-    kinds = (dups.edges.join(members.select(F.col("id").alias("a"), "dup_group"), "a")
-             .groupBy("dup_group")
-             .agg(F.concat_ws("+", F.sort_array(F.collect_set("kind"))).alias("dup_kind")))
-    w = Window.partitionBy("dup_group")
-    groups = (members.join(kinds, "dup_group", "left")
-              .select(F.col("rel_path").alias("path"), "dup_group", "dup_kind",
-                      F.count(F.lit(1)).over(w).alias("group_size"),
-                      F.concat_ws(";", F.sort_array(F.collect_set("label").over(w))).alias("labels"))
-              .withColumn("label_conflict", F.instr("labels", ";") > 0)
-              .orderBy(F.desc("label_conflict"), F.desc("group_size"), "dup_group", "path")).cache()
 
-    out = {
-        "duplicates/duplicates_pairs.csv": fs.write_csv(pairs, paths.join(folder, "duplicates_pairs.csv")),
-        "duplicates/duplicate_groups.csv": fs.write_csv(groups, paths.join(folder, "duplicate_groups.csv")),
-        "duplicates/rejected_candidates.csv": fs.write_csv(
-            rejected, paths.join(folder, "rejected_candidates.csv")),
+def write_duplicate_tables(fs: HadoopFS, report: DuplicatesReport, folder: str) -> dict[str, str]:
+    """duplicates_pairs.csv, duplicate_groups.csv and rejected_candidates.csv (one Spark job each)."""
+    tables = {
+        "duplicates_pairs.csv": (report.pairs, ("kind", "path_a", "path_b")),
+        "duplicate_groups.csv": (report.groups, _group_order()),
+        "rejected_candidates.csv": (report.rejected, _rejected_order()),
     }
-    shown_groups = groups.select("dup_group").distinct().limit(MD_MAX_GROUPS)
-    sample = groups.join(shown_groups, "dup_group", "left_semi").orderBy(
-        F.desc("label_conflict"), F.desc("group_size"), "dup_group", "path").collect()
-    n_groups = groups.select("dup_group").distinct().count()
-    md = _markdown(dups, sample, n_groups, rejected.limit(MD_MAX_REJECTED).collect())
+    return {f"duplicates/{name}": fs.write_csv(df, paths.join(folder, name), order)
+            for name, (df, order) in tables.items()}
+
+
+def write_duplicates_md(fs: HadoopFS, dups: Duplicates, collected: Mapping[str, list[dict]], n_groups: int,
+                        folder: str) -> dict[str, str]:
+    """duplicates.md, readable, from DuplicatesReport.md_parts as collected."""
+    sample = sorted(collected["md_groups"], key=lambda r: (r["_rank"], r["path"]))
+    rejected = sorted(collected["md_rejected"], key=lambda r: r["_rank"])
     md_path = paths.join(folder, "duplicates.md")
-    fs.write_text(md_path, md)
-    out["duplicates/duplicates.md"] = md_path
-    groups.unpersist()
-    return out
+    fs.write_text(md_path, _markdown(dups, sample, n_groups, rejected))
+    return {"duplicates/duplicates.md": md_path}
 
 
 def _markdown(dups: Duplicates, sample: list, n_groups: int, rejected: list) -> str:

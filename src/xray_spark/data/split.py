@@ -10,23 +10,35 @@ change when the data folder moves or is mounted under another scheme.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
+from functools import reduce
 from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
+from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from xray_spark.errors import UserError
 
 if TYPE_CHECKING:
-    from pyspark.sql import DataFrame, SparkSession
+    from pyspark.sql import Column, SparkSession
 
 log = logging.getLogger(__name__)
 
 
+COUNT_COLUMNS = ["group_id", "label", "n"]
+LEAK_KEYS = ("patient_id", "group_id", "dup_group")
+
+
+def group_label_frame(images: DataFrame) -> DataFrame:
+    """(group_id, label, n): one small row per group and label, what the fold assignment needs (lazy)."""
+    return images.groupBy("group_id", "label").agg(F.count(F.lit(1)).alias("n"))
+
+
 def group_label_counts(images: DataFrame) -> pd.DataFrame:
-    """(group_id, label, n): one small row per group and label, collected for the fold assignment."""
-    return images.groupBy("group_id", "label").count().withColumnRenamed("count", "n").toPandas()
+    """group_label_frame, collected for the fold assignment."""
+    return group_label_frame(images).toPandas()
 
 
 def effective_folds(counts: pd.DataFrame, folds: int) -> int:
@@ -68,30 +80,72 @@ def assign_folds(counts: pd.DataFrame, *, seed: int, folds: int) -> pd.DataFrame
     return pd.DataFrame({"group_id": gids, "fold": fold_of_group.astype(np.int32)})
 
 
+@dataclass(frozen=True)
+class FoldPlan:
+    """Folds per group, decided on the driver from group_label_counts: group ids and ints only."""
+
+    table: pd.DataFrame  # (group_id, fold)
+    folds: int  # folds used (fewer than asked for small folders)
+    test: int  # the test fold
+
+
+def plan_folds(counts: pd.DataFrame, *, seed: int, folds: int, test_fold: int) -> FoldPlan:
+    """(group_id, label, n) counts -> the fold of every group; the test fold falls back to the last one used
+    when a small folder gets fewer folds."""
+    used = effective_folds(counts, folds)
+    table = assign_folds(counts, seed=seed, folds=used)
+    test = min(test_fold, used - 1)
+    sides = table["fold"].value_counts()
+    log.info("split: %d groups, %d folds (seed %d, test fold %d): %d test groups", len(table), used, seed,
+             test, int(sides.get(test, 0)))
+    return FoldPlan(table=table, folds=used, test=test)
+
+
+def apply_folds(spark: SparkSession, images: DataFrame, plan: FoldPlan) -> DataFrame:
+    """images (group_id, ...) -> + fold, split ("test" when fold == plan.test): a broadcast of group ids."""
+    fold_df = spark.createDataFrame(plan.table, "group_id string, fold int")
+    return images.join(F.broadcast(fold_df), "group_id", "left").withColumn(
+        "split", F.when(F.col("fold") == plan.test, "test").otherwise("train"))
+
+
 def split_images(spark: SparkSession, images: DataFrame, *, seed: int, folds: int,
                  test_fold: int) -> tuple[DataFrame, int]:
     """images (group_id, label, ...) -> + fold, split ("test" when fold == test_fold); returns the folds
     used."""
-    counts = group_label_counts(images)
-    used = effective_folds(counts, folds)
-    table = assign_folds(counts, seed=seed, folds=used)
-    test = min(test_fold, used - 1)
-    fold_df = spark.createDataFrame(table, "group_id string, fold int")
-    out = images.join(F.broadcast(fold_df), "group_id", "left").withColumn(
-        "split", F.when(F.col("fold") == test, "test").otherwise("train"))
-    sides = table["fold"].value_counts()
-    log.info("split: %d groups, %d folds (seed %d, test fold %d): %d test groups", len(table), used, seed,
-             test, int(sides.get(test, 0)))
-    return out, used
+    plan = plan_folds(group_label_counts(images), seed=seed, folds=folds, test_fold=test_fold)
+    return apply_folds(spark, images, plan), plan.folds
+
+
+def _key(col: str) -> Column:
+    return F.trim(F.col(col))
+
+
+def spanning_keys(images: DataFrame) -> DataFrame:
+    """(column, n): for patient_id and dup_group, how many keys have rows in more than one group (lazy).
+
+    Why: folds are assigned per group, so a key can sit on both sides of the split only if its rows carry
+    two groups. Counting those keys rides on the split's own aggregate; the full check_no_leak (a job per
+    column) is needed only when one exists, which groups built from patients and duplicates never give."""
+    parts = []
+    for col in LEAK_KEYS:
+        if col == "group_id" or col not in images.columns:
+            continue  # a group is on one side by construction: its fold comes from its id
+        key = _key(col)
+        spread = (images.where(key.isNotNull() & (key != "")).groupBy(key.alias("k"))
+                  .agg(F.countDistinct("group_id").alias("groups")).where("groups > 1"))
+        parts.append(spread.agg(F.lit(col).alias("column"), F.count(F.lit(1)).alias("n")))
+    if not parts:
+        return images.sparkSession.createDataFrame([], "column string, n long")
+    return reduce(DataFrame.unionByName, parts)
 
 
 def check_no_leak(images: DataFrame) -> None:
     """Raise ValueError naming any patient_id / group_id / dup_group found in both train and test."""
     problems = []
-    for col in ("patient_id", "group_id", "dup_group"):
+    for col in LEAK_KEYS:
         if col not in images.columns:
             continue
-        key = F.trim(F.col(col))
+        key = _key(col)
         leaking = (images.where(key.isNotNull() & (key != "")).groupBy(key.alias("k"))
                    .agg(F.countDistinct("split").alias("sides")).where("sides > 1"))
         found = [r["k"] for r in leaking.orderBy("k").limit(6).collect()]
@@ -103,11 +157,16 @@ def check_no_leak(images: DataFrame) -> None:
         raise ValueError("split leak: " + "; ".join(problems))
 
 
-def split_hash(images: DataFrame) -> str:
-    """sha256 over the sorted lines "key<TAB>split<TAB>fold" (key: content sha256, else the relative path):
-    names the split in MLflow params and survives moving the data folder. One row comes back."""
+def split_hash_frame(images: DataFrame) -> DataFrame:
+    """One row, `h`: sha256 over the sorted lines "key<TAB>split<TAB>fold" (key: content sha256, else the
+    relative path), computed on executors (lazy; see split_hash)."""
     key = F.coalesce(F.when(F.length("sha256") > 0, F.col("sha256")), F.col("rel_path"))
     line = F.concat_ws("\t", key, F.col("split"), F.col("fold").cast("string"))
-    row = images.agg(F.sha2(F.concat(F.concat_ws("\n", F.sort_array(F.collect_list(line))), F.lit("\n")),
-                            256).alias("h")).first()
-    return str(row["h"])
+    return images.agg(F.sha2(F.concat(F.concat_ws("\n", F.sort_array(F.collect_list(line))), F.lit("\n")),
+                             256).alias("h"))
+
+
+def split_hash(images: DataFrame) -> str:
+    """Names the split in MLflow params and survives moving the data folder (split_hash_frame). One row comes
+    back."""
+    return str(split_hash_frame(images).first()["h"])
