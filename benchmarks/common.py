@@ -76,3 +76,28 @@ def tree_cpu_seconds() -> float | None:
         total += stats.get(pid, (0, 0.0))[1]
         todo += children.get(pid, [])
     return total
+
+
+def timed(cmd: list[str], log_file: Path, env: dict[str, str] | None = None) -> float:
+    """Wall seconds of one whole process; its output is appended to `log_file`, a failure stops the run."""
+    import subprocess
+    import time
+
+    t = time.perf_counter()
+    with log_file.open("a") as fh:
+        fh.write(f"\n$ {' '.join(cmd)}\n")
+        fh.flush()
+        rc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, check=False, env=env).returncode
+    seconds = time.perf_counter() - t
+    if rc != 0:
+        raise SystemExit(f"{cmd[0]} exited {rc}; see {log_file}")
+    return seconds
+
+
+def with_pythonpath(src: Path | None) -> dict[str, str] | None:
+    """This environment with `src` (another checkout's src/, e.g. the code before a change) first on
+    PYTHONPATH; None (inherit) without one."""
+    if src is None:
+        return None
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(
+        filter(None, [str(src.resolve()), os.environ.get("PYTHONPATH")]))}

@@ -26,11 +26,11 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+from common import cpu_line, timed, with_pythonpath  # benchmarks/ is on sys.path when run as a script
 
 DEFAULT_SOURCE = Path("/work/shared/data/ozturk")
 DEFAULT_WORK = Path(tempfile.gettempdir()) / "xray-ingest-jobs"
@@ -71,26 +71,6 @@ def count_jobs(log_dir: Path) -> int:
     return jobs
 
 
-def run(cmd: list[str], log_file: Path, env: dict[str, str] | None = None) -> float:
-    """Wall seconds of one whole process; its output is appended to `log_file`, a failure stops the run."""
-    t = time.perf_counter()
-    with log_file.open("a") as fh:
-        fh.write(f"\n$ {' '.join(cmd)}\n")
-        fh.flush()
-        rc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, check=False, env=env).returncode
-    seconds = time.perf_counter() - t
-    if rc != 0:
-        raise SystemExit(f"{cmd[0]} exited {rc}; see {log_file}")
-    return seconds
-
-
-def with_pythonpath(src: Path | None) -> dict[str, str] | None:
-    if src is None:
-        return None
-    return {**os.environ, "PYTHONPATH": os.pathsep.join(
-        filter(None, [str(src.resolve()), os.environ.get("PYTHONPATH")]))}
-
-
 def bare_count(data: Path, confs: list[str]) -> None:
     """The baseline: a fresh JVM that lists `data` with binaryFile and counts the files (no bytes read)."""
     from pyspark.sql import SparkSession
@@ -113,7 +93,7 @@ def measure(tag: str, cmd: list[str], work: Path, log_file: Path,
     shutil.rmtree(log_dir, ignore_errors=True)
     log_dir.mkdir(parents=True)
     confs = [x for kv in event_log_conf(log_dir) for x in ("--conf", kv)]
-    seconds = run([*cmd, *confs], log_file, env)
+    seconds = timed([*cmd, *confs], log_file, env)
     return count_jobs(log_dir), seconds
 
 
@@ -146,7 +126,6 @@ def main(argv: list[str] | None = None) -> None:
     if args.bare:
         bare_count(args.bare, args.conf)
         return
-    from common import cpu_line  # benchmarks/ is on sys.path when run as a script
 
     args.workdir.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="run-", dir=args.workdir))

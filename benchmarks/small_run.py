@@ -26,11 +26,11 @@ import argparse
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+from common import cpu_line, timed, with_pythonpath  # benchmarks/ is on sys.path when run as a script
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_SOURCE = Path("/work/shared/data/ozturk")
@@ -88,19 +88,6 @@ def count_images(data: Path) -> int:
     return sum(1 for p in data.rglob("*") if p.is_file() and p.suffix.lower() in EXTS)
 
 
-def timed(cmd: list[str], log_file: Path, env: dict[str, str] | None = None) -> float:
-    """Wall seconds of one whole process; its output is appended to `log_file`, a failure stops the run."""
-    t = time.perf_counter()
-    with log_file.open("a") as fh:
-        fh.write(f"\n$ {' '.join(cmd)}\n")
-        fh.flush()
-        rc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, check=False, env=env).returncode
-    seconds = time.perf_counter() - t
-    if rc != 0:
-        raise SystemExit(f"{cmd[0]} exited {rc}; see {log_file}")
-    return seconds
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--data", type=Path, help="image folder (default: build one of --images Ozturk images)")
@@ -123,7 +110,6 @@ def main(argv: list[str] | None = None) -> None:
     if args.plain:
         plain_script(args.plain, args.backbone)
         return
-    from common import cpu_line
 
     data = args.data or build_folder(args.source, DEFAULT_FOLDER, args.images)
     n = count_images(data)
@@ -145,9 +131,8 @@ def main(argv: list[str] | None = None) -> None:
                 "--out", str(work / f"out-{tag}")]
 
     def with_src(src: Path, tag: str) -> float:
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-            filter(None, [str(src.resolve()), os.environ.get("PYTHONPATH")]))}
-        return timed([sys.executable, "-m", "xray_spark", *featurize_args(tag)], log_file, env)
+        return timed([sys.executable, "-m", "xray_spark", *featurize_args(tag)], log_file,
+                     with_pythonpath(src))
 
     def before(tag: str) -> float:
         try:
