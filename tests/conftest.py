@@ -171,6 +171,15 @@ def _tier_guard(request: pytest.FixtureRequest):
                     f"{_SPAWNED[node.nodeid][:3]}", pytrace=False)
 
 
+def local(spark, rows, schema: str):
+    """A small in-memory DataFrame through pandas/Arrow: a local relation, so scanning it needs no Python
+    worker (a list of tuples becomes a Python RDD, several times slower per Spark job)."""
+    import pandas as pd
+
+    return spark.createDataFrame(pd.DataFrame(list(rows), columns=[c.split()[0] for c in schema.split(",")]),
+                                 schema)
+
+
 def copy_subset(src: Path, dest: Path, per_class: int, offset: int = 0) -> Path:
     """Class folders with `per_class` real images each (sorted, from `offset`): small, real, deterministic."""
     import shutil

@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 from scipy import ndimage
 
+from conftest import local
 from xray_spark.data.decode import analyze, decode_gray
 from xray_spark.data.dedup import (
     BANDS,
@@ -35,13 +36,6 @@ REAL_EXACT = ("no_findings/00002658_001.png", "no_findings/00002658_002.png")  #
 
 
 # ---------------------------------------------------------------- helpers
-
-
-def local(spark, rows, schema: str):
-    """A small in-memory DataFrame through pandas/Arrow: a local relation, so scanning it needs no Python
-    worker (a list of tuples becomes a Python RDD, several times slower per Spark job)."""
-    return spark.createDataFrame(pd.DataFrame(list(rows), columns=[c.split()[0] for c in schema.split(",")]),
-                                 schema)
 
 
 def blobs(seed: int, size: int = 256) -> np.ndarray:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import hashlib
 
 import numpy as np
-import pandas as pd
 import pytest
 
+from conftest import local
 from xray_spark.data.groups import assign_group_ids, component_frame, components, image_id_col, star_edges
 
 ROWS_SCHEMA = "path string, rel_path string, label string, patient_id string"
@@ -15,13 +15,6 @@ ROWS_SCHEMA = "path string, rel_path string, label string, patient_id string"
 ROWS = [("a1.png", "A"), ("a2.png", " A "), ("b1.png", "B"), ("c1.png", "C"), ("u1.png", None),
         ("u2.png", ""), ("u3.png", "  ")]
 DUPS = [("a2.png", "b1.png"), ("b1.png", "u1.png")]  # a-b via a duplicate, u1 via b1: transitive
-
-
-def local(spark, rows, schema: str):
-    """A small in-memory DataFrame through pandas/Arrow: a local relation, so scanning it needs no Python
-    worker (a list of tuples becomes a Python RDD, several times slower per Spark job)."""
-    return spark.createDataFrame(pd.DataFrame(list(rows), columns=[c.split()[0] for c in schema.split(",")]),
-                                 schema)
 
 
 def gid(prefix: str, *rel_paths: str) -> str:

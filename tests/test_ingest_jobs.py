@@ -9,9 +9,7 @@ import math
 from contextlib import contextmanager
 from pathlib import Path
 
-import pandas as pd
-import pytest
-
+from conftest import local
 from xray_spark.config import load_config
 from xray_spark.data.ingest import ingest
 from xray_spark.data.split import spanning_keys
@@ -33,13 +31,6 @@ def job_group(spark, name: str):
             sc.setLocalProperty(key, None)  # later tests' jobs stay out of the group
 
 
-def local(spark, rows: list[tuple], schema: str):
-    """A small in-memory DataFrame through pandas/Arrow (a local relation)."""
-    columns = [c.split()[0] for c in schema.split(",")]
-    return spark.createDataFrame(pd.DataFrame(rows, columns=columns), schema)
-
-
-@pytest.mark.spark
 def test_an_ingest_of_36_images_runs_at_most_25_spark_jobs(spark, small_data: Path, tmp_path: Path) -> None:
     with job_group(spark, f"ingest-{tmp_path.name}") as jobs:
         result = ingest(spark, str(small_data), str(tmp_path / "out"), load_config(local=None))
@@ -49,7 +40,6 @@ def test_an_ingest_of_36_images_runs_at_most_25_spark_jobs(spark, small_data: Pa
     assert 0 < n <= MAX_JOBS, f"{n} Spark jobs for one ingest of 36 images"
 
 
-@pytest.mark.spark
 def test_several_small_results_come_back_from_one_job(spark) -> None:
     """Counts, a NaN, a null and a top-k sample, each part with its own columns, in one Spark job."""
     rows = local(spark, [(k, k % 3, None if k == 2 else f"p{k}") for k in range(10)],
@@ -71,7 +61,6 @@ def test_several_small_results_come_back_from_one_job(spark) -> None:
     assert sorted(got["named"], key=lambda r: r["k"]) == [{"k": 2, "name": None}, {"k": 3, "name": "p3"}]
 
 
-@pytest.mark.spark
 def test_keys_spread_over_two_groups_are_counted_for_the_leak_check(spark) -> None:
     schema = "rel_path string, patient_id string, group_id string, dup_group string"
     rows = [("a", "p1", "g-1", None), ("b", " p1", "g-1", "d-1"), ("c", "p2", "g-2", "d-1"),

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from conftest import local
 from xray_spark.data.groups import assign_group_ids, component_frame, image_id_col, star_edges
 from xray_spark.data.split import (
     assign_folds,
@@ -27,13 +28,6 @@ IMAGES_SCHEMA_COLS = [c.split()[0] for c in IMAGES_SCHEMA.split(",")]
 # duplicates that link otherwise unrelated patients / unknown-patient images
 DUPS = [("img/0001_0.png", "img/0002_0.png"), ("img/0003_0.png", "img/0006_0.png"),
         ("img/0009_0.png", "img/0010_0.png")]
-
-
-def local(spark, rows, schema: str):
-    """A small in-memory DataFrame through pandas/Arrow: a local relation, so scanning it needs no Python
-    worker (a list of tuples becomes a Python RDD, several times slower per Spark job)."""
-    return spark.createDataFrame(pd.DataFrame(list(rows), columns=[c.split()[0] for c in schema.split(",")]),
-                                 schema)
 
 
 def synthetic(n_patients: int = 300, seed: int = 0) -> pd.DataFrame:
