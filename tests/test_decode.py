@@ -13,6 +13,9 @@ import io
 import logging
 import pickle
 import struct
+import subprocess
+import sys
+import tracemalloc
 import warnings
 import zlib
 from pathlib import Path
@@ -77,6 +80,16 @@ def _png_header_only(w: int, h: int) -> bytes:
     ihdr = struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0)
     return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", zlib.compress(b"\0" * 64))
             + _png_chunk(b"IEND", b""))
+
+
+def _tiff_header_only(w: int, h: int) -> bytes:
+    """A little-endian TIFF whose one 8-bit grey strip claims w x h but holds 64 bytes."""
+    tags = [(256, 4, w), (257, 4, h), (258, 3, 8), (259, 3, 1), (262, 3, 1), (273, 4, 122), (277, 3, 1),
+            (278, 4, h), (279, 4, 64)]  # 122 = 8 + 2 + 12 * 9 + 4: the strip follows the IFD
+    ifd = b"".join(struct.pack("<HHI", tag, kind, 1) + struct.pack("<HH" if kind == 3 else "<I",
+                                                                   *((value, 0) if kind == 3 else (value,)))
+                   for tag, kind, value in tags)
+    return b"II*\x00" + struct.pack("<IH", 8, len(tags)) + ifd + struct.pack("<I", 0) + bytes(64)
 
 
 def _dicom(arr: np.ndarray | None, photometric: str = "MONOCHROME2", bits_stored: int = 12, *,
@@ -364,6 +377,148 @@ def test_hash_identifier_rule() -> None:
     assert "   " not in str(exc.value)
 
 
+# ----------------------------------------------------------------------------- DICOM: bounded memory (#24)
+
+_MONO16 = {"SamplesPerPixel": 1, "PhotometricInterpretation": "MONOCHROME2", "BitsAllocated": 16,
+           "BitsStored": 12, "HighBit": 11, "PixelRepresentation": 0}
+
+
+def _deflated_dicom(rows: int, cols: int, pixel_bytes: int | None = None, **extra) -> bytes:
+    """A deflated DICOM declaring rows x cols 16-bit pixels with `pixel_bytes` zero bytes of PixelData
+    (default: what it declares), never holding them: _dicom writes the rest, then each 1 MiB of zeros is
+    deflated after a full flush (which resets the compressor), so it is deflated once and repeated."""
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    head = _dicom(None, transfer_syntax=DeflatedExplicitVRLittleEndian, Rows=rows, Columns=cols,
+                  **_MONO16, **extra)
+    assert head[132:136] == b"\x02\x00\x00\x00"  # (0002,0000): the meta group's length comes first
+    meta_end = 144 + int.from_bytes(head[140:144], "little")
+    n = rows * cols * 2 if pixel_bytes is None else pixel_bytes
+    pixel_header = b"\xe0\x7f\x10\x00OW\0\0" + struct.pack("<I", n)  # (7FE0,0010) OW, n bytes
+    body = zlib.decompress(head[meta_end:], -zlib.MAX_WBITS) + pixel_header
+    comp = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    parts = [comp.compress(body), comp.flush(zlib.Z_FULL_FLUSH)]
+    parts.append((comp.compress(bytes(1 << 20)) + comp.flush(zlib.Z_FULL_FLUSH)) * (n >> 20))
+    parts += [comp.compress(bytes(n & ((1 << 20) - 1))), comp.flush()]
+    return head[:meta_end] + b"".join(parts)
+
+
+def _refusal_and_peak(data: bytes, **kw) -> tuple[DecodeError, int]:
+    """decode_gray's DecodeError and the peak bytes Python and numpy allocated meanwhile (tracemalloc)."""
+    started = not tracemalloc.is_tracing()
+    if started:
+        tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        tracemalloc.reset_peak()
+        with pytest.raises(DecodeError) as exc:
+            decode_gray(data, **kw)
+        return exc.value, tracemalloc.get_traced_memory()[1] - base
+    finally:
+        if started:
+            tracemalloc.stop()
+
+
+@pytest.mark.parametrize("shape", [(64, 64), (1024, 768)])  # 2nd: > 1 MiB inflated, header checked early
+def test_deflated_dicom_decodes_like_its_uncompressed_twin(shape: tuple[int, int]) -> None:
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    arr = (np.arange(shape[0] * shape[1], dtype=np.uint32) % 4096).astype(np.uint16).reshape(shape)
+    kw = {"PatientID": "PÄT-9", "SpecificCharacterSet": "ISO_IR 100"}
+    plain = _dicom(arr, **kw)
+    deflated = _dicom(arr, transfer_syntax=DeflatedExplicitVRLittleEndian, **kw)
+    assert b"1.2.840.10008.1.2.1.99" in deflated[:512] and len(deflated) < len(plain)  # really deflated
+    gray, info = decode_gray(deflated, patient_salt="s")
+    twin, twin_info = decode_gray(plain, patient_salt="s")
+    np.testing.assert_array_equal(gray, twin)
+    assert info == twin_info and info.patient_ref == hash_identifier("PÄT-9", "s", "dcm-")
+
+
+@pytest.mark.parametrize("maker_note", [0, 3 << 20])  # 3 MiB before group 0028: the 1 MiB peek is not enough
+def test_deflated_bomb_is_refused_from_its_header_before_inflating(maker_note: int) -> None:
+    extra = {"MakerNote": bytes(maker_note)} if maker_note else {}
+    bomb = _deflated_dicom(40000, 40000, PatientID="PAT-1", **extra)  # 3.2 GB of zeros in ~3 MB
+    assert len(bomb) < 4 << 20
+    err, peak = _refusal_and_peak(bomb, patient_salt="s")
+    assert err.reason == "too_large"
+    assert "40000x40000 = 1600000000 pixels > max_pixels 100000000" in err.detail
+    assert (err.info.width, err.info.height) == (40000, 40000)
+    assert err.info.patient_ref == hash_identifier("PAT-1", "s", "dcm-")  # header read, value not kept
+    assert peak < 32 << 20, peak  # inflating it whole took 3.2 GB (6 GB peak RSS)
+
+
+def test_deflated_dataset_longer_than_declared_stops_at_the_cap() -> None:
+    # 64x64 16-bit declared (8 KiB), 40 MiB of PixelData: the header passes, inflation stops at the cap
+    data = _deflated_dicom(64, 64, pixel_bytes=40 << 20)
+    err, peak = _refusal_and_peak(data, max_pixels=10_000)
+    cap = 4 * 10_000 + (16 << 20)
+    assert err.reason == "too_large" and f"inflates to more than {cap} bytes" in err.detail
+    assert peak < cap + (8 << 20), peak
+
+
+def test_deflated_frames_and_bits_count_against_the_byte_budget() -> None:
+    # 100x100 pixels pass max_pixels=10_000, but 30 frames x 16 bits = 600,000 bytes > 4 x 10_000
+    err, _ = _refusal_and_peak(_deflated_dicom(100, 100, NumberOfFrames=30), max_pixels=10_000)
+    assert err.reason == "too_large"
+    assert err.detail == ("100x100 x 30 frames x 1 samples x 16 bits = 600000 bytes of pixel data > 40000 "
+                          "(4 x max_pixels 10000)")
+    at_budget, _ = _refusal_and_peak(_deflated_dicom(100, 100, 40_000, NumberOfFrames=2), max_pixels=10_000)
+    assert at_budget.reason == "blank_image"  # exactly 40000 bytes: decoded (all zeros)
+
+
+@pytest.mark.parametrize(("extra", "reason", "declared"), [
+    ({"Rows": 40000, "Columns": 40000}, "too_large", "40000x40000 = 1600000000 pixels"),
+    ({"NumberOfFrames": 10**9}, "too_large", "64x64 x 1000000000 frames x 1 samples x 16 bits"),
+    ({"Rows": 4000, "Columns": 4000}, "truncated", "less than expected"),  # within limits: data short
+])
+def test_dicom_declaring_more_than_it_holds_is_refused_without_allocating(extra: dict, reason: str,
+                                                                          declared: str) -> None:
+    frames = np.stack([_ramp16()]) if "NumberOfFrames" in extra else _ramp16()  # 8 KiB of pixel data
+    err, peak = _refusal_and_peak(_dicom(frames, **extra))
+    assert err.reason == reason and declared in err.detail
+    assert peak < 4 << 20, peak
+
+
+_UNDER_RLIMIT = """
+import resource, sys
+from pathlib import Path
+from xray_spark.data.decode import analyze
+
+files = [Path(p).read_bytes() for p in sys.argv[2:]]
+limit = int(sys.argv[1])
+resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+try:
+    bytearray(limit)
+    print("limit not enforced")
+except MemoryError:
+    print("limit enforced")
+for data in files:
+    try:
+        print(analyze(data).reason)
+    except MemoryError:
+        print("MemoryError")
+"""
+
+
+@pytest.mark.e2e  # starts a python process: its address space is capped, pytest's is not
+def test_dicom_bombs_are_refused_inside_a_small_address_space(tmp_path: Path) -> None:
+    pytest.importorskip("resource")
+    files = {"deflated.dcm": _deflated_dicom(40000, 40000),  # 3.2 GB inflated
+             "short.dcm": _dicom(_ramp16(), Rows=40000, Columns=40000)}  # 8 KiB where 3.2 GB are declared
+    paths = []
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+        paths.append(str(tmp_path / name))
+    limit = 3 << 29  # 1.5 GiB
+    out = subprocess.run([sys.executable, "-c", _UNDER_RLIMIT, str(limit), *paths], capture_output=True,
+                         text=True, timeout=300, check=False)
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = out.stdout.splitlines()
+    assert lines[0] == "limit enforced"
+    expected = "too_large: 40000x40000 = 1600000000 pixels > max_pixels"
+    assert len(lines) == 3 and all(line.startswith(expected) for line in lines[1:]), lines
+
+
 def _missing_decoder_syntax():
     from pydicom.pixels import get_decoder
     from pydicom.uid import HTJ2KLossless, JPEGLosslessSV1, JPEGLSLossless
@@ -422,13 +577,16 @@ BAD_INPUTS = [
     *[("truncated", lambda fmt=fmt: _truncated(fmt), {})
       for fmt in ("PNG", "JPEG", "GIF", "BMP", "TIFF", "WEBP")],
     ("truncated", lambda: _dicom(_ramp16())[:-1000], {}),
+    ("truncated", lambda: _deflated_dicom(64, 64)[:-10], {}),  # the deflate stream has no end
     ("corrupt_image", _corrupt_png, {}),
     ("corrupt_image", _bad_ihdr_crc, {}),
     ("corrupt_image", _nan_tiff, {}),
     ("too_large", lambda: _png_header_only(50_000, 50_000), {}),  # Pillow's own bomb guard
     ("too_large", lambda: _png_header_only(5_000, 5_000), {"max_pixels": 1_000_000}),  # ours, before decoding
+    ("too_large", lambda: _tiff_header_only(5_000, 5_000), {"max_pixels": 1_000_000}),
     ("too_large", lambda: _encode(Image.fromarray(_xray_like(H, W)), "PNG"), {"max_pixels": 100}),
     ("too_large", lambda: _dicom(_ramp16()), {"max_pixels": 100}),
+    ("too_large", lambda: _deflated_dicom(40000, 40000), {}),  # inflated only as far as its header
     ("dicom_no_pixel_data", lambda: _dicom(None), {}),
     ("dicom_corrupt", lambda: b"\0" * 128 + b"DICM" + np.random.default_rng(0).bytes(5000), {}),
     ("dicom_corrupt", lambda: _dicom(_ramp16())[:300] + np.random.default_rng(1).bytes(3000), {}),
@@ -482,13 +640,15 @@ def test_every_damaged_image_becomes_a_row_never_an_exception() -> None:
     png = _encode(Image.fromarray(_xray_like(H, W)), "PNG")
     jpeg = _encode(Image.fromarray(_rgb()), "JPEG")
     dcm = _dicom(_ramp16())
+    deflated = _deflated_dicom(64, 64, PatientID="PAT-1")  # our own inflate loop meets damaged streams
     samples = [rng.bytes(int(n)) for n in rng.integers(1, 4000, 40)]
     samples += [magic + rng.bytes(500) for magic in (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF89a", b"BM",
                                                       b"II*\x00", b"RIFF\x00\x01\x00\x00WEBP",
                                                       b"\0" * 128 + b"DICM",
                                                       b"\x02\x00\x00\x00", b"\x08\x00\x05\x00")]
-    samples += [d[:n] for d in (png, jpeg, dcm) for n in np.linspace(1, len(d) - 1, 15).astype(int)]
-    for d in (png, jpeg, dcm):  # headers damaged in place: pydicom's lazy parsing meets a bad element late
+    files = (png, jpeg, dcm, deflated)
+    samples += [d[:n] for d in files for n in np.linspace(1, len(d) - 1, 15).astype(int)]
+    for d in files:  # headers damaged in place: pydicom's lazy parsing meets a bad element late
         for _ in range(500):
             flipped = bytearray(d)
             for i in rng.integers(0, min(len(d), 600), 2):

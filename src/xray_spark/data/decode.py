@@ -37,7 +37,9 @@ Reason codes (``DecodeError.reason``; stable, ``str(err) == f"{reason}: {detail}
   anything Pillow reads other than PNG/JPEG/BMP/TIFF/GIF/WEBP).
 - ``truncated``: the data ends early (Pillow "image file is truncated", DICOM pixel data short).
 - ``corrupt_image``: a known signature whose header or data is broken (bad CRC, garbage, NaN/inf pixels).
-- ``too_large``: width*height > max_pixels, from the header, before any pixel is decoded.
+- ``too_large``: width*height > max_pixels, from the header, before any pixel is decoded (DICOM also: the
+  pixel data rows x columns x frames x samples x bits declare, or a deflated dataset's inflated length,
+  over 4 x max_pixels bytes; see dicom.py).
 - ``dicom_no_pixel_data``: DICOM without PixelData (structured report, KOS, ...).
 - ``dicom_corrupt``: DICOM pydicom cannot parse, or with missing/invalid Rows/Columns/Photometric.
 - ``dicom_unsupported``: transfer syntax without an installed decoder, or an unhandled pixel layout.

@@ -2,19 +2,39 @@
 
 Why its own module: pydicom's parsing, sanity checks and LUT chain are a job of their own, and pydicom is
 imported only when a DICOM file turns up. Imports pixels.py and privacy.py only, never decode.py.
+
+Bounded memory per file (issue #24): what the header declares is checked before any pixel byte is
+inflated, decoded or allocated: one frame's Rows x Columns against max_pixels, and all of PixelData
+(Rows x Columns x frames x samples x BitsAllocated) against ``pixel_byte_budget(max_pixels)``; either is
+``too_large``. A deflated dataset (1.2.840.10008.1.2.1.99) is the one place where a small file can grow:
+pydicom inflates it whole before reading a single element (a 3 MB file declaring 40000x40000 16-bit
+zeros took 6 GB), so it is inflated here instead, in steps, with the header checked as soon as the
+inflated prefix holds it and inflation refused beyond the budget + ``_HEADER_ALLOWANCE``.
 """
 
 from __future__ import annotations
 
 import io
 import logging
+import math
 import warnings
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import pydicom
 from pydicom.datadict import dictionary_has_tag
+from pydicom.dataset import FileDataset
+from pydicom.filereader import _read_file_meta_info, read_dataset, read_preamble
 from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut, get_decoder, pixel_array
-from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.uid import (
+    UID,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+)
 from pydicom.values import convert_single_string
 
 from xray_spark.data.pixels import DecodeError, ImageInfo, luma_of, stretch
@@ -28,6 +48,17 @@ warnings.filterwarnings("ignore", category=UserWarning, module=r"pydicom(\.|$)")
 
 PATIENT_REF_PREFIX: str = "dcm-"
 _PATIENT_ID = 0x00100020
+_HEADER_ALLOWANCE = 16 << 20  # inflated bytes beyond the pixel budget: every element other than PixelData
+_HEAD_PEEK = 1 << 20  # the inflated prefix first parsed for Rows/Columns/...; x4 while it is not enough
+_INFLATE_STEP = 1 << 20  # at most this much inflated per zlib call, so the header check comes early
+_FEED_STEP = 1 << 16  # compressed bytes handed to zlib at a time
+
+
+def pixel_byte_budget(max_pixels: int) -> int:
+    """Bytes of PixelData a DICOM may declare, all frames included: 4 per allowed pixel (one 32-bit frame
+    of max_pixels, or more frames of fewer/narrower pixels). Also bounds what a deflated dataset inflates to.
+    """
+    return 4 * max_pixels
 
 
 def looks_like_bare_dicom(head: bytes) -> bool:
@@ -75,6 +106,127 @@ def _patient_ref(ds, salt: str | None) -> str | None:
         return None
 
 
+@dataclass(frozen=True)
+class _Declared:
+    """What the Image Pixel module declares: enough to size PixelData without touching it."""
+
+    info: ImageInfo
+    frames: int
+    samples: int
+    bits_allocated: int
+
+    @property
+    def pixel_bytes(self) -> int:
+        """PixelData's declared length; a count below 1 counts as 1 (pydicom rejects those later)."""
+        counts = (self.info.width, self.info.height, self.frames, self.samples, self.bits_allocated)
+        return -(-math.prod(max(c, 1) for c in counts) // 8)
+
+
+def _declared(ds, ref: str | None) -> _Declared:
+    """The image attributes, or dicom_corrupt when one is missing or not a number."""
+    try:
+        rows, cols = int(ds.Rows), int(ds.Columns)
+        photometric = str(ds.PhotometricInterpretation).strip().upper()
+        bits = int(ds.get("BitsStored") or ds.BitsAllocated)
+        frames = int(ds.get("NumberOfFrames") or 1)
+        samples = int(ds.get("SamplesPerPixel") or 1)
+        allocated = int(ds.get("BitsAllocated") or bits)
+    except (AttributeError, TypeError, ValueError) as e:
+        raise DecodeError("dicom_corrupt", f"missing or invalid image attribute: {e}") from None
+    return _Declared(ImageInfo("DICOM", photometric, cols, rows, bits, ref), frames, samples, allocated)
+
+
+def _check_size(d: _Declared, max_pixels: int) -> None:
+    """too_large from the declared sizes alone (numbers only in the message), before any pixel exists."""
+    rows, cols, info = d.info.height, d.info.width, d.info
+    if rows <= 0 or cols <= 0:
+        raise DecodeError("dicom_corrupt", f"invalid size {cols}x{rows}", info)
+    if rows * cols > max_pixels:
+        raise DecodeError("too_large", f"{cols}x{rows} = {rows * cols} pixels > max_pixels {max_pixels}",
+                          info)
+    budget = pixel_byte_budget(max_pixels)
+    if d.pixel_bytes > budget:
+        raise DecodeError("too_large", f"{cols}x{rows} x {d.frames} frames x {d.samples} samples x "
+                          f"{d.bits_allocated} bits = {d.pixel_bytes} bytes of pixel data > {budget} "
+                          f"(4 x max_pixels {max_pixels})", info)
+
+
+def _inflate(stream: memoryview, max_pixels: int, check_head: Callable[[bytes], bool]) -> io.BytesIO:
+    """Raw-deflate `stream` into a buffer of at most the pixel budget + _HEADER_ALLOWANCE bytes (too_large
+    beyond), calling `check_head` on the inflated prefix (1 MiB, then 4x larger while it returns False) so
+    a declared size is refused before the rest is inflated. A stream cut short is `truncated`."""
+    cap = pixel_byte_budget(max_pixels) + _HEADER_ALLOWANCE
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    out = io.BytesIO()
+    pos, next_head = 0, _HEAD_PEEK
+    while not inflater.eof:
+        src = inflater.unconsumed_tail
+        if not src and pos < len(stream):
+            src, pos = stream[pos:pos + _FEED_STEP], pos + _FEED_STEP
+        chunk = inflater.decompress(src, min(_INFLATE_STEP, cap + 1 - out.tell()))
+        if not chunk and not src:
+            raise DecodeError("truncated", f"deflated dataset ends after {out.tell()} inflated bytes, "
+                              "before its end of stream")
+        out.write(chunk)
+        if out.tell() > cap:
+            raise DecodeError("too_large", f"deflated dataset inflates to more than {cap} bytes "
+                              f"(4 x max_pixels {max_pixels} + {_HEADER_ALLOWANCE} for the other elements)")
+        if next_head and out.tell() >= next_head:
+            done = check_head(out.getvalue()) or next_head >= _HEADER_ALLOWANCE
+            next_head = 0 if done else next_head * 4
+    out.seek(0)
+    return out
+
+
+def _head_check(max_pixels: int, salt: str | None) -> Callable[[bytes], bool]:
+    """A check_head for _inflate: False while the prefix ends inside or before group 0028 (Image Pixel
+    module), else True after _check_size; only too_large is raised here, any other fault is left to the
+    full parse (where _dicom_sanity sees the whole dataset)."""
+
+    def check(prefix: bytes) -> bool:
+        reached: list[bool] = []
+
+        def past_group_0028(tag, vr, length) -> bool:
+            if tag > 0x0028FFFF:
+                reached.append(True)
+            return bool(reached)
+
+        try:
+            head = read_dataset(io.BytesIO(prefix), False, True, stop_when=past_group_0028)
+            if not reached:
+                return False
+            _check_size(_declared(head, _patient_ref(head, salt)), max_pixels)
+        except MemoryError:
+            raise
+        except DecodeError as e:
+            if e.reason == "too_large":
+                raise
+        except Exception as e:  # a damaged prefix: the full parse reports it
+            log.debug("deflated DICOM header not checkable early (%s)", type(e).__name__)
+        return True
+
+    return check
+
+
+def _read(data: bytes, max_pixels: int, forced: bool, salt: str | None) -> FileDataset:
+    """dcmread, except a deflated dataset: pydicom inflates those whole before reading any element, so they
+    are inflated here through _inflate (capped, header checked early) and parsed from that buffer.
+
+    The file meta is read with pydicom's own reader (the one dcmread uses) so that "deflated" here means
+    exactly what it means to pydicom: no file pydicom would inflate reaches dcmread."""
+    fp = io.BytesIO(data)
+    preamble = read_preamble(fp, forced)
+    meta = _read_file_meta_info(fp)
+    if meta.get("TransferSyntaxUID") != DeflatedExplicitVRLittleEndian:
+        return pydicom.dcmread(io.BytesIO(data), force=forced)
+    body = _inflate(memoryview(data)[fp.tell():], max_pixels, _head_check(max_pixels, salt))
+    dataset = read_dataset(body, is_implicit_VR=False, is_little_endian=True)
+    body.close()  # element values are copies: the inflated buffer goes now
+    ds = FileDataset(None, dataset, preamble, meta, is_implicit_VR=False, is_little_endian=True)
+    ds.set_original_encoding(False, True, dataset.original_character_set)
+    return ds
+
+
 def decode_dicom(
     data: bytes, max_pixels: int, forced: bool = False, *, patient_salt: str | None = None
 ) -> tuple[np.ndarray, ImageInfo]:
@@ -97,8 +249,8 @@ def _decode_dicom(
     data: bytes, max_pixels: int, forced: bool, patient_salt: str | None
 ) -> tuple[np.ndarray, ImageInfo]:
     try:
-        ds = pydicom.dcmread(io.BytesIO(data), force=forced)
-    except MemoryError:
+        ds = _read(data, max_pixels, forced, patient_salt)
+    except (MemoryError, DecodeError):
         raise
     except Exception as e:  # pydicom raises many types on garbage
         raise DecodeError("dicom_corrupt", f"unreadable DICOM: {type(e).__name__}: {e}") from None
@@ -107,19 +259,9 @@ def _decode_dicom(
     if not any(t in ds for t in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
         raise DecodeError("dicom_no_pixel_data",
                           f"no PixelData (SOP class {ds.get('SOPClassUID', 'unknown')})")
-    try:
-        rows, cols = int(ds.Rows), int(ds.Columns)
-        photometric = str(ds.PhotometricInterpretation).strip().upper()
-        bits = int(ds.get("BitsStored") or ds.BitsAllocated)
-        frames = int(ds.get("NumberOfFrames") or 1)
-    except (AttributeError, TypeError, ValueError) as e:
-        raise DecodeError("dicom_corrupt", f"missing or invalid image attribute: {e}") from None
-    info = ImageInfo("DICOM", photometric, cols, rows, bits, ref)
-    if rows <= 0 or cols <= 0:
-        raise DecodeError("dicom_corrupt", f"invalid size {cols}x{rows}", info)
-    if rows * cols > max_pixels:
-        raise DecodeError("too_large", f"{cols}x{rows} = {rows * cols} pixels > max_pixels {max_pixels}",
-                          info)
+    declared = _declared(ds, ref)
+    _check_size(declared, max_pixels)
+    info, photometric, frames = declared.info, declared.info.mode, declared.frames
     tsyntax = ds.file_meta.get("TransferSyntaxUID")
     if tsyntax is None:  # preamble-less file without meta: use the encoding pydicom detected
         implicit, little = ds.original_encoding

@@ -22,7 +22,8 @@ REASONS: dict[str, str] = {
         "a recognised container we do not decode (PDF, SVG, HEIC, other Pillow formats, ...)",
     "truncated": "the image data ends early (partial download/copy)",
     "corrupt_image": "the header is recognised but the data is broken (bad CRC, garbage, NaN/inf pixels)",
-    "too_large": "width*height exceeds max_pixels (decompression-bomb guard, checked before decoding)",
+    "too_large": ("width*height exceeds max_pixels, or the pixel data or inflated dataset a file declares "
+                  "exceeds 4 x max_pixels bytes (decompression-bomb guard, checked before decoding)"),
     "dicom_no_pixel_data": "a DICOM file without PixelData (e.g. a structured report)",
     "dicom_corrupt": "a DICOM file that pydicom cannot parse, or with missing/invalid image attributes",
     "dicom_unsupported": "a DICOM transfer syntax without an installed decoder, or an unknown photometric",
