@@ -36,6 +36,7 @@ from cluster_utils import (
 pytestmark = pytest.mark.cluster
 
 PER_CLASS = 8
+ODD_NAMES = ["ünïcödé.png", "_scan.png", "2020-03-01T10:22:33.png"]
 
 
 @pytest.fixture(scope="module")
@@ -51,6 +52,10 @@ def env(tmp_path_factory: pytest.TempPathFactory, ozturk_dir: Path, built_wheel:
     for cls in sorted(p for p in ozturk_dir.iterdir() if p.is_dir()):
         for f in sorted(cls.iterdir())[-2:]:  # two images per class that training never saw
             shutil.copyfile(f, incoming / f"{cls.name}-{f.name}")
+    # names a C-locale JVM cannot list (non-ASCII), Spark's listing skips (`_`) or Hadoop's checksummed
+    # filesystem cannot open (a colon): the score job runs under LANG=C, as cron runs it
+    for name, f in zip(ODD_NAMES, sorted((ozturk_dir / "covid").iterdir())[-5:-2], strict=True):
+        shutil.copyfile(f, incoming / name)
     return {"root": root, "wheel": wheel, "pyfiles": pyfiles, "python": python, "data": data,
             "incoming": incoming}
 
@@ -114,7 +119,9 @@ def test_executor_python_cannot_import_the_source_tree(env: dict):
 
 def test_train_then_score_on_a_standalone_cluster(cluster: StandaloneCluster, env: dict, evidence):
     """Over 60 s (~3-5 min on 2 cores): two spark-submit applications (train, then score), each a driver JVM
-    plus an executor JVM whose Python workers load TensorFlow and build the featurizer, on 24 + 6 images."""
+    plus an executor JVM whose Python workers load TensorFlow and build the featurizer, on 24 + 9 images.
+    The score job runs under LANG=C (its driver JVM cannot represent non-ASCII names): odd names are read
+    by Python on the executor and scored like the rest."""
     import mlflow
 
     out = env["root"] / "train"
@@ -144,11 +151,13 @@ def test_train_then_score_on_a_standalone_cluster(cluster: StandaloneCluster, en
     res, score_app = run_job(cluster, env, "score", [
         "--model", "models:/xray-spark-binary@champion", "--input", str(env["incoming"]),
         "--output", str(preds),
-    ], extra_env={"MLFLOW_TRACKING_URI": uri})
+    ], extra_env={"MLFLOW_TRACKING_URI": uri, "LANG": "C", "LC_ALL": "C"})
     n_incoming = len(list(env["incoming"].iterdir()))
-    assert f"newly scored: {n_incoming}" in res.stdout, res.stdout[-3000:]
+    assert f"files seen: {n_incoming}" in res.stdout and f"newly scored: {n_incoming}" in res.stdout, (
+        res.stdout[-3000:])
     table = pd.concat(pd.read_parquet(p) for p in preds.rglob("part-*.parquet"))
-    assert len(table) == n_incoming
+    assert len(table) == n_incoming and table["path"].is_unique
+    assert {p.rsplit("/", 1)[1] for p in table["path"]} >= set(ODD_NAMES)
     assert table["predicted_label"].notna().all()
     # the Pipeline's featurizer ran on the executor
     assert_ran_on_executors(cluster, score_app, env, evidence)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -182,14 +183,17 @@ def test_a_later_run_reuses_ingest_only_while_folder_and_settings_match(spark, o
     assert reseeded["ingest_key"] != grown["ingest_key"]
 
 
-def test_odd_names_huge_empty_and_hidden_files_each_get_a_row(spark, ozturk_dir: Path,
-                                                              tmp_path: Path) -> None:
-    """Names with a percent-escape, '+', a space or non-ASCII are read as they are; a sparse file over 2 GiB
-    is quarantined from its length without being read (Spark's binaryFile cannot hold it); an empty file and
-    a `_`-prefixed name, which Spark's file sources skip silently, still get their own quarantine rows."""
+def test_odd_names_huge_empty_and_special_files_each_get_a_row(spark, ozturk_dir: Path,
+                                                               tmp_path: Path) -> None:
+    """Names with a percent-escape, '+', a space, a colon (Hadoop's checksummed filesystem cannot open
+    them), a newline, non-ASCII or a leading `_` (Spark's listing skips those) are all read as they are; a
+    sparse file over 2 GiB is quarantined from its length without being read (Spark's binaryFile cannot
+    hold it); an empty file, a FIFO, a symlink loop and a dangling link get rows with their true reasons;
+    `.`-prefixed OS clutter is skipped."""
     data = tmp_path / "data"
     real = sorted((ozturk_dir / "no_findings").iterdir())
-    odd = ["scan%20one.png", "a+b.png", "with space.png", "ünïcödé.png"]
+    odd = ["scan%20one.png", "a+b.png", "with space.png", "ünïcödé.png", "2020-03-01T10:22:33.png",
+           "scan:01.png", "new\nline.png", "_hidden.png"]
     for label, offset in (("covid", 0), ("no_findings", 10), ("pneumonia", 20)):
         (data / label).mkdir(parents=True)
         for i in range(3):
@@ -199,14 +203,19 @@ def test_odd_names_huge_empty_and_hidden_files_each_get_a_row(spark, ozturk_dir:
     with open(data / "pneumonia" / "huge.png", "wb") as fh:
         fh.truncate(2200 * 1024 * 1024)  # sparse: takes no disk space
     (data / "pneumonia" / "empty.png").write_bytes(b"")
-    shutil.copy(real[50], data / "no_findings" / "_hidden.png")
+    os.mkfifo(data / "no_findings" / "fifo.png")
+    os.symlink("loop.png", data / "no_findings" / "loop.png")
+    os.symlink("gone.png", data / "no_findings" / "dangling.png")
+    (data / "no_findings" / ".DS_Store").write_bytes(b"\0")
     result = ingest(spark, str(data), str(tmp_path / "out"), load_config(local=None))
     rows = result.images.toPandas().set_index("rel_path")
     for name in odd:
         row = rows.loc[f"covid/{name}"]
         assert row["status"] == "ok" and row["path"] == f"file:{data}/covid/{name}", row.to_dict()
+    reasons = {rel: r.split(":")[0] for rel, r in rows["reason"].dropna().items()}
+    assert reasons == {"pneumonia/huge.png": "file_too_large", "pneumonia/empty.png": "empty_file",
+                       "no_findings/fifo.png": "not_a_regular_file", "no_findings/loop.png": "symlink_loop",
+                       "no_findings/dangling.png": "dangling_symlink"}
     assert rows.loc["pneumonia/huge.png", "reason"].startswith("file_too_large: 2306867200 bytes")
-    assert rows.loc["pneumonia/empty.png", "reason"].startswith("empty_file")
-    assert rows.loc["no_findings/_hidden.png", "reason"].startswith("hidden_name")
     s = result.summary
-    assert s["files_read"] == 9 + len(odd) + 3 == s["ok"] + s["quarantined"] and s["quarantined"] == 3
+    assert s["files_read"] == 9 + len(odd) + 5 == s["ok"] + s["quarantined"] and s["quarantined"] == 5

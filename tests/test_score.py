@@ -162,7 +162,8 @@ def test_plan_skips_scored_content_and_reads_only_unknown_files(spark, tmp_path)
     assert plan.known_by_path == 1  # "a b.png": not even read
     assert plan.known_by_content == 2  # copy_of_a.png (scored content) + c_again.jpg (duplicate in this run)
     assert [Path(c.path).name for c in plan.candidates] == ["c.jpg", "x[1].png"]  # glob chars are escaped
-    assert [Path(p).name for p, _, _ in plan.too_large] == ["big.png"]
+    assert [(Path(p).name, reason.split(":")[0]) for p, _, _, reason in plan.refused] == [
+        ("big.png", "file_too_large")]
 
 
 def _known(spark, ref: ModelRef, path: Path, sha: str):
@@ -377,30 +378,41 @@ def test_other_models_files_are_never_read(spark, registered, ozturk_dir, tmp_pa
 
 def test_file_names_are_kept_exactly_and_huge_files_are_never_read(spark, registered, ozturk_dir, tmp_path,
                                                                     capsys):
+    """Every name is scored as it is, colons (Hadoop's checksummed filesystem cannot open them), newlines
+    and `_`-prefixed names (Spark's listing skips them) included; huge, empty and special files get one
+    quarantine row each with their true reason, are never read, and are known by path the next run."""
     src, out = tmp_path / "in", tmp_path / "out"
     src.mkdir()
-    names = ["scan%20one.png", "a+b.png", "with space.png", "ünï.png"]  # %20 is literal: no URL decoding
-    for name, image in zip(names, _images(ozturk_dir, 2, skip=20)[:4], strict=True):
+    names = ["scan%20one.png", "a+b.png", "with space.png", "ünï.png",  # %20 is literal: no URL decoding
+             "2020-03-01T10:22:33.png", "scan:01.png", "new\nline.png", "_scan.png"]
+    for name, image in zip(names, _images(ozturk_dir, 3, skip=20)[:8], strict=True):
         shutil.copy2(image, src / name)
-    assert len({_sha(src / n) for n in names}) == 4
+    assert len({_sha(src / n) for n in names}) == 8
     with open(src / "huge.png", "wb") as f:  # sparse: 2200 MiB on paper, no blocks on disk
         f.truncate(2200 * 1024 * 1024)
+    (src / "empty.png").write_bytes(b"")
+    os.mkfifo(src / "fifo.png")
+    os.symlink("loop.png", src / "loop.png")
+    os.symlink("gone.png", src / "dangling.png")
+    (src / ".DS_Store").write_bytes(b"\0")
+    refused = {"huge.png": "file_too_large", "empty.png": "empty_file", "fifo.png": "not_a_regular_file",
+               "loop.png": "symlink_loop", "dangling.png": "dangling_symlink"}
     s = _score(spark, registered, src, out, capsys, chunk_size=None)  # default: default_chunk_size(spark)
     assert (s["files seen"], s["newly scored"], s["quarantined"],
-            s["skipped as already scored"]) == (5, 4, 1, 0)
+            s["skipped as already scored"]) == (13, 8, 5, 0)
     assert s["files seen"] == s["newly scored"] + s["quarantined"]
     rows = _read_output(spark, out).set_index("path")
-    assert sorted(rows.index) == sorted(f"file:{src / n}" for n in [*names, "huge.png"])
+    assert sorted(rows.index) == sorted(f"file:{src / n}" for n in [*names, *refused])
     for name in names:
         row = rows.loc[f"file:{src / name}"]
         assert (row["status"], row["sha256"]) == ("ok", _sha(src / name)) and row["reason"] is None
-    huge = rows.loc[f"file:{src}/huge.png"]
-    assert (huge["status"] == "quarantined" and huge["reason"].startswith("file_too_large")
-            and huge["sha256"] is None)
-    assert huge["file_size"] == 2200 * 1024 * 1024
+    for name, reason in refused.items():
+        row = rows.loc[f"file:{src / name}"]
+        assert (row["status"], row["reason"].split(":")[0], row["sha256"]) == ("quarantined", reason, None)
+    assert rows.loc[f"file:{src}/huge.png", "file_size"] == 2200 * 1024 * 1024
     s = _score(spark, registered, src, out, capsys)  # the ledger matches every name: nothing is read again
     assert (s["files seen"], s["newly scored"], s["quarantined"],
-            s["skipped as already scored"]) == (5, 0, 0, 5)
+            s["skipped as already scored"]) == (13, 0, 0, 13)
 
 
 def _undecodable_dicom() -> bytes:

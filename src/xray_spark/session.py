@@ -10,6 +10,8 @@ import logging
 import os
 import re
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from pyspark import SparkConf, SparkContext
 from pyspark.sql import SparkSession
@@ -21,6 +23,7 @@ log = logging.getLogger(__name__)
 
 _LOCAL_MASTER = re.compile(r"^local(?:\[\s*(\*|\d+)\s*\])?$")
 DEFAULT_TASK_RETRIES = 4  # Spark's own spark.task.maxFailures default on clusters
+UTF8_LOCALE = "C.UTF-8"  # in every glibc since 2.35 and in musl; a UTF-8 locale without translations
 
 
 def with_task_retries(master: str, max_failures: str | None = None) -> str:
@@ -53,6 +56,27 @@ def _winning(settings: dict[str, str], submitted: dict[str, str],
     return {k: v for k, v in settings.items() if k not in submitted or k in (conf or {})}
 
 
+@contextmanager
+def utf8_launch_locale() -> Iterator[None]:
+    """Around the launch of the driver's JVM: a UTF-8 locale when the caller's is not (LANG=C under cron).
+    Java takes its file name encoding from the locale at start (`-Dsun.jnu.encoding` is ignored on Java
+    17), and under `C` it lists no file whose name has a non-ASCII character. Only the launched JVM sees
+    the change; this process's environment is restored."""
+    effective = next((os.environ[k] for k in ("LC_ALL", "LC_CTYPE", "LANG") if os.environ.get(k)), "")
+    if re.search(r"utf-?8", effective, re.IGNORECASE):
+        yield
+        return
+    previous = os.environ.get("LC_ALL")
+    os.environ["LC_ALL"] = UTF8_LOCALE
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop("LC_ALL", None)
+        else:
+            os.environ["LC_ALL"] = previous
+
+
 def get_spark(
     cfg: Config,
     master: str | None = None,
@@ -74,6 +98,9 @@ def get_spark(
     settings.setdefault("spark.executorEnv.TF_CPP_MIN_LOG_LEVEL", "2")
     settings.setdefault("spark.executorEnv.KERAS_BACKEND", "tensorflow")
     settings.setdefault("spark.executorEnv.PYTHONHASHSEED", "0")
+    # file names are bytes: every JVM and Python worker decodes them as UTF-8 whatever the caller's
+    # locale (cron's is C); see utf8_launch_locale for the driver
+    settings.setdefault("spark.executorEnv.LC_ALL", UTF8_LOCALE)
     # local mode: keep Spark's own scratch space out of the repository
     active = SparkSession.getActiveSession()
     if active is not None:
@@ -97,7 +124,8 @@ def get_spark(
         builder = builder.config(key, value)
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    spark = builder.getOrCreate()
+    with utf8_launch_locale():
+        spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel(os.environ.get("XRAY_SPARK_SPARK_LOG_LEVEL", "WARN"))
     log.info("Spark %s, master %s", spark.version, spark.sparkContext.master)
     return spark

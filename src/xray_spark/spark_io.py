@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -147,6 +146,23 @@ class Progress:
         self._log()
 
 
+# Hadoop's default `file:` filesystem checks a `.NAME.crc` side file, and that name is not a valid path
+# when NAME has a colon (`2020-03-01T10:22:33.png`): the read fails, and with it the job. The raw local
+# filesystem has no side files. It is set per read, not for the session: FileSystem.getLocal (MLflow's
+# copyToLocalFile) needs the checksummed one. Uncached instances, so Hadoop's filesystem cache keeps its
+# own, and a viewfs mount over local folders builds its `file:` targets from these settings too.
+_RAW_LOCAL_READ = {"fs.file.impl": "org.apache.hadoop.fs.RawLocalFileSystem",
+                   "fs.file.impl.disable.cache": "true", "fs.viewfs.impl.disable.cache": "true"}
+
+
+def binary_files(spark: SparkSession):
+    """`spark.read.format("binaryFile")` that can open every local file name (see _RAW_LOCAL_READ), and
+    leaves out a file it cannot read (vanished since listing, an I/O error) instead of failing the job:
+    every caller reconciles the rows that came back with the files listed, and gives the rest a reason."""
+    return (spark.read.format("binaryFile").options(**_RAW_LOCAL_READ)
+            .option("ignoreMissingFiles", "true").option("ignoreCorruptFiles", "true"))
+
+
 class HadoopFS:
     """The few Hadoop FileSystem calls the feature cache and scoring need, so their folders may live on any
     scheme the cluster can read (file:, hdfs://, dbfs:/, abfss://, s3a://)."""
@@ -204,28 +220,35 @@ class HadoopFS:
         p = self._path(uri)
         return int(self._fs(p).getContentSummary(p).getFileCount())
 
-    def walk_files(self, uri: str, limit: int) -> Iterator[tuple[str, int]]:
-        """(uri, length) of the files below `uri`, at most `limit` of them. Local folders are walked with
-        os.walk (fast); other schemes through Hadoop's iterator (one call per file: for exceptions only)."""
-        local = paths.local_or_none(uri)  # `uri` is qualified (paths.qualify): the prefix of every result
-        n = 0
-        if local is not None:
-            prefix = uri.rstrip("/")
-            for dirpath, _, names in os.walk(local):
-                for name in names:
-                    full = Path(dirpath) / name
-                    rel = full.relative_to(local).as_posix()
-                    yield f"{prefix}/{rel}", full.stat().st_size if full.is_file() else 0
-                    n += 1
-                    if n >= limit:
-                        return
-            return
+    def walk_files(self, uri: str, limit: int) -> Iterator[tuple[str, int, float]]:
+        """(uri, length, modified epoch seconds) of the files below `uri`, at most `limit` of them, through
+        Hadoop's iterator (one call per file: for folders that are not local, see data/local_files.py)."""
         p = self._path(uri)
         it = self._fs(p).listFiles(p, True)
+        n = 0
         while it.hasNext() and n < limit:
             status = it.next()
-            yield str(status.getPath().toString()), int(status.getLen())
+            yield str(status.getPath().toString()), int(status.getLen()), status.getModificationTime() / 1000
             n += 1
+
+    def local_target(self, uri: str) -> Path | None:
+        """The local folder or file behind `uri`: itself for `file:` and plain paths, the mount target for
+        a viewfs (or other mount-table) path that resolves to `file:`; None for remote stores."""
+        local = paths.local_or_none(uri)
+        if local is not None:
+            return local
+        try:
+            p = self._path(uri)
+            resolved = str(self._fs(p).resolvePath(p).toString())
+        except Exception:  # py4j wraps the Java exception: a store that cannot resolve is not local
+            return None
+        return paths.local_or_none(resolved)
+
+    def names_utf8(self) -> bool:
+        """Whether this JVM can represent every file name (its `sun.jnu.encoding` is UTF-8). A JVM started
+        under the `C` locale cannot, and Java then lists no file whose name has a non-ASCII character."""
+        encoding = self._jvm.java.lang.System.getProperty("sun.jnu.encoding") or ""
+        return encoding.replace("-", "").lower() == "utf8"
 
     def write_text(self, uri: str, text: str) -> None:
         """Create or overwrite a small text file (reports, summary.json) on any scheme."""

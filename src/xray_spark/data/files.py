@@ -4,10 +4,12 @@ Why Spark: `--data` may be `/Volumes/...`, `dbfs:/...`, `s3a://...`, `hdfs://...
 100k+ files; the driver must not walk it or hold a row per file. Spark's `binaryFile` source lists files
 (in parallel for large trees) and the same DataFrame later reads the bytes, so the folder is listed once.
 
-Two things Spark's file sources skip without a word: zero-byte files and names starting with `_` or `.`.
-Hadoop's ContentSummary counts every file; when it counts more than Spark listed, the few missing files
-are found (a walk of the folder, only then) and become quarantine rows instead of vanishing. Names under a
-`.`-prefixed folder or file (`.DS_Store`, `.git/`) are ignored, as version control and OS clutter.
+What Spark's file sources skip without a word: zero-byte files, names starting with `_` or `.`, special
+files, and, in a JVM started under the `C` locale, every name with a non-ASCII character. An independent
+count finds them (unlisted_files: a Python walk of local and mounted folders, Hadoop's ContentSummary
+elsewhere): readable ones are read another way, the rest become quarantine rows with a true reason,
+instead of vanishing. Names under a `.`-prefixed folder or file (`.DS_Store`, `.git/`) are skipped, as
+version control and OS clutter, and counted in the log.
 """
 
 from __future__ import annotations
@@ -30,8 +32,9 @@ from pyspark.sql.types import StringType, StructField, StructType
 
 from xray_spark import paths
 from xray_spark.config import Config, _norm_label
+from xray_spark.data.unlisted import Unlisted, unlisted_files
 from xray_spark.errors import UserError
-from xray_spark.spark_io import HadoopFS, collect_parts
+from xray_spark.spark_io import HadoopFS, binary_files, collect_parts
 
 if TYPE_CHECKING:
     from pyspark.sql import Column, SparkSession
@@ -44,7 +47,6 @@ IGNORED_NAMES = {MANIFEST_NAME, LIMIT_MANIFEST_NAME, "readme.md", "readme.txt", 
                  ".ds_store", "thumbs.db"}
 NIH_NAME = r"^(\d{8})_\d{3}\.[Pp][Nn][Gg]$"  # NIH ChestX-ray8: <8-digit patient>_<3-digit follow-up>.png
 SALT_ENV = "XRAY_SPARK_PATIENT_SALT"  # secret salt for hashing DICOM PatientIDs (see ingest.patient_salt)
-_UNLISTED_SCAN_LIMIT = 100_000  # files the slow path looks at individually before giving up with a count
 
 
 @dataclass(frozen=True)
@@ -138,6 +140,7 @@ class Listing:
     fingerprint: str  # what an earlier ingest must match to be reused (see _fingerprint)
     not_in_manifest: dict[str, int]  # manifest folder -> files under it the manifest does not name (ignored)
     repeated: dict[str, int]  # manifest folder -> rows naming a path again (the first one is kept)
+    unlisted: list[Unlisted] = dataclasses.field(default_factory=list)  # in `frame`, skipped by Spark
 
 
 def survey(spark: SparkSession, folders: list[DataFolder], cfg: Config,
@@ -145,8 +148,8 @@ def survey(spark: SparkSession, folders: list[DataFolder], cfg: Config,
     """Label every folder's files and learn, in one Spark job, what the driver needs: the fingerprint, how
     many files Spark listed (against Hadoop's count, `totals`, to find the ones it skipped) and, for
     manifests, the files they do not name and the paths they name twice. Nothing is re-listed: the
-    binaryFile frames keep their file index. Only when Spark skipped files (empty, `_`-named) are they looked
-    for and the fingerprint computed again (one more job)."""
+    binaryFile frames keep their file index. Files Spark skipped (see unlisted_files) join the listing, and
+    the fingerprint is then computed again (one more job)."""
     fs = HadoopFS(spark)
     totals = list(totals) if totals is not None else [fs.file_count(f.root) for f in folders]
     parts = [labelled_listing(spark, f, cfg) for f in folders]
@@ -159,7 +162,8 @@ def survey(spark: SparkSession, folders: list[DataFolder], cfg: Config,
             small[f"extra{i}"] = extra_files(folder, part).agg(n)
             small[f"repeated{i}"] = _manifest_entries(spark, folder).where("_n > 1").agg(n)
     got = collect_parts(small)
-    skipped = [unlisted_files(spark, f, got[f"files{i}"][0]["n"], totals[i]) for i, f in enumerate(folders)]
+    skipped = [unlisted_files(spark, f.root, got[f"files{i}"][0]["n"], totals[i]).found
+               for i, f in enumerate(folders)]
     row = got["listing"][0]
     if any(skipped):
         listing = reduce(DataFrame.unionByName, [labelled_listing(spark, f, cfg, s)
@@ -170,7 +174,8 @@ def survey(spark: SparkSession, folders: list[DataFolder], cfg: Config,
         return {f.root: int(got[f"{what}{i}"][0]["n"]) for i, f in enumerate(folders) if f.manifest}
 
     return Listing(frame=listing, rows=int(row["n"]), fingerprint=_fingerprint(row, cfg),
-                   not_in_manifest=per_manifest("extra"), repeated=per_manifest("repeated"))
+                   not_in_manifest=per_manifest("extra"), repeated=per_manifest("repeated"),
+                   unlisted=[u for found in skipped for u in found])
 
 
 def open_data_folder(spark: SparkSession, data_dir: str) -> DataFolder:
@@ -180,7 +185,7 @@ def open_data_folder(spark: SparkSession, data_dir: str) -> DataFolder:
     fs = HadoopFS(spark)
     if not fs.is_dir(root):
         raise UserError(f"--data folder does not exist or is not a folder: {root}")
-    files = spark.read.format("binaryFile").option("recursiveFileLookup", "true").load(root)
+    files = binary_files(spark).option("recursiveFileLookup", "true").load(root)
     manifest = paths.join(root, MANIFEST_NAME)
     return DataFolder(root=root, files=files, manifest=manifest if fs.exists(manifest) else None)
 
@@ -218,18 +223,20 @@ def _clean(col: Column) -> Column:
 
 
 def labelled_listing(spark: SparkSession, folder: DataFolder, cfg: Config,
-                     unlisted: list[tuple[str, int]] | None = None) -> DataFrame:
+                     unlisted: list[Unlisted] | None = None) -> DataFrame:
     """One row per candidate file: path, rel_path, label, source, patient_id, label_status ("ok", or why the
-    row cannot be used), length, modified.
+    row cannot be used), length, modified, note (why the file itself cannot be read, or null).
 
-    `unlisted`: files Spark's listing skipped (see unlisted_files), added so they get quarantine rows.
+    `unlisted`: files Spark's listing skipped (see unlisted_files), added so they are read another way or
+    get quarantine rows.
     Manifest rows whose file was not found keep length null (missing_file).
     """
     listed = _listed(folder)
     if unlisted:
-        extra = spark.createDataFrame(unlisted, "path string, length long").select(
-            "path", "length", F.lit(None).cast("timestamp").alias("modified"),
-            paths.rel_path_col(F.col("path"), folder.root).alias("rel_path"))
+        rows = [(u.uri, u.length, u.modified, u.note) for u in unlisted]
+        extra = spark.createDataFrame(rows, "path string, length long, modified double, note string").select(
+            "path", "length", F.timestamp_seconds("modified").alias("modified"),
+            paths.rel_path_col(F.col("path"), folder.root).alias("rel_path"), "note")
         listed = listed.unionByName(extra)
     if folder.manifest:
         rows = _with_manifest(spark, folder, listed, cfg)
@@ -255,7 +262,7 @@ def candidate_files(folder: DataFolder) -> DataFrame:
 def _listed(folder: DataFolder) -> DataFrame:
     rel = paths.rel_path_col(F.col("path"), folder.root)
     return (candidate_files(folder).select("path", "length", F.col("modificationTime").alias("modified"))
-            .withColumn("rel_path", rel))
+            .withColumn("rel_path", rel).withColumn("note", F.lit(None).cast("string")))
 
 
 def _with_folders(folder: DataFolder, listed: DataFrame, cfg: Config) -> DataFrame:
@@ -269,7 +276,7 @@ def _with_folders(folder: DataFolder, listed: DataFrame, cfg: Config) -> DataFra
         "path", "rel_path", F.coalesce(canonical, top).alias("label"),
         F.lit(paths.file_name(folder.root)).alias("source"),
         nih_patient_col(F.col("path")).alias("patient_id"), status.alias("label_status"),
-        "length", "modified",
+        "length", "modified", "note",
     )
 
 
@@ -308,13 +315,13 @@ def _with_manifest(spark: SparkSession, folder: DataFolder, listed: DataFrame, c
     canonical = label_map_col(cfg, F.col("raw_label"))
     status = F.when(canonical.isNotNull(), F.lit("ok")).otherwise(
         F.format_string("unknown_label: '%s' is not mapped in config labels", F.col("raw_label")))
-    joined = rows.join(listed.select("path", "length", "modified"), "path", "left")
+    joined = rows.join(listed.select("path", "length", "modified", "note"), "path", "left")
     rel = F.coalesce(paths.rel_path_col(F.col("path"), folder.root), F.col("entry"))
     return joined.select(
         "path", rel.alias("rel_path"), F.coalesce(canonical, _clean(F.col("raw_label"))).alias("label"),
         F.coalesce("m_source", F.lit(paths.file_name(folder.root))).alias("source"),
         F.coalesce("m_patient", nih_patient_col(F.col("path"))).alias("patient_id"),
-        status.alias("label_status"), "length", "modified",
+        status.alias("label_status"), "length", "modified", "note",
     )
 
 
@@ -322,31 +329,6 @@ def extra_files(folder: DataFolder, listing: DataFrame) -> DataFrame:
     """Files under a manifest folder that its listing (the manifest's rows) does not name (ignored, counted
     in the log)."""
     return _listed(folder).select("path").join(listing.select("path"), "path", "left_anti")
-
-
-def unlisted_files(spark: SparkSession, folder: DataFolder, n_listed: int,
-                   total: int | None = None) -> list[tuple[str, int]]:
-    """(uri, length) of the files Spark's listing skipped: zero-byte files and `_`-prefixed names.
-
-    Cheap check first (one ContentSummary call, unless `total` already holds its count); the folder is
-    walked only when counts differ, and the result is bounded by how many files were skipped, not by the
-    folder's size.
-    """
-    fs = HadoopFS(spark)
-    total = fs.file_count(folder.root) if total is None else total
-    if total <= n_listed:
-        return []
-    log.info("listing: %d files under %s were not listed by Spark (empty, or names starting with '_'/'.'); "
-             "looking for them", total - n_listed, folder.root)
-    found = []
-    for uri, length in fs.walk_files(folder.root, limit=_UNLISTED_SCAN_LIMIT):
-        rel = paths.relativize(folder.root, uri) or uri
-        parts = rel.split("/")
-        if any(p.startswith(".") for p in parts):
-            continue  # OS / version-control clutter, as before
-        if length == 0 or any(p.startswith("_") for p in parts):
-            found.append((uri, length))
-    return found
 
 
 def _fingerprint_aggs() -> list[Column]:

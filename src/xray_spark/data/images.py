@@ -22,11 +22,11 @@ from xray_spark.data.files import (
     open_data_folders,
     parse_data_args,
     survey,
-    unlisted_files,
 )
 from xray_spark.data.ingest import ingest
 from xray_spark.data.layout import IngestLayout
-from xray_spark.spark_io import HadoopFS
+from xray_spark.data.unlisted import unlisted_files
+from xray_spark.spark_io import HadoopFS, binary_files
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -82,7 +82,7 @@ def image_contents(spark: SparkSession, summary: dict, cfg: Config) -> DataFrame
     Rows are every readable file under the folder (up to decode.max_file_bytes); callers keep the contents
     they need by a semi-join on sha256 keys (ids) with the ok images, e.g. the feature cache's missing keys.
     """
-    files = spark.read.format("binaryFile").option("recursiveFileLookup", "true").load(data_roots(summary))
+    files = binary_files(spark).option("recursiveFileLookup", "true").load(data_roots(summary))
     return (files.where(F.col("length") <= cfg.decode.max_file_bytes)
             .select(F.sha2(F.col("content"), 256).alias("sha256"), "content"))
 
@@ -100,7 +100,7 @@ class FolderFiles:
     contents: DataFrame  # (sha256, content) of every listed file up to decode.max_file_bytes
     listed: int  # files Spark listed, less names that are never images (manifest, README, ...)
     too_large: int  # of those, over decode.max_file_bytes: never read
-    unlisted: int  # files Spark's listing skips (empty, `_`-named): counted through Hadoop, never read
+    unlisted: int  # files Spark's listing skips (data/unlisted.py): counted, not featurized
 
     @property
     def read(self) -> int:
@@ -120,7 +120,7 @@ def folder_files(spark: SparkSession, data: str | Sequence[str], cfg: Config) ->
         row = folder.files.agg(F.count(F.lit(1)).alias("all"), F.count(F.when(kept, 1)).alias("listed"),
                                F.count(F.when(large, 1)).alias("large")).first()
         listed, too_large = listed + row["listed"], too_large + row["large"]
-        unlisted += len(unlisted_files(spark, folder, row["all"]))
+        unlisted += len(unlisted_files(spark, folder.root, row["all"]).found)
         part = candidate_files(folder).where(F.col("length") <= max_bytes).select(
             F.sha2(F.col("content"), 256).alias("sha256"), "content")
         contents = part if contents is None else contents.unionByName(part)

@@ -36,7 +36,8 @@ from pyspark.sql import functions as F
 
 from xray_spark import paths
 from xray_spark.config import Config
-from xray_spark.data.decode import analyze
+from xray_spark.data import local_files
+from xray_spark.data.decode import ImageRecord, analyze
 from xray_spark.data.dedup import Duplicates, find_duplicates
 from xray_spark.data.files import SALT_ENV, DataFolder, candidate_files, open_data_folders, survey
 from xray_spark.data.groups import assign_group_ids, image_id_col, roots_frame, star_edges
@@ -57,6 +58,7 @@ from xray_spark.data.split import (
     spanning_keys,
     split_hash_frame,
 )
+from xray_spark.data.unlisted import HIDDEN_REMOTE, Unlisted
 from xray_spark.spark_io import (
     IMAGE_FILE_OPEN_COST,
     HadoopFS,
@@ -95,7 +97,21 @@ def patient_salt() -> str:
     return salt or _DEFAULT_SALT
 
 
-def _analyze_partition(max_pixels: int, thumb_size: int, salt: str, counter=None):
+def _bytes_of(content, read_path: str | None, max_bytes: int) -> tuple[bytes, ImageRecord | None]:
+    """A file's bytes: from Spark's file source, or read here from `read_path` (files Spark's listing
+    skipped, see files.unlisted_files); a file that cannot be read gives its quarantine record instead."""
+    if content is not None or not read_path:
+        return (bytes(content) if content is not None else b""), None
+    try:
+        return local_files.read_file(read_path, max_bytes), None
+    except ValueError as e:
+        return b"", ImageRecord("quarantined", str(e))
+    except OSError as e:
+        reason = str(e) if ":" in str(e) and not e.strerror else f"unreadable: {e.strerror or e}"
+        return b"", ImageRecord("quarantined", reason)
+
+
+def _analyze_partition(max_pixels: int, thumb_size: int, salt: str, max_bytes: int, counter=None):
     """mapInPandas function: decode each file once; return metadata, hashes, a patient ref and a thumbnail.
     `counter` (a Spark accumulator) counts decoded files for the progress log."""
 
@@ -106,11 +122,13 @@ def _analyze_partition(max_pixels: int, thumb_size: int, salt: str, counter=None
         columns = [c.split()[0] for c in ANALYZED_SCHEMA.split(", ")]
         for pdf in batches:
             out = []
-            for path, content, ident in zip(pdf["path"], pdf["content"], pdf["id"], strict=True):
-                data = bytes(content) if content is not None else b""
-                rec = analyze(data, max_pixels=max_pixels, thumb_size=thumb_size, patient_salt=salt)
+            rows = zip(pdf["path"], pdf["content"], pdf["id"], pdf["read_path"], strict=True)
+            for path, content, ident, read_path in rows:
+                data, rec = _bytes_of(content, read_path, max_bytes)
+                if rec is None:
+                    rec = analyze(data, max_pixels=max_pixels, thumb_size=thumb_size, patient_salt=salt)
                 out.append({
-                    "path": path, "id": ident, "sha256": hashlib.sha256(data).hexdigest(),
+                    "path": path, "id": ident, "sha256": hashlib.sha256(data).hexdigest() if data else None,
                     "format": rec.format,
                     "mode": rec.mode, "width": rec.width, "height": rec.height, "bit_depth": rec.bit_depth,
                     "status": rec.status, "reason": rec.reason, "pixel_sha256": rec.pixel_sha256,
@@ -131,21 +149,33 @@ class IngestResult:
     files: dict[str, str] = field(default_factory=dict)
 
 
-def _decode_stage(spark, folders: list[DataFolder], layout: IngestLayout, cfg: Config, n_files: int):
-    """Read every listed file's bytes once (oversized files filtered by length first) into _work/analyzed."""
+def _decode_stage(spark, folders: list[DataFolder], layout: IngestLayout, cfg: Config, n_files: int,
+                  unlisted: Sequence[Unlisted] = ()):
+    """Read every listed file's bytes once (oversized files filtered by length first) into _work/analyzed;
+    the readable files Spark's listing skipped are read by Python from their local path in the same job."""
+    max_bytes = cfg.decode.max_file_bytes
     todo = None
     for folder in folders:
         # the length filter is pushed into the file scan: oversized files are never opened
-        part = (candidate_files(folder).where(F.col("length") <= cfg.decode.max_file_bytes)
-                .select("path", image_id_col(folder.rel_path_col()).alias("id"), "content"))
+        part = (candidate_files(folder).where(F.col("length") <= max_bytes)
+                .select("path", image_id_col(folder.rel_path_col()).alias("id"), "content",
+                        F.lit(None).cast("string").alias("read_path")))
         todo = part if todo is None else todo.unionByName(part)
+        mine = [(u.uri, u.read_path) for u in unlisted
+                if u.read_path and u.length <= max_bytes and paths.relativize(folder.root, u.uri) is not None]
+        if mine:
+            extra = spark.createDataFrame(mine, "path string, read_path string").select(
+                "path", image_id_col(folder.rel_path_col()).alias("id"),
+                F.lit(None).cast("binary").alias("content"), "read_path")
+            todo = todo.unionByName(extra)
     target = paths.join(layout.work, "analyzed")
     counter = spark.sparkContext.accumulator(0)
     progress = Progress(counter, n_files, "ingest: decode")
     try:
         with sql_conf(spark, IMAGE_FILE_OPEN_COST):
             todo.mapInPandas(
-                _analyze_partition(cfg.decode.max_pixels, cfg.dedup.thumb_size, patient_salt(), counter),
+                _analyze_partition(cfg.decode.max_pixels, cfg.dedup.thumb_size, patient_salt(), max_bytes,
+                                   counter),
                 ANALYZED_SCHEMA,
             ).write.mode("overwrite").parquet(target)
     finally:
@@ -159,12 +189,13 @@ def _reconcile(listing, analyzed, max_file_bytes: int):
     df = listing.join(a, "path", "left")
     hidden = F.col("rel_path").rlike(r"(^|/)_")
     why = (F.when(F.col("length").isNull(), F.lit("missing_file: listed in the manifest but not found"))
+           .when(F.col("note").isNotNull(), F.col("note"))
            .when(F.col("length") == 0, F.lit("empty_file: 0 bytes"))
-           .when(hidden, F.lit("hidden_name: Spark's file sources skip names starting with '_'; "
-                               "rename the file"))
+           .when(hidden, F.lit(HIDDEN_REMOTE))
            .when(F.col("length") > max_file_bytes,
                  F.format_string("file_too_large: %d bytes > %d", F.col("length"), F.lit(max_file_bytes)))
-           .otherwise(F.lit("unreadable: listed but not returned by the file source")))
+           .otherwise(F.lit("unreadable: listed, but the file source could not read it (vanished since, "
+                            "or an I/O error)")))
     undecoded = F.col("status").isNull()
     reason = F.when(undecoded, why).otherwise(F.col("reason"))
     bad_label = F.col("label_status") != "ok"
@@ -223,7 +254,7 @@ def _ingest(spark, fs: HadoopFS, folders: list[DataFolder], totals: list[int], o
         if n:
             log.warning("%d manifest rows list a path twice; keeping the first (%s)", n, root)
 
-    analyzed = _decode_stage(spark, folders, layout, cfg, listing.rows)
+    analyzed = _decode_stage(spark, folders, layout, cfg, listing.rows, listing.unlisted)
     log.info("ingest: decoded %d files in %.1fs", listing.rows, time.time() - t0)
     table = _reconcile(listing.frame, analyzed, cfg.decode.max_file_bytes).cache()
     ok = table.where("status = 'ok'")

@@ -143,12 +143,12 @@ def _stamp(pipe: ScoringPipeline, df: DataFrame, store: OutputStore, scored_at: 
     return df.select(*_output_columns(pipe))
 
 
-def _commit_too_large(spark: SparkSession, pipe: ScoringPipeline, store: OutputStore, plan: Plan,
-                      max_bytes: int) -> int:
-    """Files over decode.max_file_bytes are never read; their quarantine row is keyed by path/size/mtime."""
-    if not plan.too_large:
+def _commit_refused(spark: SparkSession, pipe: ScoringPipeline, store: OutputStore, plan: Plan) -> int:
+    """Files refused unread (over decode.max_file_bytes, special or empty files) get their quarantine row,
+    keyed by path/size/mtime, so the next run knows them by path."""
+    if not plan.refused:
         return 0
-    rows = [(p, None, n, m, f"file_too_large: {n} bytes > {max_bytes}") for p, n, m in plan.too_large]
+    rows = [(p, None, n, m, reason) for p, n, m, reason in plan.refused]
     df = spark.createDataFrame(rows,
                                "path string, sha256 string, file_size long, modified_at timestamp, r string")
     scored_at = datetime.now(timezone.utc)
@@ -168,8 +168,9 @@ def score_chunk(spark: SparkSession, pipe: ScoringPipeline, store: OutputStore,
     InSet: the same generated code for every chunk (less JIT work per chunk).
     """
     key = F.concat_ws("\u0000", "path", "sha256")
+    local_reads = {c.path: c.read_path for c in chunk if c.read_path}
     current = (
-        read_contents(spark, [c.path for c in chunk])
+        read_contents(spark, [c.path for c in chunk], local_reads)
         .withColumn("sha256", F.sha2(F.col("content"), 256))
         .where(key.isin([f"{c.path}\u0000{c.sha256}" for c in chunk]))  # unchanged since planning
         .select("path", "sha256", F.col("length").alias("file_size"),
@@ -247,8 +248,8 @@ def score_folder(spark: SparkSession, cfg: Config, ref: ModelRef, *, input_dir: 
             summary.skipped = plan.known_by_path + plan.known_by_content
             summary.too_recent = plan.too_recent
             summary.retry_later = plan.not_ready
-            if plan.too_large:
-                summary.quarantined += _commit_too_large(spark, pipe, store, plan, cfg.decode.max_file_bytes)
+            if plan.refused:
+                summary.quarantined += _commit_refused(spark, pipe, store, plan)
                 summary.chunks += 1
             parts = chunks(plan.candidates, chunk_size)
             done = 0
