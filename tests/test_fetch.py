@@ -5,18 +5,16 @@ from __future__ import annotations
 import csv
 import hashlib
 import os
-import re
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import unquote
 
 import pytest
 
+from http_fixtures import RangeHandler, serve_dir
 from xray_spark.data.fetch import LIMIT_MANIFEST_NAME, fetch_dataset, partial_path
 from xray_spark.data.sources import (
     MANIFEST_COLUMNS,
@@ -42,53 +40,7 @@ def _read_csv(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
-# ---------------------------------------------------------------- a real HTTP server with optional Range
-
-
-class _RangeHandler(SimpleHTTPRequestHandler):
-    """SimpleHTTPRequestHandler plus single `bytes=N-[M]` ranges, recording every GET on the server.
-
-    `server.special[path]` (unquoted URL path) answers that path instead: a misbehaving server for one file.
-    """
-
-    def log_message(self, format: str, *args: object) -> None:  # keep pytest output clean
-        pass
-
-    def do_GET(self) -> None:
-        rng = self.headers.get("Range")
-        self.server.requests.append((unquote(self.path), rng))
-        special = self.server.special.get(unquote(self.path))
-        if special is not None:
-            return special(self)
-        if not rng or not self.server.support_range:
-            return super().do_GET()
-        path = Path(self.translate_path(self.path))
-        m = re.fullmatch(r"bytes=(\d+)-(\d*)", rng.strip())
-        if not path.is_file() or not m:
-            return super().do_GET()
-        data = path.read_bytes()
-        start = int(m.group(1))
-        end = min(int(m.group(2)) if m.group(2) else len(data) - 1, len(data) - 1)
-        if start >= len(data):
-            self.send_response(416)
-            self.send_header("Content-Range", f"bytes */{len(data)}")
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-            return None
-        body = data[start : end + 1]
-        self.send_response(206)
-        self.send_header("Content-Type", "application/octet-stream")
-        self.send_header("Content-Range", f"bytes {start}-{end}/{len(data)}")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-        return None
-
-
-class _Server(ThreadingHTTPServer):
-    def handle_error(self, request: object, client_address: object) -> None:
-        if not isinstance(sys.exc_info()[1], ConnectionError):  # clients that hang up early: on purpose
-            super().handle_error(request, client_address)
+# ---------------------------------------------------------------- a real HTTP server (http_fixtures.py)
 
 
 @dataclass
@@ -102,7 +54,7 @@ class Served:
     def requests(self) -> list[tuple[str, str | None]]:
         return self.server.requests
 
-    def answer(self, row: dict[str, str], handler: Callable[[_RangeHandler], None]) -> None:
+    def answer(self, row: dict[str, str], handler: Callable[[RangeHandler], None]) -> None:
         """Serve `row`'s file with `handler` instead of the normal file answer."""
         self.server.special[f"/X-Ray Image DataSet/{row['path']}"] = handler
 
@@ -124,21 +76,9 @@ def served(tmp_path: Path, servable_rows: list[tuple[dict[str, str], Path]]) -> 
         dst = root / row["path"]
         dst.parent.mkdir(parents=True, exist_ok=True)
         dst.symlink_to(src)
-    handler = lambda *a, **kw: _RangeHandler(*a, directory=str(tmp_path), **kw)  # noqa: E731
-    server = _Server(("127.0.0.1", 0), handler)
-    server.requests = []
-    server.special = {}
-    server.support_range = True
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{server.server_address[1]}/X-Ray%20Image%20DataSet/"
-    try:
-        yield Served(root=root, url=url, server=server, rows=[r for r, _ in servable_rows])
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
+    with serve_dir(tmp_path) as (server, base):
+        yield Served(root=root, url=f"{base}X-Ray%20Image%20DataSet/", server=server,
+                     rows=[r for r, _ in servable_rows])
 
 
 def _subset_manifest(tmp_path: Path, rows: list[dict[str, str]], per_label: int) -> Path:
@@ -356,7 +296,7 @@ def test_partial_is_hidden_from_folder_readers_mid_download(served: Served, tmp_
     data = (served.root / row["path"]).read_bytes()
     release = threading.Event()
 
-    def stall_halfway(h: _RangeHandler) -> None:
+    def stall_halfway(h: RangeHandler) -> None:
         h.send_response(200)
         h.send_header("Content-Length", str(len(data)))
         h.end_headers()
@@ -395,7 +335,7 @@ def test_oversize_stream_is_cut_off_as_it_passes_the_manifest_size(served: Serve
     size = (served.root / bad["path"]).stat().st_size
     endless, sent = 1 << 30, []
 
-    def endless_stream(h: _RangeHandler) -> None:  # no Content-Length: only the client can stop it
+    def endless_stream(h: RangeHandler) -> None:  # no Content-Length: only the client can stop it
         h.send_response(200)
         h.end_headers()
         n = 0
@@ -463,7 +403,7 @@ def test_short_response_fails_and_keeps_only_a_hidden_partial(served: Served, tm
     bad = manifest_rows[2]
     data = (served.root / bad["path"]).read_bytes()
 
-    def truncated(h: _RangeHandler) -> None:  # promises the whole file, sends half, hangs up
+    def truncated(h: RangeHandler) -> None:  # promises the whole file, sends half, hangs up
         h.send_response(200)
         h.send_header("Content-Length", str(len(data)))
         h.end_headers()

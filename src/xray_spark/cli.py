@@ -80,11 +80,20 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
 
 def cmd_fetch(args: argparse.Namespace) -> int:
+    from xray_spark.data.chowdhury import import_dataset
     from xray_spark.data.fetch import fetch_dataset
 
-    result = fetch_dataset(args.name, args.to, base_url=args.base_url, limit=args.limit,
-                           progress=not args.quiet, workers=args.workers, timeout=args.timeout)
+    if args.from_dir is not None:
+        if args.base_url is not None or args.limit is not None:
+            raise UserError("--base-url and --limit do not apply to --from (an import of a local folder)")
+        result = import_dataset(args.name, args.from_dir, args.to, dry_run=args.dry_run,
+                                progress=not args.quiet)
+    else:
+        result = fetch_dataset(args.name, args.to, base_url=args.base_url, limit=args.limit,
+                               progress=not args.quiet, workers=args.workers, timeout=args.timeout,
+                               dry_run=args.dry_run)
     print(result.summary())
+    print("\n".join(result.selection_lines()))
     for failure in result.failed:
         print(f"failed: {failure.path}: {failure.reason}")
     return 0 if result.ok else 1
@@ -263,8 +272,13 @@ def _ingest_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _fetch_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("name", help="dataset name, e.g. ozturk2020")
+    p.add_argument("name", help="dataset name: ozturk2020, cohen2020, or chowdhury2020 (with --from)")
     p.add_argument("--to", required=True, metavar="DIR")
+    p.add_argument("--from", dest="from_dir", metavar="DIR",
+                   help="import a copy downloaded by hand (chowdhury2020: the unzipped Kaggle folder)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="say what would be kept per label and left out per reason, and write nothing (a "
+                        "listing such as cohen2020's metadata.csv is still downloaded)")
     p.add_argument("--base-url", metavar="URL", help="mirror to download from instead of the public source")
     p.add_argument("--limit", type=int, metavar="N",
                    help="only N files, round-robin over labels (smoke tests); listed in manifest.limit.csv, "
@@ -411,7 +425,8 @@ _COMMANDS = (
     _Command("ingest", cmd_ingest, _ingest_arguments,
              "read, validate, de-duplicate and split an image folder"),
     _Command("fetch", cmd_fetch, _fetch_arguments,
-             "download a public dataset (sha256-verified, resumable)", spark=False),
+             "download a public dataset (sha256-verified, resumable), or import one downloaded by hand",
+             spark=False),
     _Command("featurize", cmd_featurize, _featurize_arguments,
              "turn images into feature vectors (cached by content hash)"),
     _Command("train", cmd_train, _train_arguments,

@@ -19,6 +19,11 @@ Layout written to `to_dir`: `<label>/<basename>` per file (canonical label folde
 (`path,label,source,patient_id,sha256`, paths relative to `to_dir`) listing the files this call verified,
 so ingest can read either the class folders or the manifest. A limited fetch writes `manifest.limit.csv`
 instead and never touches `manifest.csv` (see `fetch_dataset`).
+
+Which files: a source's shipped manifest (ozturk2020: paths and sha256), or its listing file fetched from
+`base_url` and parsed by the source's module (cohen2020: `metadata.csv`, `data/cohen.py`), whose hashes are
+trusted on first download and verified from then on (`data/pins.py`). Either way the result says what was
+kept per label and left out per reason; a dry run says only that, downloading at most the listing.
 """
 
 from __future__ import annotations
@@ -31,9 +36,9 @@ import logging
 import os
 import re
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from email.message import Message
 from pathlib import Path
 from typing import IO
@@ -42,10 +47,24 @@ from urllib.request import Request, urlopen
 
 from tqdm.auto import tqdm
 
+from xray_spark.data.fetched import (
+    PARTIAL_SUFFIX,
+    USER_AGENT,
+    FetchFailure,
+    FetchResult,
+    hash_into,
+    local_rel,
+    partial_path,
+    sha256_file,
+    write_manifest,
+)
 from xray_spark.data.files import LIMIT_MANIFEST_NAME, MANIFEST_NAME
+from xray_spark.data.pins import read_pins, record_pins
+from xray_spark.data.source_listing import read_listing
 from xray_spark.data.sources import (
     DatasetSource,
     ManifestRow,
+    Selection,
     file_url,
     get_source,
     load_manifest,
@@ -53,50 +72,14 @@ from xray_spark.data.sources import (
 )
 from xray_spark.errors import UserError
 
+__all__ = ["LIMIT_MANIFEST_NAME", "FetchFailure", "FetchResult", "fetch_dataset", "partial_path"]
+
 log = logging.getLogger(__name__)
 
-OUTPUT_COLUMNS = ("path", "label", "source", "patient_id", "sha256")
-PARTIAL_SUFFIX = ".part"
 DEFAULT_MAX_BYTES = 256 * 1024 * 1024  # = config decode.max_file_bytes: ingest would quarantine larger files
 _CHUNK = 1 << 16
 _RETRY_DELAY = 1.0  # seconds
-_USER_AGENT = "xray-spark-fetch/0.1 (+https://github.com/muhammedtalo/COVID-19 mirror client)"
 _CONTENT_RANGE = re.compile(r"^\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*$")
-
-
-@dataclass(frozen=True)
-class FetchFailure:
-    """A file that could not be fetched and verified; `path` is relative to `to_dir`."""
-
-    path: str
-    url: str
-    reason: str
-
-
-@dataclass
-class FetchResult:
-    """What one `fetch_dataset` call did. Paths are relative to `to_dir` (e.g. `covid/x.jpeg`)."""
-
-    name: str
-    to_dir: Path
-    base_url: str
-    manifest_path: Path | None = None
-    downloaded: list[str] = field(default_factory=list)
-    skipped_existing: list[str] = field(default_factory=list)
-    failed: list[FetchFailure] = field(default_factory=list)
-    bytes_downloaded: int = 0
-    resumed: list[str] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return not self.failed
-
-    def summary(self) -> str:
-        """One line for the CLI."""
-        return (
-            f"{self.name}: {len(self.downloaded)} downloaded ({self.bytes_downloaded / 1e6:.1f} MB), "
-            f"{len(self.skipped_existing)} already present, {len(self.failed)} failed -> {self.to_dir}"
-        )
 
 
 @dataclass(frozen=True)
@@ -105,11 +88,13 @@ class _Outcome:
     nbytes: int = 0
     resumed: bool = False
     reason: str = ""
+    sha256: str = ""  # of the file now in place (what a first download is pinned to)
 
 
 @dataclass(frozen=True)
 class _Job:
-    """One file: where from and to, its sha256, its size when the manifest gives one, and a hard size cap."""
+    """One file: where from and to, its sha256 ("" = not known yet: trusted on first download), its size
+    when the manifest gives one, and a hard size cap."""
 
     url: str
     dest: Path
@@ -137,6 +122,7 @@ def fetch_dataset(
     timeout: float = 60,
     manifest_path: str | Path | None = None,
     max_bytes: int = DEFAULT_MAX_BYTES,
+    dry_run: bool = False,
 ) -> FetchResult:
     """Download dataset `name` into `to_dir/<label>/<basename>` and write `to_dir/manifest.csv`.
 
@@ -146,9 +132,17 @@ def fetch_dataset(
     `manifest.limit.csv` (replaced by each limited fetch), so a full manifest already in `to_dir` stays
     byte-identical and ingest of a folder without one reads the class folders, i.e. every verified file.
     `manifest_path`: a CSV with the source manifest's columns (plus an optional `size` column, bytes), to
-    fetch a custom subset. `max_bytes`: no file may be larger, whatever the manifest or server say.
+    fetch a custom subset (manifest sources only). `max_bytes`: no file may be larger, whatever the manifest
+    or server say. `dry_run`: work out what would be fetched (a listing source downloads its listing, nothing
+    else), write nothing, and return the counts.
     """
     source = get_source(name)
+    if source.access == "import":
+        raise UserError(f"{name} cannot be downloaded here (it is behind a login): download it from "
+                        f"{source.homepage}, unzip it, and run: xray-spark fetch {name} --from DIR --to DIR")
+    if manifest_path is not None and source.listing:
+        raise UserError(f"{name} is listed by its {source.listing}, not by a manifest; manifest_path "
+                        "does not apply")
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise UserError(f"limit must be a positive integer, got {limit!r}")
     if workers < 1:
@@ -160,24 +154,43 @@ def fetch_dataset(
     base = base_url or os.environ.get(source.env_var) or source.base_url
     if not base.startswith(("http://", "https://", "file://")):
         raise UserError(f"base URL must start with http://, https:// or file://, got {base!r}")
-    rows = load_manifest(source, manifest_path)
-    sizes = _manifest_sizes(source, manifest_path)
+    root = check_target_dir(Path(to_dir))
+    pins = read_pins(root) if source.listing else {}
+    if source.listing:
+        selection, listing_sha = read_listing(source, base, pins, timeout)
+        sizes: dict[str, int] = {}
+    else:
+        selection, listing_sha = Selection(load_manifest(source, manifest_path), Counter()), ""
+        sizes = _manifest_sizes(source, manifest_path)
+    rows, left_out = selection.rows, Counter(selection.left_out)
     if limit is not None:
         rows = _balanced_head(rows, limit)
-    root = _prepare_dir(Path(to_dir))
+        if len(rows) < len(selection.rows):
+            left_out[f"over --limit {limit}"] = len(selection.rows) - len(rows)
+    result = FetchResult(name=name, to_dir=root, base_url=base, kept=Counter(r.label for r in rows),
+                         left_out=left_out, dry_run=dry_run)
+    if dry_run:
+        log.info("dry run: %d file(s) of %s would be fetched from %s into %s", len(rows), name, base, root)
+        return result
+    _make_dir(root)
+    if source.listing and source.listing not in pins:
+        record_pins(root, {source.listing: listing_sha})  # trusted on first download, like every file
 
-    result = FetchResult(name=name, to_dir=root, base_url=base)
     log.info("fetching %d file(s) of %s from %s into %s", len(rows), name, base, root)
-    jobs = {r.path: _Job(file_url(base, r.path), root / _local_rel(r), r.sha256, sizes.get(r.path), max_bytes)
+    jobs = {r.path: _Job(file_url(base, r.path), root / local_rel(r), r.sha256, sizes.get(r.path), max_bytes)
             for r in rows}
     outcomes = _run_all(jobs, workers=workers, timeout=timeout, progress=progress)
 
     present: list[ManifestRow] = []
+    first_seen: dict[str, str] = {}
     for row in rows:
-        rel, out = _local_rel(row), outcomes[row.path]
+        rel, out = local_rel(row), outcomes[row.path]
         if out.status == "failed":
             result.failed.append(FetchFailure(rel, file_url(base, row.path), out.reason))
             continue
+        if not row.sha256:
+            first_seen[row.path] = out.sha256
+            row = replace(row, sha256=out.sha256)
         present.append(row)
         if out.status == "skipped":
             result.skipped_existing.append(rel)
@@ -186,9 +199,10 @@ def fetch_dataset(
             result.bytes_downloaded += out.nbytes
             if out.resumed:
                 result.resumed.append(rel)
+    record_pins(root, first_seen)
     if present:
         out_name = MANIFEST_NAME if limit is None else LIMIT_MANIFEST_NAME
-        result.manifest_path = _write_manifest(root / out_name, present)
+        result.manifest_path = write_manifest(root / out_name, present)
     for f in result.failed:
         log.warning("failed %s: %s", f.path, f.reason)
     log.info(result.summary())
@@ -231,24 +245,18 @@ def _manifest_sizes(source: DatasetSource, manifest_path: str | Path | None) -> 
     return sizes
 
 
-def partial_path(dest: Path) -> Path:
-    """Where `dest` downloads to: hidden (dot-prefixed) in the same folder, so one rename finishes it and
-    folder readers that skip `.` names (Spark's binaryFile, ingest) never see half an image."""
-    return dest.with_name(f".{dest.name}{PARTIAL_SUFFIX}")
-
-
-def _prepare_dir(root: Path) -> Path:
+def check_target_dir(root: Path) -> Path:
+    """`--to` as an absolute path; a file there is the user's to fix. Nothing is created (a dry run)."""
     if root.exists() and not root.is_dir():
         raise UserError(f"--to must be a folder, but {root} is a file")
+    return root.resolve()
+
+
+def _make_dir(root: Path) -> None:
     try:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise UserError(f"cannot create {root}: {e.strerror or e}") from None
-    return root.resolve()
-
-
-def _local_rel(row: ManifestRow) -> str:
-    return f"{row.label}/{row.path.rsplit('/', 1)[-1]}"
 
 
 def _run_all(jobs: dict[str, _Job], *, workers: int, timeout: float, progress: bool) -> dict[str, _Outcome]:
@@ -281,20 +289,25 @@ def _run_all(jobs: dict[str, _Job], *, workers: int, timeout: float, progress: b
 
 
 def _fetch_one(job: _Job, timeout: float) -> _Outcome:
-    """Skip a verified file, else download to its hidden partial (resuming), verify, rename. Retries once."""
+    """Skip a verified file, else download to its hidden partial (resuming), verify, rename. Retries once.
+
+    Without a known sha256 (trust on first download) nothing local is trusted: a file or partial already
+    there is replaced by a whole fresh download, whose hash the outcome carries to be pinned."""
     url, dest, sha256 = job.url, job.dest, job.sha256
     if job.size is not None and job.size > job.max_bytes:
         return _Outcome("failed", reason=f"manifest size {job.size} is over the {job.max_bytes}-byte cap")
     part = partial_path(dest)
     _adopt_legacy_partial(dest, part)  # first: a visible old partial must not outlive this run
-    if dest.is_file():
-        if _sha256_file(dest) == sha256:
+    if not sha256:
+        part.unlink(missing_ok=True)  # a prefix from an unverified earlier attempt: not resumed
+    if sha256 and dest.is_file():
+        if sha256_file(dest) == sha256:
             log.debug("present and verified: %s", dest)
-            return _Outcome("skipped")
+            return _Outcome("skipped", sha256=sha256)
         log.warning("%s exists with a different sha256; downloading it again", dest)
-    if part.is_file() and _sha256_file(part) == sha256:  # a finished download whose rename was interrupted
+    if sha256 and part.is_file() and sha256_file(part) == sha256:  # finished, but the rename was interrupted
         os.replace(part, dest)
-        return _Outcome("downloaded", resumed=True)
+        return _Outcome("downloaded", resumed=True, sha256=sha256)
     reason = ""
     for attempt in (1, 2):
         try:
@@ -311,10 +324,11 @@ def _fetch_one(job: _Job, timeout: float) -> _Outcome:
             if attempt == 1:
                 time.sleep(_RETRY_DELAY)  # a transient network error deserves a moment before the retry
             continue
-        if digest == sha256:
+        if not sha256 or digest == sha256:
             os.replace(part, dest)
-            log.debug("verified %s (%d bytes, resumed=%s)", dest, nbytes, resumed)
-            return _Outcome("downloaded", nbytes=nbytes, resumed=resumed)
+            log.debug("%s %s (%d bytes, resumed=%s)", "verified" if sha256 else "first download of", dest,
+                      nbytes, resumed)
+            return _Outcome("downloaded", nbytes=nbytes, resumed=resumed, sha256=digest)
         part.unlink(missing_ok=True)
         reason = f"sha256 mismatch: expected {sha256[:12]}..., got {digest[:12]}..."
         log.info("attempt %d for %s: %s", attempt, url, reason)
@@ -344,7 +358,7 @@ def _download(job: _Job, part: Path, timeout: float) -> tuple[int, bool, str]:
     if offset > (job.size if job.size is not None else job.max_bytes):
         part.unlink()  # longer than the file can be: not a prefix of it
         offset = 0
-    req = Request(url, headers={"User-Agent": _USER_AGENT})
+    req = Request(url, headers={"User-Agent": USER_AGENT})
     if offset:
         req.add_header("Range", f"bytes={offset}-")
     try:
@@ -368,7 +382,7 @@ def _download(job: _Job, part: Path, timeout: float) -> tuple[int, bool, str]:
             raise _SizeError(f"larger than expected: the server declares {declared} bytes, more than {why}")
         h = hashlib.sha256()
         if resumed:
-            _hash_into(h, part)
+            hash_into(h, part)
             log.debug("resuming %s at byte %d", url, offset)
         elif offset:
             log.debug("server ignored Range for %s; downloading it whole", url)
@@ -429,28 +443,3 @@ def _describe(e: BaseException) -> str:
     if isinstance(e, URLError):
         return f"cannot reach server: {e.reason}"
     return f"{type(e).__name__}: {e}"
-
-
-def _hash_into(h: hashlib._Hash, path: Path) -> None:
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    _hash_into(h, path)
-    return h.hexdigest()
-
-
-def _write_manifest(out: Path, rows: list[ManifestRow]) -> Path:
-    """Write `out` atomically (a crash never leaves a truncated manifest for ingest to trust); the temporary
-    file is hidden like a partial download."""
-    tmp = partial_path(out)
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f, lineterminator="\n")
-        w.writerow(OUTPUT_COLUMNS)
-        for r in rows:
-            w.writerow([_local_rel(r), r.label, r.source, r.patient_id, r.sha256])
-    os.replace(tmp, out)
-    return out

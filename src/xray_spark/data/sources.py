@@ -17,6 +17,21 @@ ozturk2020
     The published folder holds 125 COVID images; our manifest lists 1124 files (124 COVID, 500 no
     findings, 500 pneumonia) because the copy it was built from misses one COVID image, so that image is
     neither fetched nor verified. Hashes are sha256 of the original, unmodified files.
+
+cohen2020
+    Cohen JP, Morrison P, Dao L, Roth K, Duong TQ, Ghassemi M. "COVID-19 Image Data Collection: Prospective
+    Predictions Are the Future." MELBA 2020. arXiv:2006.11988. Files:
+    github.com/ieee8023/covid-chestxray-dataset, `metadata.csv` + `images/`, read at one pinned commit. No
+    manifest ships: the listing is the repository's own `metadata.csv`, filtered by `data/cohen.py` (X-ray,
+    frontal, three findings). Its files' sha256 were not known when this entry was written (no network), so
+    they are trusted on first download and pinned (`data/pins.py`): every later fetch into the same folder
+    verifies them.
+
+chowdhury2020
+    Chowdhury MEH et al. "Can AI help in screening Viral and COVID-19 pneumonia?" IEEE Access 8 (2020)
+    132665-132676. doi:10.1109/ACCESS.2020.3010287. Files: kaggle.com/datasets/tawsifurrahman/
+    covid19-radiography-database, behind a Kaggle login, so it is imported from a folder the user downloaded
+    (`fetch chowdhury2020 --from DIR`, `data/chowdhury.py`); sha256 are computed from those local files.
 """
 
 from __future__ import annotations
@@ -24,6 +39,7 @@ from __future__ import annotations
 import csv
 import io
 import re
+from collections import Counter
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -40,15 +56,21 @@ _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 class DatasetSource:
     """Where a public dataset lives and how to verify it.
 
-    `manifest` is a path relative to the `xray_spark` package (and, identically, to the repository root).
-    `env_var` lets air-gapped sites point `base_url` at a mirror without code changes.
+    `manifest` is a path relative to the `xray_spark` package (and, identically, to the repository root):
+    the files and their sha256. A source without one has a `listing` instead, a file under `base_url` that
+    names the files (Cohen's `metadata.csv`), parsed by that source's module; its hashes are trusted on first
+    download (see `data/pins.py`). `access` is "download", or "import" for a source behind a login that is
+    imported from a folder the user downloaded. `env_var` lets air-gapped sites point `base_url` at a mirror
+    without code changes.
     """
 
     name: str
     citation: str
     homepage: str
     base_url: str
-    manifest: str
+    manifest: str = ""
+    listing: str = ""
+    access: str = "download"
     license: str = "unknown"
     notes: str = ""
 
@@ -69,6 +91,21 @@ class ManifestRow:
     source: str = ""
 
 
+@dataclass(frozen=True)
+class Selection:
+    """What a source's listing gives: the rows kept (sha256 may be "" = not known yet) and, per reason, how
+    many listed files were left out, so a run can say what it did not take and why."""
+
+    rows: list[ManifestRow]
+    left_out: Counter[str]
+
+    @property
+    def kept(self) -> Counter[str]:
+        return Counter(r.label for r in self.rows)
+
+
+COHEN_COMMIT = "6a4242344473ccb5ed0d2148d8c7bfb1691e4ed8"  # see the cohen2020 entry's notes
+
 SOURCES: dict[str, DatasetSource] = {
     "ozturk2020": DatasetSource(
         name="ozturk2020",
@@ -84,6 +121,47 @@ SOURCES: dict[str, DatasetSource] = {
                 "covid-chestxray-dataset",
         notes="1124 of the 1125 published images (one COVID image is missing from the copy the manifest "
               "was built from)",
+    ),
+    "cohen2020": DatasetSource(
+        name="cohen2020",
+        citation=(
+            "Cohen JP, Morrison P, Dao L, Roth K, Duong TQ, Ghassemi M. COVID-19 Image Data Collection: "
+            "Prospective Predictions Are the Future. Machine Learning for Biomedical Imaging (MELBA) 2020. "
+            "arXiv:2006.11988"
+        ),
+        homepage="https://github.com/ieee8023/covid-chestxray-dataset",
+        base_url=f"https://raw.githubusercontent.com/ieee8023/covid-chestxray-dataset/{COHEN_COMMIT}/",
+        listing="metadata.csv",
+        license="per image: metadata.csv's `license` column (e.g. CC BY-NC-SA 4.0; blank = not stated)",
+        notes=(
+            f"pinned to commit {COHEN_COMMIT}: the commit of the stored copy of metadata.csv this entry was "
+            "written from (offline; the commit was not re-checked against GitHub). Kept: modality X-ray, "
+            "frontal views (PA, AP, AP Supine, AP erect, AP semi erect), folder images/; COVID-19 -> covid,"
+            " any other Pneumonia... finding -> pneumonia, No Finding -> no_findings; everything else left "
+            "out and counted. patient_id = cohen-<patientid> (a public dataset id, like Ozturk's nih-<id>)."
+            " The per-file sha256 are NOT shipped (they could not be obtained offline): the first download "
+            "of each file (and of metadata.csv) is trusted and pinned in the target folder's "
+            ".sha256-pins.csv, and every later fetch into that folder verifies against it (trust on first "
+            "download)"
+        ),
+    ),
+    "chowdhury2020": DatasetSource(
+        name="chowdhury2020",
+        citation=(
+            "Chowdhury MEH, et al. Can AI help in screening Viral and COVID-19 pneumonia? IEEE Access "
+            "2020;8:132665-132676. doi:10.1109/ACCESS.2020.3010287"
+        ),
+        homepage="https://www.kaggle.com/datasets/tawsifurrahman/covid19-radiography-database",
+        base_url="",
+        access="import",
+        license="see the Kaggle page and the per-class *.metadata.xlsx (images from several sources)",
+        notes=(
+            "behind a Kaggle login: download and unzip it yourself, then `xray-spark fetch chowdhury2020 "
+            "--from DIR --to OUT`. Both layouts are read (COVID/ Normal/ Viral Pneumonia/ of the first "
+            "releases; <class>/images/ + <class>/masks/ of later ones). COVID -> covid, Normal -> "
+            "no_findings, Viral Pneumonia -> pneumonia; Lung_Opacity, masks/ and non-image files are left "
+            "out and counted. sha256 are computed from the local files; there is no patient id"
+        ),
     ),
 }
 
@@ -105,6 +183,9 @@ def file_url(base_url: str, path: str) -> str:
 
 def read_manifest_text(source: DatasetSource) -> str:
     """The source's manifest CSV as text, read from the installed package (works from a wheel)."""
+    if not source.manifest:
+        raise UserError(f"'{source.name}' ships no manifest (its files are listed by "
+                        f"{source.listing or 'a folder'})")
     res = resources.files("xray_spark").joinpath(*source.manifest.split("/"))
     try:
         return res.read_text(encoding="utf-8")

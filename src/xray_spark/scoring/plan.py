@@ -62,6 +62,7 @@ class Plan:
 
 
 _DISCOVERY = "spark.sql.sources.parallelPartitionDiscovery.threshold"
+_BINARY_FILE_SCHEMA = "path string, modificationTime timestamp, length long, content binary"
 
 
 @contextmanager
@@ -116,15 +117,14 @@ def read_local_files(spark: SparkSession, files: list[tuple[str, str]]) -> DataF
                 out.append((path, datetime.fromtimestamp(st.st_mtime, tz=timezone.utc), len(data), data))
             yield pd.DataFrame(out, columns=["path", "modificationTime", "length", "content"])
 
-    schema = "path string, modificationTime timestamp, length long, content binary"
     pairs = spark.createDataFrame(files, "path string, read_path string")
-    return pairs.repartition(min(len(files), spark.sparkContext.defaultParallelism)).mapInPandas(read, schema)
+    return pairs.repartition(min(len(files), spark.sparkContext.defaultParallelism)).mapInPandas(
+        read, _BINARY_FILE_SCHEMA)
 
 
 def _read_binary_files(spark: SparkSession, paths: list[str]) -> DataFrame:
-    schema = "path string, modificationTime timestamp, length long, content binary"
     if not paths:
-        return spark.createDataFrame([], schema)
+        return spark.createDataFrame([], _BINARY_FILE_SCHEMA)
     reader = binary_files(spark)
     with listed_on_driver(spark, paths):
         try:
@@ -136,13 +136,13 @@ def _read_binary_files(spark: SparkSession, paths: list[str]) -> DataFrame:
             present = [p for p in paths if fs.exists(p)]
             log.warning("%d file(s) vanished since listing; they are skipped", len(paths) - len(present))
             if not present:
-                return spark.createDataFrame([], schema)
+                return spark.createDataFrame([], _BINARY_FILE_SCHEMA)
             return reader.load([glob_escape(p) for p in present])
 
 
 def list_files(spark: SparkSession, input_dir: str, extensions: list[str]) -> tuple[DataFrame, Census]:
     """(path, length, modificationTime, is_image, note, read_path, extra) for every file below input_dir,
-    and the census that found the files Spark's listing skips (`extra`; files.unlisted_files); content is
+    and the census that found the files Spark's listing skips (`extra`; unlisted.unlisted_files); content is
     not read. `note` says why a file cannot be read (a FIFO, a symlink loop, 0 bytes); `read_path` is the
     local file to read instead.
 
