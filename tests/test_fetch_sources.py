@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import json
 import re
 import shutil
 from collections import Counter
@@ -154,6 +155,9 @@ def test_cohen_fetch_downloads_the_selection_and_pins_each_file_on_first_downloa
         assert res.left_out == Counter({"view L": 1, "modality CT": 2, "finding Tuberculosis": 1,
                                         "finding todo": 1})
         assert len(_image_requests(server)) == 4, "left-out files are never requested"
+        selection = json.loads((out / "selection.json").read_text())  # for the merge's report
+        assert selection == {"source": "cohen2020", "kept": dict(sorted(res.kept.items())),
+                             "left_out": dict(sorted(res.left_out.items()))}
         written = _read_csv(out / "manifest.csv")
         assert {w["label"] for w in written} == {"covid", "no_findings", "pneumonia"}
         for w in written:
@@ -305,6 +309,7 @@ def test_chowdhury_import_writes_the_fetch_layout_with_local_sha256(
         expected_left.update({"mask (segmentation, not an X-ray)": 1,
                               "class Lung_Opacity (not one of covid, no_findings, pneumonia)": 1})
     assert res.left_out == expected_left
+    assert json.loads((out / "selection.json").read_text())["left_out"] == dict(sorted(expected_left.items()))
     written = _read_csv(out / "manifest.csv")
     assert sorted(w["path"] for w in written) == sorted(kept)
     for w in written:

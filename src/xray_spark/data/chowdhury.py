@@ -30,6 +30,7 @@ from xray_spark.data.fetched import (
     partial_path,
     sha256_file,
     write_manifest,
+    write_selection,
 )
 from xray_spark.data.files import MANIFEST_NAME
 from xray_spark.data.sources import ManifestRow, Selection, get_source
@@ -144,6 +145,7 @@ def import_dataset(name: str, from_dir: str | Path, to_dir: str | Path, *, dry_r
         result.bytes_downloaded += nbytes
     if present:
         result.manifest_path = write_manifest(root / MANIFEST_NAME, present)
+        write_selection(root, result)
     for f in result.failed:
         log.warning("failed %s: %s", f.path, f.reason)
     log.info(result.summary())

@@ -57,6 +57,7 @@ from xray_spark.data.fetched import (
     partial_path,
     sha256_file,
     write_manifest,
+    write_selection,
 )
 from xray_spark.data.files import LIMIT_MANIFEST_NAME, MANIFEST_NAME
 from xray_spark.data.pins import read_pins, record_pins
@@ -203,6 +204,7 @@ def fetch_dataset(
     if present:
         out_name = MANIFEST_NAME if limit is None else LIMIT_MANIFEST_NAME
         result.manifest_path = write_manifest(root / out_name, present)
+        write_selection(root, result)
     for f in result.failed:
         log.warning("failed %s: %s", f.path, f.reason)
     log.info(result.summary())

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import json
 import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from xray_spark.data.files import SELECTION_NAME
 from xray_spark.data.sources import ManifestRow
 
 OUTPUT_COLUMNS = ("path", "label", "source", "patient_id", "sha256")
@@ -112,5 +114,17 @@ def write_manifest(out: Path, rows: list[ManifestRow]) -> Path:
         w.writerow(OUTPUT_COLUMNS)
         for r in rows:
             w.writerow([local_rel(r), r.label, r.source, r.patient_id, r.sha256])
+    os.replace(tmp, out)
+    return out
+
+
+def write_selection(root: Path, result: FetchResult) -> Path:
+    """`<root>/selection.json`: the source, the files kept per label and the files left out per reason, so a
+    merge's report can say what each source lost before ingest saw it (laterals, CT, unknown findings)."""
+    out = root / SELECTION_NAME
+    tmp = partial_path(out)
+    tmp.write_text(json.dumps({"source": result.name, "kept": dict(sorted(result.kept.items())),
+                               "left_out": dict(sorted(result.left_out.items()))}, indent=2) + "\n",
+                   encoding="utf-8")
     os.replace(tmp, out)
     return out

@@ -43,8 +43,9 @@ log = logging.getLogger(__name__)
 
 MANIFEST_NAME = "manifest.csv"
 LIMIT_MANIFEST_NAME = "manifest.limit.csv"  # what `fetch --limit` writes instead of the full manifest
-IGNORED_NAMES = {MANIFEST_NAME, LIMIT_MANIFEST_NAME, "readme.md", "readme.txt", "license", "license.txt",
-                 ".ds_store", "thumbs.db"}
+SELECTION_NAME = "selection.json"  # what `fetch` kept and left out (data/fetched.py writes it)
+IGNORED_NAMES = {MANIFEST_NAME, LIMIT_MANIFEST_NAME, SELECTION_NAME, "readme.md", "readme.txt", "license",
+                 "license.txt", ".ds_store", "thumbs.db"}
 NIH_NAME = r"^(\d{8})_\d{3}\.[Pp][Nn][Gg]$"  # NIH ChestX-ray8: <8-digit patient>_<3-digit follow-up>.png
 SALT_ENV = "XRAY_SPARK_PATIENT_SALT"  # secret salt for hashing DICOM PatientIDs (see ingest.patient_salt)
 
