@@ -41,6 +41,14 @@ class DedupConfig:
     phash_max_hamming: int = 8
     pixel_min_correlation: float = 0.95
     thumb_size: int = 128
+    # copies across sources, even cropped (data/copies.py): window grid, candidate radius, pixel check
+    copy_window_step: float = 0.0375  # 8 steps to copy_max_trim: 45 trims per axis, 2025 windows
+    copy_max_trim: float = 0.3
+    copy_max_hamming: int = 5
+    copy_thumb_size: int = 256
+    copy_min_inliers: int = 10
+    copy_min_inlier_ratio: float = 0.25
+    copy_min_correlation: float = 0.95
 
 
 @dataclass
@@ -55,6 +63,16 @@ class ScoringConfig:
     min_age_seconds: float = 5.0  # younger files may still be being copied in: left for the next run
     lease_seconds: float = 120.0  # a run's lease ends this long after its last renewal (every quarter of it)
     lease_settle_seconds: float = 2.0  # non-local outputs: wait, then re-read a new lease (racy create)
+
+
+@dataclass
+class ShiftConfig:
+    """The shift check fitted at train time (models/shift.py): is an image like the training images?"""
+
+    components: int = 16  # top principal components of the features (Mahalanobis signal)
+    quantile: float = 0.99  # training quantile: each signal's unit and the in-distribution threshold
+    drift_psi: float = 0.25  # score: a categorical property's PSI above this is named in the warning line
+    drift_z: float = 3.0  # score: the robust z of a run's typical size above this is named too
 
 
 # Scoring's (scoring/run.py; features/cache.py and evaluate.py size their own tasks), here because the CLI's
@@ -100,6 +118,7 @@ class Config:
     dedup: DedupConfig = field(default_factory=DedupConfig)
     split: SplitConfig = field(default_factory=SplitConfig)
     scoring: ScoringConfig = field(default_factory=ScoringConfig)
+    shift: ShiftConfig = field(default_factory=ShiftConfig)
     spark: SparkConfig = field(default_factory=SparkConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
@@ -123,11 +142,23 @@ _RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "dedup.phash_max_hamming": (lambda v: 0 <= v <= 8, "in [0, 8], what the banded pHash search covers"),
     "dedup.pixel_min_correlation": (lambda v: 0 < v <= 1, "in (0, 1]"),
     "dedup.thumb_size": (lambda v: v >= 8, ">= 8 (pixels a side)"),
+    "dedup.copy_window_step": (lambda v: 0 < v <= 0.5, "in (0, 0.5] (a fraction of a side)"),
+    "dedup.copy_max_trim": (lambda v: 0 <= v < 1, "in [0, 1) (a fraction of a side)"),
+    # copies.MAX_COPY_HAMMING (not imported, as above)
+    "dedup.copy_max_hamming": (lambda v: 0 <= v <= 8, "in [0, 8], what the banded window search covers"),
+    "dedup.copy_thumb_size": (lambda v: v >= 64, ">= 64 (pixels on the long side)"),
+    "dedup.copy_min_inliers": (lambda v: v >= 3, ">= 3 (keypoint matches)"),
+    "dedup.copy_min_inlier_ratio": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    "dedup.copy_min_correlation": (lambda v: 0 < v <= 1, "in (0, 1]"),
     "split.seed": (lambda v: 0 <= v <= 2**32 - 1, "in [0, 2**32 - 1] (scikit-learn's random_state)"),
     "split.folds": (lambda v: v >= 2, ">= 2"),
     "scoring.min_age_seconds": (lambda v: v >= 0, ">= 0"),
     "scoring.lease_seconds": (lambda v: v > 0, "> 0"),
     "scoring.lease_settle_seconds": (lambda v: v >= 0, ">= 0"),
+    "shift.components": (lambda v: v >= 1, ">= 1"),
+    "shift.quantile": (lambda v: 0.5 <= v < 1, "in [0.5, 1)"),
+    "shift.drift_psi": (lambda v: v > 0, "> 0"),
+    "shift.drift_z": (lambda v: v > 0, "> 0"),
     "train.bootstrap_resamples": (lambda v: v >= 1, ">= 1"),
     "train.parallel_fits": (lambda v: v >= 1, ">= 1"),
     "train.seed": (lambda v: 0 <= v <= 2**63 - 1, "in [0, 2**63 - 1] (a Spark seed is a long)"),

@@ -67,7 +67,12 @@ import imagehash
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
-from xray_spark.data.dicom import decode_dicom, looks_like_bare_dicom  # imports pydicom only when called
+from xray_spark.data.copy_hash import aspect_thumbnail, pack
+from xray_spark.data.dicom import (  # imports pydicom only when called
+    decode_dicom,
+    header_info,
+    looks_like_bare_dicom,
+)
 from xray_spark.data.pixels import REASONS, DecodeError, ImageInfo, luma, luma_of, stretch
 
 __all__ = [
@@ -370,6 +375,7 @@ class ImageRecord:
     phash: str | None = None
     thumb: bytes | None = None  # thumbnail(...).tobytes(), thumb_size x thumb_size
     patient_ref: str | None = None  # ImageInfo.patient_ref: salted hash of the DICOM PatientID, not the value
+    copy_thumb: bytes | None = None  # copy_hash.pack(aspect_thumbnail(...)): the crop-tolerant copy check
 
 
 def analyze(
@@ -378,6 +384,7 @@ def analyze(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     thumb_size: int = 128,
     patient_salt: str | None = None,
+    copy_thumb_size: int = 0,
 ) -> ImageRecord:
     """Decode once and summarise: an image fault (DecodeError: the decoders turn every error they raise on
     bad bytes into one) becomes status 'quarantined' + reason. Anything else — MemoryError, a missing
@@ -388,6 +395,7 @@ def analyze(
         return ImageRecord(
             "ok", None, info.format, info.mode, info.width, info.height, info.bit_depth,
             pixel_sha256(gray), phash_hex(gray), thumbnail(gray, thumb_size).tobytes(), info.patient_ref,
+            pack(aspect_thumbnail(gray, copy_thumb_size)) if copy_thumb_size else None,
         )
     except DecodeError as e:
         i = e.info
@@ -396,3 +404,20 @@ def analyze(
         return ImageRecord(
             "quarantined", str(e), i.format, i.mode, i.width, i.height, i.bit_depth, patient_ref=i.patient_ref
         )
+
+
+def probe_info(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageInfo | None:
+    """What a file declares in its header (format, mode, width, height, bit depth), without decoding its
+    pixels: the file properties the shift check compares with the training images'. Sizes are as stored
+    (before EXIF rotation; callers compare the short and long side). None when no decoder here reads it."""
+    head = bytes(data[:2048])
+    if head[128:132] == b"DICM" or looks_like_bare_dicom(head):
+        return header_info(data, max_pixels, forced=head[128:132] != b"DICM")
+    try:
+        with Image.open(io.BytesIO(data), formats=_PIL_FORMATS) as im:
+            fmt = "JPEG" if im.format == "MPO" else im.format
+            return ImageInfo(fmt, im.mode, im.size[0], im.size[1], _bit_depth(im, head))
+    except MemoryError:
+        raise
+    except Exception:  # not an image Pillow reads here (or a damaged header)
+        return None

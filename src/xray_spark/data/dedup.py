@@ -105,7 +105,8 @@ class Duplicates:
     """Confirmed duplicate edges between image ids and the counts needed to judge the thresholds.
 
     pairs: (a, b, kind, hamming, correlation), kind "exact" (same decoded pixels or bytes; a star per hash,
-    correlation 1, hamming null) or "near" (a confirmed pHash candidate).
+    correlation 1, hamming null), "near" (a confirmed pHash candidate) or "copy" (a crop-tolerant candidate
+    confirmed by data/copies.py and not already exact or near; hamming: whole vs window hash).
     rejected: pHash candidates the thumbnail correlation turned down (a, b, hamming, correlation).
     tallies: the one-row aggregates behind `counts`, so a caller can collect them together with its own
     small results in one Spark job (collect_parts, then set_counts); read alone, `counts` collects them.
@@ -131,7 +132,7 @@ class Duplicates:
 
     def set_counts(self, collected: Mapping[str, list[dict]]) -> None:
         """Counts from the collected `tallies` (any mapping that holds their parts)."""
-        images, exact, scored = (collected[name][0] for name in self.tallies)
+        images, exact, scored, *copies = (collected[name][0] for name in self.tallies)
         near = int(scored["confirmed"] or 0)
         self._counts = {
             "n_images": int(images["n"]),
@@ -141,10 +142,18 @@ class Duplicates:
             "n_candidates": int(scored["n"]),
             "n_rejected_candidates": int(scored["n"]) - near,
         }
+        if copies:  # crop-tolerant search: its candidates, and the copies it adds beyond exact and near pairs
+            cp = copies[0]
+            self._counts.update(n_copy_candidates=int(cp["n"]), n_copy_pairs=int(cp["added"] or 0),
+                                n_cross_source_copies=int(cp["cross"] or 0))
         c = self._counts
         log.info("dedup: %d pHash candidates (<= %d bits), %d confirmed (r >= %.2f), %d rejected; %d exact "
                  "pairs", c["n_candidates"], self.params["max_hamming"], c["n_near_pairs"],
                  self.params["min_correlation"], c["n_rejected_candidates"], c["n_exact_pairs"])
+        if copies:
+            log.info("dedup: %d crop-tolerant copy candidates (<= %s bits), %d copies beyond exact/near "
+                     "pairs (%d across sources)", c["n_copy_candidates"], self.params.get("copy_max_hamming"),
+                     c["n_copy_pairs"], c["n_cross_source_copies"])
 
     def release(self) -> None:
         """Drop the cached frames behind pairs and rejected (once the reports are written)."""
@@ -162,8 +171,10 @@ def exact_edges(images: DataFrame) -> DataFrame:
 
 
 def find_duplicates(images: DataFrame, thumbs: DataFrame, *, max_hamming: int = 8,
-                    min_correlation: float = 0.95, thumb_size: int = 128) -> Duplicates:
-    """`images`: ok rows with id, pixel_sha256, sha256, phash; `thumbs`: (id, thumb) from the decode stage.
+                    min_correlation: float = 0.95, thumb_size: int = 128, copies: DataFrame | None = None,
+                    copy_min_correlation: float = 0.95, copy_max_hamming: int | None = None) -> Duplicates:
+    """`images`: ok rows with id, pixel_sha256, sha256, phash, source; `thumbs`: (id, thumb) from the decode
+    stage; `copies`: scored crop-tolerant candidates (copies.scored_copies), or None to skip that search.
 
     Lazy: no Spark job runs here. The frames are cached (they are small: one row per pair), so the first
     action that needs them computes the candidates once (Duplicates.release drops them).
@@ -189,13 +200,36 @@ def find_duplicates(images: DataFrame, thumbs: DataFrame, *, max_hamming: int = 
     near = scored.where(confirmed).select("a", "b", F.lit("near").alias("kind"), "hamming", "correlation")
     rejected = scored.where(~confirmed)
     pairs = exact.select("a", "b", F.lit("exact").alias("kind"), F.lit(None).cast("int").alias("hamming"),
-                         F.lit(1.0).alias("correlation")).unionByName(near).cache()
+                         F.lit(1.0).alias("correlation")).unionByName(near)
+    cached = [exact, cand, scored]
+    if copies is not None:
+        copies = copies.cache()
+        cached.append(copies)
+        ok = copies.where(_confirmed(copy_min_correlation))
+        added = (ok.join(pairs.select("a", "b"), ["a", "b"], "left_anti")
+                 .select("a", "b", F.lit("copy").alias("kind"), "hamming", "correlation"))
+        pairs = pairs.unionByName(added)
+    pairs = pairs.cache()
     n = F.count(F.lit(1)).alias("n")
     tallies = {  # one row each; Duplicates.set_counts reads them in this order
         "dedup_images": images.agg(n, F.count(phash_long(F.col("phash"))).alias("hashed")),
         "dedup_exact": exact.agg(n),
         "dedup_scored": scored.agg(n, F.sum(confirmed.cast("int")).alias("confirmed")),
     }
+    if copies is not None:
+        src = images.select("id", "source")
+        kinds = (pairs.where("kind = 'copy'")
+                 .join(src.withColumnRenamed("id", "a").withColumnRenamed("source", "sa"), "a")
+                 .join(src.withColumnRenamed("id", "b").withColumnRenamed("source", "sb"), "b")
+                 .agg(n, F.sum((~F.col("sa").eqNullSafe(F.col("sb"))).cast("int")).alias("cross")))
+        tallies["dedup_copies"] = copies.agg(n).crossJoin(kinds.select(F.col("n").alias("added"), "cross"))
     params = {"max_hamming": max_hamming, "min_correlation": min_correlation, "thumb_size": thumb_size}
-    return Duplicates(pairs=pairs, rejected=rejected, params=params, tallies=tallies,
-                      cached=[exact, cand, scored, pairs])
+    if copies is not None:
+        params.update(copy_min_correlation=copy_min_correlation, copy_max_hamming=copy_max_hamming)
+    return Duplicates(pairs=pairs, rejected=rejected, params=params, tallies=tallies, cached=[*cached, pairs])
+
+
+def _confirmed(min_correlation: float):
+    """A scored copy candidate whose aligned correlation reaches min_correlation (null/NaN never do)."""
+    corr = F.col("correlation")
+    return F.coalesce(corr.isNotNull() & ~F.isnan(corr) & (corr >= min_correlation), F.lit(False))

@@ -227,6 +227,28 @@ def _read(data: bytes, max_pixels: int, forced: bool, salt: str | None) -> FileD
     return ds
 
 
+def header_info(data: bytes, max_pixels: int, forced: bool = False) -> ImageInfo | None:
+    """What a DICOM declares (format, photometric mode, size, bits stored), read without its pixel data:
+    the file properties a shift check compares with the training images'. None when unreadable."""
+    try:
+        if _read_file_meta_info(_past_preamble(data, forced)).get("TransferSyntaxUID") == \
+                DeflatedExplicitVRLittleEndian:
+            ds = _read(data, max_pixels, forced, None)  # inflated within the budget, never whole
+        else:
+            ds = pydicom.dcmread(io.BytesIO(data), force=forced, stop_before_pixels=True)
+        return _declared(ds, None).info
+    except MemoryError:
+        raise
+    except Exception:  # DecodeError or anything pydicom raises on a damaged header
+        return None
+
+
+def _past_preamble(data: bytes, forced: bool) -> io.BytesIO:
+    fp = io.BytesIO(data)
+    read_preamble(fp, forced)
+    return fp
+
+
 def decode_dicom(
     data: bytes, max_pixels: int, forced: bool = False, *, patient_salt: str | None = None
 ) -> tuple[np.ndarray, ImageInfo]:

@@ -4,10 +4,11 @@ Why this shape: collections outgrow one machine (NIH ChestX-ray14 112k images, M
 step that touches per-image data runs on executors and the driver sees ids and small aggregates only:
 1. list the folder once with binaryFile (any Hadoop scheme) and attach labels (data/files.py);
 2. read each file's bytes once: files over decode.max_file_bytes are filtered by `length` before `content`
-   is selected (never read), the rest decoded in mapInPandas; hashes and a 128x128 thumbnail per image go
-   to a scratch Parquet (`_work/`), thumbnails stay there;
-3. de-duplicate on executors (data/dedup.py), group patients + duplicates over integer edges
-   (data/groups.py), assign folds from one row per group (data/split.py);
+   is selected (never read), the rest decoded in mapInPandas; hashes, a 128x128 thumbnail, window hashes
+   and a 256 px aspect-kept thumbnail per image go to a scratch Parquet (`_work/`), thumbnails stay there;
+3. de-duplicate on executors (data/dedup.py; copies across sources, even cropped: data/copies.py), group
+   patients + duplicates over integer edges (data/groups.py), assign folds from one row per group
+   (data/split.py);
 4. write images/, split.csv, quarantine.csv, duplicates/ and summary.json through Hadoop.
 Counts always reconcile: files read = ok + quarantined.
 
@@ -33,10 +34,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 from pyspark.sql import functions as F
+from threadpoolctl import threadpool_limits
 
 from xray_spark import paths
-from xray_spark.config import Config
+from xray_spark.config import Config, DedupConfig
 from xray_spark.data import local_files
+from xray_spark.data.copies import scored_copies
+from xray_spark.data.copy_check import CopyCheck
+from xray_spark.data.copy_hash import unpack, window_hashes
 from xray_spark.data.decode import ImageRecord, analyze
 from xray_spark.data.dedup import Duplicates, find_duplicates
 from xray_spark.data.files import SALT_ENV, DataFolder, candidate_files, open_data_folders, survey
@@ -76,7 +81,8 @@ log = logging.getLogger(__name__)
 
 ANALYZED_SCHEMA = (
     "path string, id long, sha256 string, format string, mode string, width int, height int, bit_depth int, "
-    "status string, reason string, pixel_sha256 string, phash string, patient_ref string, thumb binary"
+    "status string, reason string, pixel_sha256 string, phash string, patient_ref string, thumb binary, "
+    "crop_hashes array<long>, copy_thumb binary"
 )
 IMAGE_COLUMNS = [
     "path", "rel_path", "sha256", "label", "source", "patient_id", "width", "height", "format", "mode",
@@ -99,7 +105,7 @@ def patient_salt() -> str:
 
 def _bytes_of(content, read_path: str | None, max_bytes: int) -> tuple[bytes, ImageRecord | None]:
     """A file's bytes: from Spark's file source, or read here from `read_path` (files Spark's listing
-    skipped, see files.unlisted_files); a file that cannot be read gives its quarantine record instead."""
+    skipped, see unlisted.unlisted_files); a file that cannot be read gives its quarantine record instead."""
     if content is not None or not read_path:
         return (bytes(content) if content is not None else b""), None
     try:
@@ -111,8 +117,9 @@ def _bytes_of(content, read_path: str | None, max_bytes: int) -> tuple[bytes, Im
         return b"", ImageRecord("quarantined", reason)
 
 
-def _analyze_partition(max_pixels: int, thumb_size: int, salt: str, max_bytes: int, counter=None):
-    """mapInPandas function: decode each file once; return metadata, hashes, a patient ref and a thumbnail.
+def _analyze_partition(max_pixels: int, dedup: DedupConfig, salt: str, max_bytes: int, counter=None):
+    """mapInPandas function: decode each file once; return metadata, hashes, a patient ref and thumbnails
+    (square for near-duplicates, aspect-kept with window hashes for copies, data/copies.py).
     `counter` (a Spark accumulator) counts decoded files for the progress log."""
 
     def run(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
@@ -120,19 +127,30 @@ def _analyze_partition(max_pixels: int, thumb_size: int, salt: str, max_bytes: i
         warnings.simplefilter("ignore", UserWarning)
 
         columns = [c.split()[0] for c in ANALYZED_SCHEMA.split(", ")]
+        # one Python worker per core already: BLAS threads in window_hashes would oversubscribe the cores
+        # (measured: 4x slower decode on 2 busy cores)
+        with threadpool_limits(1, user_api="blas"):
+            yield from _analyzed_batches(batches, columns)
+
+    def _analyzed_batches(batches: Iterator[pd.DataFrame], columns: list[str]) -> Iterator[pd.DataFrame]:
         for pdf in batches:
             out = []
             rows = zip(pdf["path"], pdf["content"], pdf["id"], pdf["read_path"], strict=True)
             for path, content, ident, read_path in rows:
                 data, rec = _bytes_of(content, read_path, max_bytes)
                 if rec is None:
-                    rec = analyze(data, max_pixels=max_pixels, thumb_size=thumb_size, patient_salt=salt)
+                    rec = analyze(data, max_pixels=max_pixels, thumb_size=dedup.thumb_size, patient_salt=salt,
+                                  copy_thumb_size=dedup.copy_thumb_size)
+                copy_thumb = unpack(rec.copy_thumb)
+                crops = None if copy_thumb is None else window_hashes(
+                    copy_thumb, dedup.copy_window_step, dedup.copy_max_trim).tolist()
                 out.append({
                     "path": path, "id": ident, "sha256": hashlib.sha256(data).hexdigest() if data else None,
                     "format": rec.format,
                     "mode": rec.mode, "width": rec.width, "height": rec.height, "bit_depth": rec.bit_depth,
                     "status": rec.status, "reason": rec.reason, "pixel_sha256": rec.pixel_sha256,
                     "phash": rec.phash, "patient_ref": rec.patient_ref, "thumb": rec.thumb,
+                    "crop_hashes": crops, "copy_thumb": rec.copy_thumb,
                 })
             if counter is not None:
                 counter.add(len(out))
@@ -174,8 +192,7 @@ def _decode_stage(spark, folders: list[DataFolder], layout: IngestLayout, cfg: C
     try:
         with sql_conf(spark, IMAGE_FILE_OPEN_COST):
             todo.mapInPandas(
-                _analyze_partition(cfg.decode.max_pixels, cfg.dedup.thumb_size, patient_salt(), max_bytes,
-                                   counter),
+                _analyze_partition(cfg.decode.max_pixels, cfg.dedup, patient_salt(), max_bytes, counter),
                 ANALYZED_SCHEMA,
             ).write.mode("overwrite").parquet(target)
     finally:
@@ -185,15 +202,15 @@ def _decode_stage(spark, folders: list[DataFolder], layout: IngestLayout, cfg: C
 
 def _reconcile(listing, analyzed, max_file_bytes: int):
     """Listing joined with what was decoded; anything not decoded or not labelled becomes a quarantine row."""
-    a = analyzed.drop("thumb", "id")
+    a = analyzed.drop("thumb", "id", "crop_hashes", "copy_thumb")
     df = listing.join(a, "path", "left")
     hidden = F.col("rel_path").rlike(r"(^|/)_")
     why = (F.when(F.col("length").isNull(), F.lit("missing_file: listed in the manifest but not found"))
            .when(F.col("note").isNotNull(), F.col("note"))
            .when(F.col("length") == 0, F.lit("empty_file: 0 bytes"))
-           .when(hidden, F.lit(HIDDEN_REMOTE))
            .when(F.col("length") > max_file_bytes,
                  F.format_string("file_too_large: %d bytes > %d", F.col("length"), F.lit(max_file_bytes)))
+           .when(hidden, F.lit(HIDDEN_REMOTE))
            .otherwise(F.lit("unreadable: listed, but the file source could not read it (vanished since, "
                             "or an I/O error)")))
     undecoded = F.col("status").isNull()
@@ -258,8 +275,15 @@ def _ingest(spark, fs: HadoopFS, folders: list[DataFolder], totals: list[int], o
     log.info("ingest: decoded %d files in %.1fs", listing.rows, time.time() - t0)
     table = _reconcile(listing.frame, analyzed, cfg.decode.max_file_bytes).cache()
     ok = table.where("status = 'ok'")
-    dups = find_duplicates(ok, analyzed.select("id", "thumb"), max_hamming=cfg.dedup.phash_max_hamming,
-                           min_correlation=cfg.dedup.pixel_min_correlation, thumb_size=cfg.dedup.thumb_size)
+    d = cfg.dedup
+    ok_ids = ok.select("id")
+    copies = scored_copies(
+        analyzed.where("crop_hashes IS NOT NULL").select("id", F.col("crop_hashes").alias("hashes"))
+        .join(ok_ids, "id", "left_semi"), analyzed.select("id", "copy_thumb"), d.copy_max_hamming,
+        CopyCheck(d.copy_min_inliers, d.copy_min_inlier_ratio, d.copy_min_correlation))
+    dups = find_duplicates(ok, analyzed.select("id", "thumb"), max_hamming=d.phash_max_hamming,
+                           min_correlation=d.pixel_min_correlation, thumb_size=d.thumb_size, copies=copies,
+                           copy_min_correlation=d.copy_min_correlation, copy_max_hamming=d.copy_max_hamming)
     graph = collect_parts(_graph_parts(table, ok, dups))
     ids = graph["ids"][0]
     if ids["d"] != ids["n"]:

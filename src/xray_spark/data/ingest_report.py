@@ -157,6 +157,7 @@ def _markdown(dups: Duplicates, sample: list, n_groups: int, rejected: list) -> 
              f"Near-duplicate candidates: pHash Hamming <= {p['max_hamming']}; confirmed when the Pearson "
              f"correlation of {p['thumb_size']}x{p['thumb_size']} thumbnails >= {p['min_correlation']}. "
              "Exact: identical decoded pixels or bytes. Paths are relative to the data folder.", "",
+             *_copies_line(p),
              "| count | value |", "|---|---|", *[f"| {k} | {v} |" for k, v in dups.counts.items()],
              f"| n_groups | {n_groups} |", ""]
     if not sample:
@@ -173,6 +174,15 @@ def _markdown(dups: Duplicates, sample: list, n_groups: int, rejected: list) -> 
                   for r in rejected]
         lines.append("")
     return "\n".join(lines)
+
+
+def _copies_line(p: Mapping) -> list[str]:
+    """How copies that one source cropped or rescaled from another were found (when that search ran)."""
+    if "copy_min_correlation" not in p:
+        return []
+    return [f"Copies (crops, rescales, re-encodings; kind `copy`): the whole-image pHash of one within "
+            f"{p['copy_max_hamming']} bits of a window's pHash of the other, confirmed by ORB keypoints + "
+            f"RANSAC and a correlation >= {p['copy_min_correlation']} of the aligned overlap.", ""]
 
 
 def _md_groups(rows: list) -> list[str]:
