@@ -49,6 +49,13 @@ def test_evaluate_counts_equal_what_score_predicts(spark, trained, figure1, tmp_
     report = (tmp_path / "eval" / "report.md").read_text()
     assert "95% interval" in report and "confusion.png" in report
     assert (tmp_path / "eval" / "confusion.png").stat().st_size > 1000
+    # figure1's originals (~1000 px, mostly JPEG) are unlike the downscaled 320 px training copies
+    shift = doc["shift"]
+    assert shift == {k: (v if np.isfinite(v) else None) for k, v in result.shift.items()}
+    assert shift["shift_n"] == result.n
+    assert shift["shift_flagged"] >= 0.9 and shift["shift_auroc_vs_internal_test"] >= 0.9
+    assert shift["shift_flagged_internal_test"] < shift["shift_flagged"]  # 7 test images, 29 training here
+    assert "## Unlike the training images?" in report
 
     run = mlflow.MlflowClient(tracking_uri=trained.tracking_uri).get_run(result.run_id)
     assert run.data.tags["kind"] == "evaluation"
@@ -59,9 +66,18 @@ def test_evaluate_counts_equal_what_score_predicts(spark, trained, figure1, tmp_
 
     # the same model and images through `score`: the same predictions, so the same confusion counts
     cfg.tracking_uri = trained.tracking_uri
-    score_command(lambda: spark, cfg, model=champion["uri"], input_dir=str(figure1),
-                  output_dir=str(tmp_path / "scored"), min_age_seconds=0)
+    summary = score_command(lambda: spark, cfg, model=champion["uri"], input_dir=str(figure1),
+                            output_dir=str(tmp_path / "scored"), min_age_seconds=0)
+    lines = summary.lines()  # the run-level drift: what moved, named in one warning line
+    flagged_line = next(line for line in lines if line.startswith("unlike the training images: "))
+    assert f" of {summary.drift_n} (" in flagged_line and summary.drift.flagged_share >= 0.9
+    warning = next(line for line in lines if line.startswith("shift warning: "))
+    assert "typical short side" in warning and "in training" in warning, warning
+    assert summary.drift.metrics["psi_format"] > 0.25  # figure1 is mostly JPEG
     scored = spark.read.parquet(str(tmp_path / "scored")).toPandas()
+    ok = scored[scored["status"] == "ok"]
+    assert 1 - ok["in_distribution"].mean() == pytest.approx(shift["shift_flagged"], abs=0.03)
+    assert ok["shift_score"].notna().all()
     images = spark.read.parquet(str(tmp_path / "eval" / "ingest" / "images")).toPandas()
     images = images[images["status"] == "ok"].merge(scored[["sha256", "predicted_label"]], on="sha256")
     labels = doc["labels"]

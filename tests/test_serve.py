@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import math
 import os
 import select
 import socket
@@ -27,7 +28,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ingest_fixtures import _dicom, _png_bytes, _png_claiming
+from ingest_fixtures import _dicom, _jpeg_bytes, _png_bytes, _png_claiming
 from serve_utils import free_port, multipart, predict, request, running, wait_up
 from xray_spark.errors import UserError
 from xray_spark.serving import heads_numpy
@@ -42,6 +43,7 @@ from xray_spark.serving.bundle import (
 )
 from xray_spark.serving.heatmap import APPROXIMATE, EXACT, GRADIENT, channel_weights, mlp_gradient
 from xray_spark.serving.predictor import Predictor
+from xray_spark.serving.shift_check import check_shift
 
 REPO = Path(__file__).resolve().parents[1]
 LABELS = ("covid", "no_findings", "pneumonia")
@@ -133,6 +135,9 @@ def test_served_answers_equal_the_spark_pipeline(trained: Trained, server: str, 
         labels_seen.add(body["label"])
         assert body["score_kind"] == "probability" and body["model_version"] == "7"
         assert body["model_name"] == "xray-spark-multiclass" and len(body["sha256"]) == 64
+        # a pipeline without a ShiftModel (a model from before the shift check): the fields are there, null
+        assert body["shift_score"] is None and body["in_distribution"] is None, body
+        assert body["shift_reasons"] is None
     assert max(diffs) <= PROB_TOL, diffs
     assert len(labels_seen) >= 2  # the comparison is not one constant answer
     engine = predict(server, trained.parity[0][0].read_bytes()).json()["engine"]
@@ -368,7 +373,12 @@ def test_page_docs_and_version(server: str) -> None:
     assert "frame-ancestors 'none'" in page.headers["content-security-policy"]
     assert request(server, "GET", "/docs").status == 200
     spec = request(server, "GET", "/openapi.json").json()
-    assert "multipart/form-data" in spec["paths"]["/predict"]["post"]["requestBody"]["content"]
+    post = spec["paths"]["/predict"]["post"]
+    assert "multipart/form-data" in post["requestBody"]["content"]
+    answer = post["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].rsplit("/", 1)[-1]
+    fields = spec["components"]["schemas"][answer]["properties"]
+    assert {"label", "probabilities", "shift_score", "in_distribution", "shift_reasons"} <= set(fields)
+    assert "image/png" in post["responses"]["200"]["content"]  # the heatmap answer is still documented
     info = request(server, "GET", "/version").json()
     assert info["model"]["version"] == "7" and info["model"]["labels"] == list(LABELS)
     assert info["baseline_as_good"] is True and info["baseline_sentence"] == BASELINE_SENTENCE
@@ -482,6 +492,47 @@ def test_bundle_round_trip_and_refusals(trained: Trained, tmp_path: Path) -> Non
     weights.write_bytes(b"not the weights")
     with pytest.raises(BundleError, match="sha256"):
         load_bundle(copy)
+
+
+def _toy_reference(d: int = 2048):
+    """A shift reference of PNG, 8-bit grey, 320 px training files (features: any direction is fine)."""
+    from xray_spark.models.shift import Reference
+
+    logs = {"short_side": math.log(320), "long_side": math.log(320), "file_size": math.log(20_000)}
+    return Reference(mean=np.zeros(d), components=np.eye(2, d), variances=np.ones(2),
+                     shares={"format": {"PNG": 1.0}, "mode": {"L": 1.0}, "bit_depth": {"8": 1.0}},
+                     centers=logs, spreads={"short_side": 0.1, "long_side": 0.1, "file_size": 5.0},
+                     scales={"features_pca": 1e6, "features_residual": 10.0}, threshold=1.0, n_train=100)
+
+
+def test_shift_check_says_why_and_the_bundle_carries_its_reference(trained: Trained, tmp_path: Path) -> None:
+    ref = _toy_reference()
+    features = np.random.default_rng(0).normal(size=2048)
+    grey = _png_bytes(np.full((320, 320), 90, np.uint8))
+    inside = check_shift(ref, grey, features)
+    assert inside.in_distribution is True and inside.score is not None and inside.reasons == ()
+    photo = _jpeg_bytes(np.full((900, 1200, 3), 90, np.uint8))
+    outside = check_shift(ref, photo, features)
+    assert outside.in_distribution is False and outside.score > ref.threshold
+    assert outside.reasons == ("long side 1200 px (training median 320 px)",  # the 3 largest, largest first
+                               "short side 900 px (training median 320 px)",
+                               "colour mode RGB (0% of training images)"), outside.reasons
+    assert check_shift(None, photo, features).score is None  # a bundle without a reference
+
+    bundle = load_bundle(trained.bundle)
+    assert bundle.shift is None  # trained without a ShiftModel stage
+    folder = write_bundle(tmp_path / "shifted", head=bundle.head, backbone="ResNet50",
+                          weights_file=bundle.weights_path, weights_fingerprint=bundle.weights_fingerprint,
+                          shift_reference=ref.to_text())
+    assert json.loads((folder / META_FILE).read_text())["shift_reference"] == "shift_reference.txt"
+    again = load_bundle(folder)
+    assert again.shift is not None and again.shift.threshold == 1.0 and again.shift.shares == ref.shares
+    (folder / "shift_reference.txt").write_text("not a reference")
+    with pytest.raises(BundleError, match="shift_reference.txt is unreadable"):
+        load_bundle(folder)
+    (folder / "shift_reference.txt").unlink()
+    with pytest.raises(BundleError, match="shift reference shift_reference.txt is missing"):
+        load_bundle(folder)
 
 
 def test_bundle_from_pipeline_with_a_given_weights_file(trained: Trained, tmp_path: Path) -> None:

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import isolate_mlflow
+from conftest import auto_engine_atol, isolate_mlflow
 from serve_utils import free_port, predict, wait_up
 from xray_spark.errors import UserError
 from xray_spark.serving.bundle import load_bundle
@@ -47,7 +47,8 @@ def spark_predictions(spark, trained, images) -> pd.DataFrame:
         mlflow.set_registry_uri(trained.tracking_uri)  # else an earlier module's registry may linger
         model = mlflow.spark.load_model(trained.champions["binary"]["uri"])
         df = spark.createDataFrame([(p.name, p.read_bytes()) for p in images], "name string, content binary")
-        return model.transform(df).select("name", "predicted_label", "probability").toPandas()
+        return model.transform(df).select("name", "predicted_label", "probability", "shift_score",
+                                          "in_distribution").toPandas()
     finally:
         mp.undo()
 
@@ -62,15 +63,29 @@ def test_champion_links_its_serving_twin(trained, monkeypatch) -> None:
         assert twin.source == link or link.endswith(twin.source.rsplit("/", 1)[-1]), (twin.source, link)
 
 
+def _assert_same_shift(served, spark_row: pd.Series, threshold: float, name: str) -> None:
+    """The served shift check against the Spark ShiftModel's columns. The features may differ by engine (bf16
+    where the CPU has it: auto_engine_atol), and the feature signals move with them, so the score is
+    compared with a relative tolerance and the verdict exactly only away from the threshold."""
+    rel = 1e-3 if auto_engine_atol() <= 1e-4 else 5e-2
+    assert served.score is not None and spark_row["shift_score"] is not None, name
+    assert served.score == pytest.approx(float(spark_row["shift_score"]), rel=rel, abs=1e-6), name
+    if abs(served.score - threshold) > 2 * rel * max(threshold, 1e-6):
+        assert served.in_distribution == bool(spark_row["in_distribution"]), name
+    assert served.in_distribution or served.reasons, name  # a flagged image always says why
+
+
 def test_bundle_from_the_registry_predicts_what_spark_predicts(trained, images, spark_predictions, tmp_path,
-                                                               monkeypatch) -> None:
+                                                               monkeypatch, evidence) -> None:
     isolate_mlflow(monkeypatch)
     folder = bundle_for_model(trained.champions["binary"]["uri"], trained.tracking_uri, cache_dir=tmp_path)
     bundle = load_bundle(folder)
     assert bundle.meta.model_name == "xray-spark-binary" and bundle.meta.model_version == "1"
     assert bundle.meta.baseline_as_good in (True, False)  # the training report's verdict travels with it
+    assert bundle.shift is not None  # the champion's ShiftModel reference travels with the bundle
     predictor = Predictor(bundle)
     by_name = spark_predictions.set_index("name")
+    shift_scores = []
     for path in images:
         served = predictor.predict(path.read_bytes())
         expected = by_name.loc[path.name]
@@ -78,6 +93,10 @@ def test_bundle_from_the_registry_predicts_what_spark_predicts(trained, images, 
         spark_proba = expected["probability"].toArray()
         served_proba = np.array([served.probabilities[lab] for lab in bundle.labels])
         assert np.abs(served_proba - spark_proba).max() < 1e-4, path.name
+        _assert_same_shift(served.shift, expected, bundle.shift.threshold, path.name)
+        shift_scores.append(served.shift.score)
+    evidence(f"serve shift parity: {len(images)} raw-sample images, shift scores "
+             f"{', '.join(f'{s:.2f}' for s in shift_scores)} (threshold {bundle.shift.threshold:.2f})")
     # found again from the cache (by name and version), and through the twin's own URI: the same bundle
     assert bundle_for_model(trained.champions["binary"]["uri"], trained.tracking_uri, cache_dir=tmp_path
                             ) == folder
@@ -129,6 +148,9 @@ def test_mlflow_models_serve_answers_with_the_twin(trained, images, spark_predic
     assert out["predicted_label"].iloc[N_IMAGES] is None
     assert out["error"].iloc[N_IMAGES].startswith("not_an_image:"), out["error"].iloc[N_IMAGES]
     assert "prob_covid" in out.columns
+    spark_shift = spark_predictions.set_index("name").loc[[p.name for p in images], "shift_score"].to_numpy()
+    assert np.allclose(out["shift_score"].iloc[:N_IMAGES].astype(float), spark_shift.astype(float), rtol=5e-2)
+    assert pd.isna(out["shift_score"].iloc[N_IMAGES])
 
 
 @pytest.mark.e2e

@@ -106,13 +106,18 @@ def test_champions_registered_load_and_predict_new_images(trained, spark, ozturk
         mv = client.get_model_version_by_alias(f"xray-spark-{task}", "champion")
         assert str(mv.version) == trained.champions[task]["version"] == "1"  # a fresh store: nothing before
         model = mlflow.spark.load_model(f"models:/xray-spark-{task}@champion")
-        featurizer = model.stages[0]
+        assert [type(s).__name__ for s in model.stages[:3]] == ["FileProperties", "DeepImageFeaturizer",
+                                                                "ShiftModel"]
+        featurizer = model.stages[1]
         pin = featurizer.getWeightsSha256()
         assert pin and pin == client.get_run(mv.run_id).data.params["weights_sha256"]
         assert f"/weights/ResNet50/{pin}/" in featurizer.getWeights(), featurizer.getWeights()
         df = spark.read.format("binaryFile").option("recursiveFileLookup", "true").load(str(new))
-        pred = model.transform(df).select("path", "predicted_label", "probability").toPandas()
-        assert len(pred) == 6
+        pred = model.transform(df).select("path", "predicted_label", "probability", "shift_score",
+                                          "in_distribution").toPandas()
+        assert len(pred) == 6 and pred["shift_score"].notna().all() and pred["in_distribution"].notna().all()
+        metrics = client.get_run(mv.run_id).data.metrics
+        assert metrics["shift_threshold"] > 0 and 0 <= metrics["shift_flagged_internal_test"] <= 1
         labels = TASKS[task].labels
         assert pred["probability"].map(lambda v: abs(sum(v.toArray()) - 1) < 1e-6).all()
         # the label decode stage names the most probable class, in the task's label order

@@ -7,8 +7,8 @@ makes the predictions (as `score` does), and train/evaluate computes the same me
 group-bootstrap intervals.
 
 `external_predictions` and `evaluation_arrays` compute; `evaluate_model` writes files and logs to MLflow.
-Leave-one-source-out (`train --eval leave-one-source-out`): `loso_plan` decides which sources can be held out,
-`held_out_split` rewrites the split; train/runner.py fits and logs.
+Leave-one-source-out (`train --eval leave-one-source-out`) is planned in train/loso.py; its side-by-side
+tables (`side_by_side_md`) are written here, as they are for an external folder.
 """
 
 from __future__ import annotations
@@ -33,6 +33,8 @@ from xray_spark import paths
 from xray_spark.config import Config
 from xray_spark.data.images import data_roots, image_contents, load_or_ingest
 from xray_spark.errors import UserError, one_line
+from xray_spark.models.shift_report import shift_line, shift_md, shift_summary
+from xray_spark.models.shift_stage import FLAG_COL, SHIFT_COL
 from xray_spark.scoring.model import (
     ModelRef,
     ScoringPipeline,
@@ -84,6 +86,7 @@ class EvalResult:
     files: dict[str, Path] = field(default_factory=dict)
     baseline: BaselineResult | None = None
     baseline_note: str = ""  # why there is no baseline, when there is none
+    shift: dict[str, float] | None = None  # models/shift_report.shift_summary; None: no shift stage
 
     def lines(self) -> list[str]:
         """The summary the CLI prints: headline metrics with intervals, counts, where the files are."""
@@ -106,6 +109,8 @@ class EvalResult:
                           False: ""}[verdict])
         else:
             out.append(f"metadata-only baseline: none ({self.baseline_note})")
+        if self.shift is not None:
+            out.append(shift_line(self.shift))
         out += [f"{name}: {path}" for name, path in self.files.items()]
         out.append(f"MLflow run {self.run_id} at {self.tracking_uri}")
         return out
@@ -139,11 +144,13 @@ def external_predictions(spark: SparkSession, pipe: ScoringPipeline, images: Dat
         proba = (vector_to_array(F.col(pipe.probability_col), "float64")
                  if pipe.probability_col and pipe.probability_col in scored.columns
                  else F.lit(None).cast("array<double>"))
+        shift = pipe.shift_columns(scored)[:2]  # shift_score, in_distribution
         predicted = scored.select("sha256", F.col(pipe.label_col).cast("string").alias("predicted_label"),
-                                  proba.alias("proba"), F.lit(True).alias("features_ok"))
+                                  proba.alias("proba"), F.lit(True).alias("features_ok"), *shift)
         failed = feats.where(F.col(pipe.features_col).isNull()).select(
             "sha256", F.lit(None).cast("string").alias("predicted_label"),
-            F.lit(None).cast("array<double>").alias("proba"), F.lit(False).alias("features_ok"))
+            F.lit(None).cast("array<double>").alias("proba"), F.lit(False).alias("features_ok"),
+            *pipe.shift_columns(nulls=True)[:2])
         return ok.join(predicted.unionByName(failed), "sha256", "left").toPandas()
     finally:
         feats.unpersist()
@@ -206,7 +213,7 @@ def _report(result: EvalResult, png: Path) -> str:
     if result.quarantined or result.no_features:
         lines.append(f"- Set aside: {result.quarantined} at ingest (see ingest/), {result.no_features} "
                      "that the featurizer could not read.")
-    return "\n".join(lines + ["", *_baseline_md(result)]) + "\n"
+    return "\n".join(lines + ["", *_baseline_md(result), *shift_md(result.shift)]) + "\n"
 
 
 def _baseline_md(result: EvalResult) -> list[str]:
@@ -258,12 +265,24 @@ def evaluate_model(spark: SparkSession, cfg: Config, *, model: str, data: str, o
                         no_features=int((~pdf["features_ok"].fillna(False).astype(bool)).sum()),
                         data_fingerprint=fingerprint(pdf),
                         source=", ".join(paths.file_name(r) for r in data_roots(summary)))
+    result.shift = _shift(pipe, pdf)
     featurized = set(pdf.loc[pdf["features_ok"].fillna(False).astype(bool), "sha256"])
     result.baseline, result.baseline_note = _baseline(spark, cfg, ref, images, task, featurized)
     _write_and_log(result, out_dir, uri)
     log.info("evaluated %s version %s on %d images in %.1fs", ref.name, ref.version, result.n,
              time.time() - t0)
     return result
+
+
+def _shift(pipe: ScoringPipeline, pdf: pd.DataFrame) -> dict[str, float] | None:
+    """The shift check's figures on the featurized rows (None for a model without a ShiftModel)."""
+    if pipe.shift is None:
+        return None
+    done = pdf[pdf["features_ok"].fillna(False).astype(bool)]
+    flags = [None if pd.isna(f) else bool(f) for f in done[FLAG_COL]]
+    scores = [None if pd.isna(v) else float(v) for v in done[SHIFT_COL]]
+    return shift_summary(scores, flags, list(done["label"] == done["predicted_label"]),
+                         pipe.shift.getReference())
 
 
 def _measure(pdf: pd.DataFrame, task: Task, cfg: Config) -> tuple[int, dict[str, float], np.ndarray]:
@@ -299,42 +318,6 @@ def _baseline(spark: SparkSession, cfg: Config, ref: ModelRef, images: DataFrame
     return BaselineResult(uri, n, metrics, cm), ""
 
 
-LOSO_MIN_IMAGES = 5  # a held-out source smaller than this says nothing, even with intervals
-
-
-def loso_plan(labels: DataFrame, task: Task, min_images: int = LOSO_MIN_IMAGES) -> dict[str, str | None]:
-    """source -> None when it can be held out for `task`, else why not. It can when it has at least
-    `min_images` images of >= 2 of the task's classes and the other sources together cover every class (a
-    head cannot learn a class it never sees)."""
-    counts = (labels.where(F.col("label").isin(list(task.labels))).groupBy("source", "label").count()
-              .collect())  # one row per (source, class): a small aggregate
-    per_source: dict[str, dict[str, int]] = {}
-    for r in counts:
-        per_source.setdefault(r["source"], {})[r["label"]] = r["count"]
-    plan: dict[str, str | None] = {}
-    for source, classes in sorted(per_source.items()):
-        others = {lab for s, c in per_source.items() if s != source for lab in c}
-        missing = [lab for lab in task.labels if lab not in others]
-        if len(per_source) < 2:
-            plan[source] = "the only source"
-        elif sum(classes.values()) < min_images or len(classes) < 2:
-            plan[source] = (f"{sum(classes.values())} images of {len(classes)} class(es); "
-                            f"need {min_images} of 2")
-        elif missing:
-            plan[source] = f"the other sources have no {', '.join(missing)} to train on"
-        else:
-            plan[source] = None
-    return plan
-
-
-def held_out_split(labels: DataFrame, source: str) -> DataFrame:
-    """`labels` with split = test for `source` and train for every other source, minus training images that
-    share a group with a held-out one (the same image published by two sources would otherwise leak)."""
-    test = labels.where(F.col("source") == source)
-    train = (labels.where(F.col("source") != source)
-             .join(test.select("group_id").distinct(), "group_id", "left_anti"))
-    return (train.withColumn("split", F.lit("train"))
-            .unionByName(test.withColumn("split", F.lit("test"))))
 
 
 GAP_METRICS = ("accuracy", "covid_recall", "macro_f1")  # the metrics train reports with group intervals
@@ -390,6 +373,8 @@ def _write_and_log(result: EvalResult, out_dir: Path, uri: str | None) -> None:
             "confusion": {"labels": labels, "counts": result.baseline.confusion.tolist()},
             "metrics": {k: (v if np.isfinite(v) else None) for k, v in result.baseline.metrics.items()}},
         "baseline_note": result.baseline_note or None,
+        "shift": None if result.shift is None else {k: (v if np.isfinite(v) else None)
+                                                   for k, v in result.shift.items()},
     }
     (out_dir / "metrics.json").write_text(json.dumps(doc, indent=2, default=float))
     (out_dir / "report.md").write_text(_report(result, png))
@@ -403,7 +388,7 @@ def _write_and_log(result: EvalResult, out_dir: Path, uri: str | None) -> None:
                          "source": result.source})
         mlflow.log_params({"n": result.n, "labels": ",".join(labels),
                            "excluded": json.dumps(result.excluded)})
-        mlflow.log_metrics(finite_metrics(result.metrics))
+        mlflow.log_metrics(finite_metrics({**result.metrics, **(result.shift or {})}))
         if result.baseline is not None:
             mlflow.set_tag(BASELINE_TAG, result.baseline.uri)
             mlflow.log_metrics(finite_metrics({f"baseline/{k}": v

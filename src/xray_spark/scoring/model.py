@@ -17,18 +17,21 @@ from typing import TYPE_CHECKING
 
 from pyspark.ml import PipelineModel
 from pyspark.ml.feature import IndexToString
+from pyspark.sql import functions as F
 
 from xray_spark import paths
 from xray_spark.config import Config
 from xray_spark.errors import TransientError, UserError, is_transient
 from xray_spark.features.featurizer import DeepImageFeaturizer
+from xray_spark.models.shift import PROPS_STRUCT
+from xray_spark.models.shift_stage import FLAG_COL, PROPS_COL, REASONS_COL, SHIFT_COL, ShiftModel
 from xray_spark.spark_io import HadoopFS
 from xray_spark.tracking import MODEL_ALIAS_URI, MODEL_VERSION_URI, configure_lookup
 from xray_spark.train.tasks import prob_suffix
 
 if TYPE_CHECKING:
     from pyspark.ml import Transformer
-    from pyspark.sql import DataFrame, SparkSession
+    from pyspark.sql import Column, DataFrame, SparkSession
 
 log = logging.getLogger(__name__)
 
@@ -219,6 +222,23 @@ class ScoringPipeline:
     labels: list[str]
     label_col: str  # IndexToString output
     probability_col: str | None  # None for heads without probabilities (LinearSVC, OneVsRest)
+    shift: ShiftModel | None = None  # the model's shift check; None for models trained before it
+
+    def shift_columns(self, frame: DataFrame | None = None, *, nulls: bool = False) -> list[Column]:
+        """The shift check's columns under their output names (shift_score, in_distribution, shift_reasons,
+        file_props); typed nulls with `nulls` (rows without features), for a model without a shift check,
+        or where `frame` lacks a column."""
+        names = {SHIFT_COL: "double", FLAG_COL: "boolean", REASONS_COL: "array<string>",
+                 PROPS_COL: PROPS_STRUCT}
+        given = {} if self.shift is None or nulls else {
+            SHIFT_COL: self.shift.getOutputCol(), FLAG_COL: self.shift.getFlagCol(),
+            REASONS_COL: self.shift.getReasonsCol(), PROPS_COL: self.shift.getPropsCol()}
+        cols = []
+        for name, kind in names.items():
+            src = given.get(name)
+            present = src is not None and (frame is None or src in frame.columns)
+            cols.append((F.col(src) if present else F.lit(None)).cast(kind).alias(name))
+        return cols
 
     def prob_columns(self) -> list[str]:
         return [f"prob_{prob_suffix(label)}" for label in self.labels]
@@ -259,6 +279,7 @@ def split_pipeline(model: PipelineModel, featurizer_cls: type, uri: str = "model
     for stage in rest:
         if stage.hasParam("probabilityCol") and stage.isDefined("probabilityCol"):
             prob_col = stage.getOrDefault("probabilityCol")
+    shift = next((s for s in rest if isinstance(s, ShiftModel)), None)
     return ScoringPipeline(
         featurize=PipelineModel(stages=stages[: idx + 1]),
         head=PipelineModel(stages=rest),
@@ -268,6 +289,7 @@ def split_pipeline(model: PipelineModel, featurizer_cls: type, uri: str = "model
         labels=labels,
         label_col=decoder.getOrDefault("outputCol"),
         probability_col=prob_col,
+        shift=shift,
     )
 
 

@@ -29,6 +29,9 @@ from pyspark.sql import functions as F
 
 from xray_spark.config import IMAGES_PER_TASK, WAVES_PER_CHUNK, Config
 from xray_spark.errors import UserError
+from xray_spark.models.drift import Drift, Tally, drift, drift_lines
+from xray_spark.models.shift import CATEGORICAL, FEATURES_REASON, NUMERIC
+from xray_spark.models.shift_stage import FLAG_COL, PROPS_COL, REASONS_COL, SHIFT_COL
 from xray_spark.paths import glob_escape, is_local, local_path
 from xray_spark.scoring.model import (
     ModelRef,
@@ -43,7 +46,7 @@ from xray_spark.scoring.store import OutputStore
 from xray_spark.spark_io import HadoopFS, balanced_partitions
 
 if TYPE_CHECKING:
-    from pyspark.sql import DataFrame, SparkSession
+    from pyspark.sql import Column, DataFrame, SparkSession
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +69,8 @@ class ScoreSummary:
     retry_later: int = 0  # changed, vanished or unreadable during this run
     chunks: int = 0
     seconds: float = 0.0
+    drift: Drift | None = None  # this run's images against the training images (models/drift.py)
+    drift_n: int = 0
 
     def lines(self) -> list[str]:
         out = [
@@ -79,6 +84,8 @@ class ScoreSummary:
             out.append(f"left for the next run (younger than --min-age): {self.too_recent}")
         if self.retry_later:
             out.append(f"left for the next run (changed, vanished or unreadable): {self.retry_later}")
+        if self.drift is not None:
+            out += drift_lines(self.drift, self.drift_n)
         rate = (self.newly_scored + self.quarantined) / self.seconds if self.seconds else 0.0
         out.append(f"chunks committed: {self.chunks} in {self.seconds:.1f}s ({rate:.1f} images/s)")
         return out
@@ -89,8 +96,8 @@ ENGINE_COL = "__xray_engine"  # the featurizer's engineCol while scoring, when t
 
 def _output_columns(pipe: ScoringPipeline) -> list[str]:
     return ["path", "sha256", "status", "reason", "predicted_label", *pipe.prob_columns(), "probability",
-            "model_name", "model_version", "model_uri", "engine", "decoder", "scored_at", "file_size",
-            "modified_at"]
+            SHIFT_COL, FLAG_COL, REASONS_COL, PROPS_COL, "model_name", "model_version", "model_uri", "engine",
+            "decoder", "scored_at", "file_size", "modified_at"]
 
 
 def record_engine(pipe: ScoringPipeline) -> str | None:
@@ -119,7 +126,7 @@ def _ok_rows(pipe: ScoringPipeline, scored: DataFrame, engine_col: str | None) -
         cols.append(F.lit(None).cast("map<string,double>").alias("probability"))
     engine = F.col(engine_col) if engine_col else F.lit(None)
     return scored.select("path", "sha256", "file_size", "modified_at", F.lit("ok").alias("status"),
-                         F.lit(None).cast("string").alias("reason"), *cols,
+                         F.lit(None).cast("string").alias("reason"), *cols, *pipe.shift_columns(scored),
                          engine.cast("string").alias("engine"))
 
 
@@ -129,6 +136,7 @@ def _quarantine_rows(pipe: ScoringPipeline, df: DataFrame, reason: Callable) -> 
         reason().cast("string").alias("reason"), F.lit(None).cast("string").alias("predicted_label"),
         *[F.lit(None).cast("double").alias(n) for n in pipe.prob_columns()],
         F.lit(None).cast("map<string,double>").alias("probability"),
+        *pipe.shift_columns(nulls=True),
         F.lit(None).cast("string").alias("engine"),  # no features were made
     )
 
@@ -156,9 +164,25 @@ def _commit_refused(spark: SparkSession, pipe: ScoringPipeline, store: OutputSto
     return len(rows)
 
 
+def _chunk_tally() -> list[Column]:
+    """What a committed chunk adds up to, per (format, mode, bit depth): every row, the ok ones, and the
+    run-level drift tally of the ok rows with a shift score (models/drift.py Tally.add reads these)."""
+    ok = F.col("status") == "ok"
+    checked = ok & F.col(SHIFT_COL).isNotNull()
+    count = lambda cond: F.sum(F.when(cond, 1).otherwise(0))  # noqa: E731
+    sums = []
+    for p in NUMERIC:
+        value = F.when(checked & (F.col(f"{PROPS_COL}.{p}") > 0), F.log(F.col(f"{PROPS_COL}.{p}")))
+        sums += [F.sum(value).alias(f"{p}_log_sum"), F.count(value).alias(f"{p}_log_n")]
+    return [F.count(F.lit(1)).alias("all"), count(ok).alias("ok"), count(checked).alias("n"),
+            count(checked & ~F.col(FLAG_COL)).alias("flagged"),
+            count(checked & F.array_contains(REASONS_COL, FEATURES_REASON)).alias("by_features"), *sums]
+
+
 def score_chunk(spark: SparkSession, pipe: ScoringPipeline, store: OutputStore,
-                chunk: list[Candidate], engine_col: str | None = None) -> tuple[int, int]:
-    """Score one chunk and commit it; returns (ok, quarantined). Rows whose bytes changed are left out.
+                chunk: list[Candidate], engine_col: str | None = None) -> tuple[int, int, list[dict]]:
+    """Score one chunk and commit it; returns (ok, quarantined, drift tally rows). Rows whose bytes changed
+    are left out.
 
     One Spark job does the work: the featurized rows are persisted (without the image bytes) and both
     branches (head on good rows, quarantine rows) read that cache; Spark's block locking makes the second
@@ -188,20 +212,19 @@ def score_chunk(spark: SparkSession, pipe: ScoringPipeline, store: OutputStore,
         staged = store.stage(rows.repartition(1))
         # counts read back from the staged file (an Observation here broke later Python UDF jobs on the
         # same session in Spark 4.0: "Task not serializable: ObservationManager")
-        n, n_ok = 0, 0
+        n, n_ok, groups = 0, 0, []
         if staged is not None:
-            got = spark.read.parquet(glob_escape(staged)).agg(
-                F.count(F.lit(1)).alias("n"),
-                F.sum((F.col("status") == "ok").cast("long")).alias("ok")).first()
-            n, n_ok = int(got["n"] or 0), int(got["ok"] or 0)
+            keys = [F.col(f"{PROPS_COL}.{p}").alias(p) for p in CATEGORICAL]
+            groups = spark.read.parquet(glob_escape(staged)).groupBy(*keys).agg(*_chunk_tally()).collect()
+            n, n_ok = sum(int(g["all"]) for g in groups), sum(int(g["ok"]) for g in groups)
         if staged is None or n == 0:  # every file changed or vanished: commit nothing
             if staged is not None:
                 store.discard(staged)
-            return 0, 0
+            return 0, 0, []
         committed = store.publish(staged, scored_at)
         log.debug("chunk of %d: %d ok, %d quarantined in %.1fs -> %s", len(chunk), n_ok, n - n_ok,
                   time.time() - t0, committed)
-        return n_ok, n - n_ok
+        return n_ok, n - n_ok, [g.asDict() for g in groups]
     finally:
         feats.unpersist()
 
@@ -252,10 +275,11 @@ def score_folder(spark: SparkSession, cfg: Config, ref: ModelRef, *, input_dir: 
                 summary.quarantined += _commit_refused(spark, pipe, store, plan)
                 summary.chunks += 1
             parts = chunks(plan.candidates, chunk_size)
-            done = 0
+            done, tally = 0, Tally()
             for i, chunk in enumerate(parts, 1):
                 tc = time.time()
-                n_ok, n_bad = score_chunk(spark, pipe, store, chunk, engine_col)
+                n_ok, n_bad, groups = score_chunk(spark, pipe, store, chunk, engine_col)
+                tally.add(groups)
                 summary.newly_scored += n_ok
                 summary.quarantined += n_bad
                 summary.retry_later += len(chunk) - n_ok - n_bad
@@ -266,6 +290,10 @@ def score_folder(spark: SparkSession, cfg: Config, ref: ModelRef, *, input_dir: 
                          "(%.1f images/s); %d of %d candidates done", i, len(parts), n_ok, n_bad,
                          len(chunk) - n_ok - n_bad, dt, (n_ok + n_bad) / dt if dt else 0.0, done,
                          len(plan.candidates))
+            if pipe.shift is not None and tally.n:
+                summary.drift = drift(tally, pipe.shift.getReference(), cfg.shift.drift_psi,
+                                      cfg.shift.drift_z, 1.0 - cfg.shift.quantile)
+                summary.drift_n = tally.n
         finally:
             store.finish()
     summary.seconds = time.time() - t0

@@ -38,6 +38,7 @@ from starlette.formparsers import MultiPartException
 from xray_spark import __version__
 from xray_spark.errors import UserError
 from xray_spark.serving.predictor import InputRejected, Prediction, Predictor
+from xray_spark.serving.schema import PredictAnswer
 
 log = logging.getLogger("xray_spark.serving")
 
@@ -164,7 +165,8 @@ def create_app(predictor: Predictor, settings: Settings) -> FastAPI:
     async def version() -> dict[str, Any]:
         return version_info(predictor, settings)
 
-    @app.post("/predict", summary="Classify one image (DICOM, PNG, JPEG, ...)", openapi_extra=_PREDICT_DOC)
+    @app.post("/predict", summary="Classify one image (DICOM, PNG, JPEG, ...)", openapi_extra=_PREDICT_DOC,
+              responses={200: {"model": PredictAnswer}})
     async def predict(request: Request, heatmap: bool = False) -> Response:
         started = time.perf_counter()
         outcome, sha = "ok", "-"
@@ -206,6 +208,8 @@ def _answer(result: Prediction, predictor: Predictor, want_png: bool) -> Respons
     if want_png:
         headers = {"X-Label": result.label, "X-Sha256": result.sha256, **PRIVATE,
                    "X-Heatmap-Method": result.heatmap_method or "", "X-Model-Version": result.model_version}
+        if result.shift.in_distribution is not None:
+            headers["X-In-Distribution"] = str(result.shift.in_distribution).lower()
         return Response(result.heatmap_png or b"", media_type="image/png", headers=headers)
     body = result.to_json()
     if result.heatmap_png is not None:
@@ -295,9 +299,11 @@ _PREDICT_DOC: dict[str, Any] = {
     },
     "responses": {
         "200": {"description": "`{label, probabilities, scores, score_kind, model_name, model_version, "
-                               "sha256, engine}`, plus `heatmap_png` (base64), `heatmap_method` and "
-                               "`heatmap_exact` with ?heatmap=true; the heatmap PNG itself with "
-                               "`Accept: image/png`",
+                               "sha256, engine, shift_score, in_distribution, shift_reasons}`, plus "
+                               "`heatmap_png` (base64), `heatmap_method` and `heatmap_exact` with "
+                               "?heatmap=true; the heatmap PNG itself with `Accept: image/png`. "
+                               "`in_distribution: false` means the image is unlike the training images "
+                               "(`shift_reasons` says how): information, not an error",
                 "content": {"image/png": {}}},
         "400": {"description": "empty upload or malformed multipart: `{error, detail}`"},
         "401": {"description": "missing or wrong bearer token"},

@@ -10,6 +10,9 @@ be able to resolve (no internet, no Hadoop). The bundle pins all of it at train 
     weights/<file>      the Keras weights file the featurizer ran with
     importances.npy     optional: tree heads' featureImportances (one row per class for one-vs-rest),
                         read from Spark at train time for the approximate heatmap
+    shift_reference.txt optional: the pipeline's ShiftModel reference (models/shift.py Reference.to_text),
+                        named by serving.json's `shift_reference`; without it (older models) answers carry
+                        null shift fields
 
 `load_bundle` checks the format version and the weights' sha256, and fails with one line (BundleError, a
 UserError: exit 2) on anything it cannot use. `bundle_from_pipeline` builds a bundle from a loaded Spark
@@ -34,7 +37,8 @@ from xray_spark import __version__
 from xray_spark.errors import UserError
 from xray_spark.features.backbones import get_backbone
 from xray_spark.features.weights import file_digest, resolve_weights, weights_fingerprint, weights_kind
-from xray_spark.serving.export import FEATURIZER, export_head, flatten_stages
+from xray_spark.models.shift import Reference
+from xray_spark.serving.export import FEATURIZER, SHIFT_STAGE, export_head, flatten_stages
 from xray_spark.serving.heads_numpy import HeadFormatError, SparkFreeHead
 
 FORMAT = "xray-spark/serving-bundle"
@@ -43,6 +47,7 @@ META_FILE = "serving.json"
 HEAD_DIR = "head"
 WEIGHTS_DIR = "weights"
 IMPORTANCES_FILE = "importances.npy"
+SHIFT_FILE = "shift_reference.txt"
 
 
 class BundleError(UserError):
@@ -87,14 +92,16 @@ class Bundle:
     meta: BundleMeta
     importances: np.ndarray | None  # [1 or k, n_features] for tree heads, else None
     created: str = ""
+    shift: Reference | None = None  # the training images' shift reference; None in older bundles
 
 
 def write_bundle(
     folder: str | os.PathLike, *, head: SparkFreeHead, backbone: str, weights_file: str | os.PathLike,
     weights_fingerprint: str, meta: BundleMeta | Mapping[str, Any] | None = None,
-    importances: np.ndarray | None = None,
+    importances: np.ndarray | None = None, shift_reference: str | None = None,
 ) -> Path:
-    """Write a bundle to `folder` (which must not exist, or be empty); returns it.
+    """Write a bundle to `folder` (which must not exist, or be empty); returns it. `shift_reference`: the
+    ShiftModel's `reference` Param text (checked by parsing it), or None for a model without one.
 
     Written into a temp folder beside it and renamed into place, so a reader never sees half a bundle.
     """
@@ -119,13 +126,17 @@ def write_bundle(
             if imp.shape[1] != head.n_features:
                 raise UserError(f"importances have {imp.shape[1]} features, the head {head.n_features}")
             np.save(tmp / IMPORTANCES_FILE, imp, allow_pickle=False)
+        if shift_reference is not None:
+            _parse_reference(shift_reference, "the shift reference")
+            (tmp / SHIFT_FILE).write_text(shift_reference + "\n", encoding="ascii")
         doc = {
             "format": FORMAT, "format_version": FORMAT_VERSION,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "xray_spark_version": __version__, "backbone": bb.name, "input_size": bb.input_size,
             "weights_file": weights.name, "weights_fingerprint": weights_fingerprint,
             "weights_sha256": file_digest(weights, "sha256"), "labels": head.labels, "output": head.output,
-            "classifier": head.classifier.kind, **asdict(meta),
+            "classifier": head.classifier.kind,
+            "shift_reference": SHIFT_FILE if shift_reference is not None else None, **asdict(meta),
         }
         (tmp / META_FILE).write_text(json.dumps(doc, indent=1, default=str) + "\n")
         if target.exists():
@@ -162,8 +173,9 @@ def load_bundle(folder: str | os.PathLike, *, verify_weights: bool = True) -> Bu
         imp_file = root / IMPORTANCES_FILE
         importances = np.load(imp_file, allow_pickle=False) if imp_file.is_file() else None
         meta = BundleMeta.of({f.name: doc[f.name] for f in fields(BundleMeta) if f.name in doc})
+        shift = _load_reference(root, doc.get("shift_reference"))
         return Bundle(root, backbone, weights, doc["weights_fingerprint"], list(doc["labels"]), head, meta,
-                      importances, doc.get("created", ""))
+                      importances, doc.get("created", ""), shift)
     except (HeadFormatError, ValueError, OSError) as exc:  # incl. a damaged importances.npy
         raise BundleError(f"{root}: {exc}") from None
     except KeyError as exc:
@@ -174,8 +186,9 @@ def bundle_from_pipeline(
     pipeline_model: Any, weights_path: str | os.PathLike | None, folder: str | os.PathLike,
     meta: BundleMeta | Mapping[str, Any] | None = None,
 ) -> Path:
-    """A bundle from a loaded Spark PipelineModel ([DeepImageFeaturizer, head, IndexToString], as `train`
-    logs it). Train time only (uses Spark for the export).
+    """A bundle from a loaded Spark PipelineModel ([FileProperties, DeepImageFeaturizer, ShiftModel, head,
+    IndexToString] as `train` logs it; the shift stages are optional). Train time only (uses Spark for the
+    export). The ShiftModel's reference, found by class name, goes into the bundle as text.
 
     `weights_path`: the weights file the featurizer used (e.g. `resolve_weights(...).local_path`); None
     resolves the featurizer's `weights` Param here. The fingerprint comes from the Param as the feature
@@ -201,8 +214,28 @@ def bundle_from_pipeline(
     engine = featurizer.getOrDefault("engine") if featurizer.hasParam("engine") else "auto"
     merged = replace(BundleMeta.of(meta), engine=engine, precision=precision)
     head = export_head(pipeline_model)
+    shift = next((s for s in stages if type(s).__name__ == SHIFT_STAGE), None)
     return write_bundle(folder, head=head, backbone=backbone, weights_file=weights,
-                        weights_fingerprint=fingerprint, meta=merged, importances=_importances(stages))
+                        weights_fingerprint=fingerprint, meta=merged, importances=_importances(stages),
+                        shift_reference=shift.getOrDefault("reference") if shift is not None else None)
+
+
+def _parse_reference(text: str, where: str) -> Reference:
+    """A shift reference from its text form, or one line saying it is damaged."""
+    try:
+        return Reference.from_text(text.strip())
+    except Exception as exc:  # base64, npz and JSON each raise their own kind
+        raise BundleError(f"{where} is unreadable ({type(exc).__name__})") from None
+
+
+def _load_reference(root: Path, name: str | None) -> Reference | None:
+    """The bundle's shift reference, None when serving.json names none (a bundle from before the check)."""
+    if not name:
+        return None
+    path = root / Path(name).name
+    if not path.is_file():
+        raise BundleError(f"{root}: shift reference {path.name} is missing")
+    return _parse_reference(path.read_text(encoding="ascii"), f"{root}/{path.name}")
 
 
 def _fingerprint_of(backbone: str, spec: str, weights: Path) -> str:

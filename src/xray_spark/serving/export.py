@@ -27,6 +27,7 @@ from xray_spark.serving.heads_numpy import (
 )
 
 FEATURIZER = "DeepImageFeaturizer"  # matched by class name: importing it here would import pyspark
+SHIFT_STAGE = "ShiftModel"  # models/shift_stage.py, by name for the same reason
 
 
 class UnsupportedStageError(UserError):
@@ -73,6 +74,8 @@ def _head_stages(pipeline_model: Any) -> tuple[Any, Any, Any, dict[str, Any]]:
             info["featurizer"] = _simple_params(stage)
     scaler = classifier = decoder = None
     for i, stage in enumerate(stages[start:], start):
+        if type(stage).__name__ == SHIFT_STAGE and classifier is None:
+            continue  # reads the features, adds its own columns: the bundle carries it apart (bundle.py)
         if isinstance(stage, StandardScalerModel) and scaler is None and classifier is None:
             _check_input(stage, stage.getInputCol(), features_col)
             scaler, features_col = stage, stage.getOutputCol()

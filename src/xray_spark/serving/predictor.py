@@ -5,6 +5,9 @@ the bytes go through `WorkerFeaturizer.featurize_bytes` (the class the Spark UDF
 one decode path, the backbone's preprocess_input, the same engine choice), and the pooled features through
 the bundle's SparkFreeHead, which reproduces Spark's head arithmetic. A file the decoder refuses comes back
 as the decoder's own reason code and detail (`InputRejected`), never as an exception from deep inside.
+The same features and the upload's header go through the bundle's shift reference (serving/shift_check.py,
+the functions Spark's ShiftModel runs), so the answer also says whether the image resembles the training
+images.
 
 Thread safety: the engines hold one inference request each (OpenVINO's is not reentrant), so the model runs
 under a lock; callers may call `predict` from a pool of threads.
@@ -15,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -26,6 +29,7 @@ from xray_spark.features.worker import WorkerFeaturizer
 from xray_spark.serving.bundle import Bundle
 from xray_spark.serving.heads_numpy import PROBABILITY
 from xray_spark.serving.heatmap import FeatureMapModel, describe, heatmap_for
+from xray_spark.serving.shift_check import NO_REFERENCE, ShiftResult, check_shift
 
 log = logging.getLogger(__name__)
 
@@ -60,12 +64,15 @@ class Prediction:
     model_version: str
     heatmap_png: bytes | None = None
     heatmap_method: str | None = None
+    shift: ShiftResult = field(default=NO_REFERENCE)  # null fields for a bundle without a shift reference
 
     def to_json(self) -> dict[str, Any]:
         """The JSON body without the heatmap (the app adds it base64-encoded when asked)."""
         return {"label": self.label, "probabilities": self.probabilities, "scores": self.scores,
                 "score_kind": self.score_kind, "model_name": self.model_name,
-                "model_version": self.model_version, "sha256": self.sha256, "engine": self.engine}
+                "model_version": self.model_version, "sha256": self.sha256, "engine": self.engine,
+                "shift_score": self.shift.score, "in_distribution": self.shift.in_distribution,
+                "shift_reasons": list(self.shift.reasons) if self.shift.score is not None else None}
 
 
 class Predictor:
@@ -121,6 +128,7 @@ class Predictor:
         index, values = self.head.predict_indices(features[None, :])
         label = self.head.labels[int(index[0])]
         scores = {name: float(v) for name, v in zip(self.head.labels, values[0], strict=True)}
+        shift = check_shift(self.bundle.shift, data, features)
         png = method = None
         if heatmap:
             png, method = self._heatmap(data, features, int(index[0]))
@@ -128,7 +136,7 @@ class Predictor:
             label=label, probabilities=scores if self.head.output == PROBABILITY else None, scores=scores,
             score_kind=self.head.output, sha256=sha, engine=str(out["engine"][0]),
             model_name=self.bundle.meta.model_name, model_version=self.bundle.meta.model_version,
-            heatmap_png=png, heatmap_method=method,
+            heatmap_png=png, heatmap_method=method, shift=shift,
         )
 
     def _heatmap(self, data: bytes, features: np.ndarray, class_index: int) -> tuple[bytes, str]:

@@ -5,7 +5,8 @@ MLflow "models from code": `serving/mlflow_model.py` logs this file by path and 
 is loaded; nothing in the package imports it. Input: a DataFrame with a binary `content` column (file bytes;
 base64 strings in MLflow's JSON). Output: one row per input with `predicted_label`, `prob_<label>` per class
 (null for heads Spark gives no probability: LinearSVC, one-vs-rest), `score_<label>` (the probabilities, or
-Spark's rawPrediction for those heads), `sha256`, `engine` and `error` (the decoder's
+Spark's rawPrediction for those heads), `sha256`, `engine`, `shift_score` and `in_distribution` (as
+the Spark pipeline's ShiftModel adds them; null without a shift reference) and `error` (the decoder's
 reason for a file that is not a usable image: such a row is not a failure of the whole request).
 """
 
@@ -33,7 +34,8 @@ class ServingModel(mlflow.pyfunc.PythonModel):
         rows = []
         for data in model_input["content"]:
             row: dict[str, Any] = {"predicted_label": None, "sha256": None, "engine": self.predictor.engine,
-                                   "error": None, **{f"prob_{prob_suffix(lab)}": None for lab in labels},
+                                   "error": None, "shift_score": None, "in_distribution": None,
+                                   **{f"prob_{prob_suffix(lab)}": None for lab in labels},
                                    **{f"score_{prob_suffix(lab)}": None for lab in labels}}
             try:
                 p = self.predictor.predict(bytes(data))
@@ -41,6 +43,7 @@ class ServingModel(mlflow.pyfunc.PythonModel):
                 row.update(error=f"{exc.code}: {exc.detail}", sha256=exc.sha256)
             else:
                 row.update(predicted_label=p.label, sha256=p.sha256, engine=p.engine,
+                           shift_score=p.shift.score, in_distribution=p.shift.in_distribution,
                            **{f"score_{prob_suffix(lab)}": p.scores[lab] for lab in labels})
                 if p.probabilities is not None:
                     row.update({f"prob_{prob_suffix(lab)}": p.probabilities[lab] for lab in labels})

@@ -20,6 +20,7 @@ from pyspark.sql import functions as F
 
 from xray_spark.config import Config
 from xray_spark.features.featurizer import DeepImageFeaturizer
+from xray_spark.models.shift_stage import PROPS_COL, FileProperties, ShiftModel
 from xray_spark.train.evaluate import confusion, evaluate
 from xray_spark.train.fit import FitResult, fit_head, task_frame
 from xray_spark.train.heads import get_head, head_params, head_title
@@ -48,6 +49,7 @@ class FeatureSet:
     fingerprint: str  # the weights fingerprint ("n/a" for the baseline)
     featurize_seconds: float
     prep: PipelineModel | None = None  # the baseline's fitted metadata -> features pipeline
+    shift: ShiftModel | None = None  # the training images' shift reference (image features only)
 
 
 @dataclass
@@ -81,9 +83,14 @@ class ComboResult:
 
 
 def labels_frame(images: DataFrame) -> DataFrame:
-    """The ok images' labels and split (a Spark DataFrame over the images table; nothing is collected)."""
+    """The ok images' labels, split and file properties (the shift check's, models/shift.py: read by
+    ingest's decode, equal to what FileProperties reads from the bytes at scoring time). A Spark DataFrame
+    over the images table; nothing is collected."""
+    props = F.struct("format", "mode", "bit_depth", F.least("width", "height").alias("short_side"),
+                     F.greatest("width", "height").alias("long_side"),
+                     F.col("file_size").cast("long").alias("file_size"))
     return images.where("status = 'ok'").select("path", "sha256", "label", "split", F.col("fold").cast("int"),
-                                                 "group_id", "source")
+                                                 "group_id", "source", props.alias(PROPS_COL))
 
 
 def small_frame(spark: SparkSession, sdf: DataFrame, key: str = "sha256") -> DataFrame:
@@ -169,13 +176,18 @@ def _decode_label(task: Task) -> IndexToString:
 
 
 def full_pipeline(backbone: str, weights: str, head_model: Any, task: Task,
-                  weights_sha256: str | None = None) -> PipelineModel:
+                  weights_sha256: str | None = None, shift: ShiftModel | None = None) -> PipelineModel:
     """decode -> featurize -> head -> label decode: the one model MLflow stores and scoring loads.
 
-    `weights_sha256` pins the featurizer to the tensors the head was trained on (features/pinning.py)."""
+    `weights_sha256` pins the featurizer to the tensors the head was trained on (features/pinning.py).
+    With `shift`, file properties are read before the featurizer and `shift_score` / `in_distribution`
+    added after it (models/shift_stage.py)."""
     featurizer = DeepImageFeaturizer(inputCol="content", outputCol="features", modelName=backbone,
                                      weights=weights, weightsSha256=weights_sha256)
-    return PipelineModel(stages=[featurizer, head_model, _decode_label(task)])
+    if shift is None:
+        return PipelineModel(stages=[featurizer, head_model, _decode_label(task)])
+    props = FileProperties(inputCol="content", outputCol=shift.getPropsCol())
+    return PipelineModel(stages=[props, featurizer, shift, head_model, _decode_label(task)])
 
 
 def baseline_pipeline(prep: PipelineModel, head_model: Any, task: Task) -> PipelineModel:

@@ -26,11 +26,13 @@ from pyspark.sql import DataFrame, SparkSession
 
 from xray_spark.config import Config
 from xray_spark.data.images import image_contents, load_or_ingest, ok_keys
-from xray_spark.evaluate import held_out_split, loso_plan, side_by_side_md
+from xray_spark.evaluate import side_by_side_md
 from xray_spark.features.cache import featurize_to_cache
 from xray_spark.features.pinning import carry_weights
 from xray_spark.features.weights import resolve_weights
 from xray_spark.finetune.runner import RANDOM_NOTE, export_finetuned, fit_finetune, log_history
+from xray_spark.models.shift import shift_metrics
+from xray_spark.models.shift_stage import ShiftDetector
 from xray_spark.serving.mlflow_model import log_serving_model, serving_name
 from xray_spark.tracking import (
     BASELINE_TAG,
@@ -63,6 +65,7 @@ from xray_spark.train.compare import (
 )
 from xray_spark.train.fit import FitResult
 from xray_spark.train.heads import FINETUNE, head_title
+from xray_spark.train.loso import held_out_split, loso_plan
 from xray_spark.train.report import (
     append_section,
     baseline_comparison,
@@ -126,6 +129,7 @@ class _Tracker:
         self.per_source: dict[tuple[str, str, str], dict[str, dict[str, float]]] = {}
         # backbone -> (URI of the weights file this run carries, tensor sha256): what every model pins
         self.pins: dict[str, tuple[str, str]] = {}
+        self.shifts: dict[str, Any] = {}  # backbone -> its training images' ShiftModel (serving bundles too)
         self.lock = threading.Lock()
 
     def pin(self, res: ComboResult) -> tuple[str, str]:
@@ -162,6 +166,8 @@ class _Tracker:
                 **({"cv_best": json.dumps(res.fit.cv_best)} if res.fit.cv_best else {}),
             })
             mlflow.log_metrics(finite_metrics(res.metrics))
+            if fs.shift is not None:
+                mlflow.log_metrics(shift_metrics(fs.shift.getReference()))
             mlflow.log_metrics(finite_metrics({f"by_source/{s}/{k}": v for s, m in res.per_source.items()
                                                for k, v in m.items()}))
             mlflow.log_artifact(str(png), "plots")
@@ -170,7 +176,7 @@ class _Tracker:
             if fs.kind == IMAGE:
                 weights_uri, sha = self.pin(res)
                 info = mlflow.spark.log_model(
-                    full_pipeline(fs.backbone, weights_uri, res.fit.model, task, sha), "model",
+                    full_pipeline(fs.backbone, weights_uri, res.fit.model, task, sha, fs.shift), "model",
                     signature=spark_model_signature(), pip_requirements=model_pip_requirements(),
                 )
                 self.model_uris[(task.name, fs.backbone, res.head)] = info.model_uri
@@ -183,6 +189,8 @@ class _Tracker:
             else:
                 self.heads[(task.name, fs.backbone, res.head)] = (res.fit.model, run.info.run_id,
                                                                   res.own_weights)
+                if fs.shift is not None:
+                    self.shifts[fs.backbone] = fs.shift
             self.rows.append({**res.row(self.spec.weights), "run_id": run.info.run_id})
 
     def ordered_rows(self) -> list[dict[str, Any]]:
@@ -243,10 +251,14 @@ def _run_combinations(features: FeatureSet, heads: list[str], cfg: Config,
 
 def _image_features(spark: SparkSession, labels: DataFrame, feats: DataFrame, tasks: list[Task], cfg: Config,
                     backbone: str, fingerprint: str, seconds: float) -> tuple[FeatureSet, DataFrame]:
+    """The features of one backbone, per task, and the shift reference of its training images (one per
+    backbone: every head and task trained on these features shares it)."""
     frame = small_frame(spark, labels.join(feats.where("features IS NOT NULL"), "sha256"))
     n_features = len(frame.select("features").first()[0])
-    return (FeatureSet(IMAGE, backbone, task_frames(frame, tasks, cfg), n_features, fingerprint, seconds),
-            frame)
+    shift = ShiftDetector(components=cfg.shift.components, quantile=cfg.shift.quantile).fit(
+        frame.where("split = 'train'")).with_internal_scores(frame.where("split = 'test'"))
+    return (FeatureSet(IMAGE, backbone, task_frames(frame, tasks, cfg), n_features, fingerprint, seconds,
+                       shift=shift), frame)
 
 
 def _baseline_features(spark: SparkSession, images: DataFrame, tasks: list[Task], cfg: Config
@@ -445,16 +457,18 @@ def _log_champion_serving(spark: SparkSession, tracker: _Tracker, champions: dic
 
     for task, champ in champions.items():
         head_model, run_id, own = tracker.heads[(task, champ["backbone"], champ["head"])]
+        shift = None
         if own:  # a fine-tune: its own backbone weights
             weights_uri, sha, weights = own
         else:
             weights = resolve_weights(champ["backbone"], spec.weights, spark=spark).local_path
             weights_uri, sha = tracker.pins[champ["backbone"]]
+            shift = tracker.shifts.get(champ["backbone"])
         as_good = baseline_matches(table, task, metric)
         meta = {"task": task, "model_name": champ["name"], "model_version": champ["version"],
                 "model_uri": champ["uri"], "baseline_as_good": as_good,
                 "baseline_sentence": baseline_comparison(table, task, metric) if as_good else None}
-        pipeline = full_pipeline(champ["backbone"], weights_uri, head_model, get_task(task), sha)
+        pipeline = full_pipeline(champ["backbone"], weights_uri, head_model, get_task(task), sha, shift)
         with mlflow.start_run(run_id=run_id, nested=True):
             uri = log_serving_model(pipeline, weights, meta)
         link_model(champ["name"], champ["version"], SERVING_TAG, uri)
