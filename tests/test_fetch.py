@@ -147,7 +147,8 @@ def test_fresh_download_verifies_and_writes_class_folders_and_manifest(
 
     assert res.ok and not res.failed and not res.skipped_existing
     assert len(res.downloaded) == 60 and len(served.requests) == 60
-    assert {p.name for p in out.iterdir()} == {"covid", "no_findings", "pneumonia", "manifest.csv"}
+    assert {p.name for p in out.iterdir()} == {"covid", "no_findings", "pneumonia", "manifest.csv",
+                                                "selection.json"}
     assert not list(out.rglob("*.part"))
     for row in served.rows:
         assert _sha(out / _local(row)) == row["sha256"]
@@ -325,7 +326,7 @@ def test_partial_is_hidden_from_folder_readers_mid_download(served: Served, tmp_
         release.set()
         worker.join(timeout=30)
     assert results and results[0].ok and results[0].downloaded == [_local(row)]
-    assert _visible_files(out) == {_local(row), "manifest.csv"} and not part.exists()
+    assert _visible_files(out) == {_local(row), "manifest.csv", "selection.json"} and not part.exists()
     assert _sha(out / _local(row)) == row["sha256"]
 
 

@@ -26,11 +26,10 @@ from tqdm.auto import tqdm
 from xray_spark.data.fetched import (
     FetchFailure,
     FetchResult,
+    finish,
     local_rel,
     partial_path,
     sha256_file,
-    write_manifest,
-    write_selection,
 )
 from xray_spark.data.files import MANIFEST_NAME
 from xray_spark.data.sources import ManifestRow, Selection, get_source
@@ -143,13 +142,7 @@ def import_dataset(name: str, from_dir: str | Path, to_dir: str | Path, *, dry_r
         present.append(ManifestRow(row.path, row.label, digest, row.patient_id, row.source))
         (result.downloaded if copied else result.skipped_existing).append(rel)
         result.bytes_downloaded += nbytes
-    if present:
-        result.manifest_path = write_manifest(root / MANIFEST_NAME, present)
-        write_selection(root, result)
-    for f in result.failed:
-        log.warning("failed %s: %s", f.path, f.reason)
-    log.info(result.summary())
-    return result
+    return finish(result, root, present, MANIFEST_NAME)
 
 
 def _walk(root: Path) -> list[str]:

@@ -52,12 +52,11 @@ from xray_spark.data.fetched import (
     USER_AGENT,
     FetchFailure,
     FetchResult,
+    finish,
     hash_into,
     local_rel,
     partial_path,
     sha256_file,
-    write_manifest,
-    write_selection,
 )
 from xray_spark.data.files import LIMIT_MANIFEST_NAME, MANIFEST_NAME
 from xray_spark.data.pins import read_pins, record_pins
@@ -201,14 +200,7 @@ def fetch_dataset(
             if out.resumed:
                 result.resumed.append(rel)
     record_pins(root, first_seen)
-    if present:
-        out_name = MANIFEST_NAME if limit is None else LIMIT_MANIFEST_NAME
-        result.manifest_path = write_manifest(root / out_name, present)
-        write_selection(root, result)
-    for f in result.failed:
-        log.warning("failed %s: %s", f.path, f.reason)
-    log.info(result.summary())
-    return result
+    return finish(result, root, present, MANIFEST_NAME if limit is None else LIMIT_MANIFEST_NAME)
 
 
 def _balanced_head(rows: list[ManifestRow], limit: int) -> list[ManifestRow]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import logging
 import os
 from collections import Counter
 from dataclasses import dataclass, field
@@ -17,6 +18,8 @@ from pathlib import Path
 
 from xray_spark.data.files import SELECTION_NAME
 from xray_spark.data.sources import ManifestRow
+
+log = logging.getLogger(__name__)
 
 OUTPUT_COLUMNS = ("path", "label", "source", "patient_id", "sha256")
 PARTIAL_SUFFIX = ".part"
@@ -128,3 +131,15 @@ def write_selection(root: Path, result: FetchResult) -> Path:
                    encoding="utf-8")
     os.replace(tmp, out)
     return out
+
+
+def finish(result: FetchResult, root: Path, present: list[ManifestRow], manifest_name: str) -> FetchResult:
+    """The end every fetch and import shares: the manifest and selection.json written for what is present
+    (nothing when nothing is), each failure and the summary logged."""
+    if present:
+        result.manifest_path = write_manifest(root / manifest_name, present)
+        write_selection(root, result)
+    for f in result.failed:
+        log.warning("failed %s: %s", f.path, f.reason)
+    log.info(result.summary())
+    return result
