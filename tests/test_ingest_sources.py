@@ -3,6 +3,7 @@ stay unique, and one image published by two sources is one group that never stra
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -51,6 +52,8 @@ def test_two_sources_in_one_ingest(spark, ozturk_dir: Path, data_root: Path, tmp
     assert sorted(pair["source"]) == ["figure1", "ozturk"]
     assert pair["group_id"].nunique() == 1 and pair["split"].nunique() == 1  # never on both sides
     assert result.summary["data_dirs"] == [f"file:{ozturk}", f"file:{figure1}"]
+    assert result.summary["per_source"] == {"figure1": {"ok": 10, "quarantined": 0},
+                                            "ozturk": {"ok": 12, "quarantined": 0}}
 
     # the same sources again: the earlier ingest is reused; renaming a source makes it a different dataset
     written = (tmp_path / "ingest" / "summary.json").stat().st_mtime_ns
@@ -77,11 +80,18 @@ def test_leave_one_source_out_puts_held_out_sources_beside_internal(spark, oztur
         (figure1 / label).mkdir(parents=True)
         for p in sorted((data_root / "figure1" / label).iterdir())[:n]:
             shutil.copy(p, figure1 / label / p.name)
+    # what `fetch` left out of a source reaches the merge's report (data/fetched.py writes selection.json)
+    (figure1 / "selection.json").write_text(json.dumps({"source": "figure1", "kept": {"covid": 6},
+                                                        "left_out": {"view L": 2, "modality CT": 1}}))
     spec = TrainSpec(data=[f"ozturk={ozturk}", f"figure1={figure1}"], out_dir=str(tmp_path / "train"),
                      backbones=["ResNet50"], heads=["lr"], tasks=["multiclass"], weights="none", loso=True,
                      baseline=False)
     result = run_training(spark, load_config(local=None), spec)
     report = result.files["report.md"].read_text()
+    sources = report[report.index("## Sources"):report.index("## Per source")]
+    assert "| figure1 | 9 | 0 | view L 2; modality CT 1 |" in sources, sources
+    assert "| ozturk | 15 | 0 | n/a (not fetched) |" in sources
+    assert "found and grouped: 0 pair(s)" in sources
     by_source = report[report.index("## Per source (internal test split)"):report.index("## Leave-one")]
     assert "| figure1 |" in by_source and "| ozturk |" in by_source  # both sources in the test split
     section = report[report.index("## Leave-one-source-out"):]

@@ -10,13 +10,14 @@ import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pyspark.sql import functions as F
 
 from xray_spark import paths
 from xray_spark.config import Config
 from xray_spark.data.files import (
+    SELECTION_NAME,
     candidate_files,
     ignored_name_col,
     open_data_folders,
@@ -126,3 +127,17 @@ def folder_files(spark: SparkSession, data: str | Sequence[str], cfg: Config) ->
         contents = part if contents is None else contents.unionByName(part)
     assert contents is not None  # open_data_folders returns at least one folder
     return FolderFiles(contents, listed, too_large, unlisted)
+
+
+def fetch_selections(spark: SparkSession, summary: dict) -> dict[str, dict[str, Any]]:
+    """source -> the selection.json `fetch` wrote beside its manifest (kept / left out), for the folders
+    that have one; keyed by the ingest's source names (the folder name, or NAME of NAME=DIR)."""
+    fs = HadoopFS(spark)
+    roots = summary.get("data_dirs", [])
+    names = summary.get("source_names") or [None] * len(roots)
+    out: dict[str, dict[str, Any]] = {}
+    for root, name in zip(roots, names, strict=False):
+        uri = paths.join(root, SELECTION_NAME)
+        if fs.exists(uri):
+            out[name or paths.file_name(root)] = json.loads(fs.read_text(uri))
+    return out

@@ -312,8 +312,8 @@ def _ingest(spark, fs: HadoopFS, folders: list[DataFolder], totals: list[int], o
     files.update(write_duplicates_md(fs, dups, small, int(small["dup_groups"][0]["n"]), layout.duplicates))
     summary = summarize(small, dups.counts, len(plan.table), str(small["split_hash"][0]["h"]),
                         time.time() - t0)
-    summary.update(data_dir=roots[0], data_dirs=roots, ingest_key=listing.fingerprint,
-                   manifest_hash=str(small["manifest_hash"][0]["h"]))
+    summary.update(data_dir=roots[0], data_dirs=roots, source_names=[f.source for f in folders],
+                   ingest_key=listing.fingerprint, manifest_hash=str(small["manifest_hash"][0]["h"]))
     summary["split"]["folds"] = plan.folds
     fs.write_text(layout.summary_json, _json(summary))
     files["summary.json"] = layout.summary_json

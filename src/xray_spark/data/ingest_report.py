@@ -37,6 +37,7 @@ def summary_parts(images: DataFrame, groups: DataFrame) -> dict[str, DataFrame]:
         "by_status": images.groupBy("status", "label", code.alias("code"), "split")
         .agg(F.count(F.lit(1)).alias("count")),
         "dup_groups": per_group.agg(F.count(F.lit(1)).alias("n"), F.sum("conflict").alias("c")),
+        "by_source": images.groupBy("source", "status").agg(F.count(F.lit(1)).alias("count")),
     }
 
 
@@ -67,8 +68,19 @@ def summarize(collected: Mapping[str, list[dict]], dup_counts: dict[str, int], n
             "groups": n_groups,
         },
         "duplicates": {**dup_counts, "n_groups": int(g["n"] or 0), "n_conflicting_groups": int(g["c"] or 0)},
+        "per_source": _per_source(collected.get("by_source", [])),
         "seconds": round(seconds, 1),
     }
+
+
+def _per_source(rows: list[dict]) -> dict[str, dict[str, int]]:
+    """source -> {"ok": n, "quarantined": m}: what each merged source brought (reconciles with files_read)."""
+    out: dict[str, dict[str, int]] = {}
+    for r in rows:
+        kind = "ok" if r["status"] == "ok" else "quarantined"
+        counts = out.setdefault(str(r["source"]), {"ok": 0, "quarantined": 0})
+        counts[kind] += int(r["count"])
+    return dict(sorted(out.items()))
 
 
 def _group_order() -> list[Column]:

@@ -25,7 +25,7 @@ import pandas as pd
 from pyspark.sql import DataFrame, SparkSession
 
 from xray_spark.config import Config
-from xray_spark.data.images import image_contents, load_or_ingest, ok_keys
+from xray_spark.data.images import fetch_selections, image_contents, load_or_ingest, ok_keys
 from xray_spark.evaluate import side_by_side_md
 from xray_spark.features.cache import featurize_to_cache
 from xray_spark.features.pinning import carry_weights
@@ -73,6 +73,7 @@ from xray_spark.train.report import (
     comparison_table,
     per_source_md,
     plot_confusion,
+    sources_md,
     write_comparison,
     write_report,
 )
@@ -352,6 +353,14 @@ def run_training(spark: SparkSession, cfg: Config, spec: TrainSpec) -> TrainResu
         by_source = [per_source_md(f"{get_task(t).description}: {c['backbone']} + {c['head']}",
                                    tracker.per_source[(t, c["backbone"], c["head"])])
                      for t, c in champions.items() if (t, c["backbone"], c["head"]) in tracker.per_source]
+        per_source = summary.get("per_source", {})
+        if len(per_source) > 1:
+            selections = fetch_selections(spark, summary)
+            append_section(files["report.md"], "Sources", _SOURCES_INTRO, [sources_md(
+                per_source, selections, int(summary["duplicates"].get("n_cross_source_copies", 0)))])
+            mlflow.log_metrics({f"source/{name}/{k}": float(v) for name, c in per_source.items()
+                                for k, v in c.items()})
+            mlflow.log_dict(selections, "comparison/sources_left_out.json")
         if by_source:
             append_section(files["report.md"], "Per source (internal test split)",
                            "Each champion's test-split metrics broken down by the source of the images.",
@@ -368,6 +377,10 @@ def run_training(spark: SparkSession, cfg: Config, spec: TrainSpec) -> TrainResu
     labels.unpersist()
     return TrainResult(comparison=table, champions=champions, files=files, parent_run_id=parent.info.run_id,
                        tracking_uri=tracking_uri, seconds=seconds, ingest_dir=layout.root)
+
+
+_SOURCES_INTRO = ("The folders merged into this dataset (`--data NAME=DIR`), what each brought, and what "
+                  "was left out before training.")
 
 
 _LOSO_INTRO = ("Each task's champion (backbone + head) trained on every other source and tested on the "
