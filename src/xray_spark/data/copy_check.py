@@ -32,21 +32,37 @@ class CopyCheck:
     max_rotation_deg: float = 5.0
 
 
+Keypoints = tuple[np.ndarray, np.ndarray]  # (N, 2) float32 positions, (N, 32) uint8 ORB descriptors
+
+
+def keypoints(img: np.ndarray | None) -> Keypoints | None:
+    """ORB keypoints of one thumbnail, or None when it is missing, tiny or featureless. Computed once per
+    image and reused for every candidate pair it is in (half the check's time when pairs share images)."""
+    if img is None or min(img.shape) < 16:
+        return None
+    orb = cv2.ORB_create(nfeatures=500, edgeThreshold=15, patchSize=15)
+    kps, desc = orb.detectAndCompute(img, None)
+    if desc is None or len(kps) < 3:
+        return None
+    return np.float32([k.pt for k in kps]), desc
+
+
 def match_copy(a: np.ndarray | None, b: np.ndarray | None, check: CopyCheck) -> tuple[int, float]:
     """(RANSAC inliers, correlation of the aligned overlap) for thumbnails a, b; correlation NaN when any
     keypoint test fails, so only a pair that passes every test can reach check.min_correlation."""
-    if a is None or b is None or min(a.shape + b.shape) < 16:
+    return match_keypoints(a, keypoints(a), b, keypoints(b), check)
+
+
+def match_keypoints(a: np.ndarray | None, ka: Keypoints | None, b: np.ndarray | None, kb: Keypoints | None,
+                    check: CopyCheck) -> tuple[int, float]:
+    """match_copy with each thumbnail's keypoints already computed (`keypoints`)."""
+    if a is None or b is None or ka is None or kb is None:
         return 0, float("nan")
-    orb = cv2.ORB_create(nfeatures=500, edgeThreshold=15, patchSize=15)
-    ka, da = orb.detectAndCompute(a, None)
-    kb, db = orb.detectAndCompute(b, None)
-    if da is None or db is None or len(ka) < 3 or len(kb) < 3:
-        return 0, float("nan")
-    matches = cv2.BFMatcher(cv2.NORM_HAMMING, crossCheck=True).match(db, da)
+    matches = cv2.BFMatcher(cv2.NORM_HAMMING, crossCheck=True).match(kb[1], ka[1])
     if len(matches) < check.min_inliers:
         return 0, float("nan")
-    src = np.float32([kb[m.queryIdx].pt for m in matches])
-    dst = np.float32([ka[m.trainIdx].pt for m in matches])
+    src = kb[0][[m.queryIdx for m in matches]]
+    dst = ka[0][[m.trainIdx for m in matches]]
     m, inl = cv2.estimateAffinePartial2D(src, dst, method=cv2.RANSAC, ransacReprojThreshold=3.0)
     inliers = 0 if inl is None else int(inl.sum())
     if m is None or inliers < check.min_inliers or inliers < check.min_inlier_ratio * len(matches):
