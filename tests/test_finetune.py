@@ -325,7 +325,10 @@ def test_mlflow_run_has_epoch_metrics_intervals_and_an_unaliased_version(first_r
 
 
 @pytest.mark.e2e
-def test_registered_model_scores_through_the_cli(first_run, keras_probabilities, tmp_path: Path) -> None:
+def test_registered_model_scores_through_the_cli(spark, first_run, keras_probabilities, tmp_path: Path,
+                                                 capsys) -> None:
+    """`score` through the CLI's `main` (in-process, on the shared session) with the registered fine-tuned
+    model: the labels Keras gives."""
     result, _, _ = first_run
     src, out = tmp_path / "in", tmp_path / "out"
     src.mkdir()
@@ -336,11 +339,11 @@ def test_registered_model_scores_through_the_cli(first_run, keras_probabilities,
         expected[f.name] = result.metrics["labels"][int(keras_probabilities[uri].argmax())]
     import mlflow
 
-    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow.get_tracking_uri(), "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.run([sys.executable, "-m", "xray_spark", "score", "--model", result.model_uri,
-                           "--input", str(src), "--output", str(out)], env=env, capture_output=True,
-                          text=True, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    from xray_spark.cli import main
+
+    code = main(["score", "--model", result.model_uri, "--input", str(src), "--output", str(out),
+                 "--tracking-uri", mlflow.get_tracking_uri(), "--min-age", "0"])  # just copied
+    assert code == 0, capsys.readouterr().err[-3000:]
     import pandas as pd
 
     rows = pd.concat([pd.read_parquet(f) for f in sorted(out.glob("score_date=*/part-*.parquet"))])

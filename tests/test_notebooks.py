@@ -3,8 +3,8 @@
 The kernel is this test's own interpreter (a kernelspec written to tmp_path and found through JUPYTER_PATH),
 so a clean clone where only `pip install -e .[dev]` ran needs no `ipykernel install`. Parameters are injected
 as a cell right after the notebook's `parameters` cell (papermill's convention); every path points into
-tmp_path. Notebook 03 reads a real training run (ResNet50 with seeded random weights, logistic regression,
-binary task, MLflow sqlite) made once by a module fixture.
+tmp_path. Notebooks 02 and 03 read the session's real training run (`trained`: ResNet50 with seeded random
+weights, MLflow sqlite) and its ingest output.
 """
 
 from __future__ import annotations
@@ -17,8 +17,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
-from conftest import isolate_mlflow
 
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
@@ -128,43 +126,28 @@ def test_01_dataset(nb_env, evidence):
     assert (work / "out" / "ingest" / "duplicates" / "duplicate_groups.csv").is_file()
 
 
-def test_02_features(nb_env, training_run, evidence):
-    """Points OUT_DIR at the training run: its ingest output and feature cache are reused (same content
-    hashes)."""
-    work = nb_env["root"] / "nb02"
-    nb = run_notebook("02_features.ipynb", {"DATA_DIR": str(nb_env["data"]), "OUT_DIR": str(training_run),
+def test_02_features(nb_env, small_ingest, trained, evidence):
+    """DATA_DIR is the session's ingest output and OUT_DIR the session's `trained` run, whose feature cache
+    already holds these images (same content hashes): the notebook reuses both instead of computing."""
+    work, trained_out = nb_env["root"] / "nb02", trained.files["report.md"].parent
+    nb = run_notebook("02_features.ipynb", {"DATA_DIR": str(small_ingest), "OUT_DIR": str(trained_out),
                                             "WEIGHTS": "none", "METHOD": "pca"}, work, evidence)
     text = "\n".join(outputs(nb, "stream"))
-    assert f"{3 * PER_CLASS + 1} images, 2048 features each (ResNet50, weights=none)" in text
+    assert "36 images, 2048 features each (ResNet50, weights=none)" in text
     html = "\n".join(outputs(nb, "text/html"))
     assert "JPEG" in html and "PNG" in html
     assert len(outputs(nb, "image/png")) == 1
 
 
-@pytest.fixture(scope="module")
-def training_run(nb_env, spark) -> Path:
-    """One real `train` run (ResNet50 random weights + lr, binary, with the metadata baseline) for
-    notebook 03."""
-    from xray_spark.config import load_config
-    from xray_spark.train.runner import TrainSpec, run_training
-
-    out = nb_env["root"] / "train"
-    spec = TrainSpec(data=str(nb_env["data"]), out_dir=str(out), backbones=["ResNet50"], heads=["lr"],
-                     tasks=["binary"], weights="none")
-    with pytest.MonkeyPatch.context() as mp:
-        isolate_mlflow(mp)  # no MLFLOW_TRACKING_URI left by earlier tests: the store is OUT/mlflow.db
-        run_training(spark, load_config(local=None), spec)
-    assert (out / "mlflow.db").is_file()
-    return out
-
-
-def test_03_results(nb_env, training_run, evidence):
+def test_03_results(nb_env, trained, evidence):
+    """Reads the session's `trained` run (ResNet50 random weights; lr and dt; binary and multiclass; with
+    the metadata baseline) from its MLflow store."""
     work = nb_env["root"] / "nb03"
-    nb = run_notebook("03_results.ipynb", {"TRACKING_URI": f"sqlite:///{training_run / 'mlflow.db'}",
+    nb = run_notebook("03_results.ipynb", {"TRACKING_URI": trained.tracking_uri,
                                            "ARTIFACT_DIR": str(work / "artifacts")}, work, evidence)
     html = "\n".join(outputs(nb, "text/html"))
-    assert "ResNet50" in html and "metadata-baseline" in html and "xray-spark-binary" in html
-    # confusion matrices: the best image model and the metadata baseline, read back from MLflow artifacts
-    assert len(outputs(nb, "image/png")) == 2
-    assert len(list((work / "artifacts").rglob("*.png"))) == 2
-
+    assert "ResNet50" in html and "metadata-baseline" in html
+    assert "xray-spark-binary" in html and "xray-spark-multiclass" in html
+    # confusion matrices per task: the best image model and the metadata baseline, read back from MLflow
+    assert len(outputs(nb, "image/png")) == 4
+    assert len(list((work / "artifacts").rglob("*.png"))) == 4

@@ -4,10 +4,7 @@ same where the HDF5 file's bytes do not. Real Keras (VGG16: the quickest backbon
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -76,8 +73,8 @@ def test_pinned_featurizer_refuses_other_weights_and_keeps_its_pin(spark, files,
 
 
 @pytest.mark.e2e
-def test_cli_score_refuses_a_replaced_weights_file_with_exit_2(spark, files, ozturk_dir: Path,
-                                                             tmp_path: Path) -> None:
+def test_cli_score_refuses_a_replaced_weights_file_with_exit_2(spark, files, ozturk_dir: Path, tmp_path: Path,
+                                                             monkeypatch, capsys) -> None:
     """The issue's story: a model names a weights path; the file there is replaced; scoring must stop."""
     from pyspark.ml import PipelineModel
     from pyspark.ml.classification import LogisticRegression
@@ -102,14 +99,14 @@ def test_cli_score_refuses_a_replaced_weights_file_with_exit_2(spark, files, ozt
     inputs = tmp_path / "in"
     inputs.mkdir()
     shutil.copy(next(p for p in sorted(ozturk_dir.rglob("*.png"))), inputs)
-    env = {**os.environ, "XRAY_SPARK_CACHE": str(tmp_path / "cache")}
-    proc = subprocess.run(
-        [sys.executable, "-m", "xray_spark", "score", "--model", str(tmp_path / "model"), "--input",
-         str(inputs), "--output", str(tmp_path / "out")],
-        capture_output=True, text=True, env=env, timeout=600,
-    )
-    assert proc.returncode == 2, proc.stderr[-3000:]
-    assert "Traceback" not in proc.stderr
-    last = proc.stderr.strip().splitlines()[-1]
-    assert "refusing weights" in last and pin[:16] in last, proc.stderr[-3000:]
+    from xray_spark.cli import main
+
+    monkeypatch.setenv("XRAY_SPARK_CACHE", str(tmp_path / "cache"))
+    code = main(["score", "--model", str(tmp_path / "model"), "--input", str(inputs), "--output",
+                 str(tmp_path / "out"), "--min-age", "0"])  # the console script exits with main's value
+    err = capsys.readouterr().err
+    assert code == 2, err[-3000:]
+    assert "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    assert "refusing weights" in last and pin[:16] in last, err[-3000:]
     assert not list((tmp_path / "out").rglob("*.parquet"))  # nothing was scored with the wrong weights
