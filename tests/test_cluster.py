@@ -117,18 +117,28 @@ def test_executor_python_cannot_import_the_source_tree(env: dict):
     assert str(env["python"]) != sys.executable
 
 
-def test_train_then_score_on_a_standalone_cluster(cluster: StandaloneCluster, env: dict, evidence):
+@pytest.fixture(scope="module")
+def cluster_train(cluster: StandaloneCluster, env: dict):
+    """The train application (one per module): its result and app id, and its output folder, whose ingest
+    output the fine-tune application takes as --data (as users reuse one split). Over 60 s (~1-2 min): a
+    driver JVM and an executor JVM start cold, ingest 24 images, featurize them in TensorFlow and log."""
+    out = env["root"] / "train"
+    res, app_id = run_job(cluster, env, "train", [
+        "--data", str(env["data"]), "--backbones", "ResNet50", "--heads", "lr", "--tasks", "binary",
+        "--weights", "none", "--out", str(out), "--no-baseline",  # the baseline's logging: test_train
+    ])
+    return res, app_id, out
+
+
+def test_train_then_score_on_a_standalone_cluster(cluster: StandaloneCluster, env: dict, cluster_train,
+                                                  evidence):
     """Over 60 s (~3-5 min on 2 cores): two spark-submit applications (train, then score), each a driver JVM
     plus an executor JVM whose Python workers load TensorFlow and build the featurizer, on 24 + 9 images.
     The score job runs under LANG=C (its driver JVM cannot represent non-ASCII names): odd names are read
     by Python on the executor and scored like the rest."""
     import mlflow
 
-    out = env["root"] / "train"
-    res, train_app = run_job(cluster, env, "train", [
-        "--data", str(env["data"]), "--backbones", "ResNet50", "--heads", "lr", "--tasks", "binary",
-        "--weights", "none", "--out", str(out),
-    ])
+    res, train_app, out = cluster_train
     assert "champion binary: models:/xray-spark-binary@champion" in res.stdout
     for name in ("comparison.csv", "report.md", "mlflow.db"):
         assert (out / name).is_file(), name
@@ -163,18 +173,19 @@ def test_train_then_score_on_a_standalone_cluster(cluster: StandaloneCluster, en
     assert_ran_on_executors(cluster, score_app, env, evidence)
 
 
-def test_finetune_on_a_standalone_cluster(cluster: StandaloneCluster, env: dict, evidence):
+def test_finetune_on_a_standalone_cluster(cluster: StandaloneCluster, env: dict, cluster_train, evidence):
     """Two barrier workers on the standalone worker's executor: the TensorFlow children import the package
     shipped with --py-files (the executor's Python has no xray_spark of its own) and read their shards from
     --out, a folder the single-host cluster shares with the driver. Over 60 s (~3 min): a spark-submit
-    application whose two TensorFlow processes each build ResNet50 and train one epoch."""
+    application whose two TensorFlow processes each build ResNet50 and train one epoch. Its data is the
+    train application's ingest output (one split for both, as users run them)."""
     config = env["root"] / "finetune.yml"
     config.write_text("finetune:\n  unfreeze: 0\n  batch_size: 8\n  augment: false\n"
                       "  learning_rate: 1.0e-5\n")
     out = env["root"] / "finetune"
     res, app_id = run_job(cluster, env, "finetune", [
-        "--config", str(config), "--data", str(env["data"]), "--backbone", "ResNet50", "--task", "binary",
-        "--weights", "none", "--epochs", "1", "--workers", "2", "--out", str(out),
+        "--config", str(config), "--data", str(cluster_train[2] / "ingest"), "--backbone", "ResNet50",
+        "--task", "binary", "--weights", "none", "--epochs", "1", "--workers", "2", "--out", str(out),
     ])
     metrics = json.loads((out / "finetune_metrics.json").read_text())
     assert metrics["workers"] == 2 and [h["epoch"] for h in metrics["history"]] == [1]

@@ -166,7 +166,7 @@ def test_a_later_run_reuses_ingest_only_while_folder_and_settings_match(spark, o
                                                                         tmp_path: Path) -> None:
     """train/featurize reuse `--out/ingest`; a changed folder or split seed must not reuse a stale split."""
     from conftest import copy_subset
-    from xray_spark.data.images import load_or_ingest
+    from xray_spark.data.images import existing_ingest, load_or_ingest
 
     data = copy_subset(ozturk_dir, tmp_path / "data", per_class=4)
     cfg = load_config(local=None)
@@ -181,9 +181,10 @@ def test_a_later_run_reuses_ingest_only_while_folder_and_settings_match(spark, o
     images, grown, _ = load_or_ingest(spark, str(data), str(tmp_path / "out"), cfg)
     assert grown["ingest_key"] != first["ingest_key"] and images.count() == 13
 
-    cfg.split.seed = 1
-    _, reseeded, _ = load_or_ingest(spark, str(data), str(tmp_path / "out"), cfg)
-    assert reseeded["ingest_key"] != grown["ingest_key"]
+    cfg.split.seed = 1  # same folder, another split: the ingest there is not reused (a new one would run)
+    assert existing_ingest(spark, str(data), str(tmp_path / "out"), cfg) is None
+    cfg.split.seed = load_config(local=None).split.seed
+    assert existing_ingest(spark, str(data), str(tmp_path / "out"), cfg) is not None
 
 
 def test_odd_names_huge_empty_and_special_files_each_get_a_row(spark, ozturk_dir: Path,

@@ -143,9 +143,10 @@ class Duplicates:
             "n_rejected_candidates": int(scored["n"]) - near,
         }
         if copies:  # crop-tolerant search: its candidates, and the copies it adds beyond exact and near pairs
-            cp = copies[0]
+            cp = copies[0]  # n_cross_source_pairs: pairs of any kind (exact, near, copy) across two sources
             self._counts.update(n_copy_candidates=int(cp["n"]), n_copy_pairs=int(cp["added"] or 0),
-                                n_cross_source_copies=int(cp["cross"] or 0))
+                                n_cross_source_copies=int(cp["cross"] or 0),
+                                n_cross_source_pairs=int(cp["cross_all"] or 0))
         c = self._counts
         log.info("dedup: %d pHash candidates (<= %d bits), %d confirmed (r >= %.2f), %d rejected; %d exact "
                  "pairs", c["n_candidates"], self.params["max_hamming"], c["n_near_pairs"],
@@ -218,11 +219,13 @@ def find_duplicates(images: DataFrame, thumbs: DataFrame, *, max_hamming: int = 
     }
     if copies is not None:
         src = images.select("id", "source")
-        kinds = (pairs.where("kind = 'copy'")
-                 .join(src.withColumnRenamed("id", "a").withColumnRenamed("source", "sa"), "a")
+        across, copy = ~F.col("sa").eqNullSafe(F.col("sb")), F.col("kind") == "copy"
+        kinds = (pairs.join(src.withColumnRenamed("id", "a").withColumnRenamed("source", "sa"), "a")
                  .join(src.withColumnRenamed("id", "b").withColumnRenamed("source", "sb"), "b")
-                 .agg(n, F.sum((~F.col("sa").eqNullSafe(F.col("sb"))).cast("int")).alias("cross")))
-        tallies["dedup_copies"] = copies.agg(n).crossJoin(kinds.select(F.col("n").alias("added"), "cross"))
+                 .agg(F.sum(copy.cast("int")).alias("n"), F.sum((across & copy).cast("int")).alias("cross"),
+                      F.sum(across.cast("int")).alias("cross_all")))
+        tallies["dedup_copies"] = copies.agg(n).crossJoin(kinds.select(F.col("n").alias("added"), "cross",
+                                                                       "cross_all"))
     params = {"max_hamming": max_hamming, "min_correlation": min_correlation, "thumb_size": thumb_size}
     if copies is not None:
         params.update(copy_min_correlation=copy_min_correlation, copy_max_hamming=copy_max_hamming)

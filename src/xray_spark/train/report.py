@@ -411,7 +411,7 @@ def per_source_md(title: str, per_source: dict[str, dict[str, Any]]) -> str:
 
 
 def sources_md(per_source: dict[str, dict[str, int]], selections: dict[str, dict[str, Any]],
-               cross_source_copies: int) -> str:
+               cross_source_pairs: int) -> str:
     """The merged sources: images each brought (ok / set aside at ingest), what `fetch` left out of each
     (laterals, CT, other findings: its selection.json), and how many copies across sources were grouped."""
     cells = []
@@ -421,8 +421,8 @@ def sources_md(per_source: dict[str, dict[str, int]], selections: dict[str, dict
                      if left else ("none" if left is not None else "n/a (not fetched)"))
         cells.append([source, str(counts.get("ok", 0)), str(counts.get("quarantined", 0)), left_text])
     table = md_table(("source", "images used", "set aside at ingest", "left out by fetch"), cells)
-    return (f"{table}\n\nCopies of one radiograph in two sources (crops and rescales included) found and "
-            f"grouped: {cross_source_copies} pair(s); each group sits on one side of the split.\n")
+    return (f"{table}\n\nCopies of one radiograph in two sources (exact, near, cropped or rescaled) found "
+            f"and grouped: {cross_source_pairs} pair(s); each group sits on one side of the split.\n")
 
 
 def append_section(report: Path, heading: str, intro: str, blocks: list[str]) -> None:

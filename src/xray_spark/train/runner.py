@@ -357,7 +357,7 @@ def run_training(spark: SparkSession, cfg: Config, spec: TrainSpec) -> TrainResu
         if len(per_source) > 1:
             selections = fetch_selections(spark, summary)
             append_section(files["report.md"], "Sources", _SOURCES_INTRO, [sources_md(
-                per_source, selections, int(summary["duplicates"].get("n_cross_source_copies", 0)))])
+                per_source, selections, int(summary["duplicates"].get("n_cross_source_pairs", 0)))])
             mlflow.log_metrics({f"source/{name}/{k}": float(v) for name, c in per_source.items()
                                 for k, v in c.items()})
             mlflow.log_dict(selections, "comparison/sources_left_out.json")
