@@ -37,19 +37,18 @@ def test_ingest_train_score_under_a_viewfs_default_filesystem_and_the_c_locale(
         spark, ozturk_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Over 60 s (~2-4 min): a process of its own (the default filesystem and the locale are fixed when a
     JVM starts) run as cron runs jobs, under LANG=C LC_ALL=C, that ingests, featurizes, trains and scores 24
-    images plus odd names and special files through viewfs, then ingests the same folder as plain `file:`
-    URIs: every file is accounted for, with true reasons, on both filesystems. (Scoring `file:` folders
-    under the C locale: test_cluster's score application.)"""
+    images plus odd names and special files through viewfs, then ingests and scores the same folders as
+    plain `file:` URIs: every file is accounted for, with true reasons, on both filesystems."""
     assert str(tmp_path).startswith("/tmp/"), "the mount table maps /tmp"
     isolate_mlflow(monkeypatch)
     data = copy_subset(ozturk_dir, tmp_path / "data", per_class=8)
     _add_odd_files(ozturk_dir, data)
     out, train_out, preds = tmp_path / "ingest", tmp_path / "train", tmp_path / "preds"
-    local_out = tmp_path / "local"
+    local_out, local_preds = tmp_path / "local", tmp_path / "local-preds"
 
     db = f"sqlite:///{tmp_path}/mlflow.db"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "LC_", "LANG"))}
-    _, ingested, trained, scored_step, local_ingested = run_cli_steps([
+    _, ingested, trained, scored_step, local_ingested, local_scored = run_cli_steps([
         ["ingest", "--data", str(data), "--out", str(out), *VIEWFS_ARGS],
         # train reuses the ingest output (same split) instead of ingesting again
         ["train", "--data", str(out), "--backbones", "ResNet50", "--heads", "lr", "--tasks", "binary",
@@ -57,6 +56,8 @@ def test_ingest_train_score_under_a_viewfs_default_filesystem_and_the_c_locale(
         ["score", "--model", "models:/xray-spark-binary@champion", "--input", str(data / "covid"),
          "--output", str(preds), "--tracking-uri", db, *VIEWFS_ARGS],
         ["ingest", "--data", f"file:{data}", "--out", f"file:{local_out}"],
+        ["score", "--model", "models:/xray-spark-binary@champion", "--input", f"file:{data / 'covid'}",
+         "--output", f"file:{local_preds}", "--tracking-uri", db],
     ], env={**env, "LANG": "C", "LC_ALL": "C"})
 
     reconciled = "files read: 32 = ok 29 + quarantined 3"
@@ -77,14 +78,15 @@ def test_ingest_train_score_under_a_viewfs_default_filesystem_and_the_c_locale(
     assert "champion binary: models:/xray-spark-binary@champion" in trained.stdout
     assert pd.read_csv(train_out / "comparison.csv")["task"].eq("binary").all()
 
-    assert "files seen: 15" in scored_step.stdout, scored_step.stdout
-    assert "newly scored: 13" in scored_step.stdout and "quarantined: 2" in scored_step.stdout
-    scored = spark.read.parquet(f"file:{preds}").toPandas()
-    assert len(scored) == 15 and scored["path"].str.startswith("viewfs://v/").all()
-    assert scored["path"].is_unique
-    good = scored[scored["status"] == "ok"]
-    assert len(good) == 13 and good["predicted_label"].notna().all()
-    assert {p.rsplit("/", 1)[1] for p in good["path"]} >= set(ODD_NAMES)
-    bad = scored.set_index(scored["path"].str.rsplit("/", n=1).str[1])["reason"].dropna()
-    assert {k: v.split(":")[0] for k, v in bad.items()} == {"fifo.png": "not_a_regular_file",
-                                                           "loop.png": "symlink_loop"}
+    for step, folder, prefix in ((scored_step, preds, "viewfs://v/"), (local_scored, local_preds, "file:/")):
+        assert "files seen: 15" in step.stdout, step.stdout
+        assert "newly scored: 13" in step.stdout and "quarantined: 2" in step.stdout
+        scored = spark.read.parquet(f"file:{folder}").toPandas()
+        assert len(scored) == 15 and scored["path"].str.startswith(prefix).all()
+        assert scored["path"].is_unique
+        good = scored[scored["status"] == "ok"]
+        assert len(good) == 13 and good["predicted_label"].notna().all()
+        assert {p.rsplit("/", 1)[1] for p in good["path"]} >= set(ODD_NAMES)
+        bad = scored.set_index(scored["path"].str.rsplit("/", n=1).str[1])["reason"].dropna()
+        assert {k: v.split(":")[0] for k, v in bad.items()} == {"fifo.png": "not_a_regular_file",
+                                                               "loop.png": "symlink_loop"}
