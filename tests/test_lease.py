@@ -109,6 +109,34 @@ def test_heartbeat_renews_and_a_stalled_run_that_was_taken_over_cannot_commit(sp
     assert EXIT_RETRY == 75
 
 
+class _TruncatingFiles:
+    """Local files rewritten the way Hadoop's create(overwrite) does: empty first, the text a moment later."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def write(self, uri: str, text: str) -> None:
+        path = Path(uri.removeprefix("file:"))
+        path.write_text("")
+        time.sleep(0.03)
+        path.write_text(text)
+
+
+def test_a_run_never_mistakes_its_own_heartbeat_rewrite_for_a_lost_lease(spark, tmp_path):
+    lease = _lease(spark, str(tmp_path / "out"), "me", ttl=0.6)  # a heartbeat every 0.15 s
+    lease.files = _TruncatingFiles(lease.files)
+    with lease.held():
+        deadline = time.monotonic() + 1.5
+        checks = 0
+        while time.monotonic() < deadline:
+            lease.check()  # would raise "no longer this run's" on reading its own file half rewritten
+            checks += 1
+        assert lease.info is not None and checks > 50
+
+
 def lease_gen(folder: Path) -> int:
     return max(int(p.stem) for p in folder.glob("*.json"))
 

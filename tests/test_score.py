@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import os
 import re
 import shutil
@@ -26,7 +25,7 @@ import pytest
 from conftest import VIEWFS_ARGS, isolate_mlflow, viewfs
 from xray_spark.config import load_config
 from xray_spark.errors import UserError
-from xray_spark.scoring.lease import LeaseHeld
+from xray_spark.scoring.lease import LeaseHeld, LeaseInfo
 from xray_spark.scoring.model import ModelRef, resolve_model
 from xray_spark.scoring.plan import plan_run
 from xray_spark.scoring.run import default_chunk_size
@@ -613,14 +612,22 @@ def test_kill_9_under_viewfs_waits_for_the_lease_then_scores_exactly_once(spark,
     partial = len(_read_output(spark, out))
     assert 0 < partial < len(images), "the kill must land mid-run for this test to mean anything"
     leases = list((out / "_leases").rglob("*.json"))
-    assert len(leases) == 1 and json.loads(leases[0].read_text())["local_lock"] is False  # viewfs: no flock
+    assert len(leases) == 1
+
+    def dead_lease() -> LeaseInfo:
+        # read as a rerun reads it: a kill during a heartbeat's rewrite leaves the file empty (Hadoop's
+        # create(overwrite) truncates first), and such a file counts as renewed when last modified
+        text = leases[0].read_text()
+        return LeaseInfo.from_json(text, 1, leases[0].stat().st_mtime, 8)
+
+    assert dead_lease().local_lock is False  # viewfs: no flock
 
     # within the dead run's lease: nothing is touched (its staged chunk may still be committed by it)
     with pytest.raises(LeaseHeld, match="holds the lease"):
         _score(spark, registered, viewfs(src), viewfs(out), capsys, chunk_size=2, lease_seconds=8)
     assert len(_read_output(spark, out)) == partial
 
-    time.sleep(max(0.0, json.loads(leases[0].read_text())["renewed_at"] + 8 - time.time()) + 0.5)
+    time.sleep(max(0.0, dead_lease().renewed_at + 8 - time.time()) + 0.5)
     assert time.time() - killed_at < 60
     s = _score(spark, registered, viewfs(src), viewfs(out), capsys, chunk_size=2, lease_seconds=8)
     assert (s["newly scored"], s["skipped as already scored"]) == (len(images) - partial, partial)

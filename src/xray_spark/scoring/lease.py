@@ -185,6 +185,9 @@ class Lease:
         self._lost: str | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        # this run's own reads never see its heartbeat's rewrite half done (Hadoop's create(overwrite)
+        # truncates first; a torn read of our own file would look like a lost lease)
+        self._io = threading.Lock()
 
     # ---------------------------------------------------------------------------------------------- reading
 
@@ -245,7 +248,8 @@ class Lease:
         if self._lost:
             raise LeaseLost(self._lost)
         self._check_owner()
-        text, _ = self.files.read(self._path(self.info.generation))
+        with self._io:
+            text, _ = self.files.read(self._path(self.info.generation))
         if text is None or LeaseInfo.from_json(text, 0, 0.0, self.ttl).run_id != self.run_id:
             raise LeaseLost(f"lease file {self._path(self.info.generation)} is no longer this run's")
         if time.monotonic() - self._renewed > self.ttl / 2:
@@ -257,7 +261,7 @@ class Lease:
         if self._thread is not None:
             self._thread.join()
         try:
-            if self.info is not None:
+            if self.info is not None:  # the heartbeat has stopped: no rewrite can be under way
                 text, _ = self.files.read(self._path(self.info.generation))
                 if text is not None and LeaseInfo.from_json(text, 0, 0.0, self.ttl).run_id == self.run_id:
                     self.files.delete(self._path(self.info.generation))
@@ -280,7 +284,8 @@ class Lease:
             try:
                 self._check_owner()
                 renewed = replace(self.info, renewed_at=time.time())
-                self.files.write(self._path(renewed.generation), renewed.to_json())
+                with self._io:
+                    self.files.write(self._path(renewed.generation), renewed.to_json())
                 self.info, self._renewed = renewed, time.monotonic()
             except LeaseLost as exc:
                 self._lost = str(exc)
