@@ -191,6 +191,23 @@ def copy_subset(src: Path, dest: Path, per_class: int, offset: int = 0) -> Path:
     return dest
 
 
+def manifest_subset(src: Path, dest: Path, per_label: dict[str, int]):
+    """The first `n` images (by path) of each label of a folder with a manifest.csv, copied to `dest` with
+    their manifest rows (also written to dest/manifest.csv): real images, fewer of them, same layout."""
+    import shutil
+
+    import pandas as pd
+
+    manifest = pd.read_csv(src / "manifest.csv", dtype=str, keep_default_na=False)
+    picked = pd.concat(manifest[manifest["label"] == label].sort_values("path").head(n)
+                       for label, n in per_label.items())
+    for rel in picked["path"]:
+        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src / rel, dest / rel)
+    picked.to_csv(dest / "manifest.csv", index=False)
+    return picked
+
+
 @pytest.fixture(scope="session")
 def small_data(ozturk_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """12 real images per class (36 in all) in class folders."""

@@ -8,29 +8,15 @@ test split, and say where the report and the MLflow UI are.
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
 import pandas as pd
 import pytest
 
-from conftest import isolate_mlflow
+from conftest import isolate_mlflow, manifest_subset
 
 pytestmark = pytest.mark.e2e
-
-
-def _figure1_subset(figure1: Path, dest: Path) -> Path:
-    """6 COVID, 3 No-findings and 2 pneumonia images of figure1 with their manifest rows (full-size images:
-    the external evaluation's decode and featurize cost scales with them; its logic does not)."""
-    manifest = pd.read_csv(figure1 / "manifest.csv", dtype=str, keep_default_na=False)
-    picked = pd.concat(manifest[manifest["label"] == label].sort_values("path").head(n)
-                       for label, n in (("covid", 6), ("no_findings", 3), ("pneumonia", 2)))
-    for rel in picked["path"]:
-        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(figure1 / rel, dest / rel)
-    picked.to_csv(dest / "manifest.csv", index=False)
-    return dest
 
 
 def test_demo_runs_end_to_end_offline(spark, small_data: Path, data_root: Path, tmp_path: Path, capsys,
@@ -46,7 +32,8 @@ def test_demo_runs_end_to_end_offline(spark, small_data: Path, data_root: Path, 
     monkeypatch.setenv("XRAY_SPARK_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("XRAY_SPARK_WEIGHTS_BASE_URL", "http://127.0.0.1:9/mirror/")
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
-    external = _figure1_subset(data_root / "figure1", tmp_path / "figure1")
+    external = tmp_path / "figure1"  # full-size images: the evaluation's cost scales with them, not its logic
+    manifest_subset(data_root / "figure1", external, {"covid": 6, "no_findings": 3, "pneumonia": 2})
     code = main(["demo", "--data", str(small_data), "--out", str(out), "--backbones", "ResNet50",
                  "--heads", "lr", "--external", str(external)])
     captured = capsys.readouterr()

@@ -17,18 +17,24 @@ import pandas as pd
 import pytest
 from pyspark.sql import functions as F
 
-from conftest import isolate_mlflow
+from conftest import isolate_mlflow, manifest_subset
 from xray_spark.config import load_config
 from xray_spark.evaluate import evaluate_model
 from xray_spark.scoring import score_command
 
+FIGURE1_COUNTS = {"covid": 10, "no_findings": 3, "pneumonia": 2}  # of figure1's 35, 3 and 2
+
 
 @pytest.fixture(scope="module")
-def figure1(data_root: Path) -> Path:
+def figure1(data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """figure1's No-findings and pneumonia images and its first 10 COVID ones, with their manifest rows:
+    full-size originals, whose decode and features are what evaluating them costs (40 took ~30 s)."""
     folder = data_root / "figure1"
     if not (folder / "manifest.csv").is_file():
         pytest.fail(f"{folder}/manifest.csv missing: the shared data README promises figure1/")
-    return folder
+    subset = tmp_path_factory.mktemp("figure1") / "figure1"
+    manifest_subset(folder, subset, FIGURE1_COUNTS)
+    return subset
 
 
 def test_evaluate_counts_equal_what_score_predicts(spark, trained, figure1, tmp_path, monkeypatch, capsys):
@@ -40,9 +46,9 @@ def test_evaluate_counts_equal_what_score_predicts(spark, trained, figure1, tmp_
     doc = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     counts = np.array(doc["confusion"]["counts"])
     assert doc["labels"] == ["covid", "no_findings", "pneumonia"] == doc["confusion"]["labels"]
-    assert doc["n"] == result.n == counts.sum() >= 35 and doc["excluded_labels"] == {}
+    assert doc["n"] == result.n == counts.sum() == 15 and doc["excluded_labels"] == {}
     assert doc["accuracy"] == pytest.approx(np.trace(counts) / counts.sum())
-    assert counts.sum(axis=1).tolist() == [35, 3, 2]  # figure1's classes, every image evaluated
+    assert counts.sum(axis=1).tolist() == list(FIGURE1_COUNTS.values())  # every image evaluated
     assert doc["model"]["version"] == champion["version"]
     metrics = doc["metrics"]
     assert 0 <= metrics["accuracy_ci_low"] <= doc["accuracy"] <= metrics["accuracy_ci_high"] <= 1
@@ -88,7 +94,8 @@ def test_evaluate_counts_equal_what_score_predicts(spark, trained, figure1, tmp_
 
     # the training run's metadata-only baseline, beside the model on the same images
     base = doc["baseline"]
-    assert base["n"] == doc["n"] and np.array(base["confusion"]["counts"]).sum(axis=1).tolist() == [35, 3, 2]
+    base_counts = np.array(base["confusion"]["counts"])
+    assert base["n"] == doc["n"] and base_counts.sum(axis=1).tolist() == list(FIGURE1_COUNTS.values())
     assert base["accuracy"] == pytest.approx(np.trace(base["confusion"]["counts"]) / base["n"])
     assert run.data.metrics["baseline/accuracy"] == pytest.approx(base["accuracy"])
     assert "## Metadata-only baseline of the same training run" in report
@@ -127,11 +134,11 @@ def test_cli_evaluate_with_classes_missing_and_labels_the_model_does_not_know(
     proc = capsys.readouterr()
     assert code == 0, proc.err[-3000:]
     doc = json.loads((out / "metrics.json").read_text())
-    assert doc["labels"] == ["no_findings", "covid"] and doc["n"] == 35
+    assert doc["labels"] == ["no_findings", "covid"] and doc["n"] == 10
     assert doc["excluded_labels"] == {"pneumonia": 2}
     assert doc["confusion"]["counts"][0] == [0, 0]  # no No-findings images
     assert doc["metrics"]["covid_recall"] is not None
-    assert "images evaluated: 35" in proc.out
+    assert "images evaluated: 10" in proc.out
     assert "not evaluated (label unknown to the model): pneumonia 2" in proc.out
     assert f"metadata-only baseline ({doc['baseline']['model_uri']}): accuracy" in proc.out
     assert "No images of no_findings" in (out / "report.md").read_text()

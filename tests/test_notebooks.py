@@ -18,6 +18,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from conftest import manifest_subset
+
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
 pytest.importorskip("ipykernel")
@@ -34,11 +36,7 @@ KERNEL_NAME = "xray-spark-test"
 def make_subset(ozturk: Path, dest: Path, per_class: int = PER_CLASS) -> Path:
     """`per_class` images per class plus one exact copy of a COVID image, with a manifest.csv (real
     sources)."""
-    manifest = pd.read_csv(ozturk / "manifest.csv", dtype=str, keep_default_na=False)
-    picked = manifest.sort_values("path").groupby("label", group_keys=False).head(per_class).copy()
-    for rel in picked["path"]:
-        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(ozturk / rel, dest / rel)
+    picked = manifest_subset(ozturk, dest, dict.fromkeys(("covid", "no_findings", "pneumonia"), per_class))
     first = picked[picked["label"] == "covid"].iloc[0].copy()
     copy_rel = str(Path(first["path"]).with_name("copy-of-" + Path(first["path"]).name))
     shutil.copyfile(ozturk / first["path"], dest / copy_rel)
