@@ -1,4 +1,4 @@
-"""The documentation: the docs site builds strictly.
+"""The documentation: the docs site builds strictly, and the README stays a short front door.
 
 The strict build is MkDocs' own `build` called in this process (no `mkdocs` subprocess, so a `unit` test),
 into a temporary site folder: a broken link or anchor, a page missing from the nav, or a docstring that
@@ -10,11 +10,13 @@ come from pip.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+README = REPO / "README.md"
 
 
 def test_docs_site_builds_strictly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -34,3 +36,19 @@ def test_docs_site_builds_strictly(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert "DeepImageFeaturizer" in featurizer and "weightsSha256" in featurizer
     assert (site / "commands" / "score.html").is_file() and (site / "serve_page.png").is_file()
 
+
+def test_readme_is_short_and_keeps_the_two_commands() -> None:
+    text = README.read_text(encoding="utf-8")
+    assert len(text.splitlines()) <= 200
+    # .ci/run runs the test command verbatim; both commands keep their README lines
+    assert "make demo   # creates .venv, installs, runs the main job end to end (xray-spark demo)" in text
+    assert "make test   # creates .venv with test tools, runs the whole test suite" in text
+    assert re.search(r"^make test$", (REPO / ".ci" / "run").read_text(), re.M)
+
+
+def test_readme_links_point_at_files_that_exist() -> None:
+    links = re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", README.read_text(encoding="utf-8"))
+    local = [link for link in links if "://" not in link]
+    assert local, "the README links into docs/"
+    missing = [link for link in local if not (REPO / link).exists()]
+    assert not missing, f"README links to missing files: {missing}"
