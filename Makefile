@@ -2,6 +2,8 @@
 #   make demo   set up .venv and run the main job end to end
 #   make test   set up .venv (with test tools) and run the test suite
 # While editing: make test-fast (every tier but e2e: no CLI processes, clusters, kernels or browsers)
+# Docs: make docs (the site in docs/, built strictly into site/; tests/test_docs.py builds it in the suite),
+#       make docs-serve (preview at http://127.0.0.1:8000)
 PYTHON ?= $(shell command -v python3.11 || command -v python3.12 || command -v python3.10 || command -v python3)
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
@@ -14,7 +16,7 @@ PYTEST_ARGS ?=
 NEWEST_SPARK := .spark-newest
 PYSPARK_RANGE = $(shell sed -n 's/^[[:space:]]*"\(pyspark[^";]*\)".*/\1/p' pyproject.toml)
 
-.PHONY: setup setup-dev demo test test-fast lint clean java newest-spark
+.PHONY: setup setup-dev demo test test-fast lint docs docs-serve clean java newest-spark
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -48,7 +50,14 @@ test-fast: setup java
 	$(PY) -m pytest -q --durations=10 -m "not e2e" $(PYTEST_ARGS)
 
 lint: setup
-	$(VENV)/bin/ruff check src tests jobs benchmarks
+	$(VENV)/bin/ruff check src tests jobs benchmarks docs_hooks
+
+# NO_MKDOCS_2_WARNING: mkdocs-material's banner about MkDocs 2.0 (informational, not a build warning)
+docs: setup
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir site
+
+docs-serve: setup
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs serve --strict
 
 clean:
-	rm -rf $(VENV) $(NEWEST_SPARK) runs build dist src/*.egg-info .pytest_cache
+	rm -rf $(VENV) $(NEWEST_SPARK) runs build dist site src/*.egg-info .pytest_cache

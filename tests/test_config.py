@@ -167,7 +167,7 @@ def test_conf_pairs() -> None:
 
 @pytest.mark.parametrize("name", ["train.yml", "score.yml", "databricks-jobs.yml"])
 def test_shipped_example_configs_load(name: str) -> None:
-    """The README points users at these files: each must pass the same validation as theirs."""
+    """docs/configuration.md points users at these files: each must pass the same validation as theirs."""
     cfg = load_config(Path(__file__).parents[1] / "conf" / name, local=None)
     assert cfg.train.heads and cfg.spark.master
 

@@ -372,7 +372,7 @@ def test_merge_report_config_is_valid_and_documents_real_commands() -> None:
     cfg = load_config(REPO / "conf" / "merge-report.yml", local=None)
     assert cfg.train.class_weights and cfg.train.heads == ["lr", "rf", "dt"]
     text = (REPO / "conf" / "merge-report.yml").read_text()
-    readme = (REPO / "README.md").read_text()
-    for doc in (text, readme):
+    guide = (REPO / "docs" / "concepts" / "copies.md").read_text()  # "Merging the report's three sources"
+    for doc in (text, guide):
         assert "--data ozturk=data/ozturk2020" in doc and "--eval leave-one-source-out" in doc
         assert "fetch chowdhury2020 --from" in doc and "fetch cohen2020 --to data/cohen2020" in doc
