@@ -122,14 +122,22 @@ def _error(status: int, code: str, detail: str, headers: dict[str, str] | None =
 def create_app(predictor: Predictor, settings: Settings) -> FastAPI:
     """The FastAPI app around one loaded predictor."""
     check_settings(settings)
-    pool = ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="xray-serve")
+    # the pool is made on first use and dropped when the lifespan ends, so an app whose lifespan runs again
+    # (a test client entered twice, a server restarted in-process) gets a new pool, not a closed one
+    pools: list[ThreadPoolExecutor] = []
     admitted = {"n": 0}  # touched on the event loop only: no lock needed
     page = resources.files("xray_spark.serving").joinpath("static/index.html").read_text(encoding="utf-8")
+
+    def pool() -> ThreadPoolExecutor:
+        if not pools:
+            pools.append(ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="xray-serve"))
+        return pools[0]
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         yield
-        pool.shutdown(wait=False, cancel_futures=True)
+        while pools:
+            pools.pop().shutdown(wait=False, cancel_futures=True)
 
     app = FastAPI(title="xray-spark serve", version=__version__, lifespan=lifespan,
                   description="Chest X-ray classification of one image at a time, without Spark. "
@@ -181,7 +189,7 @@ def create_app(predictor: Predictor, settings: Settings) -> FastAPI:
                 accept = request.headers.get("accept", "")
                 want_png = "image/png" in accept and "application/json" not in accept
                 loop = asyncio.get_running_loop()
-                result: Prediction = await loop.run_in_executor(pool, predictor.predict, data,
+                result: Prediction = await loop.run_in_executor(pool(), predictor.predict, data,
                                                                  heatmap or want_png)
             finally:
                 admitted["n"] -= 1
@@ -258,6 +266,8 @@ async def _file_part(request: Request, body: bytes) -> bytes:
         form = await Request(request.scope, replay).form(max_files=1, max_fields=8)
     except MultiPartException as exc:
         raise ApiError(400, "bad_multipart", str(exc)) from None
+    except StarletteHTTPException as exc:  # how Starlette reports a malformed body in an app (no boundary)
+        raise ApiError(400, "bad_multipart", str(exc.detail)) from None
     try:
         part = form.get("file")
         if not isinstance(part, UploadFile):
