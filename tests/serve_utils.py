@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -101,3 +103,19 @@ def wait_up(base: str, proc: subprocess.Popen, log_path: Path, timeout: float = 
             pass
         time.sleep(0.5)
     raise AssertionError(f"serve did not come up: {log_path.read_text()[-2000:]}")
+
+
+def random_head_bundle(folder: Path, meta: Any = None) -> Path:
+    """A serving bundle without training: ResNet50 with seeded random weights and a seeded numpy logistic head
+    (covid vs no_findings). For tests of the server itself; parity with Spark is tests/test_serve.py's."""
+    from xray_spark.features.weights import resolve_weights
+    from xray_spark.serving.bundle import write_bundle
+    from xray_spark.serving.heads_numpy import Logistic, Scaler, SparkFreeHead
+
+    weights = resolve_weights("ResNet50", "none")
+    rng = np.random.default_rng(0)
+    head = SparkFreeHead(Logistic(rng.normal(size=(1, 2048)) * 0.05, np.array([0.0]), False),
+                         ["covid", "no_findings"], 2048,
+                         Scaler(rng.normal(size=2048) * 0.1, np.abs(rng.normal(size=2048)) + 0.5))
+    return write_bundle(folder, head=head, backbone="ResNet50", weights_file=weights.local_path,
+                        weights_fingerprint=weights.fingerprint, meta=meta)

@@ -22,14 +22,12 @@ import os
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from conftest import isolate_mlflow
-from serve_utils import predict, running
+from serve_utils import predict, random_head_bundle, running
 from xray_spark.serving.app import Settings, create_app
-from xray_spark.serving.bundle import BundleMeta, load_bundle, write_bundle
-from xray_spark.serving.heads_numpy import Logistic, Scaler, SparkFreeHead
+from xray_spark.serving.bundle import BundleMeta, load_bundle
 from xray_spark.serving.predictor import Predictor
 
 pytestmark = pytest.mark.e2e
@@ -58,17 +56,9 @@ def _browser_paths() -> tuple[str, str]:
 
 @pytest.fixture(scope="module")
 def page_server(weights_cache, tmp_path_factory: pytest.TempPathFactory):
-    from xray_spark.features.weights import resolve_weights
-
-    weights = resolve_weights("ResNet50", "none")
-    rng = np.random.default_rng(0)
-    head = SparkFreeHead(Logistic(rng.normal(size=(1, 2048)) * 0.05, np.array([0.0]), False),
-                         ["covid", "no_findings"], 2048,
-                         Scaler(rng.normal(size=2048) * 0.1, np.abs(rng.normal(size=2048)) + 0.5))
-    folder = write_bundle(tmp_path_factory.mktemp("page") / "bundle", head=head, backbone="ResNet50",
-                          weights_file=weights.local_path, weights_fingerprint=weights.fingerprint,
-                          meta=BundleMeta(task="binary", model_name="xray-spark-binary", model_version="3",
-                                          baseline_as_good=True, baseline_sentence=SENTENCE))
+    folder = random_head_bundle(tmp_path_factory.mktemp("page") / "bundle",
+                                BundleMeta(task="binary", model_name="xray-spark-binary", model_version="3",
+                                           baseline_as_good=True, baseline_sentence=SENTENCE))
     predictor = Predictor(load_bundle(folder))
     predictor.warm_up()
     with running(create_app(predictor, Settings())) as base:

@@ -8,6 +8,9 @@ bombs are the decoder's own `too_large` (its pixel limit, from the header, befor
 
 Inference runs in a pool of `workers` threads; at most `workers + queue` requests are admitted at once, the
 next gets 503 with Retry-After, so a burst cannot pile up unbounded memory or latency.
+
+Every answer is one /openapi.json documents: the bodies, each error code and its status come from
+serving/schema.py (tests/test_serve_contract.py runs a client generated from that document against the app).
 """
 
 from __future__ import annotations
@@ -19,18 +22,19 @@ import ipaddress
 import logging
 import platform
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from importlib import metadata, resources
-from typing import Any
+from typing import Any, TypeVar
 
 import uvicorn
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Query, Request, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.security import HTTPBearer
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException
@@ -38,18 +42,23 @@ from starlette.formparsers import MultiPartException
 from xray_spark import __version__
 from xray_spark.errors import UserError
 from xray_spark.serving.predictor import InputRejected, Prediction, Predictor
-from xray_spark.serving.schema import PredictAnswer
+from xray_spark.serving.schema import (
+    ERRORS,
+    HEATMAP_DOC,
+    PREDICT_BODY,
+    PREDICT_ERRORS,
+    PREDICT_OK,
+    Health,
+    VersionInfo,
+    error_responses,
+)
 
 log = logging.getLogger("xray_spark.serving")
 
 MB = 1024 * 1024
 MULTIPART_SLACK = 64 * 1024  # boundaries and part headers around the file in a multipart body
 LOOPBACK_NAMES = ("localhost", "ip6-localhost")
-STATUS = {  # decoder reason -> HTTP status
-    "empty_file": 400, "not_an_image": 415, "unsupported_format": 415, "dicom_unsupported": 415,
-    "too_large": 413, "truncated": 422, "corrupt_image": 422, "blank_image": 422,
-    "dicom_no_pixel_data": 422, "dicom_corrupt": 422, "decode_failed": 422,
-}
+T = TypeVar("T")
 # the page's script and styles are inline; images come back as data: URLs, previews as blob: URLs
 PAGE_HEADERS = {"Content-Security-Policy": "default-src 'self'; img-src 'self' data: blob:; "
                                            "style-src 'unsafe-inline'; script-src 'unsafe-inline'; "
@@ -108,100 +117,154 @@ def check_settings(settings: Settings) -> None:
 
 
 class ApiError(Exception):
-    """An answer other than a prediction: HTTP status + `{error: code, detail}`."""
+    """An answer other than a prediction: `{error: code, detail}`, its status the code's in schema.ERRORS."""
 
-    def __init__(self, status: int, code: str, detail: str, headers: dict[str, str] | None = None) -> None:
+    def __init__(self, code: str, detail: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(f"{code}: {detail}")
-        self.status, self.code, self.detail, self.headers = status, code, detail, headers
+        self.status, self.code, self.detail, self.headers = ERRORS[code].status, code, detail, headers
+
+    def response(self) -> JSONResponse:
+        return JSONResponse({"error": self.code, "detail": self.detail}, status_code=self.status,
+                            headers=self.headers)
 
 
-def _error(status: int, code: str, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"error": code, "detail": detail}, status_code=status, headers=headers)
+class Admission:
+    """At most `workers + queue` requests inside /predict at once (the next gets 503 `busy`); inference runs
+    on a pool of `workers` threads.
+
+    The pool is made on first use and closed when the app's lifespan ends, so an app whose lifespan runs
+    again (a test client entered twice, a server restarted in-process) gets a new pool instead of a closed
+    one. `in_flight` is touched on the event loop only: no lock needed.
+    """
+
+    def __init__(self, workers: int, queue: int) -> None:
+        self.workers, self.capacity, self.in_flight = workers, workers + queue, 0
+        self._pool: ThreadPoolExecutor | None = None
+
+    @contextmanager
+    def slot(self) -> Iterator[None]:
+        if self.in_flight >= self.capacity:
+            raise ApiError("busy", f"{self.in_flight} requests in progress; retry shortly",
+                           {"Retry-After": "1"})
+        self.in_flight += 1
+        try:
+            yield
+        finally:
+            self.in_flight -= 1
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="xray-serve")
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+
+    @asynccontextmanager
+    async def lifespan(self, _: FastAPI) -> AsyncIterator[None]:
+        yield
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
 
 
 def create_app(predictor: Predictor, settings: Settings) -> FastAPI:
-    """The FastAPI app around one loaded predictor."""
+    """The FastAPI app around one loaded predictor: its routes, error handlers and limits, each built by a
+    function of its own below."""
     check_settings(settings)
-    pool = ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="xray-serve")
-    admitted = {"n": 0}  # touched on the event loop only: no lock needed
-    page = resources.files("xray_spark.serving").joinpath("static/index.html").read_text(encoding="utf-8")
-
-    @asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        yield
-        pool.shutdown(wait=False, cancel_futures=True)
-
-    app = FastAPI(title="xray-spark serve", version=__version__, lifespan=lifespan,
+    admission = Admission(settings.workers, settings.queue)
+    app = FastAPI(title="xray-spark serve", version=__version__, lifespan=admission.lifespan,
+                  responses=error_responses(("internal_error",)),
                   description="Chest X-ray classification of one image at a time, without Spark. "
-                              "Bad input answers 4xx with `{error, detail}`.")
+                              "Every answer that is not a result is `{error, detail}`: `error` a reason code "
+                              "listed under its status, `detail` a sentence.")
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins),
                            allow_methods=["GET", "POST"], allow_headers=["Authorization", "Content-Type"])
+    _add_error_handlers(app)
+    _add_info_routes(app, predictor, settings, admission)
+    _add_predict_route(app, predictor, settings, admission)
+    return app
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    """Every error answer is `{error, detail}`, FastAPI's and Starlette's own included."""
 
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
-        return _error(exc.status, exc.code, exc.detail, exc.headers)
+        return exc.response()
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return _error(exc.status_code, "http_error", str(exc.detail), getattr(exc, "headers", None))
+    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:  # 404, 405: no route
+        return JSONResponse({"error": "http_error", "detail": str(exc.detail)}, status_code=exc.status_code,
+                            headers=getattr(exc, "headers", None))
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0] if exc.errors() else {}
         where = ".".join(str(p) for p in first.get("loc", ()))
-        return _error(422, "invalid_request", f"{where}: {first.get('msg', 'invalid')}")
+        return ApiError("invalid_request", f"{where}: {first.get('msg', 'invalid')}").response()
 
-    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    @app.exception_handler(Exception)
+    async def _internal(_: Request, exc: Exception) -> JSONResponse:  # Starlette still logs the traceback
+        return ApiError("internal_error", f"{type(exc).__name__} while answering").response()
+
+
+def _add_info_routes(app: FastAPI, predictor: Predictor, settings: Settings, admission: Admission) -> None:
+    """The upload page, /health and /version."""
+    page = resources.files("xray_spark.serving").joinpath("static/index.html").read_text(encoding="utf-8")
+
+    @app.get("/", response_class=HTMLResponse, summary="The upload page (HTML, for a browser)")
     async def index() -> HTMLResponse:
         return HTMLResponse(page, headers=PAGE_HEADERS)
 
-    @app.get("/health", summary="Liveness: the model is loaded and the server answers")
+    @app.get("/health", response_model=Health, summary="Liveness: the model is loaded and the server answers")
     async def health() -> dict[str, Any]:
-        return {"status": "ok", "engine": predictor.engine, "in_flight": admitted["n"],
-                "capacity": settings.workers + settings.queue, "auth_required": bool(settings.token)}
+        return {"status": "ok", "engine": predictor.engine, "in_flight": admission.in_flight,
+                "capacity": admission.capacity, "auth_required": bool(settings.token)}
 
-    @app.get("/version", summary="Package, model, engine and library versions")
+    @app.get("/version", response_model=VersionInfo, summary="Package, model, engine and library versions")
     async def version() -> dict[str, Any]:
         return version_info(predictor, settings)
 
-    @app.post("/predict", summary="Classify one image (DICOM, PNG, JPEG, ...)", openapi_extra=_PREDICT_DOC,
-              responses={200: {"model": PredictAnswer}})
-    async def predict(request: Request, heatmap: bool = False) -> Response:
+
+def _add_predict_route(app: FastAPI, predictor: Predictor, settings: Settings, admission: Admission) -> None:
+    """`POST /predict`: authorize, admit, read the upload within its limit, predict on the pool, answer; one
+    privacy-safe log line per request (the upload's sha256, the outcome, the latency)."""
+    codes = PREDICT_ERRORS + (("unauthorized",) if settings.token else ())
+    # documents the bearer scheme; the handler checks the token (so its 401 is logged like any outcome)
+    scheme = HTTPBearer(auto_error=False, description="the server's --token")
+    bearer = [Security(scheme)] if settings.token else []
+
+    @app.post("/predict", summary="Classify one image (DICOM, PNG, JPEG, ...)", openapi_extra=PREDICT_BODY,
+              responses={200: PREDICT_OK, **error_responses(codes)}, dependencies=bearer)
+    async def predict(request: Request, heatmap: bool = Query(False, description=HEATMAP_DOC)) -> Response:
         started = time.perf_counter()
         outcome, sha = "ok", "-"
         try:
             _authorize(request, settings.token)
-            if admitted["n"] >= settings.workers + settings.queue:
-                raise ApiError(503, "busy", f"{admitted['n']} requests in progress; retry shortly",
-                               {"Retry-After": "1"})
-            admitted["n"] += 1
-            try:
+            with admission.slot():
                 data = await read_upload(request, settings.max_upload_bytes)
-                accept = request.headers.get("accept", "")
-                want_png = "image/png" in accept and "application/json" not in accept
-                loop = asyncio.get_running_loop()
-                result: Prediction = await loop.run_in_executor(pool, predictor.predict, data,
-                                                                 heatmap or want_png)
-            finally:
-                admitted["n"] -= 1
+                want_png = _wants_png(request.headers.get("accept", ""))
+                result: Prediction = await admission.run(predictor.predict, data, heatmap or want_png)
             sha = result.sha256
             return _answer(result, predictor, want_png)
         except InputRejected as exc:
             outcome, sha = exc.code, exc.sha256 or "-"
-            return _error(STATUS.get(exc.code, 422), exc.code, exc.detail)
+            code = exc.code if exc.code in ERRORS else "decode_failed"
+            return ApiError(code, exc.detail).response()
         except ApiError as exc:
             outcome = exc.code
-            return _error(exc.status, exc.code, exc.detail, exc.headers)
+            return exc.response()
         except Exception as exc:  # the server keeps serving: one line in the log, a 500 for this request
             outcome = f"internal_error:{type(exc).__name__}"
             log.debug("predict failed", exc_info=True)
-            return _error(500, "internal_error", f"{type(exc).__name__} while predicting")
+            return ApiError("internal_error", f"{type(exc).__name__} while predicting").response()
         finally:
             log.info("predict sha256=%s outcome=%s latency_ms=%.1f", sha, outcome,
                      (time.perf_counter() - started) * 1000)
 
-    return app
+
+def _wants_png(accept: str) -> bool:
+    """`Accept: image/png` without application/json: the heatmap PNG itself is the answer."""
+    return "image/png" in accept and "application/json" not in accept
 
 
 def _answer(result: Prediction, predictor: Predictor, want_png: bool) -> Response:
@@ -223,7 +286,7 @@ def _authorize(request: Request, token: str | None) -> None:
         return
     scheme, _, given = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
-        raise ApiError(401, "unauthorized", "send the server's token as `Authorization: Bearer <token>`",
+        raise ApiError("unauthorized", "send the server's token as `Authorization: Bearer <token>`",
                        {"WWW-Authenticate": "Bearer"})
 
 
@@ -232,7 +295,7 @@ async def read_upload(request: Request, limit: int) -> bytes:
     passes `limit` (plus multipart framing), without reading the rest."""
     multipart = request.headers.get("content-type", "").lower().startswith("multipart/form-data")
     cap = limit + (MULTIPART_SLACK if multipart else 0)
-    too_large = ApiError(413, "upload_too_large", f"the upload is over the {limit / MB:g} MB limit")
+    too_large = ApiError("upload_too_large", f"the upload is over the {limit / MB:g} MB limit")
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > cap:
         raise too_large
@@ -250,18 +313,21 @@ async def read_upload(request: Request, limit: int) -> bytes:
 
 
 async def _file_part(request: Request, body: bytes) -> bytes:
-    """Parse a buffered multipart body with Starlette's parser; the part's file name is never read."""
+    """Parse a buffered multipart body with Starlette's parser; the part's file name is never read. Starlette
+    reports a malformed body as MultiPartException, or as HTTPException(400) inside an app."""
     async def replay() -> dict[str, Any]:
         return {"type": "http.request", "body": body, "more_body": False}
 
     try:
         form = await Request(request.scope, replay).form(max_files=1, max_fields=8)
     except MultiPartException as exc:
-        raise ApiError(400, "bad_multipart", str(exc)) from None
+        raise ApiError("bad_multipart", str(exc)) from None
+    except StarletteHTTPException as exc:
+        raise ApiError("bad_multipart", str(exc.detail)) from None
     try:
         part = form.get("file")
         if not isinstance(part, UploadFile):
-            raise ApiError(400, "no_file", "a multipart upload needs its image in a part named `file`")
+            raise ApiError("no_file", "a multipart upload needs its image in a part named `file`")
         return await part.read()
     finally:
         await form.close()
@@ -285,34 +351,6 @@ def version_info(predictor: Predictor, settings: Settings) -> dict[str, Any]:
         "baseline_as_good": meta.baseline_as_good, "baseline_sentence": meta.baseline_sentence,
         "max_upload_mb": settings.max_upload_mb, "libraries": libraries,
     }
-
-
-_BINARY = {"type": "string", "format": "binary"}
-_PREDICT_DOC: dict[str, Any] = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {"schema": {"type": "object", "required": ["file"],
-                                               "properties": {"file": _BINARY}}},
-            "application/octet-stream": {"schema": _BINARY},
-        },
-    },
-    "responses": {
-        "200": {"description": "`{label, probabilities, scores, score_kind, model_name, model_version, "
-                               "sha256, engine, shift_score, in_distribution, shift_reasons}`, plus "
-                               "`heatmap_png` (base64), `heatmap_method` and `heatmap_exact` with "
-                               "?heatmap=true; the heatmap PNG itself with `Accept: image/png`. "
-                               "`in_distribution: false` means the image is unlike the training images "
-                               "(`shift_reasons` says how): information, not an error",
-                "content": {"image/png": {}}},
-        "400": {"description": "empty upload or malformed multipart: `{error, detail}`"},
-        "401": {"description": "missing or wrong bearer token"},
-        "413": {"description": "over the upload limit, or more pixels than the decoder allows"},
-        "415": {"description": "not an image, or a format that is not decoded"},
-        "422": {"description": "truncated or corrupt image, DICOM without pixel data"},
-        "503": {"description": "all workers busy and the queue full; retry after the Retry-After seconds"},
-    },
-}
 
 
 def run_server(predictor: Predictor, settings: Settings) -> None:
