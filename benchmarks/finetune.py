@@ -164,7 +164,7 @@ def run_barrier_arm(args: argparse.Namespace, data: Path, work: Path) -> tuple[d
     from xray_spark.finetune.data import steps_for, write_shards
     from xray_spark.finetune.runner import fit_finetune
     from xray_spark.session import get_spark
-    from xray_spark.train.tasks import get_task
+    from xray_spark.tasks import get_task
 
     cfg = load_config()
     ft = cfg.finetune

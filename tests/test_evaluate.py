@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from xray_spark.train.evaluate import (
+from xray_spark.evaluation.metrics import (
     _group_codes,
     _resampled,
     bootstrap_intervals,

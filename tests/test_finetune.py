@@ -193,9 +193,9 @@ def test_softmax_head_is_an_mllib_model_that_spark_and_serving_agree_on(spark) -
     from pyspark.ml.linalg import Vectors
 
     from xray_spark.finetune.export import softmax_head
-    from xray_spark.serving.export import export_head
-    from xray_spark.train.compare import _decode_label
-    from xray_spark.train.tasks import get_task
+    from xray_spark.models.head_export import export_head
+    from xray_spark.models.pipeline import _decode_label
+    from xray_spark.tasks import get_task
 
     rng = np.random.default_rng(1)
     x = rng.normal(size=(6, 8))
@@ -357,8 +357,8 @@ def test_registered_version_serves_spark_free(first_run, keras_probabilities, tm
     """`serve --model models:/NAME/VERSION` finds the bundle linked to the version and predicts as Keras."""
     import mlflow
 
-    from xray_spark.serving.bundle import load_bundle
-    from xray_spark.serving.mlflow_model import bundle_for_model
+    from xray_spark.models.serving_bundle import load_bundle
+    from xray_spark.models.serving_mlflow import bundle_for_model
     from xray_spark.serving.predictor import Predictor
 
     result, _, _ = first_run

@@ -10,13 +10,13 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from xray_spark.train.evaluate import confusion, evaluate
+from xray_spark.evaluation.metrics import confusion, evaluate
+from xray_spark.evaluation.report_parts import plot_confusion
 from xray_spark.train.report import (
     REFERENCE_HEADER,
     baseline_comparison,
     comparison_table,
     format_reference_table,
-    plot_confusion,
     write_comparison,
     write_report,
 )

@@ -99,8 +99,8 @@ def test_finetuned_champion_is_registered_served_and_scored(finetune_champion, s
     import mlflow.spark
     from mlflow import MlflowClient
 
-    from xray_spark.serving.bundle import load_bundle
-    from xray_spark.serving.mlflow_model import bundle_for_model
+    from xray_spark.models.serving_bundle import load_bundle
+    from xray_spark.models.serving_mlflow import bundle_for_model
     from xray_spark.serving.predictor import Predictor
 
     result, out, tracking_uri = finetune_champion

@@ -36,8 +36,9 @@ from xray_spark.errors import (
     one_line,
 )
 from xray_spark.features import ENGINES
+from xray_spark.finetune import config as _finetune_section  # noqa: F401  (registers config `finetune`)
 from xray_spark.logs import setup_logging
-from xray_spark.train.tasks import TASKS, get_task
+from xray_spark.tasks import TASKS, get_task
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -179,8 +180,8 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from xray_spark.data.files import check_local_data_dir
-    from xray_spark.evaluate import evaluate_model
-    from xray_spark.scoring.model import resolve_model
+    from xray_spark.evaluation.external import evaluate_model
+    from xray_spark.models.loading import resolve_model
     from xray_spark.tracking import tracking_uri_for
 
     check_local_data_dir(args.data)  # fail fast (exit 2) before starting a JVM

@@ -27,6 +27,8 @@ from xray_spark import paths
 from xray_spark.config import Config
 from xray_spark.data.images import image_contents, load_or_ingest
 from xray_spark.errors import UserError
+from xray_spark.evaluation.metrics import confusion, evaluate
+from xray_spark.evaluation.report_parts import plot_confusion
 from xray_spark.features.backbones import get_backbone
 from xray_spark.features.pinning import carry_weights
 from xray_spark.features.weights import resolve_weights, ship_weights
@@ -35,7 +37,10 @@ from xray_spark.finetune.data import class_weights, steps_for, write_shards
 from xray_spark.finetune.distributed import NotShared, run_barrier
 from xray_spark.finetune.export import backbone_and_head, save_backbone_weights, softmax_head
 from xray_spark.finetune.trainer import CHECKPOINTS, MODEL_FILE
-from xray_spark.serving.mlflow_model import log_serving_model
+from xray_spark.models.frames import labels_frame, predict_split, task_frame
+from xray_spark.models.pipeline import full_pipeline
+from xray_spark.models.serving_mlflow import log_serving_model
+from xray_spark.tasks import Task, get_task
 from xray_spark.tracking import (
     SERVING_TAG,
     configure,
@@ -49,11 +54,6 @@ from xray_spark.tracking import (
     spark_model_signature,
     tracking_uri_for,
 )
-from xray_spark.train.compare import full_pipeline, labels_frame
-from xray_spark.train.evaluate import confusion, evaluate
-from xray_spark.train.fit import predict_split, task_frame
-from xray_spark.train.report import plot_confusion
-from xray_spark.train.tasks import Task, get_task
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ class FinetuneResult:
     model_uri: str = ""  # models:/NAME/VERSION
     run_id: str = ""
     tracking_uri: str = ""
-    predictions: dict[str, Any] | None = None  # exported model's test-fold arrays (train.fit.predict_split)
+    predictions: dict[str, Any] | None = None  # exported model's test-fold arrays (frames.predict_split)
 
     def lines(self) -> list[str]:
         m = self.metrics
@@ -214,8 +214,8 @@ class Exported:
     weights_uri: str  # its copy carried in the active MLflow run (runs:/...)
     weights_sha256: str
     head: Any  # the softmax head as an MLlib LogisticRegressionModel
-    pipeline: Any  # train.compare.full_pipeline: decode -> fine-tuned featurizer -> head -> label
-    predictions: dict[str, Any]  # train.fit.predict_split arrays on the test fold
+    pipeline: Any  # models.pipeline.full_pipeline: decode -> fine-tuned featurizer -> head -> label
+    predictions: dict[str, Any]  # models.frames.predict_split arrays on the test fold
     seconds: float  # exporting and predicting
 
 

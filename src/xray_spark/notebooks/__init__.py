@@ -8,4 +8,6 @@ these functions are imported, linted and exercised by tests/test_notebooks.py li
 - `dataset`: 01_dataset.ipynb (class counts, samples, duplicate groups, the metadata shortcut).
 - `features`: 02_features.ipynb (`feature_table`: backbone features per image; their 2-D map).
 - `results`: 03_results.ipynb (runs, champions and confusion matrices read back from MLflow).
+
+Floor 8 of DESIGN.md's floors (beside the demo): may import every package but the CLI.
 """

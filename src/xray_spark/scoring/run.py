@@ -30,10 +30,7 @@ from pyspark.sql import functions as F
 from xray_spark.config import IMAGES_PER_TASK, WAVES_PER_CHUNK, Config
 from xray_spark.errors import UserError
 from xray_spark.models.drift import Drift, Tally, drift, drift_lines
-from xray_spark.models.shift import CATEGORICAL, FEATURES_REASON, NUMERIC
-from xray_spark.models.shift_stage import FLAG_COL, PROPS_COL, REASONS_COL, SHIFT_COL
-from xray_spark.paths import glob_escape, is_local, local_path
-from xray_spark.scoring.model import (
+from xray_spark.models.loading import (
     ModelRef,
     ScoringPipeline,
     featurizer_class,
@@ -41,6 +38,9 @@ from xray_spark.scoring.model import (
     resolve_model,
     split_pipeline,
 )
+from xray_spark.models.shift import CATEGORICAL, FEATURES_REASON, NUMERIC
+from xray_spark.models.shift_stage import FLAG_COL, PROPS_COL, REASONS_COL, SHIFT_COL
+from xray_spark.paths import glob_escape, is_local, local_path
 from xray_spark.scoring.plan import Candidate, Plan, chunks, plan_run, read_contents
 from xray_spark.scoring.store import OutputStore
 from xray_spark.spark_io import HadoopFS, balanced_partitions

@@ -51,7 +51,7 @@ if TYPE_CHECKING:
 
     from pyspark.sql import DataFrame, SparkSession
 
-    from xray_spark.scoring.model import ModelRef
+    from xray_spark.models.loading import ModelRef
 
 log = logging.getLogger(__name__)
 

@@ -14,17 +14,15 @@ from typing import Any
 
 import numpy as np
 from pyspark.ml import PipelineModel
-from pyspark.ml.feature import IndexToString
 from pyspark.sql import DataFrame, SparkSession
-from pyspark.sql import functions as F
 
 from xray_spark.config import Config
-from xray_spark.features.featurizer import DeepImageFeaturizer
-from xray_spark.models.shift_stage import PROPS_COL, FileProperties, ShiftModel
-from xray_spark.train.evaluate import confusion, evaluate
-from xray_spark.train.fit import FitResult, fit_head, task_frame
+from xray_spark.evaluation.metrics import confusion, evaluate
+from xray_spark.models.frames import task_frame
+from xray_spark.models.shift_stage import ShiftModel
+from xray_spark.tasks import Task
+from xray_spark.train.fit import FitResult, fit_head
 from xray_spark.train.heads import get_head, head_params, head_title
-from xray_spark.train.tasks import Task
 
 IMAGE, BASELINE = "image", "metadata-baseline"  # the two kinds of rows in a comparison
 
@@ -80,17 +78,6 @@ class ComboResult:
                 "head_title": head_title(self.head), "kind": fs.kind,
                 "weights": weights if fs.kind == IMAGE else "n/a", "confusion": self.confusion.tolist(),
                 **self.metrics}
-
-
-def labels_frame(images: DataFrame) -> DataFrame:
-    """The ok images' labels, split and file properties (the shift check's, models/shift.py: read by
-    ingest's decode, equal to what FileProperties reads from the bytes at scoring time). A Spark DataFrame
-    over the images table; nothing is collected."""
-    props = F.struct("format", "mode", "bit_depth", F.least("width", "height").alias("short_side"),
-                     F.greatest("width", "height").alias("long_side"),
-                     F.col("file_size").cast("long").alias("file_size"))
-    return images.where("status = 'ok'").select("path", "sha256", "label", "split", F.col("fold").cast("int"),
-                                                 "group_id", "source", props.alias(PROPS_COL))
 
 
 def small_frame(spark: SparkSession, sdf: DataFrame, key: str = "sha256") -> DataFrame:
@@ -171,26 +158,3 @@ def _orderable(value: Any) -> float:
     return float(value) if value is not None and math.isfinite(float(value)) else -math.inf
 
 
-def _decode_label(task: Task) -> IndexToString:
-    return IndexToString(inputCol="prediction", outputCol="predicted_label", labels=list(task.labels))
-
-
-def full_pipeline(backbone: str, weights: str, head_model: Any, task: Task,
-                  weights_sha256: str | None = None, shift: ShiftModel | None = None) -> PipelineModel:
-    """decode -> featurize -> head -> label decode: the one model MLflow stores and scoring loads.
-
-    `weights_sha256` pins the featurizer to the tensors the head was trained on (features/pinning.py).
-    With `shift`, file properties are read before the featurizer and `shift_score` / `in_distribution`
-    added after it (models/shift_stage.py)."""
-    featurizer = DeepImageFeaturizer(inputCol="content", outputCol="features", modelName=backbone,
-                                     weights=weights, weightsSha256=weights_sha256)
-    if shift is None:
-        return PipelineModel(stages=[featurizer, head_model, _decode_label(task)])
-    props = FileProperties(inputCol="content", outputCol=shift.getPropsCol())
-    return PipelineModel(stages=[props, featurizer, shift, head_model, _decode_label(task)])
-
-
-def baseline_pipeline(prep: PipelineModel, head_model: Any, task: Task) -> PipelineModel:
-    """images-table metadata -> features -> head -> label decode: a baseline that can be applied to another
-    source's images table."""
-    return PipelineModel(stages=[*prep.stages, head_model, _decode_label(task)])

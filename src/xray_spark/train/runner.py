@@ -6,7 +6,7 @@ featurize -> head -> label decode) -> comparison table, report, plots -> `champi
 metadata-only baseline runs beside the image models on the same split.
 
 This module is the only place in training that logs to MLflow, writes reports and registers champions; the
-computing lives in compare.py, fit.py and evaluate.py. It prints nothing: the CLI shows the result.
+computing lives in compare.py, fit.py and evaluation/metrics.py. It prints nothing: the CLI shows the result.
 """
 
 from __future__ import annotations
@@ -26,14 +26,19 @@ from pyspark.sql import DataFrame, SparkSession
 
 from xray_spark.config import Config
 from xray_spark.data.images import fetch_selections, image_contents, load_or_ingest, ok_keys
-from xray_spark.evaluate import side_by_side_md
+from xray_spark.evaluation.leave_one_source_out import held_out_split, loso_plan
+from xray_spark.evaluation.report_parts import plot_confusion, side_by_side_md
 from xray_spark.features.cache import featurize_to_cache
 from xray_spark.features.pinning import carry_weights
 from xray_spark.features.weights import resolve_weights
 from xray_spark.finetune.runner import RANDOM_NOTE, export_finetuned, fit_finetune, log_history
+from xray_spark.models.frames import labels_frame
+from xray_spark.models.metadata_baseline import BASELINE_NAME, baseline_input, metadata_feature_model
+from xray_spark.models.pipeline import baseline_pipeline, full_pipeline
+from xray_spark.models.serving_mlflow import log_serving_model, serving_name
 from xray_spark.models.shift import shift_metrics
 from xray_spark.models.shift_stage import ShiftDetector
-from xray_spark.serving.mlflow_model import log_serving_model, serving_name
+from xray_spark.tasks import Task, get_task
 from xray_spark.tracking import (
     BASELINE_TAG,
     SERVING_TAG,
@@ -48,36 +53,29 @@ from xray_spark.tracking import (
     spark_model_signature,
     tracking_uri_for,
 )
-from xray_spark.train.baseline import BASELINE_NAME, baseline_input, metadata_feature_model
 from xray_spark.train.compare import (
     BASELINE,
     IMAGE,
     ComboResult,
     FeatureSet,
-    baseline_pipeline,
     champion_rows,
     fit_and_evaluate,
-    full_pipeline,
-    labels_frame,
     measured,
     small_frame,
     task_frames,
 )
 from xray_spark.train.fit import FitResult
 from xray_spark.train.heads import FINETUNE, head_title
-from xray_spark.train.loso import held_out_split, loso_plan
 from xray_spark.train.report import (
     append_section,
     baseline_comparison,
     baseline_matches,
     comparison_table,
     per_source_md,
-    plot_confusion,
     sources_md,
     write_comparison,
     write_report,
 )
-from xray_spark.train.tasks import Task, get_task
 
 log = logging.getLogger(__name__)
 
@@ -464,7 +462,7 @@ def _log_champion_baselines(tracker: _Tracker, champions: dict[str, dict[str, st
 
 def _log_champion_serving(spark: SparkSession, tracker: _Tracker, champions: dict[str, dict[str, str]],
                           spec: TrainSpec, table: pd.DataFrame, metric: str) -> None:
-    """Each champion's Spark-free serving bundle (serving/mlflow_model.py) in the champion's own run,
+    """Each champion's Spark-free serving bundle (models/serving_mlflow.py) in the champion's own run,
     registered as `<name>-serving@champion` and linked from the Spark model version."""
     import mlflow  # lazy: a slow import that argument checks skip
 

@@ -26,8 +26,8 @@ from xray_spark.features.featurizer import DeepImageFeaturizer
 from xray_spark.models.shift import PROPS_STRUCT
 from xray_spark.models.shift_stage import FLAG_COL, PROPS_COL, REASONS_COL, SHIFT_COL, ShiftModel
 from xray_spark.spark_io import HadoopFS
+from xray_spark.tasks import prob_suffix
 from xray_spark.tracking import MODEL_ALIAS_URI, MODEL_VERSION_URI, configure_lookup
-from xray_spark.train.tasks import prob_suffix
 
 if TYPE_CHECKING:
     from pyspark.ml import Transformer

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from xray_spark.train.tasks import Task
+from xray_spark.tasks import Task
 
 LOSO_MIN_IMAGES = 5  # a held-out source smaller than this says nothing, even with intervals
 
