@@ -41,7 +41,7 @@ def test_heads_option_accepts_finetune_and_rejects_typos(tmp_path: Path) -> None
 def finetune_champion(spark, small_ingest: Path, weights_cache, tmp_path_factory: pytest.TempPathFactory):
     """`train --heads finetune` alone: the fine-tune is the only image model, so it must become champion.
     Over 60 s (~2-4 min): a whole train run whose one head fine-tunes ResNet50 in two TensorFlow processes."""
-    from xray_spark.train.runner import TrainSpec, run_training
+    from xray_spark.train.run import TrainSpec, run_training
 
     out = tmp_path_factory.mktemp("train_finetune")
     with pytest.MonkeyPatch.context() as mp:

@@ -8,11 +8,11 @@ Spark-free serving modules run without it.
 Floors (DESIGN.md): each package imports only from the floors below it (tests/test_imports.py checks it).
 
     9  cli                     parse, call, print; nothing else prints
-    8  demo  notebooks         the main job end to end; the helpers behind notebooks/*.ipynb
+    8  demo  notebook_steps    the main job end to end; the steps notebooks/*.ipynb call
     7  scoring  serving        apply a trained model: batch (exactly once) / one image (HTTP)
     6  train                   fit and compare MLlib heads, register champions (`--heads finetune` calls 5)
     5  finetune                a backbone trained end to end over barrier tasks
-    4  evaluation              metrics with intervals, report parts, leave-one-source-out, `evaluate`
+    4  evaluation              metrics with intervals, report parts, leave-one-source-out, external
     3  models                  pipeline assembly, labelled frames, shift reference, Spark-free exports
     2  features                backbones, weights, engines, DeepImageFeaturizer, feature cache
     1  data                    listing, decode, ingest, copies, groups, split, sources, fetch

@@ -43,7 +43,7 @@ from xray_spark.tasks import TASKS, get_task
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
-    from xray_spark.train.runner import TrainResult
+    from xray_spark.train.run import TrainResult
 
 log = logging.getLogger("xray_spark")
 
@@ -122,7 +122,7 @@ def _check_local_out(out: str) -> None:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from xray_spark.train.options import resolve_train_options
-    from xray_spark.train.runner import run_training
+    from xray_spark.train.run import run_training
 
     _check_local_out(args.out)
     cfg, spark = _context(args)
@@ -148,7 +148,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     from xray_spark.data.files import check_data_args
     from xray_spark.features.backbones import get_backbone
     from xray_spark.features.run import check_weights_arg
-    from xray_spark.finetune.runner import FinetuneSpec, run_finetune
+    from xray_spark.finetune.run import FinetuneSpec, run_finetune
 
     get_backbone(args.backbone)  # every argument is checked (exit 2) before a JVM starts
     check_data_args(args.data)

@@ -29,7 +29,7 @@ from xray_spark.spark_io import HadoopFS
 from xray_spark.train.compare import IMAGE
 from xray_spark.train.options import resolve_train_options
 from xray_spark.train.report import append_section
-from xray_spark.train.runner import TrainResult, run_training
+from xray_spark.train.run import TrainResult, run_training
 
 log = logging.getLogger(__name__)
 

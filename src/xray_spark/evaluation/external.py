@@ -32,7 +32,7 @@ from xray_spark import paths
 from xray_spark.config import Config
 from xray_spark.data.images import data_roots, image_contents, load_or_ingest
 from xray_spark.errors import UserError, one_line
-from xray_spark.evaluation.metrics import confusion, evaluate
+from xray_spark.evaluation.metrics import confusion, metrics_with_intervals
 from xray_spark.evaluation.report_parts import as_good_as, md_table, plot_confusion, with_ci
 from xray_spark.models.loading import (
     ModelRef,
@@ -169,7 +169,7 @@ def baseline_predictions(model: PipelineModel, images: DataFrame, labels: list[s
 
 def evaluation_arrays(pdf: pd.DataFrame, labels: list[str]) -> tuple[np.ndarray, np.ndarray,
                                                                      np.ndarray | None, np.ndarray]:
-    """Predicted rows -> (y_true, y_pred, proba or None, groups) for evaluation/metrics.evaluate."""
+    """Predicted rows -> (y_true, y_pred, proba or None, groups) for metrics.metrics_with_intervals."""
     done = pdf[pdf["features_ok"].fillna(False).astype(bool)]
     proba = None
     if len(done) and done["proba"].notna().all():
@@ -289,8 +289,9 @@ def _measure(pdf: pd.DataFrame, task: Task, cfg: Config) -> tuple[int, dict[str,
     measures."""
     labels = list(task.labels)
     y_true, y_pred, proba, groups = evaluation_arrays(pdf, labels)
-    metrics = evaluate(y_true, y_pred, proba, labels, groups, n_resamples=cfg.train.bootstrap_resamples,
-                       seed=cfg.train.seed, positive=task.positive)
+    metrics = metrics_with_intervals(y_true, y_pred, proba, labels, groups,
+                                     n_resamples=cfg.train.bootstrap_resamples, seed=cfg.train.seed,
+                                     positive=task.positive)
     codes = {lab: i for i, lab in enumerate(labels)}
     cm = confusion(np.array([codes[v] for v in y_true]), np.array([codes[v] for v in y_pred]), len(labels))
     return len(y_true), metrics, cm

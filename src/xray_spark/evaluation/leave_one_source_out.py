@@ -1,5 +1,5 @@
 """Leave-one-source-out (`train --eval leave-one-source-out`): which sources can be held out, and the split
-that holds one out. Small aggregates only; train/runner.py fits, measures and logs."""
+that holds one out. Small aggregates only; train/run.py fits, measures and logs."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Compare heads on one feature set: fit every head x task on the persisted split, evaluate on its test side.
 
 Pure compute, as Kedro separates nodes from pipelines: Spark frames and config in, results out. Nothing here
-logs to MLflow, writes a file or prints; `train/runner.py` does that with what these functions return, so the
+logs to MLflow, writes a file or prints; `train/run.py` does that with what these functions return, so the
 same functions serve image features, the metadata baseline and anything that wants rows without side effects.
 """
 
@@ -17,7 +17,7 @@ from pyspark.ml import PipelineModel
 from pyspark.sql import DataFrame, SparkSession
 
 from xray_spark.config import Config
-from xray_spark.evaluation.metrics import confusion, evaluate
+from xray_spark.evaluation.metrics import confusion, metrics_with_intervals
 from xray_spark.models.frames import task_frame
 from xray_spark.models.shift_stage import ShiftModel
 from xray_spark.tasks import Task
@@ -52,7 +52,7 @@ class FeatureSet:
 
 @dataclass
 class ComboResult:
-    """One fitted and evaluated head on one task: the row of the comparison, plus what the runner stores."""
+    """One fitted and evaluated head on one task: the row of the comparison, plus what train/run.py stores."""
 
     features: FeatureSet
     head: str
@@ -72,7 +72,7 @@ class ComboResult:
         return f"{self.task.name}/{self.features.backbone}/{self.head}"
 
     def row(self, weights: str) -> dict[str, Any]:
-        """The comparison-table row (without the MLflow run id, which only the runner knows)."""
+        """The comparison-table row (without the MLflow run id, which only train/run.py knows)."""
         fs = self.features
         return {"task": self.task.name, "backbone": fs.backbone, "head": self.head,
                 "head_title": head_title(self.head), "kind": fs.kind,
@@ -121,8 +121,8 @@ def measured(features: FeatureSet, head: str, task: Task, params: dict[str, Any]
     intervals, confusion matrix, per-source metrics. One home for how every row is measured (MLlib heads,
     the baseline, fine-tunes)."""
     tc = cfg.train
-    metrics = evaluate(fit.y_true, fit.y_pred, fit.proba, list(task.labels), fit.groups,
-                       n_resamples=tc.bootstrap_resamples, seed=tc.seed, positive=task.positive)
+    metrics = metrics_with_intervals(fit.y_true, fit.y_pred, fit.proba, list(task.labels), fit.groups,
+                                     n_resamples=tc.bootstrap_resamples, seed=tc.seed, positive=task.positive)
     metrics.update(fit_seconds=fit.fit_seconds, featurize_seconds=features.featurize_seconds)
     return ComboResult(features, head, task, params, fit, metrics,
                        confusion(fit.y_true, fit.y_pred, task.n_classes), n_train,
@@ -137,8 +137,9 @@ def per_source_metrics(fit: FitResult, task: Task, cfg: Config) -> dict[str, dic
     out = {}
     for source in sorted(set(fit.sources)):
         m = fit.sources == source
-        out[source] = evaluate(fit.y_true[m], fit.y_pred[m], fit.proba[m], list(task.labels), fit.groups[m],
-                               n_resamples=tc.bootstrap_resamples, seed=tc.seed, positive=task.positive)
+        out[source] = metrics_with_intervals(fit.y_true[m], fit.y_pred[m], fit.proba[m], list(task.labels),
+                                             fit.groups[m], n_resamples=tc.bootstrap_resamples, seed=tc.seed,
+                                             positive=task.positive)
     return out
 
 

@@ -1,4 +1,4 @@
-"""Helpers behind notebooks/*.ipynb, one module per notebook: each notebook cell is one call here.
+"""The steps notebooks/*.ipynb call, one module per notebook: each notebook cell is one call here.
 
 Why here and not code in cells: notebooks hold no logic, because notebooks are hard to test and review;
 these functions are imported, linted and exercised by tests/test_notebooks.py like the rest of the package.

@@ -31,7 +31,7 @@ from xray_spark.evaluation.report_parts import plot_confusion, side_by_side_md
 from xray_spark.features.cache import featurize_to_cache
 from xray_spark.features.pinning import carry_weights
 from xray_spark.features.weights import resolve_weights
-from xray_spark.finetune.runner import RANDOM_NOTE, export_finetuned, fit_finetune, log_history
+from xray_spark.finetune.run import RANDOM_NOTE, export_finetuned, fit_finetune, log_history
 from xray_spark.models.frames import labels_frame
 from xray_spark.models.metadata_baseline import BASELINE_NAME, baseline_input, metadata_feature_model
 from xray_spark.models.pipeline import baseline_pipeline, full_pipeline

@@ -5,8 +5,9 @@ The driver holds only small things: shard counts, the payload, each worker's res
 chief, a confusion matrix of its test share from every worker), and the test fold's predictions (as `train`
 collects its heads'). After training, the Keras model becomes the Spark PipelineModel of export.py; its
 fine-tuned backbone weights are carried in the run exactly as `train` carries a backbone's (pinning.py), and
-the test-fold metrics come from that exported model through `train`'s own helpers (`predict_split`,
-`evaluate`: same grouped split, same bootstrap intervals), so they describe the model that is registered.
+the test-fold metrics come from that exported model through the helpers `train` measures with
+(`models.frames.predict_split`, `evaluation.metrics`: same grouped split, same bootstrap intervals), so they
+describe the model that is registered.
 The model is registered under the task's name without moving `champion` (competing for it is `train`'s
 job), with a Spark-free serving bundle linked as for champions, so `serve --model models:/NAME/VERSION` works.
 """
@@ -27,7 +28,7 @@ from xray_spark import paths
 from xray_spark.config import Config
 from xray_spark.data.images import image_contents, load_or_ingest
 from xray_spark.errors import UserError
-from xray_spark.evaluation.metrics import confusion, evaluate
+from xray_spark.evaluation.metrics import confusion, metrics_with_intervals
 from xray_spark.evaluation.report_parts import plot_confusion
 from xray_spark.features.backbones import get_backbone
 from xray_spark.features.pinning import carry_weights
@@ -281,8 +282,9 @@ def _track(spark, cfg: Config, spec: FinetuneSpec, task: Task, images, summary: 
         log_history(metrics)
         ex = export_finetuned(spark, cfg, images, summary, task, bb.name, spec.out_dir)
         pred = ex.predictions
-        test = evaluate(pred["y_true"], pred["y_pred"], pred["proba"], list(task.labels), pred["groups"],
-                        n_resamples=tc.bootstrap_resamples, seed=tc.seed, positive=task.positive)
+        test = metrics_with_intervals(pred["y_true"], pred["y_pred"], pred["proba"], list(task.labels),
+                                      pred["groups"], n_resamples=tc.bootstrap_resamples, seed=tc.seed,
+                                      positive=task.positive)
         cm = confusion(pred["y_true"], pred["y_pred"], task.n_classes)
         mlflow.log_metrics(finite_metrics(test))
         png = plot_confusion(cm, list(task.labels), f"{task.description}\n{bb.name} fine-tuned",
