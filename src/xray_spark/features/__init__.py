@@ -1,4 +1,5 @@
-"""Backbones, weights and their pinning, inference engines, the featurizer and its feature cache.
+"""Backbones, weights and their pinning, inference engines, the featurizer and its feature cache, and the
+Spark ML Params every stage of the package declares once (params.py).
 
 Floor 2 of DESIGN.md's floors: may import the core and `data`.
 
