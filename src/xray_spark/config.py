@@ -64,6 +64,13 @@ class DecodeConfig:
     extensions: list[str] = field(default_factory=list)
 
 
+# The banded pHash search (data/dedup.py, data/copies.py) cuts a 64-bit hash into PHASH_BANDS bands and
+# matches band values up to 2 bits apart, so by pigeonhole it finds every pair up to MAX_HAMMING_COVERED bits
+# apart: the largest dedup.phash_max_hamming and dedup.copy_max_hamming it can honour.
+PHASH_BANDS = 3
+MAX_HAMMING_COVERED = PHASH_BANDS * 3 - 1
+
+
 @dataclass
 class DedupConfig:
     phash_max_hamming: int = 8
@@ -103,8 +110,8 @@ class ShiftConfig:
     drift_z: float = 3.0  # score: the robust z of a run's typical size above this is named too
 
 
-# Scoring's (scoring/run.py; features/cache.py and evaluate.py size their own tasks), here because the CLI's
-# --chunk-size help quotes them and the scoring package imports pyspark.
+# Scoring's (scoring/run.py, and evaluation/external.py, which featurizes as scoring does; the feature cache
+# sizes its own tasks), here because the CLI's --chunk-size help quotes them and scoring imports pyspark.
 IMAGES_PER_TASK = 32  # small tasks within a chunk: no core idles while the last one finishes
 # Default images per committed chunk: this many waves of IMAGES_PER_TASK-image tasks on every core (512 on
 # 2 cores). The size is a trade-off: a kill loses at most one uncommitted chunk, so smaller is safer; but
@@ -186,14 +193,14 @@ class Config:
 _RANGES: Ranges = {
     "decode.max_pixels": (lambda v: v >= 1, ">= 1"),
     "decode.max_file_bytes": (lambda v: v >= 1, ">= 1"),
-    # dedup.MAX_HAMMING_COVERED (not imported: it would pull pyspark into config); a test keeps them equal
-    "dedup.phash_max_hamming": (lambda v: 0 <= v <= 8, "in [0, 8], what the banded pHash search covers"),
+    "dedup.phash_max_hamming": (lambda v: 0 <= v <= MAX_HAMMING_COVERED,
+                                f"in [0, {MAX_HAMMING_COVERED}], what the banded pHash search covers"),
     "dedup.pixel_min_correlation": (lambda v: 0 < v <= 1, "in (0, 1]"),
     "dedup.thumb_size": (lambda v: v >= 8, ">= 8 (pixels a side)"),
     "dedup.copy_window_step": (lambda v: 0 < v <= 0.5, "in (0, 0.5] (a fraction of a side)"),
     "dedup.copy_max_trim": (lambda v: 0 <= v < 1, "in [0, 1) (a fraction of a side)"),
-    # copies.MAX_COPY_HAMMING (not imported, as above)
-    "dedup.copy_max_hamming": (lambda v: 0 <= v <= 8, "in [0, 8], what the banded window search covers"),
+    "dedup.copy_max_hamming": (lambda v: 0 <= v <= MAX_HAMMING_COVERED,
+                               f"in [0, {MAX_HAMMING_COVERED}], what the banded window search covers"),
     "dedup.copy_thumb_size": (lambda v: v >= 64, ">= 64 (pixels on the long side)"),
     "dedup.copy_min_inliers": (lambda v: v >= 3, ">= 3 (keypoint matches)"),
     "dedup.copy_min_inlier_ratio": (lambda v: 0 <= v <= 1, "in [0, 1]"),

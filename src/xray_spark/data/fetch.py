@@ -47,6 +47,7 @@ from urllib.request import Request, urlopen
 
 from tqdm.auto import tqdm
 
+from xray_spark.config import DecodeConfig
 from xray_spark.data.fetched import (
     PARTIAL_SUFFIX,
     USER_AGENT,
@@ -76,7 +77,7 @@ __all__ = ["LIMIT_MANIFEST_NAME", "FetchFailure", "FetchResult", "fetch_dataset"
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MAX_BYTES = 256 * 1024 * 1024  # = config decode.max_file_bytes: ingest would quarantine larger files
+DEFAULT_MAX_BYTES = DecodeConfig.max_file_bytes  # ingest quarantines larger files
 _CHUNK = 1 << 16
 _RETRY_DELAY = 1.0  # seconds
 _CONTENT_RANGE = re.compile(r"^\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*$")

@@ -29,7 +29,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from xray_spark import paths
-from xray_spark.config import Config
+from xray_spark.config import IMAGES_PER_TASK, Config
 from xray_spark.data.images import data_roots, image_contents, load_or_ingest
 from xray_spark.errors import UserError, one_line
 from xray_spark.evaluation.metrics import confusion, metrics_with_intervals
@@ -51,7 +51,6 @@ from xray_spark.tracking import BASELINE_TAG, configure, finite_metrics, linked_
 
 log = logging.getLogger(__name__)
 
-IMAGES_PER_TASK = 32
 HEADLINE = ("covid_precision", "covid_recall", "covid_f1", "accuracy", "macro_f1", "roc_auc_macro")
 
 

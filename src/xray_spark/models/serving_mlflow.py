@@ -16,7 +16,6 @@ import hashlib
 import logging
 import os
 import pkgutil
-import re
 import shutil
 import tempfile
 from importlib.metadata import version
@@ -108,7 +107,7 @@ def bundle_for_model(model: str, config_uri: str | None, cache_dir: str | os.Pat
                             "by an older xray-spark?); retrain, or pass --bundle DIR")
         # keyed by store and source too: two stores (dev, prod) can both have "xray-spark-binary" version 1
         key = hashlib.sha256(f"{tracking}\n{source}".encode()).hexdigest()[:16]
-        target = _cache_root(cache_dir) / f"{_safe(name)}-{mv.version}-{key}"
+        target = _cache_root(cache_dir) / f"{paths.safe_name(name)}-{mv.version}-{key}"
         bundle = target / "artifacts" / ARTIFACT
         if not (bundle / META_FILE).is_file():
             _download(download_artifacts, source, target)
@@ -128,10 +127,6 @@ def _cache_root(cache_dir: str | os.PathLike | None) -> Path:
         return Path(cache_dir)
     env = os.environ.get("XRAY_SPARK_CACHE")
     return Path(env) / "serving" if env else Path.home() / ".cache" / "xray-spark" / "serving"
-
-
-def _safe(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", text)
 
 
 def _download(download_artifacts: Any, source: str, target: Path) -> None:

@@ -23,11 +23,12 @@ import numpy as np
 import pandas as pd
 
 from xray_spark.evaluation.report_parts import as_good_as, fmt_num, is_finite, md_table, save_png, with_ci
+from xray_spark.models.metadata_baseline import BASELINE_NAME
+from xray_spark.train.compare import BASELINE, IMAGE
 
 log = logging.getLogger(__name__)
 
-KINDS = ("image", "metadata-baseline")
-BASELINE_MODEL = "metadata-only"
+KINDS = (IMAGE, BASELINE)  # the two kinds of rows, in the order the table shows them
 REFERENCE_HEADER = ("Model", "Precision (COVID)", "Recall (COVID)", "F1 (COVID)", "Accuracy")
 ID_COLUMNS = ["task", "kind", "backbone", "head", "weights"]
 METRIC_COLUMNS = [
@@ -53,8 +54,8 @@ def model_name(row: Mapping[str, Any]) -> str:
         if isinstance(row.get("head_title"), str) and row.get("head_title")
         else row["head"]
     )
-    if row.get("kind") == "metadata-baseline":
-        return f"{BASELINE_MODEL} + {head}"
+    if row.get("kind") == BASELINE:
+        return f"{BASELINE_NAME} + {head}"
     return f"{row.get('backbone')} + {head}"
 
 
@@ -123,16 +124,16 @@ def comparison_table(rows: list[dict]) -> pd.DataFrame:
     df = pd.DataFrame(list(rows))
     for col in ID_COLUMNS + METRIC_COLUMNS:
         if col not in df:
-            df[col] = "image" if col == "kind" else np.nan
+            df[col] = IMAGE if col == "kind" else np.nan
     if df.empty:
         return df[ID_COLUMNS + METRIC_COLUMNS]
-    df["kind"] = df["kind"].fillna("image")
+    df["kind"] = df["kind"].fillna(IMAGE)
     bad = sorted(set(df["kind"]) - set(KINDS))
     if bad:
         raise ValueError(f"unknown kind {bad}; expected one of {KINDS}")
     if df["task"].isna().any() or df["head"].isna().any():
         raise ValueError("every row needs a task and a head")
-    df.loc[(df["kind"] == "metadata-baseline") & df["backbone"].isna(), "backbone"] = BASELINE_MODEL
+    df.loc[(df["kind"] == BASELINE) & df["backbone"].isna(), "backbone"] = BASELINE_NAME
     extra = [c for c in df.columns if c not in ID_COLUMNS + METRIC_COLUMNS]
     df = df[ID_COLUMNS + METRIC_COLUMNS + extra]
     task_order = {t: i for i, t in enumerate(dict.fromkeys(df["task"]))}
@@ -180,7 +181,7 @@ def _plot_comparison(df: pd.DataFrame, path: Path) -> Path:
         rows = _task_rows(df, task)
         names = _names(rows)
         for i, r in enumerate(rows):
-            if r.get("kind") == "metadata-baseline":
+            if r.get("kind") == BASELINE:
                 ax.axhspan(i - 0.5, i + 0.5, color="0.88", zorder=0)
             for m, _, color, marker, dy in metrics:
                 v, lo, hi = r.get(m), r.get(f"{m}_ci_low"), r.get(f"{m}_ci_high")
@@ -191,13 +192,13 @@ def _plot_comparison(df: pd.DataFrame, path: Path) -> Path:
         base_acc = [
             float(r["accuracy"])
             for r in rows
-            if r.get("kind") == "metadata-baseline" and is_finite(r.get("accuracy"))
+            if r.get("kind") == BASELINE and is_finite(r.get("accuracy"))
         ]
         if base_acc:
             ax.axvline(max(base_acc), color="0.35", linestyle=":", linewidth=1.2, zorder=1)
         ax.set_yticks(range(len(rows)), labels=names)
         for tick, r in zip(ax.get_yticklabels(), rows, strict=True):
-            if r.get("kind") == "metadata-baseline":
+            if r.get("kind") == BASELINE:
                 tick.set_fontstyle("italic")
         ax.set_ylim(len(rows) - 0.5, -0.5)
         ax.set_xlim(x_min, 1.01)
@@ -270,8 +271,8 @@ def write_comparison(df: pd.DataFrame, out_dir: Path) -> list[Path]:
 
 def _best_rows(df: pd.DataFrame, task: str, metric: str) -> tuple[list[dict], list[dict]]:
     rows = _task_rows(df, task)
-    return ([r for r in rows if r.get("kind") == "image" and is_finite(r.get(metric))],
-            [r for r in rows if r.get("kind") == "metadata-baseline" and is_finite(r.get(metric))])
+    return ([r for r in rows if r.get("kind") == IMAGE and is_finite(r.get(metric))],
+            [r for r in rows if r.get("kind") == BASELINE and is_finite(r.get(metric))])
 
 
 def baseline_matches(df: pd.DataFrame, task: str, metric: str = "accuracy") -> bool | None:
