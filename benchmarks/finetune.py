@@ -6,7 +6,7 @@ same images and the same cores (goal >= 0.8), and what the bf16 policy does to t
 
 One run, the arms one after the other on the same training rows, model, weights file, global batch and
 optimizer (ResNet50 from seeded random weights: the same compute as ImageNet weights):
-  barrier  the training part of `xray-spark finetune` (runner.fit_finetune: shards, barrier stage, the
+  barrier  the training part of `xray-spark finetune` (run.fit_finetune: shards, barrier stage, the
            workers' custom MultiWorkerMirroredStrategy loop) in Spark local[2] with 2 workers, after the
            package's ingest; its export and MLflow run are left out (untimed work either way). Each worker:
            1 TensorFlow thread. Images/s: what the chief reports per epoch (history `images_per_second`:
@@ -162,9 +162,9 @@ def run_barrier_arm(args: argparse.Namespace, data: Path, work: Path) -> tuple[d
     from xray_spark.features.backbones import get_backbone
     from xray_spark.features.weights import resolve_weights
     from xray_spark.finetune.data import steps_for, write_shards
-    from xray_spark.finetune.runner import fit_finetune
+    from xray_spark.finetune.run import fit_finetune
     from xray_spark.session import get_spark
-    from xray_spark.train.tasks import get_task
+    from xray_spark.tasks import get_task
 
     cfg = load_config()
     ft = cfg.finetune

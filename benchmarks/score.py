@@ -66,7 +66,7 @@ def build_model(spark, train: list[Path], backbone: str, weights: str, out: Path
 
 def featurizer_only(spark, model, folder: Path) -> float:
     """Seconds to featurize every file in `folder` with the model's own featurizer stage."""
-    from xray_spark.scoring.model import featurizer_class, split_pipeline
+    from xray_spark.models.loading import featurizer_class, split_pipeline
 
     pipe = split_pipeline(model, featurizer_class())
     t = time.perf_counter()

@@ -42,8 +42,8 @@ def free_port() -> int:
 
 def make_bundle(folder: Path) -> Path:
     from xray_spark.features.weights import resolve_weights
-    from xray_spark.serving.bundle import BundleMeta, write_bundle
-    from xray_spark.serving.heads_numpy import Logistic, SparkFreeHead
+    from xray_spark.models.heads_numpy import Logistic, SparkFreeHead
+    from xray_spark.models.serving_bundle import BundleMeta, write_bundle
 
     weights = resolve_weights("ResNet50", "none")
     rng = np.random.default_rng(0)
@@ -109,7 +109,7 @@ def wait_up(port: int, proc: subprocess.Popen, timeout: float = 600) -> None:
 
 def featurizer_speed(bundle_dir: Path, images: list[bytes], engine: str | None, reps: int = 3) -> str:
     from xray_spark.features.worker import WorkerFeaturizer
-    from xray_spark.serving.bundle import load_bundle
+    from xray_spark.models.serving_bundle import load_bundle
 
     bundle = load_bundle(bundle_dir)
     feat = WorkerFeaturizer(bundle.backbone, "", str(bundle.weights_path),

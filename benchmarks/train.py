@@ -55,7 +55,7 @@ def main() -> None:
 
     from xray_spark.config import load_config
     from xray_spark.session import get_spark
-    from xray_spark.train.runner import TrainSpec, run_training
+    from xray_spark.train.run import TrainSpec, run_training
 
     cfg = load_config(local=None)
     work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="xray-train-bench-"))

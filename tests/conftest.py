@@ -231,7 +231,7 @@ def trained(spark, small_ingest: Path, tmp_path_factory: pytest.TempPathFactory)
     """One real `train` run (ResNet50 random init, lr + dt, both tasks) shared by the tests that need
     models. Over 60 s (~1-2 min): featurizes 36 images, fits 4 heads and the baseline, logs and registers."""
     from xray_spark.config import load_config
-    from xray_spark.train.runner import TrainSpec, run_training
+    from xray_spark.train.run import TrainSpec, run_training
 
     out = tmp_path_factory.mktemp("train_out")
     cfg = load_config(local=None)

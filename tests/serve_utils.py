@@ -109,8 +109,8 @@ def random_head_bundle(folder: Path, meta: Any = None) -> Path:
     """A serving bundle without training: ResNet50 with seeded random weights and a seeded numpy logistic head
     (covid vs no_findings). For tests of the server itself; parity with Spark is tests/test_serve.py's."""
     from xray_spark.features.weights import resolve_weights
-    from xray_spark.serving.bundle import write_bundle
-    from xray_spark.serving.heads_numpy import Logistic, Scaler, SparkFreeHead
+    from xray_spark.models.heads_numpy import Logistic, Scaler, SparkFreeHead
+    from xray_spark.models.serving_bundle import write_bundle
 
     weights = resolve_weights("ResNet50", "none")
     rng = np.random.default_rng(0)

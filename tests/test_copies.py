@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from xray_spark.config import load_config
-from xray_spark.data.copies import MAX_COPY_HAMMING, copy_candidates
+from xray_spark.config import MAX_HAMMING_COVERED, load_config
+from xray_spark.data.copies import copy_candidates
 from xray_spark.data.copy_check import CopyCheck, match_copy
 from xray_spark.data.copy_hash import pack, trims, unpack, window_hashes
 from xray_spark.data.decode import analyze
@@ -107,7 +107,7 @@ def test_one_sided_banded_search_equals_brute_force(spark):
             hashes[int(rng.integers(0, 6))] = base[i - 30]
         rows.append((i, [int(h) for h in hashes]))
     df = spark.createDataFrame(rows, "id long, hashes array<long>")
-    for radius in (3, 5, MAX_COPY_HAMMING):
+    for radius in (3, 5, MAX_HAMMING_COVERED):
         got = {(r["a"], r["b"]): r["hamming"] for r in copy_candidates(df, radius).collect()}
         want = {}
         for (i, x), (j, y) in itertools.combinations(rows, 2):
@@ -116,7 +116,7 @@ def test_one_sided_banded_search_equals_brute_force(spark):
                 want[(i, j)] = d
         assert got == want and want  # not vacuous: planted pairs are found
     with pytest.raises(ValueError, match="copy_max_hamming"):
-        copy_candidates(df, MAX_COPY_HAMMING + 1)
+        copy_candidates(df, MAX_HAMMING_COVERED + 1)
 
 
 # ---------------------------------------------------------------- precision on real images
@@ -217,4 +217,4 @@ def test_copy_hamming_range_matches_what_the_search_covers():
     from xray_spark.config import _RANGES
 
     ok, _ = _RANGES["dedup.copy_max_hamming"]
-    assert ok(MAX_COPY_HAMMING) and not ok(MAX_COPY_HAMMING + 1)
+    assert ok(MAX_HAMMING_COVERED) and not ok(MAX_HAMMING_COVERED + 1)

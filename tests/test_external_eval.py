@@ -19,7 +19,7 @@ from pyspark.sql import functions as F
 
 from conftest import isolate_mlflow, manifest_subset
 from xray_spark.config import load_config
-from xray_spark.evaluate import evaluate_model
+from xray_spark.evaluation.external import evaluate_model
 from xray_spark.scoring import score_command
 
 FIGURE1_COUNTS = {"covid": 10, "no_findings": 3, "pneumonia": 2}  # of figure1's 35, 3 and 2

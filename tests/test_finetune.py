@@ -57,7 +57,7 @@ def test_config_section_defaults_and_validation(tmp_path: Path) -> None:
 
 def test_run_key_covers_every_setting_but_epochs() -> None:
     """A rerun with other settings must not resume a checkpoint (its metrics would claim one setting)."""
-    from xray_spark.finetune.runner import run_key
+    from xray_spark.finetune.run import run_key
 
     cfg = load_config(local=None)
     key = run_key("/x/shards-1", "ResNet50", "binary", "none:seed=0", cfg, 2)
@@ -73,7 +73,7 @@ def test_run_key_covers_every_setting_but_epochs() -> None:
 def test_more_workers_than_task_slots_is_one_clear_line(spark) -> None:
     """Spark would wait ~10 minutes for barrier slots that never come, then fail with a traceback."""
     from xray_spark.errors import UserError
-    from xray_spark.finetune.runner import _check_cluster
+    from xray_spark.finetune.run import _check_cluster
 
     _check_cluster(spark, spark.sparkContext.defaultParallelism)
     with pytest.raises(UserError, match="--workers 3 needs 3 concurrent task slots"):
@@ -193,9 +193,9 @@ def test_softmax_head_is_an_mllib_model_that_spark_and_serving_agree_on(spark) -
     from pyspark.ml.linalg import Vectors
 
     from xray_spark.finetune.export import softmax_head
-    from xray_spark.serving.export import export_head
-    from xray_spark.train.compare import _decode_label
-    from xray_spark.train.tasks import get_task
+    from xray_spark.models.head_export import export_head
+    from xray_spark.models.pipeline import _decode_label
+    from xray_spark.tasks import get_task
 
     rng = np.random.default_rng(1)
     x = rng.normal(size=(6, 8))
@@ -245,7 +245,7 @@ def first_run(spark, small_ingest: Path, weights_cache, tmp_path_factory: pytest
     """One real fine-tune (multiclass, 2 barrier workers, 1 epoch, head only). Over 60 s (~2-4 min): two
     TensorFlow processes build and train ResNet50, then the exported pipeline featurizes the test fold with
     the new weights (a new OpenVINO model) and MLflow logs the Keras and Spark models."""
-    from xray_spark.finetune.runner import FinetuneSpec, run_finetune
+    from xray_spark.finetune.run import FinetuneSpec, run_finetune
 
     out = tmp_path_factory.mktemp("finetune_out")
     with pytest.MonkeyPatch.context() as mp:
@@ -357,8 +357,8 @@ def test_registered_version_serves_spark_free(first_run, keras_probabilities, tm
     """`serve --model models:/NAME/VERSION` finds the bundle linked to the version and predicts as Keras."""
     import mlflow
 
-    from xray_spark.serving.bundle import load_bundle
-    from xray_spark.serving.mlflow_model import bundle_for_model
+    from xray_spark.models.serving_bundle import load_bundle
+    from xray_spark.models.serving_mlflow import bundle_for_model
     from xray_spark.serving.predictor import Predictor
 
     result, _, _ = first_run
@@ -411,7 +411,7 @@ def test_killed_run_resumes_from_its_last_checkpoint(first_run, spark, small_ing
     Python daemon on its JVM's death, the TensorFlow workers with their Spark task), and a rerun must start
     after epoch 2 with epochs 1-2 and the optimizer state as checkpointed. Over 60 s (~3-5 min): the killed
     CLI run trains an epoch in its own JVM and TensorFlow processes, then the rerun trains the third."""
-    from xray_spark.finetune.runner import METRICS_FILE, FinetuneSpec, run_finetune
+    from xray_spark.finetune.run import METRICS_FILE, FinetuneSpec, run_finetune
 
     first, out, _ = first_run
     epoch1 = first.metrics["history"][0]

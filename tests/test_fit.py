@@ -6,9 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from xray_spark.train.fit import fit_head, task_frame
-from xray_spark.train.heads import WEIGHT, get_head, head_params
-from xray_spark.train.tasks import get_task
+from xray_spark.models.frames import WEIGHT, task_frame
+from xray_spark.tasks import get_task
+from xray_spark.train.fit import fit_head
+from xray_spark.train.heads import get_head, head_params
 
 LABELS = ("covid", "no_findings", "pneumonia")
 

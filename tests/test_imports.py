@@ -104,11 +104,88 @@ def test_no_import_cycle_in_the_package() -> None:
     assert len(graph) == len(MODULES) > 40
     # the graph is really read: known edges are present, and the numeric core imports nothing of ours
     assert {"xray_spark.data.dicom", "xray_spark.data.pixels"} <= graph["xray_spark.data.decode"]
-    assert "xray_spark.train.compare" in graph["xray_spark.train.runner"]
+    assert "xray_spark.train.compare" in graph["xray_spark.train.run"]
     assert graph["xray_spark.data.pixels"] == set() and graph["xray_spark.errors"] == set()
     cycle = find_cycle(graph)
     assert cycle is None, f"import cycle: {' -> '.join(cycle)}"
 
+
+# ------------------------------------------------------------------------------------------ package floors
+# One node per subpackage or root module; a package may import only from floors below its own. The core's
+# root modules share floor 0 and may import each other (the module walk above keeps them acyclic). The
+# package's own __init__ (`__version__`, the lazy DeepImageFeaturizer) is core; __main__ is the CLI.
+FLOORS: dict[int, set[str]] = {
+    0: {"xray_spark", "paths", "errors", "logs", "config", "tasks", "tracking", "session", "spark_io"},
+    1: {"data"},
+    2: {"features"},
+    3: {"models"},
+    4: {"evaluation"},
+    5: {"finetune"},
+    6: {"train"},
+    7: {"scoring", "serving"},
+    8: {"demo", "notebook_steps"},
+    9: {"cli"},
+}
+FLOOR_OF = {node: floor for floor, nodes in FLOORS.items() for node in nodes}
+CORE = FLOORS[0]
+
+
+def package_of(module: str) -> str:
+    """xray_spark.a.b -> a (a subpackage or a root module); xray_spark -> xray_spark; __main__ -> cli."""
+    parts = module.split(".")
+    if len(parts) == 1:
+        return "xray_spark"
+    return "cli" if parts[1] == "__main__" else parts[1]
+
+
+def package_graph(modules: dict[str, set[str]]) -> dict[str, set[str]]:
+    """The module graph folded into packages: node -> the other nodes its modules import."""
+    graph: dict[str, set[str]] = {}
+    for module, targets in modules.items():
+        node = package_of(module)
+        graph.setdefault(node, set()).update(package_of(t) for t in targets)
+        graph[node].discard(node)
+    return graph
+
+
+def two_way_ties(graph: dict[str, set[str]]) -> list[tuple[str, str]]:
+    return sorted({tuple(sorted((a, b))) for a, targets in graph.items() for b in targets
+                   if a in graph.get(b, ())})
+
+
+def test_the_package_walk_sees_ties_and_cycles() -> None:
+    modules = {"xray_spark.a.x": {"xray_spark.b.y"}, "xray_spark.b.y": {"xray_spark.c"},
+               "xray_spark.c": {"xray_spark.a.z"}, "xray_spark.a.z": set(), "xray_spark.__main__": set()}
+    graph = package_graph(modules)
+    assert graph == {"a": {"b"}, "b": {"c"}, "c": {"a"}, "cli": set()}
+    assert find_cycle(graph) == ["a", "b", "c", "a"]
+    assert two_way_ties({"a": {"b"}, "b": {"a", "c"}, "c": set()}) == [("a", "b")]
+
+
+def test_packages_depend_one_way_ground_to_top() -> None:
+    """No cycle and no two-way tie between packages, and every import goes down a floor (or stays in the
+    core): the floors are the package map a reader can trust."""
+    graph = package_graph(import_graph())
+    assert {"data", "features", "models", "train", "cli"} <= graph.keys()
+    assert "finetune" in graph["train"]  # the walk sees imports inside functions and across packages
+    unplaced = sorted(graph.keys() - FLOOR_OF.keys())
+    assert not unplaced, f"packages without a floor (add them to FLOORS): {unplaced}"
+    ties = two_way_ties(graph)
+    assert not ties, f"packages importing each other: {ties}"
+    cycle = find_cycle(graph)
+    assert cycle is None, f"package cycle: {' -> '.join(cycle)}"
+    upward = sorted(f"{a} (floor {FLOOR_OF[a]}) -> {b} (floor {FLOOR_OF[b]})" for a, targets in graph.items()
+                    for b in targets if FLOOR_OF[b] >= FLOOR_OF[a] and not (a in CORE and b in CORE))
+    assert not upward, "imports that do not go down a floor:\n" + "\n".join(upward)
+
+
+def test_each_package_says_what_lives_there_and_its_floor() -> None:
+    """Every subpackage's __init__ has a docstring that names its floor, so the docstring and FLOORS agree."""
+    for init in sorted(PACKAGE.glob("*/__init__.py")):
+        name = init.parent.name
+        doc = ast.get_docstring(ast.parse(init.read_text())) or ""
+        assert len(doc) > 80, f"{name}/__init__.py: say what lives there and what it may import"
+        assert f"Floor {FLOOR_OF.get(name)} " in doc, f"{name}/__init__.py: name floor {FLOOR_OF.get(name)}"
 
 def _lazy_imports(path: Path) -> list[tuple[int, str, bool]]:
     """(line, top-level module, inside try/except ImportError) for every import inside a function."""

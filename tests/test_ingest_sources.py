@@ -85,7 +85,7 @@ def test_leave_one_source_out_puts_held_out_sources_beside_internal(spark, merge
     import mlflow
 
     from conftest import isolate_mlflow
-    from xray_spark.train.runner import TrainSpec, run_training
+    from xray_spark.train.run import TrainSpec, run_training
 
     isolate_mlflow(monkeypatch)
     spec = TrainSpec(data=str(merged.root / "ingest"), out_dir=str(merged.root / "train"),

@@ -12,8 +12,8 @@ import pytest
 
 from conftest import viewfs
 from xray_spark.errors import EXIT_RETRY, TransientError, is_transient
+from xray_spark.models.loading import ModelRef
 from xray_spark.scoring.lease import Lease, LeaseHeld, LeaseInfo, LeaseLost, holder_alive
-from xray_spark.scoring.model import ModelRef
 from xray_spark.scoring.store import LEDGER_SCHEMA, OutputStore
 from xray_spark.spark_io import HadoopFS
 

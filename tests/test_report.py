@@ -10,13 +10,13 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from xray_spark.train.evaluate import confusion, evaluate
+from xray_spark.evaluation.metrics import confusion, metrics_with_intervals
+from xray_spark.evaluation.report_parts import plot_confusion
 from xray_spark.train.report import (
     REFERENCE_HEADER,
     baseline_comparison,
     comparison_table,
     format_reference_table,
-    plot_confusion,
     write_comparison,
     write_report,
 )
@@ -28,7 +28,7 @@ MEASURED = "the dataset, not the model, is being measured"
 
 
 def _evaluated_rows() -> list[dict]:
-    """Real evaluate() output for 2 tasks x 4 combinations on synthetic predictions."""
+    """Real metrics_with_intervals() output for 2 tasks x 4 combinations on synthetic predictions."""
     rng = np.random.default_rng(0)
     rows = []
     for task, labels in TASK_LABELS.items():
@@ -39,7 +39,7 @@ def _evaluated_rows() -> list[dict]:
             pred = np.where(rng.random(120) < 0.85, y, rng.integers(0, k, 120))
             proba = np.full((120, k), 0.1 / (k - 1))
             proba[np.arange(120), pred] = 0.9
-            m = evaluate(y, pred, proba, labels, groups, n_resamples=200)
+            m = metrics_with_intervals(y, pred, proba, labels, groups, n_resamples=200)
             rows.append({"task": task, "backbone": backbone, "head": head, "kind": kind, "weights": "none",
                          "run_id": f"run-{len(rows)}", "confusion": confusion(y, pred, k).tolist(),
                          "fit_seconds": 1.5, "featurize_seconds": 10.0, **m})

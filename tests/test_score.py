@@ -25,8 +25,8 @@ import pytest
 from conftest import VIEWFS_ARGS, isolate_mlflow, viewfs
 from xray_spark.config import load_config
 from xray_spark.errors import UserError
+from xray_spark.models.loading import ModelRef, resolve_model
 from xray_spark.scoring.lease import LeaseHeld, LeaseInfo
-from xray_spark.scoring.model import ModelRef, resolve_model
 from xray_spark.scoring.plan import plan_run
 from xray_spark.scoring.run import default_chunk_size
 from xray_spark.scoring.store import LEDGER_SCHEMA, OutputStore, latest_rows

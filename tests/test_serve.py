@@ -31,9 +31,8 @@ from PIL import Image
 from ingest_fixtures import _dicom, _jpeg_bytes, _png_bytes, _png_claiming
 from serve_utils import free_port, multipart, predict, request, running, wait_up
 from xray_spark.errors import UserError
-from xray_spark.serving import heads_numpy
-from xray_spark.serving.app import Settings, check_settings, create_app, is_loopback
-from xray_spark.serving.bundle import (
+from xray_spark.models import heads_numpy
+from xray_spark.models.serving_bundle import (
     META_FILE,
     BundleError,
     BundleMeta,
@@ -41,6 +40,7 @@ from xray_spark.serving.bundle import (
     load_bundle,
     write_bundle,
 )
+from xray_spark.serving.app import Settings, check_settings, create_app, is_loopback
 from xray_spark.serving.heatmap import APPROXIMATE, EXACT, GRADIENT, channel_weights, mlp_gradient
 from xray_spark.serving.predictor import Predictor
 from xray_spark.serving.shift_check import check_shift
@@ -77,10 +77,10 @@ def trained(spark, ozturk_dir: Path, weights_cache, tmp_path_factory: pytest.Tem
     from pyspark.sql import functions as F
 
     from xray_spark.features.featurizer import DeepImageFeaturizer
-    from xray_spark.train.compare import full_pipeline
-    from xray_spark.train.fit import task_frame
-    from xray_spark.train.heads import LABEL, build_head, get_head, head_params
-    from xray_spark.train.tasks import get_task
+    from xray_spark.models.frames import LABEL, task_frame
+    from xray_spark.models.pipeline import full_pipeline
+    from xray_spark.tasks import get_task
+    from xray_spark.train.heads import build_head, get_head, head_params
 
     train, parity = _pick(ozturk_dir)
     task = get_task("multiclass")
@@ -537,7 +537,7 @@ def test_shift_check_says_why_and_the_bundle_carries_its_reference(trained: Trai
 
 def test_bundle_from_pipeline_with_a_given_weights_file(trained: Trained, tmp_path: Path) -> None:
     from xray_spark.features.weights import file_digest
-    from xray_spark.serving.bundle import _fingerprint_of
+    from xray_spark.models.serving_bundle import _fingerprint_of
 
     weights = load_bundle(trained.bundle).weights_path
     folder = bundle_from_pipeline(trained.pipeline, weights, tmp_path / "b", {"model_version": "8"})
@@ -612,7 +612,7 @@ def test_serving_never_imports_pyspark(trained: Trained, tmp_path: Path) -> None
         "import sys, json\n"
         "from xray_spark.serving.app import Settings, create_app\n"
         "from xray_spark.serving.run import serve_command\n"
-        "from xray_spark.serving.bundle import load_bundle\n"
+        "from xray_spark.models.serving_bundle import load_bundle\n"
         "from xray_spark.serving.predictor import Predictor\n"
         f"p = Predictor(load_bundle({str(trained.bundle)!r}))\n"
         "create_app(p, Settings())\n"

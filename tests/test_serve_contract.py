@@ -36,8 +36,8 @@ from schemathesis.python.asgi import get_client
 
 from ingest_fixtures import _dicom, _png_bytes, _png_claiming, bad_files
 from serve_utils import random_head_bundle
+from xray_spark.models.serving_bundle import BundleMeta, load_bundle
 from xray_spark.serving.app import Settings, create_app
-from xray_spark.serving.bundle import BundleMeta, load_bundle
 from xray_spark.serving.predictor import InputRejected, Prediction, Predictor
 from xray_spark.serving.schema import ERRORS
 

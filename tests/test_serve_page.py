@@ -26,8 +26,8 @@ import pytest
 
 from conftest import isolate_mlflow
 from serve_utils import predict, random_head_bundle, running
+from xray_spark.models.serving_bundle import BundleMeta, load_bundle
 from xray_spark.serving.app import Settings, create_app
-from xray_spark.serving.bundle import BundleMeta, load_bundle
 from xray_spark.serving.predictor import Predictor
 
 pytestmark = pytest.mark.e2e
@@ -152,7 +152,7 @@ BANNER = "Unlike the images this model was trained on: "
 @pytest.fixture(scope="module")
 def champion_server(trained, tmp_path_factory: pytest.TempPathFactory):
     """The session's binary champion, from the registry as `serve --model` finds it, served in a thread."""
-    from xray_spark.serving.mlflow_model import bundle_for_model
+    from xray_spark.models.serving_mlflow import bundle_for_model
 
     mp = pytest.MonkeyPatch()
     isolate_mlflow(mp)

@@ -23,8 +23,8 @@ import pytest
 from conftest import auto_engine_atol, isolate_mlflow
 from serve_utils import free_port, predict, wait_up
 from xray_spark.errors import UserError
-from xray_spark.serving.bundle import load_bundle
-from xray_spark.serving.mlflow_model import bundle_for_model
+from xray_spark.models.serving_bundle import load_bundle
+from xray_spark.models.serving_mlflow import bundle_for_model
 from xray_spark.serving.predictor import Predictor
 from xray_spark.tracking import SERVING_TAG
 

@@ -15,11 +15,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from xray_spark.serving import HeadFormatError, SparkFreeHead, UnsupportedStageError, export_head, heads_numpy
-from xray_spark.train.compare import full_pipeline
-from xray_spark.train.fit import task_frame
+from xray_spark.models import heads_numpy
+from xray_spark.models.frames import task_frame
+from xray_spark.models.head_export import UnsupportedStageError, export_head
+from xray_spark.models.heads_numpy import HeadFormatError, SparkFreeHead
+from xray_spark.models.pipeline import full_pipeline
+from xray_spark.tasks import get_task
 from xray_spark.train.heads import HEADS, build_head, get_head, head_params
-from xray_spark.train.tasks import get_task
 
 LABELS = ("covid", "no_findings", "pneumonia")
 TASKS = ("binary", "multiclass")

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from conftest import copy_subset, isolate_mlflow
-from xray_spark.train.tasks import TASKS
+from xray_spark.tasks import TASKS
 
 IMAGE_RUNS = 1 * 2 * 2  # backbones x heads x tasks
 REQUIRED_METRICS = [

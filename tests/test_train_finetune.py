@@ -41,7 +41,7 @@ def test_heads_option_accepts_finetune_and_rejects_typos(tmp_path: Path) -> None
 def finetune_champion(spark, small_ingest: Path, weights_cache, tmp_path_factory: pytest.TempPathFactory):
     """`train --heads finetune` alone: the fine-tune is the only image model, so it must become champion.
     Over 60 s (~2-4 min): a whole train run whose one head fine-tunes ResNet50 in two TensorFlow processes."""
-    from xray_spark.train.runner import TrainSpec, run_training
+    from xray_spark.train.run import TrainSpec, run_training
 
     out = tmp_path_factory.mktemp("train_finetune")
     with pytest.MonkeyPatch.context() as mp:
@@ -99,8 +99,8 @@ def test_finetuned_champion_is_registered_served_and_scored(finetune_champion, s
     import mlflow.spark
     from mlflow import MlflowClient
 
-    from xray_spark.serving.bundle import load_bundle
-    from xray_spark.serving.mlflow_model import bundle_for_model
+    from xray_spark.models.serving_bundle import load_bundle
+    from xray_spark.models.serving_mlflow import bundle_for_model
     from xray_spark.serving.predictor import Predictor
 
     result, out, tracking_uri = finetune_champion

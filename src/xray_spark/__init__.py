@@ -4,6 +4,19 @@
 (the featurizer loads TensorFlow only when it first runs a model). It is resolved on first use (PEP 562
 `__getattr__`), because importing the package must not import pyspark: `xray-spark serve` and the
 Spark-free serving modules run without it.
+
+Floors (DESIGN.md): each package imports only from the floors below it (tests/test_imports.py checks it).
+
+    9  cli                     parse, call, print; nothing else prints
+    8  demo  notebook_steps    the main job end to end; the steps notebooks/*.ipynb call
+    7  scoring  serving        apply a trained model: batch (exactly once) / one image (HTTP)
+    6  train                   fit and compare MLlib heads, register champions (`--heads finetune` calls 5)
+    5  finetune                a backbone trained end to end over barrier tasks
+    4  evaluation              metrics with intervals, report parts, leave-one-source-out, external
+    3  models                  pipeline assembly, labelled frames, shift reference, Spark-free exports
+    2  features                backbones, weights, engines, DeepImageFeaturizer, feature cache
+    1  data                    listing, decode, ingest, copies, groups, split, sources, fetch
+    0  core                    paths errors logs config tasks tracking session spark_io (root modules)
 """
 
 from __future__ import annotations

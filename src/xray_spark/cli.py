@@ -36,13 +36,14 @@ from xray_spark.errors import (
     one_line,
 )
 from xray_spark.features import ENGINES
+from xray_spark.finetune import config as _finetune_section  # noqa: F401  (registers config `finetune`)
 from xray_spark.logs import setup_logging
-from xray_spark.train.tasks import TASKS, get_task
+from xray_spark.tasks import TASKS, get_task
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
-    from xray_spark.train.runner import TrainResult
+    from xray_spark.train.run import TrainResult
 
 log = logging.getLogger("xray_spark")
 
@@ -121,7 +122,7 @@ def _check_local_out(out: str) -> None:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from xray_spark.train.options import resolve_train_options
-    from xray_spark.train.runner import run_training
+    from xray_spark.train.run import run_training
 
     _check_local_out(args.out)
     cfg, spark = _context(args)
@@ -147,7 +148,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     from xray_spark.data.files import check_data_args
     from xray_spark.features.backbones import get_backbone
     from xray_spark.features.run import check_weights_arg
-    from xray_spark.finetune.runner import FinetuneSpec, run_finetune
+    from xray_spark.finetune.run import FinetuneSpec, run_finetune
 
     get_backbone(args.backbone)  # every argument is checked (exit 2) before a JVM starts
     check_data_args(args.data)
@@ -179,8 +180,8 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from xray_spark.data.files import check_local_data_dir
-    from xray_spark.evaluate import evaluate_model
-    from xray_spark.scoring.model import resolve_model
+    from xray_spark.evaluation.external import evaluate_model
+    from xray_spark.models.loading import resolve_model
     from xray_spark.tracking import tracking_uri_for
 
     check_local_data_dir(args.data)  # fail fast (exit 2) before starting a JVM

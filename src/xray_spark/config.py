@@ -4,6 +4,11 @@ Why typed: a misspelt key in YAML silently does nothing; here it is an error nam
 The same goes for a key given twice (YAML keeps the last one without a word) and for a value out of its
 range (which would otherwise fail deep inside a Spark job, exit 1, instead of here, exit 2).
 
+A section that belongs to one package (`finetune`) is declared in that package and registered here
+(`register_section`); this module imports nothing above the core. A registered section is validated with the
+rest at load time; a section whose package was not imported yet is kept as its YAML layers and validated, with
+the same key-and-file errors, when it is first read (`Config.section`).
+
 The command-line layer is here too (`add_spark_arguments`: --config, --master, --conf over config `spark`),
 with the scoring chunk constants that `--chunk-size`'s help quotes: this module imports no pyspark, so
 `xray-spark --help` can build its parser from it without starting anything heavy.
@@ -15,7 +20,7 @@ import argparse
 import dataclasses
 import functools
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -24,9 +29,32 @@ from typing import Any, get_type_hints
 import yaml
 
 from xray_spark.errors import ConfigError, UserError
-from xray_spark.finetune.config import OPTIMIZERS, PRECISIONS, FinetuneConfig, unfreeze_count
 
 CANONICAL_LABELS = ("covid", "no_findings", "pneumonia")
+BASE_CONFIG = "xray_spark/conf/base.yml"  # the package defaults, as errors name them
+
+# A range check: key -> (test, the range in words); the error names the key, the range and the file.
+Ranges = Mapping[str, tuple[Callable[[Any], bool], str]]
+
+
+@dataclass(frozen=True)
+class PackageSection:
+    """A config section declared by the package that reads it: its dataclass (defaults and types) and the
+    ranges of its keys (relative to the section)."""
+
+    cls: type
+    ranges: Ranges
+
+
+_PACKAGE_SECTIONS: dict[str, PackageSection] = {}
+
+
+def register_section(name: str, cls: type, ranges: Ranges) -> None:
+    """Declare config section `name` (a top-level key) as read into dataclass `cls`, with `ranges` checked.
+
+    Called by the owning package when its config module is imported; from then on every load validates the
+    section with the core sections."""
+    _PACKAGE_SECTIONS[name] = PackageSection(cls, ranges)
 
 
 @dataclass
@@ -34,6 +62,13 @@ class DecodeConfig:
     max_pixels: int = 100_000_000
     max_file_bytes: int = 256 * 1024 * 1024
     extensions: list[str] = field(default_factory=list)
+
+
+# The banded pHash search (data/dedup.py, data/copies.py) cuts a 64-bit hash into PHASH_BANDS bands and
+# matches band values up to 2 bits apart, so by pigeonhole it finds every pair up to MAX_HAMMING_COVERED bits
+# apart: the largest dedup.phash_max_hamming and dedup.copy_max_hamming it can honour.
+PHASH_BANDS = 3
+MAX_HAMMING_COVERED = PHASH_BANDS * 3 - 1
 
 
 @dataclass
@@ -75,8 +110,8 @@ class ShiftConfig:
     drift_z: float = 3.0  # score: the robust z of a run's typical size above this is named too
 
 
-# Scoring's (scoring/run.py; features/cache.py and evaluate.py size their own tasks), here because the CLI's
-# --chunk-size help quotes them and the scoring package imports pyspark.
+# Scoring's (scoring/run.py, and evaluation/external.py, which featurizes as scoring does; the feature cache
+# sizes its own tasks), here because the CLI's --chunk-size help quotes them and scoring imports pyspark.
 IMAGES_PER_TASK = 32  # small tasks within a chunk: no core idles while the last one finishes
 # Default images per committed chunk: this many waves of IMAGES_PER_TASK-image tasks on every core (512 on
 # 2 cores). The size is a trade-off: a kill loses at most one uncommitted chunk, so smaller is safer; but
@@ -121,9 +156,29 @@ class Config:
     shift: ShiftConfig = field(default_factory=ShiftConfig)
     spark: SparkConfig = field(default_factory=SparkConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     tracking_uri: str | None = None
     cache_dir: str | None = None
+    # package sections (register_section): name -> the section as merged after each layer, with the layer's
+    # name, for validation on first read; and the sections read so far
+    package_layers: dict[str, list[tuple[str, Any]]] = field(default_factory=dict, repr=False,
+                                                             metadata={"internal": True})
+    package_sections: dict[str, Any] = field(default_factory=dict, repr=False, metadata={"internal": True})
+
+    def section(self, name: str) -> Any:
+        """Package section `name` as its registered dataclass, validated (once) against every layer that set
+        it; the same object on every read, so a change made to it is seen by every reader."""
+        if name not in self.package_sections:
+            if name not in _PACKAGE_SECTIONS:
+                raise KeyError(f"config section {name!r} is read but no package registered it")
+            layers = self.package_layers.get(name) or [(BASE_CONFIG, {})]
+            self.package_sections[name] = _build_section(name, _PACKAGE_SECTIONS[name], layers)
+        return self.package_sections[name]
+
+    def __getattr__(self, name: str) -> Any:
+        """`cfg.finetune` and every other registered package section (see `section`)."""
+        if name.startswith("_") or name not in _PACKAGE_SECTIONS:
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        return self.section(name)
 
     def label_for(self, name: str) -> str | None:
         """Map a folder name or manifest label to a canonical label, or None when it is not configured."""
@@ -135,17 +190,17 @@ class Config:
 
 
 # Numeric keys with an obvious range: key -> (test, the range in words). Cross-key rules: _check_values.
-_RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
+_RANGES: Ranges = {
     "decode.max_pixels": (lambda v: v >= 1, ">= 1"),
     "decode.max_file_bytes": (lambda v: v >= 1, ">= 1"),
-    # dedup.MAX_HAMMING_COVERED (not imported: it would pull pyspark into config); a test keeps them equal
-    "dedup.phash_max_hamming": (lambda v: 0 <= v <= 8, "in [0, 8], what the banded pHash search covers"),
+    "dedup.phash_max_hamming": (lambda v: 0 <= v <= MAX_HAMMING_COVERED,
+                                f"in [0, {MAX_HAMMING_COVERED}], what the banded pHash search covers"),
     "dedup.pixel_min_correlation": (lambda v: 0 < v <= 1, "in (0, 1]"),
     "dedup.thumb_size": (lambda v: v >= 8, ">= 8 (pixels a side)"),
     "dedup.copy_window_step": (lambda v: 0 < v <= 0.5, "in (0, 0.5] (a fraction of a side)"),
     "dedup.copy_max_trim": (lambda v: 0 <= v < 1, "in [0, 1) (a fraction of a side)"),
-    # copies.MAX_COPY_HAMMING (not imported, as above)
-    "dedup.copy_max_hamming": (lambda v: 0 <= v <= 8, "in [0, 8], what the banded window search covers"),
+    "dedup.copy_max_hamming": (lambda v: 0 <= v <= MAX_HAMMING_COVERED,
+                               f"in [0, {MAX_HAMMING_COVERED}], what the banded window search covers"),
     "dedup.copy_thumb_size": (lambda v: v >= 64, ">= 64 (pixels on the long side)"),
     "dedup.copy_min_inliers": (lambda v: v >= 3, ">= 3 (keypoint matches)"),
     "dedup.copy_min_inlier_ratio": (lambda v: 0 <= v <= 1, "in [0, 1]"),
@@ -162,27 +217,7 @@ _RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "train.bootstrap_resamples": (lambda v: v >= 1, ">= 1"),
     "train.parallel_fits": (lambda v: v >= 1, ">= 1"),
     "train.seed": (lambda v: 0 <= v <= 2**63 - 1, "in [0, 2**63 - 1] (a Spark seed is a long)"),
-    "finetune.optimizer": (lambda v: v in OPTIMIZERS, f"one of {', '.join(OPTIMIZERS)}"),
-    "finetune.learning_rate": (lambda v: v > 0, "> 0"),
-    "finetune.epochs": (lambda v: v >= 1, ">= 1"),
-    "finetune.batch_size": (lambda v: v >= 1, ">= 1"),
-    "finetune.unfreeze": (lambda v: _unfreeze_ok(v), "'all' or a number of layers >= 0"),
-    "finetune.rotation_degrees": (lambda v: 0 <= v <= 45, "in [0, 45] (mild: a film is never upside down)"),
-    "finetune.scale": (lambda v: 0 <= v < 0.5, "in [0, 0.5)"),
-    "finetune.contrast": (lambda v: 0 <= v < 1, "in [0, 1)"),
-    "finetune.precision": (lambda v: v in PRECISIONS, f"one of {', '.join(PRECISIONS)}"),
-    "finetune.patience": (lambda v: v >= 1, ">= 1"),
-    "finetune.workers": (lambda v: v >= 1, ">= 1"),
-    "finetune.seed": (lambda v: 0 <= v <= 2**31 - 1, "in [0, 2**31 - 1]"),
 }
-
-
-def _unfreeze_ok(value: Any) -> bool:
-    try:
-        unfreeze_count(value)
-    except (TypeError, ValueError):
-        return False
-    return True
 
 
 class _DuplicateKey(yaml.YAMLError):
@@ -242,7 +277,7 @@ def _build(cls: type, data: dict[str, Any], where: str, path: str) -> Any:
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: key '{path or '<root>'}' must be a mapping, got {type(data).__name__}")
     hints = get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
+    names = {f.name for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
     kwargs: dict[str, Any] = {}
     for key, value in data.items():
         full = f"{path}.{key}" if path else str(key)
@@ -261,7 +296,7 @@ def _check_type(value: Any, hint: Any, where: str, key: str) -> Any:
     text = str(hint)
     if value is None and "None" in text:
         return None
-    if text in ("int | str", "str | int"):  # e.g. finetune.unfreeze: a count or a word; _RANGES checks it
+    if text in ("int | str", "str | int"):  # e.g. finetune.unfreeze: a count or a word; its ranges check it
         if isinstance(value, bool) or not isinstance(value, (int, str)):
             raise ConfigError(f"{where}: key '{key}' must be an integer or a string, got {value!r}")
     elif hint is int or text.startswith("int"):
@@ -312,12 +347,33 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return _parse_yaml(text, str(path))
 
 
+def _check_ranges(obj: Any, ranges: Ranges, where: str, prefix: str = "") -> None:
+    """Every key of `ranges` (dotted, read from `obj`) within its range, else a ConfigError naming it."""
+    for key, (ok, allowed) in ranges.items():
+        value = functools.reduce(getattr, key.split("."), obj)
+        if not ok(value):
+            raise ConfigError(f"{where}: key '{prefix}{key}' must be {allowed}, got {value!r}")
+
+
+def _build_section(name: str, section: PackageSection, layers: list[tuple[str, Any]]) -> Any:
+    """A package section from its merged mapping after each layer: each state is validated naming its layer
+    (as the core sections are), the last one is the value."""
+    value = None
+    for where, data in layers:
+        value = _build(section.cls, data if data is not None else {}, where, name)
+        _check_ranges(value, section.ranges, where, f"{name}.")
+    return value
+
+
+def _split_sections(merged: dict[str, Any], packages: set[str]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(core keys, package sections) of a merged config mapping."""
+    core = {k: v for k, v in merged.items() if k not in packages}
+    return core, {k: v for k, v in merged.items() if k in packages}
+
+
 def _check_values(cfg: Config, where: str) -> None:
     """Ranges (_RANGES) and the rules between keys; the error names the key, the range and `where`."""
-    for key, (ok, allowed) in _RANGES.items():
-        value = functools.reduce(getattr, key.split("."), cfg)
-        if not ok(value):
-            raise ConfigError(f"{where}: key '{key}' must be {allowed}, got {value!r}")
+    _check_ranges(cfg, _RANGES, where)
     folds, test_fold = cfg.split.folds, cfg.split.test_fold
     if not 0 <= test_fold < folds:
         raise ConfigError(f"{where}: key 'split.test_fold' must be in [0, {folds - 1}] "
@@ -327,10 +383,23 @@ def _check_values(cfg: Config, where: str) -> None:
                           f"(one fold is the test side; cross-validation needs 2 more), got {folds!r}")
 
 
+def _check_layer(merged: dict[str, Any], packages: set[str], where: str) -> Config:
+    """The config as merged up to layer `where`, every core and registered section validated naming it."""
+    core, sections = _split_sections(merged, packages)
+    cfg = _build(Config, core, where, "")
+    _check_values(cfg, where)
+    for name, section in _PACKAGE_SECTIONS.items():
+        _build_section(name, section, [(where, sections.get(name))])
+    return cfg
+
+
 def load_config(path: str | Path | None = None, local: str | Path | None = "conf/local.yml") -> Config:
     """Load package defaults, then `local` when it exists, then `path` (which must exist)."""
-    where = "xray_spark/conf/base.yml"
+    where = BASE_CONFIG
     merged = _parse_yaml(resources.files("xray_spark").joinpath("conf/base.yml").read_text(), where)
+    # package sections: the registered ones and those the defaults declare (their package not imported yet)
+    core_keys = {f.name for f in dataclasses.fields(Config)}
+    packages = set(_PACKAGE_SECTIONS) | {key for key in merged if key not in core_keys}
     layers: list[Path] = []
     if local and Path(local).is_file():
         layers.append(Path(local))
@@ -339,16 +408,21 @@ def load_config(path: str | Path | None = None, local: str | Path | None = "conf
         if not p.is_file():
             raise ConfigError(f"config file not found: {p}")
         layers.append(p)
+    states: list[tuple[str, dict[str, Any]]] = []  # (layer, the config as merged up to it)
     for layer in layers:
         merged = _merge(merged, _read_yaml(layer))
         # validate each layer on its own so the error names the file that holds the bad key or value
-        _check_values(_build(Config, merged, str(layer), ""), str(layer))
+        _check_layer(merged, packages, str(layer))
+        states.append((str(layer), merged))
         where = str(layer)
-    cfg = _build(Config, merged, where, "")
-    _check_values(cfg, where)
+    cfg = _check_layer(merged, packages, where)
     for canonical in cfg.labels:
         if canonical not in CANONICAL_LABELS:
             raise ConfigError(f"{where}: labels.{canonical} is not one of {', '.join(CANONICAL_LABELS)}")
+    states = states or [(where, merged)]
+    cfg.package_layers = {name: [(w, m.get(name)) for w, m in states] for name in packages}
+    for name in _PACKAGE_SECTIONS:  # validated now; the others when their package reads them
+        cfg.section(name)
     return cfg
 
 

@@ -21,14 +21,15 @@ from xray_spark.config import Config
 from xray_spark.data.fetch import fetch_dataset
 from xray_spark.data.layout import IngestLayout
 from xray_spark.errors import UserError
-from xray_spark.evaluate import EvalResult, evaluate_model, side_by_side_md
+from xray_spark.evaluation.external import EvalResult, evaluate_model
+from xray_spark.evaluation.report_parts import side_by_side_md
 from xray_spark.features.weights import resolve_weights
 from xray_spark.scoring.run import ScoreSummary, score_command
 from xray_spark.spark_io import HadoopFS
 from xray_spark.train.compare import IMAGE
 from xray_spark.train.options import resolve_train_options
 from xray_spark.train.report import append_section
-from xray_spark.train.runner import TrainResult, run_training
+from xray_spark.train.run import TrainResult, run_training
 
 log = logging.getLogger(__name__)
 

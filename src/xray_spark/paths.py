@@ -122,3 +122,10 @@ def glob_escape(uri: str) -> str:
     """Escape Hadoop glob characters (`\\ [ ] { } * ?`): Spark's DataFrameReader.load globs every path it is
     given, so a file called `x[1].png` must be passed as `x\\[1\\].png` to be found as itself."""
     return _GLOB.sub(r"\\\1", uri)
+
+
+def safe_name(text: str, keep: str = "._-") -> str:
+    """`text` as one file or folder name: each run of characters other than ASCII letters, digits and those in
+    `keep` becomes one `_`. Callers whose names are persisted keys (feature cache folders, scoring chunk
+    files, the serving bundle cache) pass the `keep` their names were written with, so they stay the same."""
+    return re.sub(f"[^A-Za-z0-9{re.escape(keep)}]+", "_", text)

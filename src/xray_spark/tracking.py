@@ -47,8 +47,8 @@ def tracking_uri_for(flag: str | None, config_uri: str | None, out_dir: str | Pa
     """THE tracking URI precedence, for every command: `--tracking-uri` > config `tracking_uri` >
     MLFLOW_TRACKING_URI > sqlite under `--out`. None (no `--out`, e.g. `score`): MLflow's own default.
 
-    Why one function: `train` used to ignore MLFLOW_TRACKING_URI while `score` honoured it, so a team that
-    exported it trained into a local file and its scheduled scoring found no champion.
+    Why one function: commands that weighed these differently would split a team's work, e.g. training into
+    a local file while the scheduled scoring, honouring an exported MLFLOW_TRACKING_URI, finds no champion.
     """
     uri = flag or config_uri or _users_env("MLFLOW_TRACKING_URI")
     if uri:

@@ -25,6 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pyspark.sql import functions as F
 
+from xray_spark.config import MAX_HAMMING_COVERED
 from xray_spark.data.copy_check import CopyCheck, keypoints, match_keypoints, single_threaded
 from xray_spark.data.copy_hash import unpack
 from xray_spark.data.dedup import BANDS
@@ -32,7 +33,6 @@ from xray_spark.data.dedup import BANDS
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame
 
-MAX_COPY_HAMMING = len(BANDS) * 3 - 1
 _SCORED_SCHEMA = "a long, b long, hamming int, inliers int, correlation double"
 _KEYPOINTS_KEPT = 512  # thumbnails + keypoints (~85 KB each) a confirming task keeps for later pairs
 _IMAGES_PER_SORT = 256  # images whose window hashes are sorted at once (~4 MB of hashes per band)
@@ -89,8 +89,8 @@ def whole_keys(hashes: DataFrame, flips: int) -> DataFrame:
 def copy_candidates(windows: DataFrame, max_hamming: int) -> DataFrame:
     """(id, hashes) rows -> pairs a < b where the whole-image hash of one is within max_hamming bits of any
     window hash of the other: (a, b, hamming) with the smallest distance found."""
-    if max_hamming > MAX_COPY_HAMMING:
-        raise ValueError(f"dedup.copy_max_hamming: the banded search covers <= {MAX_COPY_HAMMING}, "
+    if max_hamming > MAX_HAMMING_COVERED:
+        raise ValueError(f"dedup.copy_max_hamming: the banded search covers <= {MAX_HAMMING_COVERED}, "
                          f"got {max_hamming}")
     flips = 1 if max_hamming <= len(BANDS) * 2 - 1 else 2
     whole = whole_keys(windows.select("id", F.col("hashes")[0].alias("h")), flips)

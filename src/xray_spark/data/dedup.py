@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 from pyspark.sql import functions as F
 
+from xray_spark.config import MAX_HAMMING_COVERED, PHASH_BANDS
 from xray_spark.data.groups import star_edges
 from xray_spark.spark_io import collect_parts
 
@@ -31,8 +32,15 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-BANDS = ((0, 22), (22, 21), (43, 21))  # (first bit, width): 3 bands x radius 2 covers Hamming <= 8
-MAX_HAMMING_COVERED = len(BANDS) * 3 - 1
+
+
+def _bands(bits: int, n: int) -> tuple[tuple[int, int], ...]:
+    """`n` bands of `bits` bits as (first bit, width); the first ones a bit wider when `n` does not divide."""
+    widths = [bits // n + (i < bits % n) for i in range(n)]
+    return tuple((sum(widths[:i]), w) for i, w in enumerate(widths))
+
+
+BANDS = _bands(64, PHASH_BANDS)  # (first bit, width) per band: ((0, 22), (22, 21), (43, 21))
 _CORR_SCHEMA = "a long, b long, hamming int, correlation double"
 
 

@@ -3,7 +3,7 @@
 Why its own module: pydicom's parsing, sanity checks and LUT chain are a job of their own, and pydicom is
 imported only when a DICOM file turns up. Imports pixels.py and privacy.py only, never decode.py.
 
-Bounded memory per file (issue #24): what the header declares is checked before any pixel byte is
+Bounded memory per file: what the header declares is checked before any pixel byte is
 inflated, decoded or allocated: one frame's Rows x Columns against max_pixels, and all of PixelData
 (Rows x Columns x frames x samples x BitsAllocated) against ``pixel_byte_budget(max_pixels)``; either is
 ``too_large``. A deflated dataset (1.2.840.10008.1.2.1.99) is the one place where a small file can grow:

@@ -47,6 +47,7 @@ from urllib.request import Request, urlopen
 
 from tqdm.auto import tqdm
 
+from xray_spark.config import DecodeConfig
 from xray_spark.data.fetched import (
     PARTIAL_SUFFIX,
     USER_AGENT,
@@ -76,7 +77,7 @@ __all__ = ["LIMIT_MANIFEST_NAME", "FetchFailure", "FetchResult", "fetch_dataset"
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MAX_BYTES = 256 * 1024 * 1024  # = config decode.max_file_bytes: ingest would quarantine larger files
+DEFAULT_MAX_BYTES = DecodeConfig.max_file_bytes  # ingest quarantines larger files
 _CHUNK = 1 << 16
 _RETRY_DELAY = 1.0  # seconds
 _CONTENT_RANGE = re.compile(r"^\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*$")
@@ -137,23 +138,7 @@ def fetch_dataset(
     else), write nothing, and return the counts.
     """
     source = get_source(name)
-    if source.access == "import":
-        raise UserError(f"{name} cannot be downloaded here (it is behind a login): download it from "
-                        f"{source.homepage}, unzip it, and run: xray-spark fetch {name} --from DIR --to DIR")
-    if manifest_path is not None and source.listing:
-        raise UserError(f"{name} is listed by its {source.listing}, not by a manifest; manifest_path "
-                        "does not apply")
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-        raise UserError(f"limit must be a positive integer, got {limit!r}")
-    if workers < 1:
-        raise UserError(f"workers must be >= 1, got {workers!r}")
-    if timeout <= 0:
-        raise UserError(f"timeout must be > 0 seconds, got {timeout!r}")
-    if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 1:
-        raise UserError(f"max_bytes must be a positive integer, got {max_bytes!r}")
-    base = base_url or os.environ.get(source.env_var) or source.base_url
-    if not base.startswith(("http://", "https://", "file://")):
-        raise UserError(f"base URL must start with http://, https:// or file://, got {base!r}")
+    base = _check_arguments(source, name, base_url, manifest_path, limit, workers, timeout, max_bytes)
     root = check_target_dir(Path(to_dir))
     pins = read_pins(root) if source.listing else {}
     if source.listing:
@@ -180,7 +165,39 @@ def fetch_dataset(
     jobs = {r.path: _Job(file_url(base, r.path), root / local_rel(r), r.sha256, sizes.get(r.path), max_bytes)
             for r in rows}
     outcomes = _run_all(jobs, workers=workers, timeout=timeout, progress=progress)
+    present, first_seen = _tally(result, rows, outcomes, base)
+    record_pins(root, first_seen)
+    return finish(result, root, present, MANIFEST_NAME if limit is None else LIMIT_MANIFEST_NAME)
 
+
+def _check_arguments(source: DatasetSource, name: str, base_url: str | None, manifest_path: str | Path | None,
+                     limit: int | None, workers: int, timeout: float, max_bytes: int) -> str:
+    """Every argument of `fetch_dataset` checked (one clear UserError) before anything is read or written;
+    returns the base URL to download from."""
+    if source.access == "import":
+        raise UserError(f"{name} cannot be downloaded here (it is behind a login): download it from "
+                        f"{source.homepage}, unzip it, and run: xray-spark fetch {name} --from DIR --to DIR")
+    if manifest_path is not None and source.listing:
+        raise UserError(f"{name} is listed by its {source.listing}, not by a manifest; manifest_path "
+                        "does not apply")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise UserError(f"limit must be a positive integer, got {limit!r}")
+    if workers < 1:
+        raise UserError(f"workers must be >= 1, got {workers!r}")
+    if timeout <= 0:
+        raise UserError(f"timeout must be > 0 seconds, got {timeout!r}")
+    if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 1:
+        raise UserError(f"max_bytes must be a positive integer, got {max_bytes!r}")
+    base = base_url or os.environ.get(source.env_var) or source.base_url
+    if not base.startswith(("http://", "https://", "file://")):
+        raise UserError(f"base URL must start with http://, https:// or file://, got {base!r}")
+    return base
+
+
+def _tally(result: FetchResult, rows: list[ManifestRow], outcomes: dict[str, _Outcome], base: str
+           ) -> tuple[list[ManifestRow], dict[str, str]]:
+    """Each row's download outcome into `result` (failed, skipped, downloaded, resumed); returns the rows
+    now present (with the sha256 of files the source lists without one) and those first-seen digests."""
     present: list[ManifestRow] = []
     first_seen: dict[str, str] = {}
     for row in rows:
@@ -199,8 +216,7 @@ def fetch_dataset(
             result.bytes_downloaded += out.nbytes
             if out.resumed:
                 result.resumed.append(rel)
-    record_pins(root, first_seen)
-    return finish(result, root, present, MANIFEST_NAME if limit is None else LIMIT_MANIFEST_NAME)
+    return present, first_seen
 
 
 def _balanced_head(rows: list[ManifestRow], limit: int) -> list[ManifestRow]:

@@ -44,7 +44,7 @@ from xray_spark.data.copy_check import CopyCheck
 from xray_spark.data.copy_hash import unpack, window_hashes
 from xray_spark.data.decode import ImageRecord, analyze
 from xray_spark.data.dedup import Duplicates, find_duplicates
-from xray_spark.data.files import SALT_ENV, DataFolder, candidate_files, open_data_folders, survey
+from xray_spark.data.files import SALT_ENV, DataFolder, Listing, candidate_files, open_data_folders, survey
 from xray_spark.data.groups import assign_group_ids, image_id_col, roots_frame, star_edges
 from xray_spark.data.ingest_report import (
     duplicates_report,
@@ -262,28 +262,12 @@ def _ingest(spark, fs: HadoopFS, folders: list[DataFolder], totals: list[int], o
     layout = IngestLayout(paths.qualify(spark, str(out_dir)))
     # job 1, before reading: a file added mid-run changes the fingerprint and triggers the next ingest
     listing = survey(spark, folders, cfg, totals)
-    roots = [f.root for f in folders]
-    log.info("ingest: %d files listed under %s; decoding with Spark", listing.rows, ", ".join(roots))
-    for root, n in listing.not_in_manifest.items():
-        if n:
-            log.info("ingest: %d files under %s are not in its manifest; ignored", n, root)
-    for root, n in listing.repeated.items():
-        if n:
-            log.warning("%d manifest rows list a path twice; keeping the first (%s)", n, root)
-
+    _log_listing(listing, [f.root for f in folders])
     analyzed = _decode_stage(spark, folders, layout, cfg, listing.rows, listing.unlisted)
     log.info("ingest: decoded %d files in %.1fs", listing.rows, time.time() - t0)
     table = _reconcile(listing.frame, analyzed, cfg.decode.max_file_bytes).cache()
     ok = table.where("status = 'ok'")
-    d = cfg.dedup
-    ok_ids = ok.select("id")
-    copies = scored_copies(
-        analyzed.where("crop_hashes IS NOT NULL").select("id", F.col("crop_hashes").alias("hashes"))
-        .join(ok_ids, "id", "left_semi"), analyzed.select("id", "copy_thumb"), d.copy_max_hamming,
-        CopyCheck(d.copy_min_inliers, d.copy_min_inlier_ratio, d.copy_min_correlation))
-    dups = find_duplicates(ok, analyzed.select("id", "thumb"), max_hamming=d.phash_max_hamming,
-                           min_correlation=d.pixel_min_correlation, thumb_size=d.thumb_size, copies=copies,
-                           copy_min_correlation=d.copy_min_correlation, copy_max_hamming=d.copy_max_hamming)
+    dups = _duplicates(ok, analyzed, cfg.dedup)
     graph = collect_parts(_graph_parts(table, ok, dups))
     ids = graph["ids"][0]
     if ids["d"] != ids["n"]:
@@ -302,18 +286,10 @@ def _ingest(spark, fs: HadoopFS, folders: list[DataFolder], totals: list[int], o
     images = images.select(*IMAGE_COLUMNS)
     images.write.mode("overwrite").parquet(layout.images)
     images = spark.read.schema(images.schema).parquet(layout.images)
-
-    files = _write_tables(fs, images, layout)
-    report = duplicates_report(dups, ok.select("id", "rel_path"), grouped.where("dup_group IS NOT NULL"))
-    files.update(write_duplicate_tables(fs, report, layout.duplicates))
-    small = collect_parts({**summary_parts(images, report.groups), **report.md_parts(),
-                           "split_hash": split_hash_frame(images.where("status = 'ok'")),
-                           "manifest_hash": manifest_hash_frame(images)})
-    files.update(write_duplicates_md(fs, dups, small, int(small["dup_groups"][0]["n"]), layout.duplicates))
-    summary = summarize(small, dups.counts, len(plan.table), str(small["split_hash"][0]["h"]),
-                        time.time() - t0)
+    files, summary = _write_reports(fs, layout, images, dups, ok, grouped, len(plan.table), t0)
+    roots = [f.root for f in folders]
     summary.update(data_dir=roots[0], data_dirs=roots, source_names=[f.source for f in folders],
-                   ingest_key=listing.fingerprint, manifest_hash=str(small["manifest_hash"][0]["h"]))
+                   ingest_key=listing.fingerprint)
     summary["split"]["folds"] = plan.folds
     fs.write_text(layout.summary_json, _json(summary))
     files["summary.json"] = layout.summary_json
@@ -322,6 +298,45 @@ def _ingest(spark, fs: HadoopFS, folders: list[DataFolder], totals: list[int], o
     dups.release()
     fs.delete(layout.work)
     return IngestResult(layout=layout, images=images, summary=summary, files=files)
+
+
+def _log_listing(listing: Listing, roots: list[str]) -> None:
+    """What the listing found besides the files it will decode: manifest gaps and repeated rows."""
+    log.info("ingest: %d files listed under %s; decoding with Spark", listing.rows, ", ".join(roots))
+    for root, n in listing.not_in_manifest.items():
+        if n:
+            log.info("ingest: %d files under %s are not in its manifest; ignored", n, root)
+    for root, n in listing.repeated.items():
+        if n:
+            log.warning("%d manifest rows list a path twice; keeping the first (%s)", n, root)
+
+
+def _duplicates(ok: DataFrame, analyzed: DataFrame, d: DedupConfig) -> Duplicates:
+    """Exact and near duplicates among the ok images, with copies across sources (cropped or rescaled)."""
+    ok_ids = ok.select("id")
+    copies = scored_copies(
+        analyzed.where("crop_hashes IS NOT NULL").select("id", F.col("crop_hashes").alias("hashes"))
+        .join(ok_ids, "id", "left_semi"), analyzed.select("id", "copy_thumb"), d.copy_max_hamming,
+        CopyCheck(d.copy_min_inliers, d.copy_min_inlier_ratio, d.copy_min_correlation))
+    return find_duplicates(ok, analyzed.select("id", "thumb"), max_hamming=d.phash_max_hamming,
+                           min_correlation=d.pixel_min_correlation, thumb_size=d.thumb_size, copies=copies,
+                           copy_min_correlation=d.copy_min_correlation, copy_max_hamming=d.copy_max_hamming)
+
+
+def _write_reports(fs: HadoopFS, layout: IngestLayout, images: DataFrame, dups: Duplicates, ok: DataFrame,
+                   grouped: DataFrame, n_groups: int, t0: float) -> tuple[dict[str, str], dict]:
+    """The tables, the duplicates report and the summary's numbers (one collect of small aggregates):
+    (files written by name, the summary without the folders it was read from)."""
+    files = _write_tables(fs, images, layout)
+    report = duplicates_report(dups, ok.select("id", "rel_path"), grouped.where("dup_group IS NOT NULL"))
+    files.update(write_duplicate_tables(fs, report, layout.duplicates))
+    small = collect_parts({**summary_parts(images, report.groups), **report.md_parts(),
+                           "split_hash": split_hash_frame(images.where("status = 'ok'")),
+                           "manifest_hash": manifest_hash_frame(images)})
+    files.update(write_duplicates_md(fs, dups, small, int(small["dup_groups"][0]["n"]), layout.duplicates))
+    summary = summarize(small, dups.counts, n_groups, str(small["split_hash"][0]["h"]), time.time() - t0)
+    summary["manifest_hash"] = str(small["manifest_hash"][0]["h"])
+    return files, summary
 
 
 def _json(obj: dict) -> str:

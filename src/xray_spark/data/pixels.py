@@ -11,8 +11,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-# the reason older versions wrote for ANY fault while decoding (MemoryError, a missing library, a bug), not
-# only the image's: rows carrying it are not the image's verdict and are computed again (cache.py, store.py)
+# a reason no decoder writes: it stood for ANY fault while decoding (MemoryError, a missing library, a bug),
+# not only the image's, so cached or scored rows carrying it are not the image's verdict and are computed
+# again (features/cache.py, scoring/store.py)
 STALE_REASON = "decode_failed"
 
 REASONS: dict[str, str] = {

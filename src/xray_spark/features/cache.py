@@ -18,7 +18,6 @@ semantics per file).
 from __future__ import annotations
 
 import logging
-import re
 import time
 import uuid
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ from pyspark.ml.linalg import VectorUDT
 from pyspark.sql import functions as F
 from pyspark.sql.types import StringType, StructField, StructType
 
+from xray_spark import paths
 from xray_spark.data.pixels import STALE_REASON
 from xray_spark.errors import UserError
 from xray_spark.features.backbones import get_backbone
@@ -62,8 +62,12 @@ class CacheRun:
 
 
 def safe_fingerprint(fingerprint: str) -> str:
-    """A fingerprint as one path segment: `none:seed=0:keras=3.15.1` -> `none_seed=0_keras=3.15.1`."""
-    return re.sub(r"[^A-Za-z0-9._=-]", "_", fingerprint)
+    """A fingerprint as one path segment: `none:seed=0:keras=3.15.1` -> `none_seed=0_keras=3.15.1`.
+
+    `=` is kept, as in the folders already written. A fingerprint (`imagenet:<digest>`,
+    `none:seed=N:keras=<version>`, `file:<sha256>`) never holds two characters in a row that are replaced,
+    so one `_` per run is one `_` per character: the same folder names."""
+    return paths.safe_name(fingerprint, keep="._=-")
 
 
 def cache_path(cache_dir: str, backbone: str, fingerprint: str) -> str:
@@ -158,8 +162,8 @@ def _empty(spark: SparkSession) -> DataFrame:
 
 
 def _read_cache(spark: SparkSession, fs: HadoopFS, path: str) -> DataFrame | None:
-    """The cached rows, less `decode_failed` errors: the featurizer used to turn any fault (MemoryError, a
-    lost library) into that row error; such rows are not the image's verdict, so they are computed again."""
+    """The cached rows, less those whose error is STALE_REASON (`decode_failed`, written for any fault,
+    MemoryError or a lost library, not only the image's): not the image's verdict, so computed again."""
     if not fs.list_parts(path):
         return None
     rows = spark.read.parquet(path)

@@ -7,7 +7,7 @@ converted once per executor machine and cached there as OpenVINO IR; the driver 
 the weights.
 
 Engines:
-- `keras` — today's path: `model.predict_on_batch`; the caller caps TensorFlow's threads first (the featurizer
+- `keras` — `model.predict_on_batch`; the caller caps TensorFlow's threads first (the featurizer
   does, with `worker.tf_threads`), and OpenVINO gets the same cap (`INFERENCE_NUM_THREADS`).
 - `openvino` — `openvino.convert_model(keras_model)`, saved as IR (`.xml`/`.bin`, weights kept fp32) under
   `<weights cache>/openvino/<Backbone>/<key>/`, key = sha256 of (weights fingerprint, backbone, openvino

@@ -44,7 +44,7 @@ from pyspark import keyword_only
 from pyspark.accumulators import _accumulatorRegistry
 from pyspark.ml import Transformer
 from pyspark.ml.functions import array_to_vector, predict_batch_udf
-from pyspark.ml.param import Param, Params, TypeConverters
+from pyspark.ml.param import TypeConverters
 from pyspark.ml.param.shared import HasInputCol, HasOutputCol
 from pyspark.ml.util import DefaultParamsReadable, DefaultParamsWritable
 from pyspark.sql import functions as F
@@ -58,6 +58,7 @@ from xray_spark.features.engines import (
     resolve_engine,
     validate_engine,
 )
+from xray_spark.features.params import DeclaredParams, ParamSpec
 from xray_spark.features.pinning import check_pinned
 from xray_spark.features.weights import (
     resolve_weights,
@@ -79,92 +80,32 @@ UDF_RETURN = StructType([
 ])
 
 
-class _DeepImageFeaturizerParams(HasInputCol, HasOutputCol):
-    """Params shared by the featurizer (kept as a mixin, pyspark.ml style)."""
+class _DeepImageFeaturizerParams(DeclaredParams, HasInputCol, HasOutputCol):
+    """Params of the featurizer (kept as a mixin, pyspark.ml style), declared once (features/params.py)."""
 
-    modelName: Param[str] = Param(
-        Params._dummy(), "modelName",
-        f"backbone: one of {', '.join(backbone_names())} (case-insensitive)",
-        typeConverter=TypeConverters.toString,
+    PARAMS = (
+        ParamSpec("modelName", f"backbone: one of {', '.join(backbone_names())} (case-insensitive)",
+                  default="ResNet50"),
+        ParamSpec("scaleHint", "sparkdl compatibility, ignored: every image is resized by the same path "
+                  "(xray_spark.data.decode.resize, PIL bilinear)", default="SCALE_AREA_AVERAGE"),
+        ParamSpec("weights", "'imagenet', 'none' / 'none:seed=N' (seeded random init), or a path/URI to a "
+                  "Keras weights file", default="imagenet"),
+        ParamSpec("weightsSha256", "pin: sha256 of the weight tensors the model was trained with "
+                  "(features/pinning.py); weights that resolve to other tensors are refused. Unset: "
+                  "not pinned"),
+        ParamSpec("batchSize", "images per model call; capped by "
+                  "spark.sql.execution.arrow.maxRecordsPerBatch", TypeConverters.toInt, 32),
+        ParamSpec("errorCol", "column for the decode error ('code: detail'); null when the image was "
+                  "featurized", default="featurize_error"),
+        ParamSpec("engine", f"inference engine: one of {', '.join(ENGINES)}; 'auto' is decided on each "
+                  "executor (OpenVINO bf16 with native bf16, else OpenVINO fp32; Keras with a GPU or without "
+                  "openvino)", default="auto"),
+        ParamSpec("precision", f"OpenVINO precision: one of {', '.join(PRECISIONS)}; with engine 'auto' it "
+                  "applies only when set explicitly (otherwise auto picks)", default="fp32"),
+        ParamSpec("engineCol", "optional column for the engine that made each row's features (e.g. "
+                  "'openvino:fp32'); unset: none"),
     )
-    scaleHint: Param[str] = Param(
-        Params._dummy(), "scaleHint",
-        "sparkdl compatibility, ignored: every image is resized by the same path "
-        "(xray_spark.data.decode.resize, PIL bilinear)",
-        typeConverter=TypeConverters.toString,
-    )
-    weights: Param[str] = Param(
-        Params._dummy(), "weights",
-        "'imagenet', 'none' / 'none:seed=N' (seeded random init), or a path/URI to a Keras weights file",
-        typeConverter=TypeConverters.toString,
-    )
-    weightsSha256: Param[str] = Param(
-        Params._dummy(), "weightsSha256",
-        "pin: sha256 of the weight tensors the model was trained with (features/pinning.py); weights that "
-        "resolve to other tensors are refused. Unset: not pinned",
-        typeConverter=TypeConverters.toString,
-    )
-    batchSize: Param[int] = Param(
-        Params._dummy(), "batchSize",
-        "images per model call; capped by spark.sql.execution.arrow.maxRecordsPerBatch",
-        typeConverter=TypeConverters.toInt,
-    )
-    errorCol: Param[str] = Param(
-        Params._dummy(), "errorCol",
-        "column for the decode error ('code: detail'); null when the image was featurized",
-        typeConverter=TypeConverters.toString,
-    )
-    engine: Param[str] = Param(
-        Params._dummy(), "engine",
-        f"inference engine: one of {', '.join(ENGINES)}; 'auto' is decided on each executor (OpenVINO bf16 "
-        "with native bf16, else OpenVINO fp32; Keras with a GPU or without openvino)",
-        typeConverter=TypeConverters.toString,
-    )
-    precision: Param[str] = Param(
-        Params._dummy(), "precision",
-        f"OpenVINO precision: one of {', '.join(PRECISIONS)}; with engine 'auto' it applies only when set "
-        "explicitly (otherwise auto picks)",
-        typeConverter=TypeConverters.toString,
-    )
-    engineCol: Param[str] = Param(
-        Params._dummy(), "engineCol",
-        "optional column for the engine that made each row's features (e.g. 'openvino:fp32'); unset: none",
-        typeConverter=TypeConverters.toString,
-    )
-
-    def __init__(self, *args: Any) -> None:
-        super().__init__(*args)
-        self._setDefault(
-            inputCol="content", outputCol="features", modelName="ResNet50", scaleHint="SCALE_AREA_AVERAGE",
-            weights="imagenet", batchSize=32, errorCol="featurize_error", engine="auto", precision="fp32",
-        )
-
-    def getModelName(self) -> str:
-        return self.getOrDefault(self.modelName)
-
-    def getScaleHint(self) -> str:
-        return self.getOrDefault(self.scaleHint)
-
-    def getWeights(self) -> str:
-        return self.getOrDefault(self.weights)
-
-    def getWeightsSha256(self) -> str | None:
-        return self.getOrDefault(self.weightsSha256) if self.isDefined(self.weightsSha256) else None
-
-    def getBatchSize(self) -> int:
-        return self.getOrDefault(self.batchSize)
-
-    def getErrorCol(self) -> str:
-        return self.getOrDefault(self.errorCol)
-
-    def getEngine(self) -> str:
-        return self.getOrDefault(self.engine)
-
-    def getPrecision(self) -> str:
-        return self.getOrDefault(self.precision)
-
-    def getEngineCol(self) -> str | None:
-        return self.getOrDefault(self.engineCol) if self.isDefined(self.engineCol) else None
+    DEFAULTS = {"inputCol": "content", "outputCol": "features"}
 
     def _requested_precision(self) -> str | None:
         """The precision the engine resolver gets: None lets 'auto' pick (precision left at its default)."""
@@ -181,58 +122,16 @@ class DeepImageFeaturizer(Transformer, _DeepImageFeaturizerParams, DefaultParams
     """
 
     @keyword_only
-    def __init__(
-        self, *, inputCol: str = "content", outputCol: str = "features", modelName: str = "ResNet50",
-        scaleHint: str = "SCALE_AREA_AVERAGE", weights: str = "imagenet", batchSize: int = 32,
-        errorCol: str = "featurize_error", engine: str = "auto", precision: str = "fp32",
-        engineCol: str | None = None, weightsSha256: str | None = None,
-    ) -> None:
+    def __init__(self, **params: Any) -> None:
+        """Any of the Params by keyword (see `explainParams()`); the others keep their defaults."""
         super().__init__()
         self._udf_cache: tuple[tuple, Any] | None = None
         self._progress: Any = None  # optional Spark accumulator (not a Param: never persisted)
         self.setParams(**self._input_kwargs)
 
     @keyword_only
-    def setParams(
-        self, *, inputCol: str = "content", outputCol: str = "features", modelName: str = "ResNet50",
-        scaleHint: str = "SCALE_AREA_AVERAGE", weights: str = "imagenet", batchSize: int = 32,
-        errorCol: str = "featurize_error", engine: str = "auto", precision: str = "fp32",
-        engineCol: str | None = None, weightsSha256: str | None = None,
-    ) -> DeepImageFeaturizer:
-        return self._set(**self._input_kwargs)
-
-    def setInputCol(self, value: str) -> DeepImageFeaturizer:
-        return self._set(inputCol=value)
-
-    def setOutputCol(self, value: str) -> DeepImageFeaturizer:
-        return self._set(outputCol=value)
-
-    def setModelName(self, value: str) -> DeepImageFeaturizer:
-        return self._set(modelName=value)
-
-    def setScaleHint(self, value: str) -> DeepImageFeaturizer:
-        return self._set(scaleHint=value)
-
-    def setWeights(self, value: str) -> DeepImageFeaturizer:
-        return self._set(weights=value)
-
-    def setWeightsSha256(self, value: str) -> DeepImageFeaturizer:
-        return self._set(weightsSha256=value)
-
-    def setBatchSize(self, value: int) -> DeepImageFeaturizer:
-        return self._set(batchSize=value)
-
-    def setErrorCol(self, value: str) -> DeepImageFeaturizer:
-        return self._set(errorCol=value)
-
-    def setEngine(self, value: str) -> DeepImageFeaturizer:
-        return self._set(engine=value)
-
-    def setPrecision(self, value: str) -> DeepImageFeaturizer:
-        return self._set(precision=value)
-
-    def setEngineCol(self, value: str) -> DeepImageFeaturizer:
-        return self._set(engineCol=value)
+    def setParams(self, **params: Any) -> DeepImageFeaturizer:
+        return self._set_params(self._input_kwargs)
 
     def resolvedEngine(self) -> str:
         """The engine this machine (the driver) would run, e.g. 'openvino:fp32'.

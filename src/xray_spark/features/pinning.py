@@ -1,8 +1,8 @@
 """Weights pinning: a model remembers the exact weights it was trained with and refuses any others.
 
-Why: a PipelineModel used to name its weights by a spec (`imagenet`, `none`, a path). A path whose file was
-replaced, a Keras upgrade that changes the seeded random init, or a cluster with another copy would silently
-change what "version N" predicts. `train` therefore stores a digest of the weights on the featurizer
+Why: a spec (`imagenet`, `none`, a path) does not name the weights for good. A path whose file was replaced,
+a Keras upgrade that changes the seeded random init, or a cluster with another copy would silently change
+what "version N" predicts. `train` therefore stores a digest of the weights on the featurizer
 (`weightsSha256`), and every transform checks that the weights it resolved have that digest.
 
 The digest is over the weight TENSORS (dtype, shape and values of every variable, in the backbone's order),

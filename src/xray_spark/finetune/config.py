@@ -1,14 +1,18 @@
-"""Fine-tune settings (config section `finetune`), a plain dataclass so xray_spark.config can validate it.
+"""Fine-tune settings (config section `finetune`), declared here and registered with xray_spark.config.
 
-Why here and not in xray_spark/config.py: the settings belong to the fine-tune package, whose modules read
-them; config.py only hooks the section in (as it does for `train`). Defaults are the source report's preset
-(Adam, learning rate 3e-5, 10 epochs). There is deliberately no flip setting: chest anatomy is not left-right
-symmetric (the heart sits left), so a mirrored film is not a plausible training example.
+The settings belong to the fine-tune package, whose modules read them (also inside the TensorFlow workers,
+from the payload): config.py validates the section with the others but imports nothing from here. Defaults
+are the source report's preset (Adam, learning rate 3e-5, 10 epochs). There is deliberately no flip setting:
+chest anatomy is not left-right symmetric (the heart sits left), so a mirrored film is not a plausible
+training example.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
+
+from xray_spark.config import Ranges, register_section
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 PRECISIONS = ("auto", "bf16", "fp32")
@@ -41,3 +45,30 @@ def unfreeze_count(value: int | str) -> int | None:
     if isinstance(value, bool) or value < 0:
         raise ValueError(f"unfreeze must be 'all' or a number of layers >= 0, got {value!r}")
     return int(value)
+
+
+def _unfreeze_ok(value: Any) -> bool:
+    try:
+        unfreeze_count(value)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+# key (within the section) -> (test, the range in words), checked by xray_spark.config on every load
+RANGES: Ranges = {
+    "optimizer": (lambda v: v in OPTIMIZERS, f"one of {', '.join(OPTIMIZERS)}"),
+    "learning_rate": (lambda v: v > 0, "> 0"),
+    "epochs": (lambda v: v >= 1, ">= 1"),
+    "batch_size": (lambda v: v >= 1, ">= 1"),
+    "unfreeze": (_unfreeze_ok, "'all' or a number of layers >= 0"),
+    "rotation_degrees": (lambda v: 0 <= v <= 45, "in [0, 45] (mild: a film is never upside down)"),
+    "scale": (lambda v: 0 <= v < 0.5, "in [0, 0.5)"),
+    "contrast": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "precision": (lambda v: v in PRECISIONS, f"one of {', '.join(PRECISIONS)}"),
+    "patience": (lambda v: v >= 1, ">= 1"),
+    "workers": (lambda v: v >= 1, ">= 1"),
+    "seed": (lambda v: 0 <= v <= 2**31 - 1, "in [0, 2**31 - 1]"),
+}
+
+register_section("finetune", FinetuneConfig, RANGES)

@@ -27,7 +27,7 @@ from xray_spark.config import Config
 from xray_spark.data.decode import decode_for_model
 from xray_spark.data.images import image_contents
 from xray_spark.errors import UserError
-from xray_spark.train.tasks import Task
+from xray_spark.tasks import Task
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession

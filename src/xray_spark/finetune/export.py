@@ -4,7 +4,7 @@ Why this shape and not a new transformer: the fine-tuned network is exactly the 
 (`Backbone.build(weights=None)`: include_top=False, avg pooling, fed `Backbone.preprocess`ed images decoded
 by `decode_for_model`) followed by one Dense softmax layer, and softmax(W x + b) is a multinomial logistic
 regression. So the model is [DeepImageFeaturizer(weights = the fine-tuned backbone's file, pinned by its
-tensor digest), LogisticRegressionModel, IndexToString] (`train.compare.full_pipeline`), and every path that
+tensor digest), LogisticRegressionModel, IndexToString] (`models.pipeline.full_pipeline`), and every path that
 loads, scores, serves or exports a frozen-feature head takes it unchanged.
 
 The LogisticRegressionModel is built through py4j: its Scala constructor is `private[spark]`, which is public
@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from xray_spark.train.tasks import Task
+from xray_spark.tasks import Task
 
 if TYPE_CHECKING:
     import keras

@@ -180,7 +180,7 @@ class _Worker:
                          self.n_train * step / steps / (now - t0))
         return total / steps, self.n_train / (time.perf_counter() - t0)
 
-    def evaluate(self, role: str) -> tuple[float, float, int]:
+    def loss_and_accuracy(self, role: str) -> tuple[float, float, int]:
         """(mean loss, accuracy, images) over a whole role, exactly (padding masked), across all workers."""
         sums = np.zeros(3)
         n = len(self.data[role][1])
@@ -231,7 +231,7 @@ class _Worker:
                 break
             t_epoch = time.perf_counter()
             loss, ips = self.train_epoch(epoch)
-            val_loss, val_acc, _ = self.evaluate("val")
+            val_loss, val_acc, _ = self.loss_and_accuracy("val")
             improved = val_loss < best_val
             best_val, bad = (val_loss, 0) if improved else (best_val, bad + 1)
             best_epoch = epoch + 1 if improved else best_epoch

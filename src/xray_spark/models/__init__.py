@@ -1,7 +1,14 @@
-"""Pieces fitted at training time that travel inside the saved PipelineModel beside the head: the file
-properties of an image (header only) and the shift reference that says whether an image resembles the
-training images.
+"""What a trained model is made of, apart from fitting it.
 
-Floor 3 (see DESIGN.md's floors): imports core modules, `data` and `features`; never `train`, `scoring`,
-`serving` or the CLI, which import from here.
+- `pipeline`          the stage order MLflow stores and scoring loads (decode -> featurize -> head -> labels);
+- `frames`            the labelled rows every model is fitted and measured on, and predictions on them;
+- `metadata_baseline` the metadata-only shortcut baseline's feature pipeline;
+- `shift`, `shift_stage`, `shift_report`, `drift`: the shift reference fitted at training time, the stages
+  that carry it inside the saved pipeline, and how a run's shift and drift are worded;
+- `loading`           resolve a model URI (before Spark starts), load it, split it around the featurizer;
+- `head_export`, `heads_numpy`, `serving_bundle`, `serving_mlflow`: the Spark-free export of a trained
+  pipeline (its head as numpy arrays, the bundle folder) and that bundle in MLflow.
+
+Floor 3 of DESIGN.md's floors: may import the core, `data` and `features`; never `evaluation`, `finetune`,
+`train`, `scoring`, `serving` or the CLI, which import from here.
 """

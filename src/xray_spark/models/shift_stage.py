@@ -21,12 +21,13 @@ from pyspark import keyword_only
 from pyspark.ml import Estimator, Model, Transformer
 from pyspark.ml.functions import vector_to_array
 from pyspark.ml.linalg import VectorUDT
-from pyspark.ml.param import Param, Params, TypeConverters
+from pyspark.ml.param import TypeConverters
 from pyspark.ml.param.shared import HasFeaturesCol, HasInputCol, HasOutputCol
 from pyspark.ml.util import DefaultParamsReadable, DefaultParamsWritable
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
+from xray_spark.features.params import DeclaredParams, ParamSpec
 from xray_spark.models.shift import (
     CATEGORICAL,
     NUMERIC,
@@ -48,16 +49,20 @@ _QUANTILE_ERROR = 0.001
 _IMAGES_PER_COMPONENT = 20
 
 
-class FileProperties(Transformer, HasInputCol, HasOutputCol, DefaultParamsReadable, DefaultParamsWritable):
+class _FilePropertiesParams(DeclaredParams, HasInputCol, HasOutputCol):
+    DEFAULTS = {"inputCol": "content", "outputCol": PROPS_COL}
+
+
+class FileProperties(Transformer, _FilePropertiesParams, DefaultParamsReadable, DefaultParamsWritable):
     """Image bytes -> a struct of what the file declares (format, mode, bit depth, short and long side,
     size), read from the header only (data/decode.probe_info): the inputs of the shift check's file
     signals. Placed before the featurizer, so scoring has them after the bytes are dropped."""
 
     @keyword_only
-    def __init__(self, *, inputCol: str = "content", outputCol: str = PROPS_COL) -> None:
+    def __init__(self, **params: Any) -> None:
+        """inputCol (image bytes, default content) and outputCol (default file_props) by keyword."""
         super().__init__()
-        self._setDefault(inputCol="content", outputCol=PROPS_COL)
-        self._set(**self._input_kwargs)
+        self._set_params(self._input_kwargs)
 
     def _transform(self, dataset: DataFrame) -> DataFrame:
         @F.pandas_udf(PROPS_DDL)  # type: ignore[call-overload]
@@ -68,46 +73,32 @@ class FileProperties(Transformer, HasInputCol, HasOutputCol, DefaultParamsReadab
         return dataset.withColumn(self.getOutputCol(), props(F.col(self.getInputCol())))
 
 
-class _ShiftParams(HasFeaturesCol, HasOutputCol):
-    propsCol: Param[str] = Param(Params._dummy(), "propsCol", "struct column of file properties "
-                                 "(FileProperties' output)", typeConverter=TypeConverters.toString)
-    flagCol: Param[str] = Param(Params._dummy(), "flagCol", "boolean column: the image resembles the "
-                                "training images (shift score at most the threshold)",
-                                typeConverter=TypeConverters.toString)
+class _ShiftParams(DeclaredParams, HasFeaturesCol, HasOutputCol):
+    """The columns the shift check reads and writes, shared by ShiftDetector and ShiftModel."""
 
-    reasonsCol: Param[str] = Param(Params._dummy(), "reasonsCol", "array<string> column: why an image is "
-                                   "unlike the training images (empty when it is not)",
-                                   typeConverter=TypeConverters.toString)
-
-    def __init__(self, *args: Any) -> None:
-        super().__init__(*args)
-        self._setDefault(featuresCol="features", outputCol=SHIFT_COL, propsCol=PROPS_COL, flagCol=FLAG_COL,
-                         reasonsCol=REASONS_COL)
-
-    def getPropsCol(self) -> str:
-        return self.getOrDefault(self.propsCol)
-
-    def getFlagCol(self) -> str:
-        return self.getOrDefault(self.flagCol)
-
-    def getReasonsCol(self) -> str:
-        return self.getOrDefault(self.reasonsCol)
+    PARAMS = (
+        ParamSpec("propsCol", "struct column of file properties (FileProperties' output)", default=PROPS_COL),
+        ParamSpec("flagCol", "boolean column: the image resembles the training images (shift score at most "
+                  "the threshold)", default=FLAG_COL),
+        ParamSpec("reasonsCol", "array<string> column: why an image is unlike the training images (empty "
+                  "when it is not)", default=REASONS_COL),
+    )
+    DEFAULTS = {"featuresCol": "features", "outputCol": SHIFT_COL}
 
 
 class ShiftModel(Model, _ShiftParams, DefaultParamsReadable, DefaultParamsWritable):
     """Adds `shift_score` (double; larger = less like the training images) and `in_distribution`."""
 
-    reference: Param[str] = Param(Params._dummy(), "reference", "the fitted training reference "
-                                  "(models/shift.py Reference.to_text)",
-                                  typeConverter=TypeConverters.toString)
+    PARAMS = (ParamSpec("reference", "the fitted training reference (models/shift.py Reference.to_text)"),)
 
     @keyword_only
-    def __init__(self, *, featuresCol: str = "features", propsCol: str = PROPS_COL,
-                 outputCol: str = SHIFT_COL, flagCol: str = FLAG_COL, reference: str | None = None) -> None:
+    def __init__(self, **params: Any) -> None:
+        """Any of the Params by keyword; `reference` is what ShiftDetector fitted."""
         super().__init__()
-        self._set(**self._input_kwargs)
+        self._set_params(self._input_kwargs)
 
     def getReference(self) -> Reference:
+        """The fitted reference, parsed (the Param holds its text)."""
         return Reference.from_text(self.getOrDefault(self.reference))
 
     def with_internal_scores(self, test: DataFrame) -> ShiftModel:
@@ -129,19 +120,18 @@ class ShiftModel(Model, _ShiftParams, DefaultParamsReadable, DefaultParamsWritab
 class ShiftDetector(Estimator, _ShiftParams, DefaultParamsReadable, DefaultParamsWritable):
     """Fits a ShiftModel on the training images: features (any vector column) and file properties."""
 
-    components: Param[int] = Param(Params._dummy(), "components", "principal components of the features "
-                                   "kept for the Mahalanobis signal", typeConverter=TypeConverters.toInt)
-    quantile: Param[float] = Param(Params._dummy(), "quantile", "training quantile that sets each "
-                                   "signal's unit and the in-distribution threshold",
-                                   typeConverter=TypeConverters.toFloat)
+    PARAMS = (
+        ParamSpec("components", "principal components of the features kept for the Mahalanobis signal",
+                  TypeConverters.toInt, 16),
+        ParamSpec("quantile", "training quantile that sets each signal's unit and the in-distribution "
+                  "threshold", TypeConverters.toFloat, 0.99),
+    )
 
     @keyword_only
-    def __init__(self, *, featuresCol: str = "features", propsCol: str = PROPS_COL,
-                 outputCol: str = SHIFT_COL, flagCol: str = FLAG_COL, components: int = 16,
-                 quantile: float = 0.99) -> None:
+    def __init__(self, **params: Any) -> None:
+        """Any of the Params by keyword (the config's `shift` section sets components and quantile)."""
         super().__init__()
-        self._setDefault(components=16, quantile=0.99)
-        self._set(**self._input_kwargs)
+        self._set_params(self._input_kwargs)
 
     def _fit(self, dataset: DataFrame) -> ShiftModel:
         rows = dataset.select(_as_array(dataset, self.getFeaturesCol()).alias("x"),

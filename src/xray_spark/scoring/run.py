@@ -30,10 +30,7 @@ from pyspark.sql import functions as F
 from xray_spark.config import IMAGES_PER_TASK, WAVES_PER_CHUNK, Config
 from xray_spark.errors import UserError
 from xray_spark.models.drift import Drift, Tally, drift, drift_lines
-from xray_spark.models.shift import CATEGORICAL, FEATURES_REASON, NUMERIC
-from xray_spark.models.shift_stage import FLAG_COL, PROPS_COL, REASONS_COL, SHIFT_COL
-from xray_spark.paths import glob_escape, is_local, local_path
-from xray_spark.scoring.model import (
+from xray_spark.models.loading import (
     ModelRef,
     ScoringPipeline,
     featurizer_class,
@@ -41,11 +38,15 @@ from xray_spark.scoring.model import (
     resolve_model,
     split_pipeline,
 )
+from xray_spark.models.shift import CATEGORICAL, FEATURES_REASON, NUMERIC
+from xray_spark.models.shift_stage import FLAG_COL, PROPS_COL, REASONS_COL, SHIFT_COL
+from xray_spark.paths import glob_escape, is_local, local_path
 from xray_spark.scoring.plan import Candidate, Plan, chunks, plan_run, read_contents
 from xray_spark.scoring.store import OutputStore
 from xray_spark.spark_io import HadoopFS, balanced_partitions
 
 if TYPE_CHECKING:
+    from pyspark.ml import PipelineModel
     from pyspark.sql import Column, DataFrame, SparkSession
 
 log = logging.getLogger(__name__)
@@ -252,18 +253,7 @@ def score_folder(spark: SparkSession, cfg: Config, ref: ModelRef, *, input_dir: 
     with store.leased(ttl=cfg.scoring.lease_seconds, settle=cfg.scoring.lease_settle_seconds):
         store.clean_stale()
         try:
-            # loading the model and planning are independent Spark work: overlap them, so a run waits for
-            # the slower of the two instead of their sum
-            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="score-load-model") as pool:
-                loading = pool.submit(load_pipeline, spark, ref, store.scratch_dir())
-                ledger = store.ledger().persist()
-                try:
-                    plan = plan_run(spark, input_dir, ledger, extensions=cfg.decode.extensions,
-                                    max_file_bytes=cfg.decode.max_file_bytes, min_age_seconds=min_age_seconds,
-                                    verify_content=verify_content)
-                finally:
-                    ledger.unpersist()
-                model = loading.result()
+            model, plan = _load_and_plan(spark, cfg, ref, store, input_dir, min_age_seconds, verify_content)
             pipe = split_pipeline(model, featurizer_cls or featurizer_class(), ref.uri)
             engine_col = record_engine(pipe)
             log.debug("model loaded and run planned in %.1fs", time.time() - t0)
@@ -274,22 +264,7 @@ def score_folder(spark: SparkSession, cfg: Config, ref: ModelRef, *, input_dir: 
             if plan.refused:
                 summary.quarantined += _commit_refused(spark, pipe, store, plan)
                 summary.chunks += 1
-            parts = chunks(plan.candidates, chunk_size)
-            done, tally = 0, Tally()
-            for i, chunk in enumerate(parts, 1):
-                tc = time.time()
-                n_ok, n_bad, groups = score_chunk(spark, pipe, store, chunk, engine_col)
-                tally.add(groups)
-                summary.newly_scored += n_ok
-                summary.quarantined += n_bad
-                summary.retry_later += len(chunk) - n_ok - n_bad
-                summary.chunks += 1 if n_ok + n_bad else 0
-                done += len(chunk)
-                dt = time.time() - tc
-                log.info("chunk %d/%d: %d ok, %d quarantined, %d changed/unreadable in %.1fs "
-                         "(%.1f images/s); %d of %d candidates done", i, len(parts), n_ok, n_bad,
-                         len(chunk) - n_ok - n_bad, dt, (n_ok + n_bad) / dt if dt else 0.0, done,
-                         len(plan.candidates))
+            tally = _score_chunks(spark, pipe, store, plan, chunk_size, engine_col, summary)
             if pipe.shift is not None and tally.n:
                 summary.drift = drift(tally, pipe.shift.getReference(), cfg.shift.drift_psi,
                                       cfg.shift.drift_z, 1.0 - cfg.shift.quantile)
@@ -298,6 +273,45 @@ def score_folder(spark: SparkSession, cfg: Config, ref: ModelRef, *, input_dir: 
             store.finish()
     summary.seconds = time.time() - t0
     return summary
+
+
+def _load_and_plan(spark: SparkSession, cfg: Config, ref: ModelRef, store: OutputStore, input_dir: str,
+                   min_age_seconds: float, verify_content: bool) -> tuple[PipelineModel, Plan]:
+    """The model and the run's plan. Loading the model and planning are independent Spark work: they
+    overlap, so a run waits for the slower of the two instead of their sum."""
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="score-load-model") as pool:
+        loading = pool.submit(load_pipeline, spark, ref, store.scratch_dir())
+        ledger = store.ledger().persist()
+        try:
+            plan = plan_run(spark, input_dir, ledger, extensions=cfg.decode.extensions,
+                            max_file_bytes=cfg.decode.max_file_bytes, min_age_seconds=min_age_seconds,
+                            verify_content=verify_content)
+        finally:
+            ledger.unpersist()
+        return loading.result(), plan
+
+
+def _score_chunks(spark: SparkSession, pipe: ScoringPipeline, store: OutputStore, plan: Plan, chunk_size: int,
+                  engine_col: str | None, summary: ScoreSummary) -> Tally:
+    """Score the plan's candidates chunk by chunk (each committed on its own), counting into `summary`;
+    returns the file properties tallied over every scored chunk (for the drift check)."""
+    parts = chunks(plan.candidates, chunk_size)
+    done, tally = 0, Tally()
+    for i, chunk in enumerate(parts, 1):
+        tc = time.time()
+        n_ok, n_bad, groups = score_chunk(spark, pipe, store, chunk, engine_col)
+        tally.add(groups)
+        summary.newly_scored += n_ok
+        summary.quarantined += n_bad
+        summary.retry_later += len(chunk) - n_ok - n_bad
+        summary.chunks += 1 if n_ok + n_bad else 0
+        done += len(chunk)
+        dt = time.time() - tc
+        log.info("chunk %d/%d: %d ok, %d quarantined, %d changed/unreadable in %.1fs "
+                 "(%.1f images/s); %d of %d candidates done", i, len(parts), n_ok, n_bad,
+                 len(chunk) - n_ok - n_bad, dt, (n_ok + n_bad) / dt if dt else 0.0, done,
+                 len(plan.candidates))
+    return tally
 
 
 def check_chunk_size(chunk_size: int | None) -> None:

@@ -51,7 +51,7 @@ if TYPE_CHECKING:
 
     from pyspark.sql import DataFrame, SparkSession
 
-    from xray_spark.scoring.model import ModelRef
+    from xray_spark.models.loading import ModelRef
 
 log = logging.getLogger(__name__)
 
@@ -198,8 +198,8 @@ class OutputStore:
 
 def retry_under(decoder: str):
     """True for rows that a run with decoder signature `decoder` must score again: quarantined because no
-    decoder could read the file, by a different decoder stack (or one not recorded); or quarantined as
-    `decode_failed`, the old catch-all's reason for any fault, image or not (never written any more)."""
+    decoder could read the file, by a different decoder stack (or one not recorded); or quarantined with
+    STALE_REASON (`decode_failed`: a reason that stood for any fault, image or not; no decoder writes it)."""
     code = F.substring_index(F.col("reason"), ":", 1)
     return (F.col("status") == "quarantined") & (
         (code.isin(*RETRYABLE_REASONS) & ~F.col("decoder").eqNullSafe(F.lit(decoder)))

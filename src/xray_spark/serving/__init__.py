@@ -1,9 +1,7 @@
-"""Serving without Spark: a trained pipeline's head as numpy arrays (export once with Spark, then load and
-predict with numpy alone)."""
+"""Serving one image at a time without Spark: the HTTP app and its page, the predictor (decode -> featurize ->
+Spark-free head -> shift check), the heatmap, the MLflow pyfunc entry, and `xray-spark serve`.
 
-from __future__ import annotations
-
-from xray_spark.serving.export import UnsupportedStageError, export_head
-from xray_spark.serving.heads_numpy import HeadFormatError, SparkFreeHead
-
-__all__ = ["HeadFormatError", "SparkFreeHead", "UnsupportedStageError", "export_head"]
+Floor 7 of DESIGN.md's floors (beside `scoring`): may import the core, `data`, `features` and `models` (the
+serving bundle, its export and the numpy heads live in `models`: `train` writes them). Nothing below imports
+from here.
+"""

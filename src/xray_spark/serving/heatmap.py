@@ -31,7 +31,7 @@ from PIL import Image
 
 from xray_spark.features.backbones import get_backbone
 from xray_spark.features.engines import keras_model
-from xray_spark.serving.heads_numpy import (
+from xray_spark.models.heads_numpy import (
     MLP,
     Classifier,
     LinearSVC,

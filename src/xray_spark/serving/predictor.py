@@ -26,8 +26,8 @@ import numpy as np
 from xray_spark.data.decode import decode_for_model
 from xray_spark.data.pixels import REASONS
 from xray_spark.features.worker import WorkerFeaturizer
-from xray_spark.serving.bundle import Bundle
-from xray_spark.serving.heads_numpy import PROBABILITY
+from xray_spark.models.heads_numpy import PROBABILITY
+from xray_spark.models.serving_bundle import Bundle
 from xray_spark.serving.heatmap import FeatureMapModel, describe, heatmap_for
 from xray_spark.serving.shift_check import NO_REFERENCE, ShiftResult, check_shift
 

@@ -1,7 +1,7 @@
 """The serving bundle as an MLflow pyfunc, so `mlflow models serve -m models:/<name>-serving@champion` answers
 with the same Spark-free model as `xray-spark serve`.
 
-MLflow "models from code": `serving/mlflow_model.py` logs this file by path and MLflow runs it when the model
+MLflow "models from code": `models/serving_mlflow.py` logs this file by path and MLflow runs it when the model
 is loaded; nothing in the package imports it. Input: a DataFrame with a binary `content` column (file bytes;
 base64 strings in MLflow's JSON). Output: one row per input with `predicted_label`, `prob_<label>` per class
 (null for heads Spark gives no probability: LinearSVC, one-vs-rest), `score_<label>` (the probabilities, or
@@ -18,9 +18,9 @@ import mlflow.pyfunc
 import pandas as pd
 from mlflow.models import set_model
 
-from xray_spark.serving.bundle import load_bundle
+from xray_spark.models.serving_bundle import load_bundle
 from xray_spark.serving.predictor import InputRejected, Predictor
-from xray_spark.train.tasks import prob_suffix
+from xray_spark.tasks import prob_suffix
 
 
 class ServingModel(mlflow.pyfunc.PythonModel):

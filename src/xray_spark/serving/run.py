@@ -12,9 +12,9 @@ import os
 from pathlib import Path
 
 from xray_spark.errors import UserError
+from xray_spark.models.serving_bundle import load_bundle
+from xray_spark.models.serving_mlflow import bundle_for_model
 from xray_spark.serving.app import Settings, check_settings, run_server
-from xray_spark.serving.bundle import load_bundle
-from xray_spark.serving.mlflow_model import bundle_for_model
 from xray_spark.serving.predictor import Predictor
 
 log = logging.getLogger("xray_spark.serving")
@@ -22,7 +22,7 @@ log = logging.getLogger("xray_spark.serving")
 
 def resolve_bundle_folder(bundle: str | None, model: str | None, tracking_uri: str | None = None) -> Path:
     """The local bundle folder for `--bundle DIR` or `--model URI` (a bundle folder, or a registered model:
-    the bundle `train` logged beside it, downloaded once; see serving/mlflow_model.py)."""
+    the bundle `train` logged beside it, downloaded once; see models/serving_mlflow.py)."""
     if bundle:
         return Path(bundle).expanduser()
     if not model:

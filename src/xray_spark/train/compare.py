@@ -1,7 +1,7 @@
 """Compare heads on one feature set: fit every head x task on the persisted split, evaluate on its test side.
 
 Pure compute, as Kedro separates nodes from pipelines: Spark frames and config in, results out. Nothing here
-logs to MLflow, writes a file or prints; `train/runner.py` does that with what these functions return, so the
+logs to MLflow, writes a file or prints; `train/run.py` does that with what these functions return, so the
 same functions serve image features, the metadata baseline and anything that wants rows without side effects.
 """
 
@@ -14,17 +14,15 @@ from typing import Any
 
 import numpy as np
 from pyspark.ml import PipelineModel
-from pyspark.ml.feature import IndexToString
 from pyspark.sql import DataFrame, SparkSession
-from pyspark.sql import functions as F
 
 from xray_spark.config import Config
-from xray_spark.features.featurizer import DeepImageFeaturizer
-from xray_spark.models.shift_stage import PROPS_COL, FileProperties, ShiftModel
-from xray_spark.train.evaluate import confusion, evaluate
-from xray_spark.train.fit import FitResult, fit_head, task_frame
+from xray_spark.evaluation.metrics import confusion, metrics_with_intervals
+from xray_spark.models.frames import task_frame
+from xray_spark.models.shift_stage import ShiftModel
+from xray_spark.tasks import Task
+from xray_spark.train.fit import FitResult, fit_head
 from xray_spark.train.heads import get_head, head_params, head_title
-from xray_spark.train.tasks import Task
 
 IMAGE, BASELINE = "image", "metadata-baseline"  # the two kinds of rows in a comparison
 
@@ -54,7 +52,7 @@ class FeatureSet:
 
 @dataclass
 class ComboResult:
-    """One fitted and evaluated head on one task: the row of the comparison, plus what the runner stores."""
+    """One fitted and evaluated head on one task: the row of the comparison, plus what train/run.py stores."""
 
     features: FeatureSet
     head: str
@@ -74,23 +72,12 @@ class ComboResult:
         return f"{self.task.name}/{self.features.backbone}/{self.head}"
 
     def row(self, weights: str) -> dict[str, Any]:
-        """The comparison-table row (without the MLflow run id, which only the runner knows)."""
+        """The comparison-table row (without the MLflow run id, which only train/run.py knows)."""
         fs = self.features
         return {"task": self.task.name, "backbone": fs.backbone, "head": self.head,
                 "head_title": head_title(self.head), "kind": fs.kind,
                 "weights": weights if fs.kind == IMAGE else "n/a", "confusion": self.confusion.tolist(),
                 **self.metrics}
-
-
-def labels_frame(images: DataFrame) -> DataFrame:
-    """The ok images' labels, split and file properties (the shift check's, models/shift.py: read by
-    ingest's decode, equal to what FileProperties reads from the bytes at scoring time). A Spark DataFrame
-    over the images table; nothing is collected."""
-    props = F.struct("format", "mode", "bit_depth", F.least("width", "height").alias("short_side"),
-                     F.greatest("width", "height").alias("long_side"),
-                     F.col("file_size").cast("long").alias("file_size"))
-    return images.where("status = 'ok'").select("path", "sha256", "label", "split", F.col("fold").cast("int"),
-                                                 "group_id", "source", props.alias(PROPS_COL))
 
 
 def small_frame(spark: SparkSession, sdf: DataFrame, key: str = "sha256") -> DataFrame:
@@ -134,8 +121,8 @@ def measured(features: FeatureSet, head: str, task: Task, params: dict[str, Any]
     intervals, confusion matrix, per-source metrics. One home for how every row is measured (MLlib heads,
     the baseline, fine-tunes)."""
     tc = cfg.train
-    metrics = evaluate(fit.y_true, fit.y_pred, fit.proba, list(task.labels), fit.groups,
-                       n_resamples=tc.bootstrap_resamples, seed=tc.seed, positive=task.positive)
+    metrics = metrics_with_intervals(fit.y_true, fit.y_pred, fit.proba, list(task.labels), fit.groups,
+                                     n_resamples=tc.bootstrap_resamples, seed=tc.seed, positive=task.positive)
     metrics.update(fit_seconds=fit.fit_seconds, featurize_seconds=features.featurize_seconds)
     return ComboResult(features, head, task, params, fit, metrics,
                        confusion(fit.y_true, fit.y_pred, task.n_classes), n_train,
@@ -150,8 +137,9 @@ def per_source_metrics(fit: FitResult, task: Task, cfg: Config) -> dict[str, dic
     out = {}
     for source in sorted(set(fit.sources)):
         m = fit.sources == source
-        out[source] = evaluate(fit.y_true[m], fit.y_pred[m], fit.proba[m], list(task.labels), fit.groups[m],
-                               n_resamples=tc.bootstrap_resamples, seed=tc.seed, positive=task.positive)
+        out[source] = metrics_with_intervals(fit.y_true[m], fit.y_pred[m], fit.proba[m], list(task.labels),
+                                             fit.groups[m], n_resamples=tc.bootstrap_resamples, seed=tc.seed,
+                                             positive=task.positive)
     return out
 
 
@@ -171,26 +159,3 @@ def _orderable(value: Any) -> float:
     return float(value) if value is not None and math.isfinite(float(value)) else -math.inf
 
 
-def _decode_label(task: Task) -> IndexToString:
-    return IndexToString(inputCol="prediction", outputCol="predicted_label", labels=list(task.labels))
-
-
-def full_pipeline(backbone: str, weights: str, head_model: Any, task: Task,
-                  weights_sha256: str | None = None, shift: ShiftModel | None = None) -> PipelineModel:
-    """decode -> featurize -> head -> label decode: the one model MLflow stores and scoring loads.
-
-    `weights_sha256` pins the featurizer to the tensors the head was trained on (features/pinning.py).
-    With `shift`, file properties are read before the featurizer and `shift_score` / `in_distribution`
-    added after it (models/shift_stage.py)."""
-    featurizer = DeepImageFeaturizer(inputCol="content", outputCol="features", modelName=backbone,
-                                     weights=weights, weightsSha256=weights_sha256)
-    if shift is None:
-        return PipelineModel(stages=[featurizer, head_model, _decode_label(task)])
-    props = FileProperties(inputCol="content", outputCol=shift.getPropsCol())
-    return PipelineModel(stages=[props, featurizer, shift, head_model, _decode_label(task)])
-
-
-def baseline_pipeline(prep: PipelineModel, head_model: Any, task: Task) -> PipelineModel:
-    """images-table metadata -> features -> head -> label decode: a baseline that can be applied to another
-    source's images table."""
-    return PipelineModel(stages=[*prep.stages, head_model, _decode_label(task)])

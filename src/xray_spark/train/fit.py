@@ -17,8 +17,9 @@ from pyspark.ml.tuning import CrossValidator, ParamGridBuilder
 from pyspark.sql import functions as F
 
 from xray_spark.errors import UserError
-from xray_spark.train.heads import LABEL, WEIGHT, HeadSpec, build_head
-from xray_spark.train.tasks import Task
+from xray_spark.models.frames import LABEL, predict_split
+from xray_spark.tasks import Task
+from xray_spark.train.heads import HeadSpec, build_head
 
 log = logging.getLogger(__name__)
 
@@ -34,27 +35,6 @@ class FitResult:
     fit_seconds: float
     cv_best: dict[str, Any] | None = None
     sources: np.ndarray | None = None  # each test row's source, when the frame has one
-
-
-def task_frame(sdf, task: Task, *, weighted: bool):
-    """Keep the task's classes, add the fixed label index and (optionally) inverse-frequency class weights."""
-    df = sdf.where(F.col("label").isin(list(task.labels)))
-    mapping = F.create_map(*[x for i, lab in enumerate(task.labels) for x in (F.lit(lab), F.lit(float(i)))])
-    df = df.withColumn(LABEL, mapping[F.col("label")])
-    if weighted:
-        counts = {r["label"]: r["count"]
-                  for r in df.where(F.col("split") == "train").groupBy("label").count().collect()}
-        total = sum(counts.values())
-        w = {lab: total / (len(counts) * n) for lab, n in counts.items()}
-        wmap = F.create_map(*[x for lab, v in w.items() for x in (F.lit(lab), F.lit(float(v)))])
-        df = df.withColumn(WEIGHT, wmap[F.col("label")])
-    return df
-
-
-def _softmax(scores: np.ndarray) -> np.ndarray:
-    z = scores - scores.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
 
 
 def fit_head(
@@ -107,25 +87,3 @@ def fit_head(
                      cv_best=cv_best)
 
 
-def predict_split(model: Any, test, probabilistic: bool) -> dict[str, np.ndarray | None]:
-    """The FitResult arrays (y_true, y_pred, proba, groups, paths, sources) of `model` on the test side of a
-    task frame. Shared by the fitted heads and the fine-tuned pipeline, so both are measured on the same
-    rows in the same way."""
-    cols = ["path", "group_id", LABEL, "prediction", "rawPrediction"]
-    if "source" in test.columns:
-        cols.append("source")
-    if probabilistic:
-        cols.append("probability")
-    pdf = model.transform(test).select(*cols).toPandas()
-    if probabilistic:
-        proba = np.stack([np.asarray(v.toArray(), dtype=float) for v in pdf["probability"]])
-    else:
-        proba = _softmax(np.stack([np.asarray(v.toArray(), dtype=float) for v in pdf["rawPrediction"]]))
-    return {
-        "y_true": pdf[LABEL].to_numpy(dtype=int),
-        "y_pred": pdf["prediction"].to_numpy(dtype=int),
-        "proba": proba,
-        "groups": pdf["group_id"].astype(str).to_numpy(),
-        "paths": pdf["path"].astype(str).to_numpy(),
-        "sources": pdf["source"].astype(str).to_numpy() if "source" in pdf else None,
-    }

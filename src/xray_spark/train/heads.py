@@ -19,10 +19,7 @@ from pyspark.ml.feature import StandardScaler
 from pyspark.ml.param import Param
 
 from xray_spark.errors import UserError
-
-FEATURES = "features"
-LABEL = "label_index"
-WEIGHT = "class_weight"
+from xray_spark.models.frames import FEATURES, LABEL, WEIGHT
 
 
 @dataclass(frozen=True)

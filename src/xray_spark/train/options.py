@@ -9,9 +9,9 @@ from xray_spark.data.files import check_data_args
 from xray_spark.errors import UserError
 from xray_spark.features.backbones import backbone_names
 from xray_spark.features.run import check_weights_arg
+from xray_spark.tasks import TASKS, parse_list
 from xray_spark.train.heads import check_param_names, get_head, head_names
-from xray_spark.train.runner import TrainSpec
-from xray_spark.train.tasks import TASKS, parse_list
+from xray_spark.train.run import TrainSpec
 
 # Higher is better for all of these: the champion is the row with the largest value.
 SELECT_METRICS = ("macro_f1", "accuracy", "covid_f1", "covid_recall", "covid_precision", "roc_auc_macro")

@@ -4,8 +4,8 @@ Why the shortcut paragraph is generated, not hand-written: the honest reading of
 how the metadata-only baseline compares with the best image model, and that changes with every run. The
 report says it plainly instead of leaving the reader to spot it.
 
-Plots use matplotlib's object API with an explicit Agg canvas (no pyplot global state), so they work in
-Spark drivers, notebooks and threads alike.
+The parts every report shares (a metric with its interval, markdown tables, the confusion plot, the shortcut
+verdict) live in evaluation/report_parts.py.
 """
 
 from __future__ import annotations
@@ -17,18 +17,18 @@ import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-if TYPE_CHECKING:
-    from matplotlib.figure import Figure
+from xray_spark.evaluation.report_parts import as_good_as, fmt_num, is_finite, md_table, save_png, with_ci
+from xray_spark.models.metadata_baseline import BASELINE_NAME
+from xray_spark.train.compare import BASELINE, IMAGE
 
 log = logging.getLogger(__name__)
 
-KINDS = ("image", "metadata-baseline")
-BASELINE_MODEL = "metadata-only"
+KINDS = (IMAGE, BASELINE)  # the two kinds of rows, in the order the table shows them
 REFERENCE_HEADER = ("Model", "Precision (COVID)", "Recall (COVID)", "F1 (COVID)", "Accuracy")
 ID_COLUMNS = ["task", "kind", "backbone", "head", "weights"]
 METRIC_COLUMNS = [
@@ -47,26 +47,6 @@ _OTHER_HEADER = ("Model", "Macro F1", "ROC-AUC (macro)", "Brier", "ECE", "Fit s"
 # ------------------------------------------------------------------------------------------- formatting
 
 
-def _finite(x: Any) -> bool:
-    try:
-        return x is not None and math.isfinite(float(x))
-    except (TypeError, ValueError):
-        return False
-
-
-def _num(x: Any, digits: int = 3) -> str:
-    return f"{float(x):.{digits}f}" if _finite(x) else "n/a"
-
-
-def with_ci(row: Mapping[str, Any], metric: str) -> str:
-    """'0.951 [0.920, 0.975]' when the interval exists, else just the point estimate."""
-    point = _num(row.get(metric))
-    low, high = row.get(f"{metric}_ci_low"), row.get(f"{metric}_ci_high")
-    if _finite(row.get(metric)) and _finite(low) and _finite(high):
-        return f"{point} [{_num(low)}, {_num(high)}]"
-    return point
-
-
 def model_name(row: Mapping[str, Any]) -> str:
     """'<backbone> + <head>' ('metadata-only + <head>' for baselines); the head's title when known."""
     head = (
@@ -74,8 +54,8 @@ def model_name(row: Mapping[str, Any]) -> str:
         if isinstance(row.get("head_title"), str) and row.get("head_title")
         else row["head"]
     )
-    if row.get("kind") == "metadata-baseline":
-        return f"{BASELINE_MODEL} + {head}"
+    if row.get("kind") == BASELINE:
+        return f"{BASELINE_NAME} + {head}"
     return f"{row.get('backbone')} + {head}"
 
 
@@ -99,7 +79,7 @@ def _names(rows: list[dict[str, Any]]) -> list[str]:
 def _reference_cells(df: pd.DataFrame, task: str) -> list[list[str]]:
     rows = _task_rows(df, task)
     return [
-        [name, _num(r.get("covid_precision")), with_ci(r, "covid_recall"), _num(r.get("covid_f1")),
+        [name, fmt_num(r.get("covid_precision")), with_ci(r, "covid_recall"), fmt_num(r.get("covid_f1")),
          with_ci(r, "accuracy")]
         for name, r in zip(_names(rows), rows, strict=True)
     ]
@@ -108,8 +88,8 @@ def _reference_cells(df: pd.DataFrame, task: str) -> list[list[str]]:
 def _other_cells(df: pd.DataFrame, task: str) -> list[list[str]]:
     rows = _task_rows(df, task)
     return [
-        [name, with_ci(r, "macro_f1"), _num(r.get("roc_auc_macro")), _num(r.get("brier")),
-         _num(r.get("ece")), _num(r.get("fit_seconds"), 1), _num(r.get("featurize_seconds"), 1)]
+        [name, with_ci(r, "macro_f1"), fmt_num(r.get("roc_auc_macro")), fmt_num(r.get("brier")),
+         fmt_num(r.get("ece")), fmt_num(r.get("fit_seconds"), 1), fmt_num(r.get("featurize_seconds"), 1)]
         for name, r in zip(_names(rows), rows, strict=True)
     ]
 
@@ -122,21 +102,12 @@ def _text_table(header: Sequence[str], cells: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def md_table(header: Sequence[str], cells: list[list[str]]) -> str:
-    def esc(s: str) -> str:
-        return s.replace("|", "\\|")
-
-    lines = ["| " + " | ".join(esc(h) for h in header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(esc(c) for c in row) + " |" for row in cells]
-    return "\n".join(lines)
-
-
 def _sample_line(df: pd.DataFrame, task: str) -> str:
     rows = _task_rows(df, task)
-    n = {(r.get("n_test"), r.get("n_test_groups")) for r in rows if _finite(r.get("n_test"))}
+    n = {(r.get("n_test"), r.get("n_test_groups")) for r in rows if is_finite(r.get("n_test"))}
     if len(n) == 1:
         ((n_test, n_groups),) = n
-        groups = f", {int(n_groups)} groups" if _finite(n_groups) else ""
+        groups = f", {int(n_groups)} groups" if is_finite(n_groups) else ""
         return f"Test split: {int(n_test)} images{groups}. Brackets: 95% interval, bootstrap over groups."
     return "Brackets: 95% interval, bootstrap over groups."
 
@@ -153,16 +124,16 @@ def comparison_table(rows: list[dict]) -> pd.DataFrame:
     df = pd.DataFrame(list(rows))
     for col in ID_COLUMNS + METRIC_COLUMNS:
         if col not in df:
-            df[col] = "image" if col == "kind" else np.nan
+            df[col] = IMAGE if col == "kind" else np.nan
     if df.empty:
         return df[ID_COLUMNS + METRIC_COLUMNS]
-    df["kind"] = df["kind"].fillna("image")
+    df["kind"] = df["kind"].fillna(IMAGE)
     bad = sorted(set(df["kind"]) - set(KINDS))
     if bad:
         raise ValueError(f"unknown kind {bad}; expected one of {KINDS}")
     if df["task"].isna().any() or df["head"].isna().any():
         raise ValueError("every row needs a task and a head")
-    df.loc[(df["kind"] == "metadata-baseline") & df["backbone"].isna(), "backbone"] = BASELINE_MODEL
+    df.loc[(df["kind"] == BASELINE) & df["backbone"].isna(), "backbone"] = BASELINE_NAME
     extra = [c for c in df.columns if c not in ID_COLUMNS + METRIC_COLUMNS]
     df = df[ID_COLUMNS + METRIC_COLUMNS + extra]
     task_order = {t: i for i, t in enumerate(dict.fromkeys(df["task"]))}
@@ -183,45 +154,6 @@ def format_reference_table(df: pd.DataFrame, task: str) -> str:
 # ------------------------------------------------------------------------------------------------ plots
 
 
-def _save(fig: Figure, path: Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    from matplotlib.backends.backend_agg import FigureCanvasAgg  # lazy: ~0.5 s; only plots need it
-
-    FigureCanvasAgg(fig)
-    fig.savefig(path, format="png", dpi=120, bbox_inches="tight")
-    return path
-
-
-def plot_confusion(cm: np.ndarray, labels: list[str], title: str, path: Path) -> Path:
-    """Confusion matrix PNG: colour = share of the true class, text = count and row %."""
-    cm = np.asarray(cm)
-    k = len(labels)
-    if cm.shape != (k, k):
-        raise ValueError(f"confusion matrix shape {cm.shape} does not match {k} labels")
-    rows = cm.sum(axis=1, keepdims=True)
-    frac = np.divide(cm, rows, out=np.zeros(cm.shape), where=rows > 0)
-    side = 1.4 * k + 2.2
-    from matplotlib.figure import Figure  # lazy: ~0.5 s; argument checks and tables never plot
-
-    fig = Figure(figsize=(side + 1.2, side), layout="constrained")
-    ax = fig.add_subplot()
-    im = ax.imshow(frac, cmap="Blues", vmin=0.0, vmax=1.0)
-    for i in range(k):
-        for j in range(k):
-            text = f"{int(cm[i, j])}\n({100 * frac[i, j]:.1f}%)"
-            ax.text(j, i, text, ha="center", va="center", fontsize=10,
-                    color="white" if frac[i, j] > 0.55 else "black")
-    ticks = [f"{lab}\n(n={int(rows[i, 0])})" for i, lab in enumerate(labels)]
-    ax.set_xticks(range(k), labels=labels)
-    ax.set_yticks(range(k), labels=ticks)
-    ax.set_xlabel("Predicted label")
-    ax.set_ylabel("True label")
-    ax.set_title(title, fontsize=11)
-    fig.colorbar(im, ax=ax, shrink=0.8, label="Share of true class")
-    return _save(fig, path)
-
-
 def _plot_comparison(df: pd.DataFrame, path: Path) -> Path:
     """Dot plot per task: accuracy and macro-F1 with 95% intervals; baseline rows on a grey band."""
     tasks = list(dict.fromkeys(df["task"])) if not df.empty else []
@@ -239,7 +171,7 @@ def _plot_comparison(df: pd.DataFrame, path: Path) -> Path:
     lows = (
         [df[f"{m}_ci_low"].min() for m, *_ in metrics] + [df[m].min() for m, *_ in metrics] if len(df) else []
     )
-    finite_lows = [float(v) for v in lows if _finite(v)]
+    finite_lows = [float(v) for v in lows if is_finite(v)]
     x_min = max(0.0, math.floor((min(finite_lows) - 0.05) * 10) / 10) if finite_lows else 0.0
     for ax, task in zip(axes, tasks or [None], strict=True):
         if task is None:
@@ -249,24 +181,24 @@ def _plot_comparison(df: pd.DataFrame, path: Path) -> Path:
         rows = _task_rows(df, task)
         names = _names(rows)
         for i, r in enumerate(rows):
-            if r.get("kind") == "metadata-baseline":
+            if r.get("kind") == BASELINE:
                 ax.axhspan(i - 0.5, i + 0.5, color="0.88", zorder=0)
             for m, _, color, marker, dy in metrics:
                 v, lo, hi = r.get(m), r.get(f"{m}_ci_low"), r.get(f"{m}_ci_high")
-                if not _finite(v):
+                if not is_finite(v):
                     continue
-                err = [[v - lo], [hi - v]] if _finite(lo) and _finite(hi) else None
+                err = [[v - lo], [hi - v]] if is_finite(lo) and is_finite(hi) else None
                 ax.errorbar(v, i + dy, xerr=err, fmt=marker, color=color, capsize=3, markersize=6, zorder=3)
         base_acc = [
             float(r["accuracy"])
             for r in rows
-            if r.get("kind") == "metadata-baseline" and _finite(r.get("accuracy"))
+            if r.get("kind") == BASELINE and is_finite(r.get("accuracy"))
         ]
         if base_acc:
             ax.axvline(max(base_acc), color="0.35", linestyle=":", linewidth=1.2, zorder=1)
         ax.set_yticks(range(len(rows)), labels=names)
         for tick, r in zip(ax.get_yticklabels(), rows, strict=True):
-            if r.get("kind") == "metadata-baseline":
+            if r.get("kind") == BASELINE:
                 tick.set_fontstyle("italic")
         ax.set_ylim(len(rows) - 0.5, -0.5)
         ax.set_xlim(x_min, 1.01)
@@ -279,7 +211,7 @@ def _plot_comparison(df: pd.DataFrame, path: Path) -> Path:
     handles.append(Patch(facecolor="0.88", label="metadata-only baseline (no pixels)"))
     handles.append(Line2D([], [], color="0.35", linestyle=":", label="best baseline accuracy"))
     fig.legend(handles=handles, loc="outside upper center", ncols=4, frameon=False)
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 # ------------------------------------------------------------------------------------------------ files
@@ -339,17 +271,8 @@ def write_comparison(df: pd.DataFrame, out_dir: Path) -> list[Path]:
 
 def _best_rows(df: pd.DataFrame, task: str, metric: str) -> tuple[list[dict], list[dict]]:
     rows = _task_rows(df, task)
-    return ([r for r in rows if r.get("kind") == "image" and _finite(r.get(metric))],
-            [r for r in rows if r.get("kind") == "metadata-baseline" and _finite(r.get(metric))])
-
-
-def as_good_as(model: Mapping[str, Any], baseline: Mapping[str, Any], metric: str) -> bool | None:
-    """The shortcut verdict, one rule everywhere: True when the baseline's `metric` reaches the model's 95%
-    interval (its lower bound); None when either value or the model's interval is missing."""
-    value, lo = baseline.get(metric), model.get(f"{metric}_ci_low")
-    if not (_finite(model.get(metric)) and _finite(value) and _finite(lo)):
-        return None
-    return float(value) >= float(lo)
+    return ([r for r in rows if r.get("kind") == IMAGE and is_finite(r.get(metric))],
+            [r for r in rows if r.get("kind") == BASELINE and is_finite(r.get(metric))])
 
 
 def baseline_matches(df: pd.DataFrame, task: str, metric: str = "accuracy") -> bool | None:
@@ -378,7 +301,7 @@ def baseline_comparison(df: pd.DataFrame, task: str, metric: str = "accuracy") -
     lo, hi = best.get(f"{metric}_ci_low"), best.get(f"{metric}_ci_high")
     who = (f"Best image model: {model_name(best)}, {label} {with_ci(best, metric)}. "
            f"Best metadata-only baseline: {model_name(bbest)}, {label} {b_val:.3f}")
-    if not (_finite(lo) and _finite(hi)):
+    if not (is_finite(lo) and is_finite(hi)):
         gap = m_val - b_val
         return (f"{who}. No interval is available, so only the point estimates can be compared "
                 f"(image model minus baseline: {gap:+.3f}); without an interval a small gap is no evidence "

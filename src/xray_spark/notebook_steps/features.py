@@ -15,7 +15,7 @@ from sklearn.manifold import TSNE
 from xray_spark.config import Config
 from xray_spark.data.images import image_contents
 from xray_spark.features.cache import featurize_to_cache
-from xray_spark.notebooks.common import LABEL_COLORS, _figure, load_dataset
+from xray_spark.notebook_steps.common import LABEL_COLORS, _figure, load_dataset
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession

@@ -37,9 +37,9 @@ from xray_spark import __version__
 from xray_spark.errors import UserError
 from xray_spark.features.backbones import get_backbone
 from xray_spark.features.weights import file_digest, resolve_weights, weights_fingerprint, weights_kind
+from xray_spark.models.head_export import FEATURIZER, SHIFT_STAGE, export_head, flatten_stages
+from xray_spark.models.heads_numpy import HeadFormatError, SparkFreeHead
 from xray_spark.models.shift import Reference
-from xray_spark.serving.export import FEATURIZER, SHIFT_STAGE, export_head, flatten_stages
-from xray_spark.serving.heads_numpy import HeadFormatError, SparkFreeHead
 
 FORMAT = "xray-spark/serving-bundle"
 FORMAT_VERSION = 1

@@ -5,8 +5,9 @@ The driver holds only small things: shard counts, the payload, each worker's res
 chief, a confusion matrix of its test share from every worker), and the test fold's predictions (as `train`
 collects its heads'). After training, the Keras model becomes the Spark PipelineModel of export.py; its
 fine-tuned backbone weights are carried in the run exactly as `train` carries a backbone's (pinning.py), and
-the test-fold metrics come from that exported model through `train`'s own helpers (`predict_split`,
-`evaluate`: same grouped split, same bootstrap intervals), so they describe the model that is registered.
+the test-fold metrics come from that exported model through the helpers `train` measures with
+(`models.frames.predict_split`, `evaluation.metrics`: same grouped split, same bootstrap intervals), so they
+describe the model that is registered.
 The model is registered under the task's name without moving `champion` (competing for it is `train`'s
 job), with a Spark-free serving bundle linked as for champions, so `serve --model models:/NAME/VERSION` works.
 """
@@ -27,6 +28,8 @@ from xray_spark import paths
 from xray_spark.config import Config
 from xray_spark.data.images import image_contents, load_or_ingest
 from xray_spark.errors import UserError
+from xray_spark.evaluation.metrics import confusion, metrics_with_intervals
+from xray_spark.evaluation.report_parts import plot_confusion
 from xray_spark.features.backbones import get_backbone
 from xray_spark.features.pinning import carry_weights
 from xray_spark.features.weights import resolve_weights, ship_weights
@@ -35,7 +38,10 @@ from xray_spark.finetune.data import class_weights, steps_for, write_shards
 from xray_spark.finetune.distributed import NotShared, run_barrier
 from xray_spark.finetune.export import backbone_and_head, save_backbone_weights, softmax_head
 from xray_spark.finetune.trainer import CHECKPOINTS, MODEL_FILE
-from xray_spark.serving.mlflow_model import log_serving_model
+from xray_spark.models.frames import labels_frame, predict_split, task_frame
+from xray_spark.models.pipeline import full_pipeline
+from xray_spark.models.serving_mlflow import log_serving_model
+from xray_spark.tasks import Task, get_task
 from xray_spark.tracking import (
     SERVING_TAG,
     configure,
@@ -49,11 +55,6 @@ from xray_spark.tracking import (
     spark_model_signature,
     tracking_uri_for,
 )
-from xray_spark.train.compare import full_pipeline, labels_frame
-from xray_spark.train.evaluate import confusion, evaluate
-from xray_spark.train.fit import predict_split, task_frame
-from xray_spark.train.report import plot_confusion
-from xray_spark.train.tasks import Task, get_task
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +85,7 @@ class FinetuneResult:
     model_uri: str = ""  # models:/NAME/VERSION
     run_id: str = ""
     tracking_uri: str = ""
-    predictions: dict[str, Any] | None = None  # exported model's test-fold arrays (train.fit.predict_split)
+    predictions: dict[str, Any] | None = None  # exported model's test-fold arrays (frames.predict_split)
 
     def lines(self) -> list[str]:
         m = self.metrics
@@ -214,8 +215,8 @@ class Exported:
     weights_uri: str  # its copy carried in the active MLflow run (runs:/...)
     weights_sha256: str
     head: Any  # the softmax head as an MLlib LogisticRegressionModel
-    pipeline: Any  # train.compare.full_pipeline: decode -> fine-tuned featurizer -> head -> label
-    predictions: dict[str, Any]  # train.fit.predict_split arrays on the test fold
+    pipeline: Any  # models.pipeline.full_pipeline: decode -> fine-tuned featurizer -> head -> label
+    predictions: dict[str, Any]  # models.frames.predict_split arrays on the test fold
     seconds: float  # exporting and predicting
 
 
@@ -281,8 +282,9 @@ def _track(spark, cfg: Config, spec: FinetuneSpec, task: Task, images, summary: 
         log_history(metrics)
         ex = export_finetuned(spark, cfg, images, summary, task, bb.name, spec.out_dir)
         pred = ex.predictions
-        test = evaluate(pred["y_true"], pred["y_pred"], pred["proba"], list(task.labels), pred["groups"],
-                        n_resamples=tc.bootstrap_resamples, seed=tc.seed, positive=task.positive)
+        test = metrics_with_intervals(pred["y_true"], pred["y_pred"], pred["proba"], list(task.labels),
+                                      pred["groups"], n_resamples=tc.bootstrap_resamples, seed=tc.seed,
+                                      positive=task.positive)
         cm = confusion(pred["y_true"], pred["y_pred"], task.n_classes)
         mlflow.log_metrics(finite_metrics(test))
         png = plot_confusion(cm, list(task.labels), f"{task.description}\n{bb.name} fine-tuned",

@@ -10,7 +10,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from xray_spark.data.decode import decode_gray, resize
-from xray_spark.notebooks.common import LABEL_COLORS, _figure
+from xray_spark.notebook_steps.common import LABEL_COLORS, _figure
 from xray_spark.paths import local_path
 
 

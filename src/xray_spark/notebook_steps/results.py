@@ -12,7 +12,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from xray_spark.config import load_config
-from xray_spark.notebooks.common import _figure
+from xray_spark.notebook_steps.common import _figure
 from xray_spark.tracking import CHAMPION, EXPERIMENT, registered_name
 
 _METRICS = ("accuracy", "accuracy_ci_low", "accuracy_ci_high", "macro_f1", "macro_f1_ci_low",

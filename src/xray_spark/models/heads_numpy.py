@@ -2,9 +2,9 @@
 
 Why only numpy and the standard library (not even `xray_spark.errors`): the head format must be readable by
 anything that has numpy, no JVM and not even this package; a test imports it by path with pyspark and
-xray_spark blocked. Each rule
-mirrors Spark 4.0's predictRaw / raw2probability / raw2prediction of the model it replaces, down to the order
-of operations that decides the last bits (sequential sums, `1 - p0`, `* (1 / sum)`). export.py fills these.
+xray_spark blocked. Each rule mirrors Spark 4.0's predictRaw / raw2probability / raw2prediction of the model
+it replaces, down to the order of operations that decides the last bits (sequential sums, `1 - p0`,
+`* (1 / sum)`). head_export.py fills these.
 """
 
 from __future__ import annotations

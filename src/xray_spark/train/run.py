@@ -6,7 +6,7 @@ featurize -> head -> label decode) -> comparison table, report, plots -> `champi
 metadata-only baseline runs beside the image models on the same split.
 
 This module is the only place in training that logs to MLflow, writes reports and registers champions; the
-computing lives in compare.py, fit.py and evaluate.py. It prints nothing: the CLI shows the result.
+computing lives in compare.py, fit.py and evaluation/metrics.py. It prints nothing: the CLI shows the result.
 """
 
 from __future__ import annotations
@@ -26,14 +26,19 @@ from pyspark.sql import DataFrame, SparkSession
 
 from xray_spark.config import Config
 from xray_spark.data.images import fetch_selections, image_contents, load_or_ingest, ok_keys
-from xray_spark.evaluate import side_by_side_md
+from xray_spark.evaluation.leave_one_source_out import held_out_split, loso_plan
+from xray_spark.evaluation.report_parts import plot_confusion, side_by_side_md
 from xray_spark.features.cache import featurize_to_cache
 from xray_spark.features.pinning import carry_weights
 from xray_spark.features.weights import resolve_weights
-from xray_spark.finetune.runner import RANDOM_NOTE, export_finetuned, fit_finetune, log_history
+from xray_spark.finetune.run import RANDOM_NOTE, export_finetuned, fit_finetune, log_history
+from xray_spark.models.frames import labels_frame
+from xray_spark.models.metadata_baseline import BASELINE_NAME, baseline_input, metadata_feature_model
+from xray_spark.models.pipeline import baseline_pipeline, full_pipeline
+from xray_spark.models.serving_mlflow import log_serving_model, serving_name
 from xray_spark.models.shift import shift_metrics
 from xray_spark.models.shift_stage import ShiftDetector
-from xray_spark.serving.mlflow_model import log_serving_model, serving_name
+from xray_spark.tasks import Task, get_task
 from xray_spark.tracking import (
     BASELINE_TAG,
     SERVING_TAG,
@@ -48,36 +53,29 @@ from xray_spark.tracking import (
     spark_model_signature,
     tracking_uri_for,
 )
-from xray_spark.train.baseline import BASELINE_NAME, baseline_input, metadata_feature_model
 from xray_spark.train.compare import (
     BASELINE,
     IMAGE,
     ComboResult,
     FeatureSet,
-    baseline_pipeline,
     champion_rows,
     fit_and_evaluate,
-    full_pipeline,
-    labels_frame,
     measured,
     small_frame,
     task_frames,
 )
 from xray_spark.train.fit import FitResult
 from xray_spark.train.heads import FINETUNE, head_title
-from xray_spark.train.loso import held_out_split, loso_plan
 from xray_spark.train.report import (
     append_section,
     baseline_comparison,
     baseline_matches,
     comparison_table,
     per_source_md,
-    plot_confusion,
     sources_md,
     write_comparison,
     write_report,
 )
-from xray_spark.train.tasks import Task, get_task
 
 log = logging.getLogger(__name__)
 
@@ -202,8 +200,30 @@ class _Tracker:
                                                 order.get(r["backbone"], 0), order.get(r["head"], 0)))
 
 
-def _finetune(spark: SparkSession, cfg: Config, spec: TrainSpec, images: DataFrame, summary: dict, task: Task,
-              backbone: str, tracker: _Tracker) -> None:
+@dataclass
+class _Run:
+    """What every step of one `train` run shares: the inputs, the ingested data, and what the steps collect
+    (the tracker's rows and models, the seconds per step)."""
+
+    spark: SparkSession
+    cfg: Config
+    spec: TrainSpec
+    tasks: list[Task]
+    images: DataFrame  # the ingest output's images table
+    summary: dict  # its summary.json
+    labels: DataFrame  # models.frames.labels_frame(images), cached for the run
+    contents: DataFrame  # (sha256, content) of the ingested files
+    keys: DataFrame  # the ok images' content hashes: what featurizing must cover
+    cache_dir: str  # the feature cache
+    tracker: _Tracker
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def mllib_heads(self) -> list[str]:
+        return [h for h in self.spec.heads if h != FINETUNE]
+
+
+def _finetune(run: _Run, task: Task, backbone: str) -> None:
     """`--heads finetune`: train the backbone end to end on this task (xray_spark.finetune: barrier workers,
     the persisted split's train folds, one of them for early stopping), then log it as one more row of the
     comparison: the exported Spark model on the same test fold, measured by `compare.measured`, so it
@@ -212,13 +232,14 @@ def _finetune(spark: SparkSession, cfg: Config, spec: TrainSpec, images: DataFra
     import mlflow  # lazy: a slow import that argument checks skip
     import mlflow.keras  # lazy: a slow import that argument checks skip
 
+    spark, cfg, spec = run.spark, run.cfg, run.spec
     ft_out = str(Path(spec.out_dir) / "finetune" / f"{task.name}-{backbone}")
-    m = fit_finetune(spark, cfg, images, summary, task, backbone, spec.weights, ft_out)
-    with mlflow.start_run(run_name=f"{task.name}/{backbone}/{FINETUNE}", nested=True) as run:
+    m = fit_finetune(spark, cfg, run.images, run.summary, task, backbone, spec.weights, ft_out)
+    with mlflow.start_run(run_name=f"{task.name}/{backbone}/{FINETUNE}", nested=True) as mlflow_run:
         mlflow.set_tags({"start_weights": m["weights_kind"],
                          **({"note": RANDOM_NOTE} if m["weights_kind"] == "none" else {})})
         log_history(m)
-        ex = export_finetuned(spark, cfg, images, summary, task, backbone, ft_out)
+        ex = export_finetuned(spark, cfg, run.images, run.summary, task, backbone, ft_out)
         mlflow.keras.log_model(ex.keras_model, "keras_model", pip_requirements=model_pip_requirements())
     fit = FitResult(model=ex.head, fit_seconds=m["train_seconds"], **ex.predictions)
     features = FeatureSet(IMAGE, backbone, (), int(ex.head.numFeatures), m["weights_fingerprint"], 0.0)
@@ -227,7 +248,7 @@ def _finetune(spark: SparkSession, cfg: Config, spec: TrainSpec, images: DataFra
               "precision_policy": m["policy"], "val_fold": m["val_fold"], "n_val": m["n_val"]}
     res = measured(features, FINETUNE, task, params, fit, m["n_train"], cfg,
                    own_weights=(ex.weights_uri, ex.weights_sha256, ex.weights_file))
-    tracker.log(res, run_id=run.info.run_id)
+    run.tracker.log(res, run_id=mlflow_run.info.run_id)
 
 
 def _run_combinations(features: FeatureSet, heads: list[str], cfg: Config,
@@ -279,7 +300,8 @@ def _release(features: FeatureSet, frame: DataFrame) -> None:
 
 
 def run_training(spark: SparkSession, cfg: Config, spec: TrainSpec) -> TrainResult:
-    """The whole `train` command; see the module docstring."""
+    """The whole `train` command, step by step (see the module docstring): every backbone's heads, the
+    baseline, the comparison report, the champions, the per-source sections and leave-one-source-out."""
     import mlflow  # lazy: a slow import that argument checks skip
 
     t_start = time.time()
@@ -290,93 +312,133 @@ def run_training(spark: SparkSession, cfg: Config, spec: TrainSpec) -> TrainResu
     labels = labels_frame(images).cache()
     configure(tracking_uri_for(spec.tracking_uri, cfg.tracking_uri, out), out)
     tracking_uri = mlflow.get_tracking_uri()
-    cache_dir = spec.cache_dir or cfg.cache_dir or str(out / "features")
-    seconds: dict[str, float] = {}
-
     with mlflow.start_run(run_name=f"train {','.join(spec.backbones)} x {','.join(spec.heads)}") as parent:
-        mlflow.log_params({
-            "backbones": ",".join(spec.backbones), "heads": ",".join(spec.heads),
-            "tasks": ",".join(spec.tasks),
-            "weights": spec.weights, "split_hash": summary["split"]["hash"], "split_seed": cfg.split.seed,
-            "dataset_manifest_hash": summary.get("manifest_hash", ""), "data": spec.data_text(),
-            **library_versions(),
-        })
-        tracker = _Tracker(spec, cfg, summary, parent.info.run_id, parent.info.experiment_id)
-        contents, keys = image_contents(spark, summary, cfg), ok_keys(images)
-        mllib = [h for h in spec.heads if h != FINETUNE]
+        mlflow.log_params(_run_params(spec, cfg, summary))
+        run = _Run(spark, cfg, spec, tasks, images, summary, labels, image_contents(spark, summary, cfg),
+                   ok_keys(images), spec.cache_dir or cfg.cache_dir or str(out / "features"),
+                   _Tracker(spec, cfg, summary, parent.info.run_id, parent.info.experiment_id))
         for backbone in spec.backbones:
-            if FINETUNE in spec.heads:
-                t0 = time.time()
-                for task in tasks:
-                    _finetune(spark, cfg, spec, images, summary, task, backbone, tracker)
-                seconds[f"finetune_{backbone}"] = time.time() - t0
-            if not mllib:
-                continue
-            t0 = time.time()
-            feats = featurize_to_cache(spark, contents, backbone, spec.weights, cache_dir, keys=keys)
-            feats = feats.select("sha256", "features", "featurize_error", "weights_fingerprint").cache()
-            fingerprint = feats.select("weights_fingerprint").first()[0]
-            failed = feats.where("features IS NULL").count()
-            seconds[f"featurize_{backbone}"] = time.time() - t0
-            if failed:
-                log.warning("%s: %d images could not be featurized; they are left out of training",
-                            backbone, failed)
-            tracker.pins[backbone] = carry_weights(spark, backbone, spec.weights, fingerprint)
-            features, frame = _image_features(spark, labels, feats, tasks, cfg, backbone, fingerprint,
-                                              seconds[f"featurize_{backbone}"])
-            t1 = time.time()
-            _run_combinations(features, mllib, cfg, tracker.log)
-            seconds[f"heads_{backbone}"] = time.time() - t1
-            _release(features, frame)
-            feats.unpersist()
+            _train_backbone(run, backbone)
         if spec.baseline:
-            t1 = time.time()
-            features, frame = _baseline_features(spark, images, tasks, cfg)
-            # the baseline fits the MLlib heads asked for (a fine-tune of metadata is no model): `lr` when
-            # only `finetune` was asked, so the fine-tune still has its baseline beside it
-            _run_combinations(features, mllib or ["lr"], cfg, tracker.log)
-            _release(features, frame)
-            seconds["baseline"] = time.time() - t1
-
-        rows = tracker.ordered_rows()
-        table = comparison_table(rows)
-        files = {p.name: p for p in write_comparison(table, out)}
-        context = _report_context(spec, summary, cfg, tracking_uri)
-        files["report.md"] = write_report(table, out, context=context, confusion_pngs=tracker.confusion_pngs,
-                                          metric=cfg.train.select_metric)
-        for p in files.values():
-            mlflow.log_artifact(str(p), "comparison")
-        champions = _register_champions(tracker, rows, spec, cfg)
-        _log_champion_baselines(tracker, champions)
-        _log_champion_serving(spark, tracker, champions, spec, table, cfg.train.select_metric)
-        mlflow.set_tags({f"champion.{t}": json.dumps(c) for t, c in champions.items()})
-        by_source = [per_source_md(f"{get_task(t).description}: {c['backbone']} + {c['head']}",
-                                   tracker.per_source[(t, c["backbone"], c["head"])])
-                     for t, c in champions.items() if (t, c["backbone"], c["head"]) in tracker.per_source]
-        per_source = summary.get("per_source", {})
-        if len(per_source) > 1:
-            selections = fetch_selections(spark, summary)
-            append_section(files["report.md"], "Sources", _SOURCES_INTRO, [sources_md(
-                per_source, selections, int(summary["duplicates"].get("n_cross_source_pairs", 0)))])
-            mlflow.log_metrics({f"source/{name}/{k}": float(v) for name, c in per_source.items()
-                                for k, v in c.items()})
-            mlflow.log_dict(selections, "comparison/sources_left_out.json")
-        if by_source:
-            append_section(files["report.md"], "Per source (internal test split)",
-                           "Each champion's test-split metrics broken down by the source of the images.",
-                           by_source)
+            _train_baseline(run)
+        rows, table, files = _write_comparison(run, tracking_uri)
+        champions = _publish_champions(run, rows, table)
+        _report_sources(run, files["report.md"], champions)
         if spec.loso:
-            t1 = time.time()
-            sections = [_leave_one_source_out(spark, cfg, spec, labels, get_task(task), champ, table, tracker,
-                                              cache_dir, contents, keys) for task, champ in champions.items()]
-            append_section(files["report.md"], "Leave-one-source-out", _LOSO_INTRO, sections)
-            mlflow.log_artifact(str(files["report.md"]), "comparison")
-            seconds["leave_one_source_out"] = time.time() - t1
-        seconds["total"] = time.time() - t_start
-        mlflow.log_metrics({f"seconds_{k}": v for k, v in seconds.items()})
+            _leave_one_source_out(run, champions, table, files["report.md"])
+        run.seconds["total"] = time.time() - t_start
+        mlflow.log_metrics({f"seconds_{k}": v for k, v in run.seconds.items()})
     labels.unpersist()
     return TrainResult(comparison=table, champions=champions, files=files, parent_run_id=parent.info.run_id,
-                       tracking_uri=tracking_uri, seconds=seconds, ingest_dir=layout.root)
+                       tracking_uri=tracking_uri, seconds=run.seconds, ingest_dir=layout.root)
+
+
+def _run_params(spec: TrainSpec, cfg: Config, summary: dict) -> dict[str, Any]:
+    """The parent run's params: what was asked, on which split of which data, with which libraries."""
+    return {
+        "backbones": ",".join(spec.backbones), "heads": ",".join(spec.heads),
+        "tasks": ",".join(spec.tasks),
+        "weights": spec.weights, "split_hash": summary["split"]["hash"], "split_seed": cfg.split.seed,
+        "dataset_manifest_hash": summary.get("manifest_hash", ""), "data": spec.data_text(),
+        **library_versions(),
+    }
+
+
+def _featurize(run: _Run, backbone: str) -> tuple[DataFrame, str, int]:
+    """One backbone's features of every ok image, from the feature cache (computed once, then reused) and
+    cached in memory for the heads: (features, weights fingerprint, images that could not be featurized)."""
+    feats = featurize_to_cache(run.spark, run.contents, backbone, run.spec.weights, run.cache_dir,
+                               keys=run.keys)
+    feats = feats.select("sha256", "features", "featurize_error", "weights_fingerprint").cache()
+    fingerprint = feats.select("weights_fingerprint").first()[0]
+    return feats, fingerprint, feats.where("features IS NULL").count()
+
+
+def _train_backbone(run: _Run, backbone: str) -> None:
+    """Every head asked for on one backbone: the fine-tunes, then the MLlib heads on its features."""
+    if FINETUNE in run.spec.heads:
+        t0 = time.time()
+        for task in run.tasks:
+            _finetune(run, task, backbone)
+        run.seconds[f"finetune_{backbone}"] = time.time() - t0
+    if not run.mllib_heads:
+        return
+    t0 = time.time()
+    feats, fingerprint, failed = _featurize(run, backbone)
+    run.seconds[f"featurize_{backbone}"] = time.time() - t0
+    if failed:
+        log.warning("%s: %d images could not be featurized; they are left out of training", backbone, failed)
+    run.tracker.pins[backbone] = carry_weights(run.spark, backbone, run.spec.weights, fingerprint)
+    features, frame = _image_features(run.spark, run.labels, feats, run.tasks, run.cfg, backbone, fingerprint,
+                                      run.seconds[f"featurize_{backbone}"])
+    t1 = time.time()
+    _run_combinations(features, run.mllib_heads, run.cfg, run.tracker.log)
+    run.seconds[f"heads_{backbone}"] = time.time() - t1
+    _release(features, frame)
+    feats.unpersist()
+
+
+def _train_baseline(run: _Run) -> None:
+    """The metadata-only baseline beside the image models: the MLlib heads asked for (a fine-tune of
+    metadata is no model), `lr` when only `finetune` was asked, so the fine-tune still has its baseline."""
+    t1 = time.time()
+    features, frame = _baseline_features(run.spark, run.images, run.tasks, run.cfg)
+    _run_combinations(features, run.mllib_heads or ["lr"], run.cfg, run.tracker.log)
+    _release(features, frame)
+    run.seconds["baseline"] = time.time() - t1
+
+
+def _write_comparison(run: _Run, tracking_uri: str
+                      ) -> tuple[list[dict[str, Any]], pd.DataFrame, dict[str, Path]]:
+    """The comparison table (CSV, Markdown, HTML, plot) and report.md under --out, logged to the parent run:
+    (rows, table, files by name)."""
+    import mlflow  # lazy: a slow import that argument checks skip
+
+    out = Path(run.spec.out_dir)
+    rows = run.tracker.ordered_rows()
+    table = comparison_table(rows)
+    files = {p.name: p for p in write_comparison(table, out)}
+    context = _report_context(run.spec, run.summary, run.cfg, tracking_uri)
+    files["report.md"] = write_report(table, out, context=context, confusion_pngs=run.tracker.confusion_pngs,
+                                      metric=run.cfg.train.select_metric)
+    for p in files.values():
+        mlflow.log_artifact(str(p), "comparison")
+    return rows, table, files
+
+
+def _publish_champions(run: _Run, rows: list[dict[str, Any]], table: pd.DataFrame
+                       ) -> dict[str, dict[str, str]]:
+    """Register each task's champion, link its baseline and its serving bundle, tag the parent run."""
+    import mlflow  # lazy: a slow import that argument checks skip
+
+    champions = _register_champions(run.tracker, rows, run.spec, run.cfg)
+    _log_champion_baselines(run.tracker, champions)
+    _log_champion_serving(run.spark, run.tracker, champions, run.spec, table, run.cfg.train.select_metric)
+    mlflow.set_tags({f"champion.{t}": json.dumps(c) for t, c in champions.items()})
+    return champions
+
+
+def _report_sources(run: _Run, report: Path, champions: dict[str, dict[str, str]]) -> None:
+    """With 2+ sources: what each brought and what was left out (report.md and the parent run), and each
+    champion's test-split metrics per source."""
+    import mlflow  # lazy: a slow import that argument checks skip
+
+    tracker, summary = run.tracker, run.summary
+    by_source = [per_source_md(f"{get_task(t).description}: {c['backbone']} + {c['head']}",
+                               tracker.per_source[(t, c["backbone"], c["head"])])
+                 for t, c in champions.items() if (t, c["backbone"], c["head"]) in tracker.per_source]
+    per_source = summary.get("per_source", {})
+    if len(per_source) > 1:
+        selections = fetch_selections(run.spark, summary)
+        append_section(report, "Sources", _SOURCES_INTRO, [sources_md(
+            per_source, selections, int(summary["duplicates"].get("n_cross_source_pairs", 0)))])
+        mlflow.log_metrics({f"source/{name}/{k}": float(v) for name, c in per_source.items()
+                            for k, v in c.items()})
+        mlflow.log_dict(selections, "comparison/sources_left_out.json")
+    if by_source:
+        append_section(report, "Per source (internal test split)",
+                       "Each champion's test-split metrics broken down by the source of the images.",
+                       by_source)
 
 
 _SOURCES_INTRO = ("The folders merged into this dataset (`--data NAME=DIR`), what each brought, and what "
@@ -388,9 +450,19 @@ _LOSO_INTRO = ("Each task's champion (backbone + head) trained on every other so
                "with a held-out image are left out. A gap is flagged when the 95% intervals do not overlap.")
 
 
-def _leave_one_source_out(spark: SparkSession, cfg: Config, spec: TrainSpec, labels: DataFrame, task: Task,
-                          champ: dict[str, str], table: pd.DataFrame, tracker: _Tracker, cache_dir: str,
-                          contents: DataFrame, keys: DataFrame) -> str:
+def _leave_one_source_out(run: _Run, champions: dict[str, dict[str, str]], table: pd.DataFrame,
+                          report: Path) -> None:
+    """`--eval leave-one-source-out`: each champion refitted per held-out source; a report.md section."""
+    import mlflow  # lazy: a slow import that argument checks skip
+
+    t1 = time.time()
+    sections = [_held_out_blocks(run, get_task(task), champ, table) for task, champ in champions.items()]
+    append_section(report, "Leave-one-source-out", _LOSO_INTRO, sections)
+    mlflow.log_artifact(str(report), "comparison")
+    run.seconds["leave_one_source_out"] = time.time() - t1
+
+
+def _held_out_blocks(run: _Run, task: Task, champ: dict[str, str], table: pd.DataFrame) -> str:
     """The champion's backbone + head refitted once per eligible held-out source; a markdown block."""
     import mlflow  # lazy: a slow import that argument checks skip
 
@@ -400,19 +472,20 @@ def _leave_one_source_out(spark: SparkSession, cfg: Config, spec: TrainSpec, lab
                 "not built (hours per source on CPU). Not held out.\n")
     internal = table[(table["task"] == task.name) & (table["kind"] == IMAGE) & (table["backbone"] == backbone)
                      & (table["head"] == head)].iloc[0].to_dict()
-    feats = featurize_to_cache(spark, contents, backbone, spec.weights, cache_dir, keys=keys)  # cached
+    feats = featurize_to_cache(run.spark, run.contents, backbone, run.spec.weights, run.cache_dir,
+                               keys=run.keys)  # cached
     feats = feats.select("sha256", "features").cache()
     blocks, skipped = [], []
-    for source, why_not in loso_plan(labels, task).items():
+    for source, why_not in loso_plan(run.labels, task).items():
         if why_not:
             skipped.append(f"{source} ({why_not})")
             continue
-        features, frame = _image_features(spark, held_out_split(labels, source), feats, [task], cfg, backbone,
-                                          "", 0.0)
-        res = fit_and_evaluate(features, head, features.tasks[0], cfg)
+        split = held_out_split(run.labels, source)
+        features, frame = _image_features(run.spark, split, feats, [task], run.cfg, backbone, "", 0.0)
+        res = fit_and_evaluate(features, head, features.tasks[0], run.cfg)
         _release(features, frame)
-        with mlflow.start_run(run_name=f"loso {task.name}/{source}", parent_run_id=tracker.parent_run_id,
-                              experiment_id=tracker.experiment_id, nested=True):
+        with mlflow.start_run(run_name=f"loso {task.name}/{source}", parent_run_id=run.tracker.parent_run_id,
+                              experiment_id=run.tracker.experiment_id, nested=True):
             mlflow.set_tags({"kind": "leave-one-source-out", "task": task.name, "held_out": source,
                              "backbone": backbone, "head": head})
             mlflow.log_metrics(finite_metrics(res.metrics))
@@ -464,7 +537,7 @@ def _log_champion_baselines(tracker: _Tracker, champions: dict[str, dict[str, st
 
 def _log_champion_serving(spark: SparkSession, tracker: _Tracker, champions: dict[str, dict[str, str]],
                           spec: TrainSpec, table: pd.DataFrame, metric: str) -> None:
-    """Each champion's Spark-free serving bundle (serving/mlflow_model.py) in the champion's own run,
+    """Each champion's Spark-free serving bundle (models/serving_mlflow.py) in the champion's own run,
     registered as `<name>-serving@champion` and linked from the Spark model version."""
     import mlflow  # lazy: a slow import that argument checks skip
 

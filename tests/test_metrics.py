@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from xray_spark.train.evaluate import (
+from xray_spark.evaluation.metrics import (
     _group_codes,
     _resampled,
     bootstrap_intervals,
     compute_metrics,
     confusion,
-    evaluate,
+    metrics_with_intervals,
     wilson_interval,
 )
 
@@ -262,10 +262,10 @@ def test_missing_group_ids_become_their_own_groups():
     assert len(set(codes.tolist())) == 5  # p1, p2 and three unknown rows on their own
 
 
-def test_evaluate_flat_dict():
+def test_metrics_with_intervals_flat_dict():
     y, pred, proba = _noisy(90, 0.75, seed=8)
     groups = np.array([f"patient-{i // 2}" for i in range(90)])
-    out = evaluate(y, pred, proba, TRI, groups, n_resamples=200, seed=1)
+    out = metrics_with_intervals(y, pred, proba, TRI, groups, n_resamples=200, seed=1)
     assert out["n_test"] == 90 and out["n_test_groups"] == 45
     for m in ("accuracy", "covid_recall", "macro_f1"):
         assert out[f"{m}_ci_low"] <= out[m] <= out[f"{m}_ci_high"]

@@ -3,12 +3,11 @@
 Why: a grouped internal test split still shares hospitals, scanners and file pipelines with the training
 data. A folder from another source answers the question a reader asks next — does the model travel? The
 folder goes through the same ingest (labels, validation, duplicate groups), the model's own Spark pipeline
-makes the predictions (as `score` does), and train/evaluate computes the same metrics with the same 95%
+makes the predictions (as `score` does), and evaluation/metrics.py computes the same metrics with the same 95%
 group-bootstrap intervals.
 
 `external_predictions` and `evaluation_arrays` compute; `evaluate_model` writes files and logs to MLflow.
-Leave-one-source-out (`train --eval leave-one-source-out`) is planned in train/loso.py; its side-by-side
-tables (`side_by_side_md`) are written here, as they are for an external folder.
+Internal vs external side by side (`side_by_side_md`, also for leave-one-source-out) is in report_parts.py.
 """
 
 from __future__ import annotations
@@ -30,12 +29,12 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from xray_spark import paths
-from xray_spark.config import Config
+from xray_spark.config import IMAGES_PER_TASK, Config
 from xray_spark.data.images import data_roots, image_contents, load_or_ingest
 from xray_spark.errors import UserError, one_line
-from xray_spark.models.shift_report import shift_line, shift_md, shift_summary
-from xray_spark.models.shift_stage import FLAG_COL, SHIFT_COL
-from xray_spark.scoring.model import (
+from xray_spark.evaluation.metrics import confusion, metrics_with_intervals
+from xray_spark.evaluation.report_parts import as_good_as, md_table, plot_confusion, with_ci
+from xray_spark.models.loading import (
     ModelRef,
     ScoringPipeline,
     featurizer_class,
@@ -43,16 +42,15 @@ from xray_spark.scoring.model import (
     resolve_model,
     split_pipeline,
 )
+from xray_spark.models.metadata_baseline import INPUT_COLUMNS
+from xray_spark.models.shift_report import shift_line, shift_md, shift_summary
+from xray_spark.models.shift_stage import FLAG_COL, SHIFT_COL
 from xray_spark.spark_io import balanced_partitions
+from xray_spark.tasks import TASKS, Task
 from xray_spark.tracking import BASELINE_TAG, configure, finite_metrics, linked_model, tracking_uri_for
-from xray_spark.train.baseline import INPUT_COLUMNS
-from xray_spark.train.evaluate import confusion, evaluate
-from xray_spark.train.report import as_good_as, md_table, plot_confusion, with_ci
-from xray_spark.train.tasks import TASKS, Task
 
 log = logging.getLogger(__name__)
 
-IMAGES_PER_TASK = 32
 HEADLINE = ("covid_precision", "covid_recall", "covid_f1", "accuracy", "macro_f1", "roc_auc_macro")
 
 
@@ -157,8 +155,8 @@ def external_predictions(spark: SparkSession, pipe: ScoringPipeline, images: Dat
 
 
 def baseline_predictions(model: PipelineModel, images: DataFrame, labels: list[str]) -> pd.DataFrame:
-    """The same rows as `external_predictions`, predicted by a metadata-only baseline (train/baseline.py)
-    from the images table's own columns; no image is decoded."""
+    """The same rows as `external_predictions`, predicted by a metadata-only baseline
+    (models/metadata_baseline.py) from the images table's own columns; no image is decoded."""
     ok = (images.where("status = 'ok'").where(F.col("label").isin(labels))
           .select("sha256", "label", "group_id", *INPUT_COLUMNS))
     scored = model.transform(ok)
@@ -170,7 +168,7 @@ def baseline_predictions(model: PipelineModel, images: DataFrame, labels: list[s
 
 def evaluation_arrays(pdf: pd.DataFrame, labels: list[str]) -> tuple[np.ndarray, np.ndarray,
                                                                      np.ndarray | None, np.ndarray]:
-    """Predicted rows -> (y_true, y_pred, proba or None, groups) for train/evaluate.evaluate."""
+    """Predicted rows -> (y_true, y_pred, proba or None, groups) for metrics.metrics_with_intervals."""
     done = pdf[pdf["features_ok"].fillna(False).astype(bool)]
     proba = None
     if len(done) and done["proba"].notna().all():
@@ -290,8 +288,9 @@ def _measure(pdf: pd.DataFrame, task: Task, cfg: Config) -> tuple[int, dict[str,
     measures."""
     labels = list(task.labels)
     y_true, y_pred, proba, groups = evaluation_arrays(pdf, labels)
-    metrics = evaluate(y_true, y_pred, proba, labels, groups, n_resamples=cfg.train.bootstrap_resamples,
-                       seed=cfg.train.seed, positive=task.positive)
+    metrics = metrics_with_intervals(y_true, y_pred, proba, labels, groups,
+                                     n_resamples=cfg.train.bootstrap_resamples, seed=cfg.train.seed,
+                                     positive=task.positive)
     codes = {lab: i for i, lab in enumerate(labels)}
     cm = confusion(np.array([codes[v] for v in y_true]), np.array([codes[v] for v in y_pred]), len(labels))
     return len(y_true), metrics, cm
@@ -318,37 +317,6 @@ def _baseline(spark: SparkSession, cfg: Config, ref: ModelRef, images: DataFrame
     return BaselineResult(uri, n, metrics, cm), ""
 
 
-
-
-GAP_METRICS = ("accuracy", "covid_recall", "macro_f1")  # the metrics train reports with group intervals
-
-
-def intervals_apart(a: dict[str, Any], b: dict[str, Any], metric: str) -> bool:
-    """True when the two 95% intervals of `metric` do not overlap (a generalisation gap between internal and
-    external, or a model that beats its baseline); False when either is missing."""
-    lo_i, hi_i = a.get(f"{metric}_ci_low"), a.get(f"{metric}_ci_high")
-    lo_e, hi_e = b.get(f"{metric}_ci_low"), b.get(f"{metric}_ci_high")
-    bounds = [lo_i, hi_i, lo_e, hi_e]
-    if any(b is None or not np.isfinite(b) for b in bounds):
-        return False
-    return bool(hi_e < lo_i or hi_i < lo_e)
-
-
-def side_by_side_md(title: str, internal: dict[str, Any], external: dict[str, Any], source: str,
-                    n_internal: int, n_external: int, baseline: BaselineResult | None = None) -> str:
-    """A markdown section: the champion's internal (grouped test split) vs external metrics, gaps flagged;
-    with `baseline`, its training run's metadata-only baseline on the same external images beside them."""
-    cells = []
-    for m in GAP_METRICS:
-        gap = intervals_apart(internal, external, m)
-        row = [m, with_ci(internal, m), with_ci(external, m)]
-        if baseline is not None:
-            row.append(with_ci(baseline.metrics, m))
-        cells.append([*row, "**gap: intervals do not overlap**" if gap else "intervals overlap"])
-    header = ["metric", f"internal test split (n={n_internal})", f"{source} (n={n_external})"]
-    if baseline is not None:
-        header.append(f"metadata-only baseline on {source} (n={baseline.n})")
-    return f"### {title}\n\n{md_table(tuple(header + ['']), cells)}\n"
 
 
 def _write_and_log(result: EvalResult, out_dir: Path, uri: str | None) -> None:

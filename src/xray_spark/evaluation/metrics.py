@@ -404,7 +404,7 @@ def bootstrap_intervals(
     return out
 
 
-def evaluate(
+def metrics_with_intervals(
     y_true: np.ndarray,
     y_pred: np.ndarray,
     proba: np.ndarray | None,

@@ -26,8 +26,8 @@ from xray_spark.features.featurizer import DeepImageFeaturizer
 from xray_spark.models.shift import PROPS_STRUCT
 from xray_spark.models.shift_stage import FLAG_COL, PROPS_COL, REASONS_COL, SHIFT_COL, ShiftModel
 from xray_spark.spark_io import HadoopFS
+from xray_spark.tasks import prob_suffix
 from xray_spark.tracking import MODEL_ALIAS_URI, MODEL_VERSION_URI, configure_lookup
-from xray_spark.train.tasks import prob_suffix
 
 if TYPE_CHECKING:
     from pyspark.ml import Transformer
@@ -66,14 +66,16 @@ class ModelRef:
     def file_key(self) -> str:
         """Safe for file names and as stable as the ledger key: chunk files, the temp folder and the lock."""
         if not self.keyed_by_uri:
-            return f"{_safe(self.name)}-{_safe(self.version)}"
-        head = (f"run-{_safe(self.version)}" if self.kind == "run"
-                else f"{_safe(self.name)}-{_safe(self.version)}")
+            return f"{_key_part(self.name)}-{_key_part(self.version)}"
+        head = (f"run-{_key_part(self.version)}" if self.kind == "run"
+                else f"{_key_part(self.name)}-{_key_part(self.version)}")
         return f"{head}-{hashlib.sha1(self.uri.encode()).hexdigest()[:8]}"
 
 
-def _safe(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._]+", "_", text).strip("_") or "x"
+def _key_part(text: str) -> str:
+    """A name or version inside a file key: `-` is replaced too (it separates the key's parts), outer `_`
+    stripped, never empty. The chunk files already written are named this way: keep it."""
+    return paths.safe_name(text, keep="._").strip("_") or "x"
 
 
 # ------------------------------------------------------------------------------------- resolution (no Spark)

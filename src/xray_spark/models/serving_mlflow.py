@@ -5,6 +5,9 @@ Why beside, not instead: batch scoring loads the Spark PipelineModel (decode -> 
 loads the bundle (the same weights file + the head as numpy arrays). `train` logs the bundle as an MLflow
 pyfunc in the champion's own run, registers it as `<name>-serving` with the same `champion` alias (so `mlflow
 models serve` can serve it) and tags the champion's Spark model version with its URI (tracking.SERVING_TAG).
+
+The pyfunc's code is serving/pyfunc_model.py, named here as a file (MLflow logs "models from code" by path and
+runs the file when the model is loaded), never imported: the serving runtime sits floors above this module.
 """
 
 from __future__ import annotations
@@ -13,7 +16,6 @@ import hashlib
 import logging
 import os
 import pkgutil
-import re
 import shutil
 import tempfile
 from importlib.metadata import version
@@ -22,7 +24,7 @@ from typing import Any
 
 from xray_spark import paths
 from xray_spark.errors import UserError
-from xray_spark.serving.bundle import META_FILE, bundle_from_pipeline
+from xray_spark.models.serving_bundle import META_FILE, bundle_from_pipeline
 from xray_spark.tracking import (
     MODEL_ALIAS_URI,
     MODEL_VERSION_URI,
@@ -34,7 +36,8 @@ from xray_spark.tracking import (
 log = logging.getLogger(__name__)
 
 ARTIFACT = "bundle"  # the pyfunc's artifact key, and its folder under <model>/artifacts/
-ENTRY = Path(__file__).with_name("pyfunc_model.py")
+ENTRY_RESOURCE = "serving/pyfunc_model.py"  # the pyfunc's code, relative to the xray_spark package
+ENTRY = Path(__file__).parents[1].joinpath(*ENTRY_RESOURCE.split("/"))
 
 
 def serving_name(name: str) -> str:
@@ -65,7 +68,7 @@ def _entry_file(tmp: Path) -> Path:
     package may be imported from a zip (`--py-files`), where ENTRY is no file at all."""
     if ENTRY.is_file():
         return ENTRY
-    source = pkgutil.get_data("xray_spark.serving", ENTRY.name)
+    source = pkgutil.get_data("xray_spark", ENTRY_RESOURCE)
     if source is None:
         raise UserError(f"cannot read {ENTRY.name} from the installed xray_spark package")
     path = tmp / ENTRY.name
@@ -104,7 +107,7 @@ def bundle_for_model(model: str, config_uri: str | None, cache_dir: str | os.Pat
                             "by an older xray-spark?); retrain, or pass --bundle DIR")
         # keyed by store and source too: two stores (dev, prod) can both have "xray-spark-binary" version 1
         key = hashlib.sha256(f"{tracking}\n{source}".encode()).hexdigest()[:16]
-        target = _cache_root(cache_dir) / f"{_safe(name)}-{mv.version}-{key}"
+        target = _cache_root(cache_dir) / f"{paths.safe_name(name)}-{mv.version}-{key}"
         bundle = target / "artifacts" / ARTIFACT
         if not (bundle / META_FILE).is_file():
             _download(download_artifacts, source, target)
@@ -124,10 +127,6 @@ def _cache_root(cache_dir: str | os.PathLike | None) -> Path:
         return Path(cache_dir)
     env = os.environ.get("XRAY_SPARK_CACHE")
     return Path(env) / "serving" if env else Path.home() / ".cache" / "xray-spark" / "serving"
-
-
-def _safe(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", text)
 
 
 def _download(download_artifacts: Any, source: str, target: Path) -> None:

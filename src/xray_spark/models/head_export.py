@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from xray_spark.errors import UserError
-from xray_spark.serving.heads_numpy import (
+from xray_spark.models.heads_numpy import (
     GBT,
     MLP,
     DecisionTree,
@@ -75,7 +75,7 @@ def _head_stages(pipeline_model: Any) -> tuple[Any, Any, Any, dict[str, Any]]:
     scaler = classifier = decoder = None
     for i, stage in enumerate(stages[start:], start):
         if type(stage).__name__ == SHIFT_STAGE and classifier is None:
-            continue  # reads the features, adds its own columns: the bundle carries it apart (bundle.py)
+            continue  # reads the features, adds its own columns: the bundle carries it apart
         if isinstance(stage, StandardScalerModel) and scaler is None and classifier is None:
             _check_input(stage, stage.getInputCol(), features_col)
             scaler, features_col = stage, stage.getOutputCol()

@@ -1,12 +1,12 @@
 """Leave-one-source-out (`train --eval leave-one-source-out`): which sources can be held out, and the split
-that holds one out. Small aggregates only; train/runner.py fits, measures and logs."""
+that holds one out. Small aggregates only; train/run.py fits, measures and logs."""
 
 from __future__ import annotations
 
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from xray_spark.train.tasks import Task
+from xray_spark.tasks import Task
 
 LOSO_MIN_IMAGES = 5  # a held-out source smaller than this says nothing, even with intervals
 
