@@ -1,7 +1,7 @@
 """xray-spark: Spark-native chest X-ray classification.
 
-`DeepImageFeaturizer` is the sparkdl-compatible entry point; importing it does not import TensorFlow
-(the featurizer loads TensorFlow only when it first runs a model). It is resolved on first use (PEP 562
+sparkdl's API: `DeepImageFeaturizer`, `DeepImagePredictor` and `registerKerasImageUDF`; importing them does
+not import TensorFlow (a model loads it when it first runs). They are resolved on first use (PEP 562
 `__getattr__`), because importing the package must not import pyspark: `xray-spark serve` and the
 Spark-free serving modules run without it.
 
@@ -26,13 +26,20 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from xray_spark.features.featurizer import DeepImageFeaturizer
+    from xray_spark.features.keras_udf import registerKerasImageUDF
+    from xray_spark.features.predictor import DeepImagePredictor
 
 __version__ = "0.1.0"
-__all__ = ["DeepImageFeaturizer", "__version__"]
+__all__ = ["DeepImageFeaturizer", "DeepImagePredictor", "__version__", "registerKerasImageUDF"]
+_LAZY = {  # sparkdl's names -> the module defining each (each imports pyspark)
+    "DeepImageFeaturizer": "xray_spark.features.featurizer",
+    "DeepImagePredictor": "xray_spark.features.predictor",
+    "registerKerasImageUDF": "xray_spark.features.keras_udf",
+}
 
 
 def __getattr__(name: str) -> Any:
-    """`xray_spark.DeepImageFeaturizer` on first use (it imports pyspark)."""
-    if name == "DeepImageFeaturizer":
-        return importlib.import_module("xray_spark.features.featurizer").DeepImageFeaturizer
+    """sparkdl's names (`xray_spark.DeepImageFeaturizer`, ...) on first use (they import pyspark)."""
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'xray_spark' has no attribute {name!r}")

@@ -60,6 +60,7 @@ import hashlib
 import importlib
 import io
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata
 
@@ -219,7 +220,10 @@ def _pil_error(e: Exception, where: str, info: ImageInfo | None = None) -> Decod
     return DecodeError("corrupt_image", f"{where}: {type(e).__name__}: {msg}", info)
 
 
-def _decode_pil(data: bytes, head: bytes, max_pixels: int) -> tuple[np.ndarray, ImageInfo]:
+def _decode_pil(data: bytes, head: bytes, max_pixels: int,
+                pixels: Callable[[Image.Image], np.ndarray] | None = None) -> tuple[np.ndarray, ImageInfo]:
+    """Open, check and load with Pillow; `pixels` (default: luminance, then the stretch) makes the array
+    (colour.py passes its RGB reader, which needs no stretch)."""
     if head[:4] == b"RIFF" and head[8:12] == b"WEBP":  # libwebp only says "could not create decoder"
         declared = int.from_bytes(head[4:8], "little") + 8
         if declared > len(data):
@@ -245,7 +249,7 @@ def _decode_pil(data: bytes, head: bytes, max_pixels: int) -> tuple[np.ndarray, 
         try:
             im.load()
             ImageOps.exif_transpose(im, in_place=True)
-            lum = _pil_pixels(im)
+            lum = (pixels or _pil_pixels)(im)
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
             raise DecodeError("too_large", str(e), info) from None
         except MemoryError:
@@ -253,6 +257,8 @@ def _decode_pil(data: bytes, head: bytes, max_pixels: int) -> tuple[np.ndarray, 
         except Exception as e:  # decoders raise many types on broken data
             raise _pil_error(e, fmt, info) from None
         info = ImageInfo(fmt, info.mode, lum.shape[1], lum.shape[0], info.bit_depth)
+    if pixels is not None:
+        return lum, info
     try:
         return stretch(lum), info
     except DecodeError as e:

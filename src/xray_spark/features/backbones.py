@@ -20,6 +20,7 @@ pooled, 64x smaller, and what the DeepImageFeaturizer papers' downstream heads a
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -48,6 +49,7 @@ class Backbone:
     weights_url_path: str  # path of that file below KERAS_WEIGHTS_BASE_URL
     weights_hash: str  # the digest Keras publishes for that file
     hash_algorithm: str  # "md5" or "sha256": the algorithm that published digest uses
+    include_top: bool = False  # the ImageNet classifier (DeepImagePredictor), not the pooled features
 
     def keras_module(self) -> Any:
         return importlib.import_module(self.module)
@@ -56,6 +58,8 @@ class Backbone:
         """The feature extractor: `include_top=False, pooling="avg"`, fixed square input, given weights
         file."""
         ctor = getattr(self.keras_module(), self.constructor)
+        if self.include_top:  # 1000 softmax probabilities, as Keras' ImageNet classifier
+            return ctor(include_top=True, weights=weights, input_shape=(self.input_size, self.input_size, 3))
         return ctor(
             include_top=False,
             weights=weights,
@@ -105,6 +109,26 @@ _BUILTIN: dict[str, Backbone] = {
 }
 _registry: dict[str, Backbone] = dict(_BUILTIN)
 
+# The classifier files (include_top=True) Keras publishes beside each notop file, with its MD5 (Keras 3.15
+# keras/src/applications/*.py): DeepImagePredictor's models, registered as "<Backbone>-top".
+TOP_SUFFIX = "-top"
+_TOP_MD5 = {
+    "ResNet50": "2cb95161c43110f7111970584f804107", "InceptionV3": "9a0d58056eeedaa3f26cb7ebd46da564",
+    "Xception": "0a58e3b7378bc2990ea3b43d5981f1f6", "VGG16": "64373286793e3c8b2b4e3219cbf3544b",
+    "VGG19": "cbe5617147190e668d6c5d5026f83318", "DenseNet121": "9d60b8095a5708f2dcce2bca79d332c7",
+}
+
+
+def _with_top(bb: Backbone) -> Backbone:
+    return dataclasses.replace(
+        bb, name=bb.name + TOP_SUFFIX, feature_dim=1000, include_top=True,
+        weights_file=bb.weights_file.replace("_notop.h5", ".h5"),
+        weights_url_path=bb.weights_url_path.replace("_notop.h5", ".h5"), weights_hash=_TOP_MD5[bb.name],
+    )
+
+
+_classifiers: dict[str, Backbone] = {(b.name + TOP_SUFFIX).lower(): _with_top(b) for b in _BUILTIN.values()}
+
 
 def backbone_names() -> list[str]:
     """Canonical names, in registry order (ResNet50 and InceptionV3 first)."""
@@ -113,7 +137,14 @@ def backbone_names() -> list[str]:
 
 def get_backbone(name: str) -> Backbone:
     """Look a backbone up by name, ignoring case; an unknown name is a user error listing the choices."""
-    try:
-        return _registry[str(name).strip().lower()]
-    except KeyError:
-        raise UserError(f"unknown backbone {name!r}; choose one of {', '.join(backbone_names())}") from None
+    key = str(name).strip().lower()
+    found = _registry.get(key) or _classifiers.get(key)
+    if found is None:
+        raise UserError(f"unknown backbone {name!r}; choose one of {', '.join(backbone_names())}")
+    return found
+
+
+def classifier(name: str) -> Backbone:
+    """The ImageNet classifier of a backbone (include_top=True, 1000 probabilities): `classifier("ResNet50")`
+    is registered as "ResNet50-top", so engines, weights and pinning look it up by name as any backbone."""
+    return _classifiers[get_backbone(name).name.lower() + TOP_SUFFIX]

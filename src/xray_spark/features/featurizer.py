@@ -12,8 +12,10 @@ Differences from sparkdl, on purpose:
 - input may be raw file bytes (binaryFile `content`) or a Spark image struct (ImageSchema), detected from
   the column type; both go through the same normalisation (one luminance channel, replicated to RGB);
 - an image that cannot be decoded yields a null vector and its reason in `errorCol`, never a failed task;
-- `scaleHint` is accepted for compatibility and ignored: every source is resized by one path
-  (xray_spark.data.decode.resize), so that resizing can never differ between training and scoring;
+- `colorMode` 'grey' (default, the X-ray path) or 'RGB' (sparkdl's: the image's own RGB pixels); `scaleHint`
+  takes every value of sparkdl's and resizes as Java's AWT hint did, in RGB mode; in grey mode every source
+  is resized by the one path training, the feature cache and serving use (features/image_input.py);
+- an unknown `modelName`, `scaleHint` or `colorMode` is a ValueError when the stage is built, as in sparkdl;
 - `weights` chooses ImageNet, a seeded random init, or a file (see weights.py) — resolved once on the
   driver and shipped to executors; `weightsSha256` pins them (see pinning.py): `train` sets it, and a
   transform whose weights resolve to other tensors is refused instead of silently predicting otherwise;
@@ -52,11 +54,19 @@ from pyspark.sql.types import ArrayType, BinaryType, FloatType, StringType, Stru
 
 from xray_spark.errors import UserError
 from xray_spark.features import ENGINES
-from xray_spark.features.backbones import backbone_names, get_backbone
+from xray_spark.features.backbones import Backbone, backbone_names, get_backbone
 from xray_spark.features.engines import (
     PRECISIONS,
     resolve_engine,
     validate_engine,
+)
+from xray_spark.features.image_input import (
+    COLOR_MODES,
+    SCALE_HINTS,
+    ImageInput,
+    to_color_mode,
+    to_model_name,
+    to_scale_hint,
 )
 from xray_spark.features.params import DeclaredParams, ParamSpec
 from xray_spark.features.pinning import check_pinned
@@ -72,7 +82,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-SCALE_HINTS = ("SCALE_AREA_AVERAGE", "SCALE_FAST")
 IMAGE_STRUCT_FIELDS = ("height", "width", "nChannels", "mode", "data")
 UDF_RETURN = StructType([
     StructField("features", ArrayType(FloatType(), False), True), StructField("error", StringType(), True),
@@ -80,14 +89,18 @@ UDF_RETURN = StructType([
 ])
 
 
-class _DeepImageFeaturizerParams(DeclaredParams, HasInputCol, HasOutputCol):
-    """Params of the featurizer (kept as a mixin, pyspark.ml style), declared once (features/params.py)."""
+class _NamedImageParams(DeclaredParams, HasInputCol, HasOutputCol):
+    """Params of sparkdl's named-image stages (featurizer, predictor), declared once (features/params.py)."""
 
     PARAMS = (
         ParamSpec("modelName", f"backbone: one of {', '.join(backbone_names())} (case-insensitive)",
-                  default="ResNet50"),
-        ParamSpec("scaleHint", "sparkdl compatibility, ignored: every image is resized by the same path "
-                  "(xray_spark.data.decode.resize, PIL bilinear)", default="SCALE_AREA_AVERAGE"),
+                  to_model_name, "ResNet50"),
+        ParamSpec("scaleHint", f"resize filter, sparkdl's names for Java AWT's hints: one of "
+                  f"{', '.join(SCALE_HINTS)} (SCALE_AREA_AVERAGING, SCALE_SMOOTH: area average; the others: "
+                  "pixel replication); applies with colorMode 'RGB' (grey: the one X-ray resize path)",
+                  to_scale_hint, "SCALE_AREA_AVERAGING"),
+        ParamSpec("colorMode", f"one of {', '.join(COLOR_MODES)}: 'grey' normalises to one luminance channel "
+                  "replicated (the X-ray path); 'RGB' keeps the image's own RGB pixels", to_color_mode),
         ParamSpec("weights", "'imagenet', 'none' / 'none:seed=N' (seeded random init), or a path/URI to a "
                   "Keras weights file", default="imagenet"),
         ParamSpec("weightsSha256", "pin: sha256 of the weight tensors the model was trained with "
@@ -105,7 +118,6 @@ class _DeepImageFeaturizerParams(DeclaredParams, HasInputCol, HasOutputCol):
         ParamSpec("engineCol", "optional column for the engine that made each row's features (e.g. "
                   "'openvino:fp32'); unset: none"),
     )
-    DEFAULTS = {"inputCol": "content", "outputCol": "features"}
 
     def _requested_precision(self) -> str | None:
         """The precision the engine resolver gets: None lets 'auto' pick (precision left at its default)."""
@@ -114,24 +126,28 @@ class _DeepImageFeaturizerParams(DeclaredParams, HasInputCol, HasOutputCol):
         return self.getPrecision()
 
 
-class DeepImageFeaturizer(Transformer, _DeepImageFeaturizerParams, DefaultParamsReadable,
-                          DefaultParamsWritable):
-    """Image bytes or image structs -> pooled ImageNet-backbone features (MLlib DenseVector).
+class _NamedImageStage(Transformer, _NamedImageParams):
+    """What the featurizer and the predictor share: validation, the predict_batch_udf built once per param
+    state, and running it over bytes or image structs. Subclasses say which model runs (`_backbone`) and
+    how its output becomes the output column (`_output`)."""
 
-    >>> DeepImageFeaturizer(inputCol="content", outputCol="features", modelName="InceptionV3", weights="none")
-    """
-
-    @keyword_only
-    def __init__(self, **params: Any) -> None:
-        """Any of the Params by keyword (see `explainParams()`); the others keep their defaults."""
+    def __init__(self) -> None:
         super().__init__()
         self._udf_cache: tuple[tuple, Any] | None = None
         self._progress: Any = None  # optional Spark accumulator (not a Param: never persisted)
-        self.setParams(**self._input_kwargs)
 
-    @keyword_only
-    def setParams(self, **params: Any) -> DeepImageFeaturizer:
-        return self._set_params(self._input_kwargs)
+    def _backbone(self) -> Backbone:
+        return get_backbone(self.getModelName())
+
+    def _output(self, result: Any) -> Any:
+        """The UDF's `features` field (a float array column) -> the output column."""
+        return _array_to_vector(result)
+
+    def _image_input(self) -> ImageInput | None:
+        """None in grey mode: the worker's X-ray path (worker.decode_for_model), as serving runs it."""
+        if self.getColorMode() == "grey":
+            return None
+        return ImageInput(self.getColorMode(), self.getScaleHint())
 
     def resolvedEngine(self) -> str:
         """The engine this machine (the driver) would run, e.g. 'openvino:fp32'.
@@ -148,8 +164,6 @@ class DeepImageFeaturizer(Transformer, _DeepImageFeaturizerParams, DefaultParams
 
     def _validate(self) -> None:
         get_backbone(self.getModelName())
-        if self.getScaleHint() not in SCALE_HINTS:
-            raise UserError(f"scaleHint must be one of {SCALE_HINTS}, got {self.getScaleHint()!r}")
         if self.getBatchSize() < 1:
             raise UserError(f"batchSize must be >= 1, got {self.getBatchSize()}")
         validate_engine(self.getEngine(), self.getPrecision())
@@ -171,13 +185,13 @@ class DeepImageFeaturizer(Transformer, _DeepImageFeaturizerParams, DefaultParams
     def _get_udf(self, spark, kind: str) -> Any:
         """Build the predict_batch_udf once per param state and SparkContext; reuse it afterwards."""
         key = (
-            self.getModelName().lower(), self.getWeights(), self.getBatchSize(), kind,
+            self._backbone().name, self.getWeights(), self.getBatchSize(), kind, self._image_input(),
             spark.sparkContext.applicationId, str(weights_cache_dir()), id(self._progress),
             self.getEngine(), self._requested_precision(), self.getWeightsSha256(),
         )
         if self._udf_cache is not None and self._udf_cache[0] == key:
             return self._udf_cache[1]
-        resolved = resolve_weights(self.getModelName(), self.getWeights(), spark=spark)
+        resolved = resolve_weights(self._backbone().name, self.getWeights(), spark=spark)
         pinned = self.getWeightsSha256()
         if pinned:
             check_pinned(resolved, pinned)
@@ -187,6 +201,7 @@ class DeepImageFeaturizer(Transformer, _DeepImageFeaturizerParams, DefaultParams
             progress_aid=None if self._progress is None else self._progress.aid,
             progress=self._progress, engine=self.getEngine(), precision=self._requested_precision(),
             fingerprint=resolved.fingerprint, cache_dir=str(weights_cache_dir()),
+            image_input=self._image_input(),
         )
         self._udf_cache = (key, udf)
         log.info("built featurize UDF: %s, weights %s (%s), engine %s", resolved.backbone, resolved.spec,
@@ -209,11 +224,30 @@ class DeepImageFeaturizer(Transformer, _DeepImageFeaturizerParams, DefaultParams
         produced = (self.getOutputCol(), self.getErrorCol(), engine_col)
         return out.select(
             *[F.col(c) for c in dataset.columns if c not in produced],
-            F.when(F.col(f"{tmp}.error").isNull(), _array_to_vector(F.col(f"{tmp}.features")))
+            F.when(F.col(f"{tmp}.error").isNull(), self._output(F.col(f"{tmp}.features")))
             .alias(self.getOutputCol()),
             F.col(f"{tmp}.error").alias(self.getErrorCol()),
             *([F.col(f"{tmp}.engine").alias(engine_col)] if engine_col else []),
         )
+
+
+class DeepImageFeaturizer(_NamedImageStage, DefaultParamsReadable, DefaultParamsWritable):
+    """Image bytes or image structs -> pooled ImageNet-backbone features (MLlib DenseVector).
+
+    >>> DeepImageFeaturizer(inputCol="content", outputCol="features", modelName="InceptionV3", weights="none")
+    """
+
+    DEFAULTS = {"inputCol": "content", "outputCol": "features", "colorMode": "grey"}
+
+    @keyword_only
+    def __init__(self, **params: Any) -> None:
+        """Any of the Params by keyword (see `explainParams()`); the others keep their defaults."""
+        super().__init__()
+        self.setParams(**self._input_kwargs)
+
+    @keyword_only
+    def setParams(self, **params: Any) -> DeepImageFeaturizer:
+        return self._set_params(self._input_kwargs)
 
 
 def _array_to_vector(col):
@@ -226,12 +260,14 @@ def make_featurize_udf(
     backbone: str, ship_name: str, kind: str, batch_size: int, *,
     progress_aid: int | None = None, progress: Any = None, engine: str = "keras",
     precision: str | None = None, fingerprint: str | None = None, cache_dir: str | None = None,
+    image_input: ImageInput | None = None,
 ) -> Any:
     """The Spark UDF: (bytes | image-struct fields) -> struct<features: array<float>, error: string,
     engine: string>.
 
     `engine`/`precision` are resolved in each Python worker (its machine's CPU, GPU and openvino);
     `fingerprint` and `cache_dir` (the driver's weights cache dir) place the OpenVINO IR cache.
+    `image_input` (colorMode, scaleHint) turns each image into the model's input; None: the X-ray path.
 
     Marked non-deterministic so the optimizer never duplicates it when both struct fields are selected.
     `progress` (an accumulator) is captured only so each task deserializes its own copy; see _add_progress.
@@ -243,12 +279,12 @@ def make_featurize_udf(
                                       fingerprint=fingerprint, cache_dir=cache_dir)
         if kind == "bytes":
             def predict(contents: np.ndarray) -> dict[str, np.ndarray]:
-                out = featurizer.featurize_bytes(contents)
+                out = featurizer.featurize_bytes(contents, image_input)
                 _add_progress(progress_aid, len(contents))
                 return out
         else:
             def predict(height, width, n_channels, mode, data) -> dict[str, np.ndarray]:
-                out = featurizer.featurize_structs(height, width, n_channels, mode, data)
+                out = featurizer.featurize_structs(height, width, n_channels, mode, data, image_input)
                 _add_progress(progress_aid, len(data))
                 return out
         return predict

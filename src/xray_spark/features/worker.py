@@ -17,9 +17,10 @@ from typing import Any
 
 import numpy as np
 
-from xray_spark.data.decode import DecodeError, decode_for_model, image_struct_to_gray, resize, to_rgb
+from xray_spark.data.decode import DecodeError, decode_for_model
 from xray_spark.features.backbones import get_backbone
 from xray_spark.features.engines import keras_model, load_engine
+from xray_spark.features.image_input import ImageInput
 from xray_spark.features.weights import executor_weights_path
 
 log = logging.getLogger(__name__)
@@ -113,26 +114,31 @@ class WorkerFeaturizer:
         engines = np.where(ok, self.engine.label, None).astype(object)
         return {"features": feats, "error": errors, "engine": engines}
 
-    def featurize_bytes(self, contents: np.ndarray) -> dict[str, np.ndarray]:
+    def featurize_bytes(self, contents: np.ndarray, image_input: ImageInput | None = None,
+                        ) -> dict[str, np.ndarray]:
+        """`image_input` (colorMode, scaleHint): None is the X-ray path (decode_for_model)."""
         size = self.backbone.input_size
 
         def one(i: int) -> np.ndarray:
             data = contents[i]
             if data is None:
                 raise DecodeError("empty_file", "null content")
-            return decode_for_model(bytes(data), size)
+            if image_input is None:
+                return decode_for_model(bytes(data), size)
+            return image_input.from_bytes(bytes(data), size)
 
         return self._run(len(contents), one)
 
-    def featurize_structs(self, height, width, n_channels, mode, data) -> dict[str, np.ndarray]:
+    def featurize_structs(self, height, width, n_channels, mode, data,
+                          image_input: ImageInput | None = None) -> dict[str, np.ndarray]:
         size = self.backbone.input_size
+        image_input = image_input or ImageInput()
 
         def one(i: int) -> np.ndarray:
             if data[i] is None or any(_isnan(f[i]) for f in (height, width, n_channels, mode)):
                 raise DecodeError("corrupt_image", "null image struct field")
-            gray = image_struct_to_gray(int(height[i]), int(width[i]), int(n_channels[i]), int(mode[i]),
-                                        bytes(data[i]))
-            return to_rgb(resize(gray, size))
+            return image_input.from_struct(int(height[i]), int(width[i]), int(n_channels[i]), int(mode[i]),
+                                           bytes(data[i]), size)
 
         return self._run(len(data), one)
 
