@@ -26,13 +26,21 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from xray_spark.features.featurizer import DeepImageFeaturizer
+    from xray_spark.features.keras_image_file import KerasImageFileTransformer
+    from xray_spark.finetune.keras_image_file import KerasImageFileEstimator
 
 __version__ = "0.1.0"
 __all__ = ["DeepImageFeaturizer", "__version__"]
+__all__ += ["KerasImageFileEstimator", "KerasImageFileTransformer"]
+# sparkdl's Keras-image-file stages, resolved on first use like DeepImageFeaturizer (they import pyspark)
+_KERAS_IMAGE_FILE = {"KerasImageFileTransformer": "xray_spark.features.keras_image_file",
+                     "KerasImageFileEstimator": "xray_spark.finetune.keras_image_file"}
 
 
 def __getattr__(name: str) -> Any:
     """`xray_spark.DeepImageFeaturizer` on first use (it imports pyspark)."""
     if name == "DeepImageFeaturizer":
         return importlib.import_module("xray_spark.features.featurizer").DeepImageFeaturizer
+    if name in _KERAS_IMAGE_FILE:
+        return getattr(importlib.import_module(_KERAS_IMAGE_FILE[name]), name)
     raise AttributeError(f"module 'xray_spark' has no attribute {name!r}")
