@@ -26,15 +26,20 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from xray_spark.features.featurizer import DeepImageFeaturizer
+    from xray_spark.features.keras_image_file import KerasImageFileTransformer
     from xray_spark.features.keras_udf import registerKerasImageUDF
     from xray_spark.features.predictor import DeepImagePredictor
+    from xray_spark.finetune.keras_image_file import KerasImageFileEstimator
 
 __version__ = "0.1.0"
-__all__ = ["DeepImageFeaturizer", "DeepImagePredictor", "__version__", "registerKerasImageUDF"]
+__all__ = ["DeepImageFeaturizer", "DeepImagePredictor", "KerasImageFileEstimator", "KerasImageFileTransformer",
+           "__version__", "registerKerasImageUDF"]
 _LAZY = {  # sparkdl's names -> the module defining each (each imports pyspark)
     "DeepImageFeaturizer": "xray_spark.features.featurizer",
     "DeepImagePredictor": "xray_spark.features.predictor",
     "registerKerasImageUDF": "xray_spark.features.keras_udf",
+    "KerasImageFileTransformer": "xray_spark.features.keras_image_file",
+    "KerasImageFileEstimator": "xray_spark.finetune.keras_image_file",
 }
 
 

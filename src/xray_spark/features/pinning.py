@@ -104,3 +104,16 @@ def _load(backbone: str, path: Path) -> Any:
     model = get_backbone(backbone).build(weights=None)
     model.load_weights(str(path))
     return model
+
+
+def check_file_pinned(resolved: ResolvedWeights, pinned: str) -> None:
+    """Refuse a model file whose bytes differ from the pinned sha256 (a user's saved Keras model: its own
+    file is its identity, as sparkdl's `modelFile` named it; the same bytes anywhere pass)."""
+    actual = resolved.fingerprint.removeprefix("file:")
+    if actual != pinned.removeprefix("file:"):
+        raise UserError(
+            f"refusing modelFile {resolved.spec!r}: its sha256 is {actual[:16]}..., but this stage was "
+            f"pinned to {pinned.removeprefix('file:')[:16]}... (the file was replaced since the stage was "
+            "fitted or saved); point modelFile at the file it was pinned to, or clear the pin with "
+            "setModelSha256('')"
+        )

@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-CHILD_MODULE = "xray_spark.finetune.trainer"
+CHILD_MODULE = "xray_spark.finetune.trainer"  # payload['child_module'] may name another training loop
 TOKEN_FILE = ".shared-token"
 
 
@@ -94,7 +94,8 @@ def run_worker_process(payload: dict[str, Any], env: dict[str, str]) -> dict[str
         payload_file, result_file = Path(tmp) / "payload.json", Path(tmp) / "result.json"
         payload_file.write_text(json.dumps({**payload, "result_path": str(result_file),
                                             "parent_pid": os.getpid()}))
-        proc = subprocess.Popen([sys.executable, "-m", CHILD_MODULE, str(payload_file)], env=env,
+        child = payload.get("child_module", CHILD_MODULE)  # e.g. keras_image_file_worker.py
+        proc = subprocess.Popen([sys.executable, "-m", child, str(payload_file)], env=env,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         tail: list[str] = []
         assert proc.stdout is not None
