@@ -32,8 +32,8 @@ if TYPE_CHECKING:
     from xray_spark.finetune.keras_image_file import KerasImageFileEstimator
 
 __version__ = "0.1.0"
-__all__ = ["DeepImageFeaturizer", "DeepImagePredictor", "KerasImageFileEstimator", "KerasImageFileTransformer",
-           "__version__", "registerKerasImageUDF"]
+__all__ = ["DeepImageFeaturizer", "DeepImagePredictor", "KerasImageFileEstimator",
+           "KerasImageFileTransformer", "__version__", "registerKerasImageUDF"]
 _LAZY = {  # sparkdl's names -> the module defining each (each imports pyspark)
     "DeepImageFeaturizer": "xray_spark.features.featurizer",
     "DeepImagePredictor": "xray_spark.features.predictor",
