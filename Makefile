@@ -50,7 +50,7 @@ test-fast: setup java
 	$(PY) -m pytest -q --durations=10 -m "not e2e" $(PYTEST_ARGS)
 
 lint: setup
-	$(VENV)/bin/ruff check src tests jobs benchmarks docs_hooks
+	$(VENV)/bin/ruff check src tests jobs benchmarks docs_hooks scripts
 
 # NO_MKDOCS_2_WARNING: mkdocs-material's banner about MkDocs 2.0 (informational, not a build warning)
 docs: setup
