@@ -10,6 +10,7 @@ weights, MLflow sqlite) and its ingest output.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import sys
 import time
@@ -149,3 +150,18 @@ def test_03_results(nb_env, trained, evidence):
     # confusion matrices per task: the best image model and the metadata baseline, read back from MLflow
     assert len(outputs(nb, "image/png")) == 4
     assert len(list((work / "artifacts").rglob("*.png"))) == 4
+
+
+def test_04_sparkdl_readme(nb_env, evidence):
+    """sparkdl's README example (DeepImageFeaturizer + LogisticRegression in a Pipeline) with its import
+    changed, on two class folders of the subset, InceptionV3 with seeded random weights (no download)."""
+    work = nb_env["root"] / "nb04"
+    nb = run_notebook("04_sparkdl_readme.ipynb", {"IMG_DIR": str(nb_env["data"]), "WEIGHTS": "none",
+                                                  "MODEL_DIR": str(work / "model")}, work, evidence)
+    source = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
+    assert "from xray_spark import DeepImageFeaturizer" in source and "import sparkdl" not in source
+    text = "\n".join(outputs(nb, "stream"))
+    accuracy = float(re.search(r"Test set accuracy = ([0-9.]+)", text).group(1))
+    assert 0.0 <= accuracy <= 1.0
+    assert re.search(r"reloaded: 2 stages \(DeepImageFeaturizer, LogisticRegressionModel\); "
+                     r"modelName=InceptionV3, weights=none", text), text
