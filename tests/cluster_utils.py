@@ -45,8 +45,11 @@ def free_port() -> int:
 
 
 def clean_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    """This process's environment minus anything that would let Python find the source tree or a session."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYSPARK_", "SPARK_", "PYTEST_"))}
+    """This process's environment minus anything that would let Python find the source tree or a session, or
+    an MLflow store: `mlflow.set_tracking_uri` in an earlier in-process test leaves MLFLOW_TRACKING_URI in
+    os.environ, and a job given it would log into that test's store instead of its own default."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("PYSPARK_", "SPARK_", "PYTEST_", "MLFLOW_"))}
     for key in ("PYTHONPATH", "PYTHONSTARTUP", "PYTHONHOME", "MASTER"):
         env.pop(key, None)
     env.update(
