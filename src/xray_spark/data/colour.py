@@ -27,15 +27,15 @@ from xray_spark.data.decode import (
     _decode_pil,
     _sniff_supported,
     decode_gray,
+    image_struct_array,
     to_rgb,
 )
-from xray_spark.data.pixels import DecodeError, stretch
+from xray_spark.data.pixels import stretch
 
 RESIZE_FILTERS: dict[str, Image.Resampling] = {
     "area": Image.Resampling.BOX,
     "nearest": Image.Resampling.NEAREST,
 }
-_OCV_CHANNELS = {0: 1, 16: 3, 24: 4}  # Spark ImageSchema: CV_8UC1, CV_8UC3 (BGR), CV_8UC4 (BGRA)
 
 
 def decode_rgb(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
@@ -81,15 +81,7 @@ def _over_black(arr: np.ndarray) -> np.ndarray:
 def image_struct_to_rgb(height: int, width: int, n_channels: int, mode: int, data: bytes) -> np.ndarray:
     """A Spark ImageSchema row (8-bit grey / BGR / BGRA) -> (H, W, 3) uint8 RGB, pixels unchanged (BGR order
     reversed, alpha onto black). Raises DecodeError."""
-    if mode not in _OCV_CHANNELS:
-        raise DecodeError("unsupported_format",
-                          f"ImageSchema OpenCV type {mode}: only CV_8UC1/3/4 are handled")
-    if n_channels != _OCV_CHANNELS[mode]:
-        raise DecodeError("corrupt_image", f"nChannels {n_channels} does not match OpenCV type {mode}")
-    if data is None or height <= 0 or width <= 0 or len(data) != height * width * n_channels:
-        got = 0 if data is None else len(data)
-        raise DecodeError("corrupt_image", f"{got} bytes for a {width}x{height}x{n_channels} image")
-    arr = np.frombuffer(data, dtype=np.uint8).reshape(height, width, n_channels)
+    arr = image_struct_array(height, width, n_channels, mode, data)
     if n_channels == 1:
         return to_rgb(np.ascontiguousarray(arr[..., 0]))
     return _over_black(arr[..., [2, 1, 0, 3][:n_channels]])

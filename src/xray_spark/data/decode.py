@@ -328,9 +328,9 @@ def decode_for_model(data: bytes, size: int, *, max_pixels: int = DEFAULT_MAX_PI
 _OCV_CHANNELS = {0: 1, 16: 3, 24: 4}  # Spark ImageSchema: CV_8UC1, CV_8UC3 (BGR), CV_8UC4 (BGRA)
 
 
-def image_struct_to_gray(height: int, width: int, n_channels: int, mode: int, data: bytes) -> np.ndarray:
-    """A Spark ImageSchema row (8-bit gray/BGR/BGRA) -> normalised gray uint8 via the same luminance and
-    min-max path as decode_gray. Raises DecodeError."""
+def image_struct_array(height: int, width: int, n_channels: int, mode: int, data: bytes) -> np.ndarray:
+    """A Spark ImageSchema row's pixels as they are stored: (H, W, C) uint8 (8-bit grey, BGR or BGRA), checked
+    against the row's own type and size. Raises DecodeError."""
     if mode not in _OCV_CHANNELS:
         raise DecodeError("unsupported_format",
                           f"ImageSchema OpenCV type {mode}: only CV_8UC1/3/4 are handled")
@@ -339,10 +339,15 @@ def image_struct_to_gray(height: int, width: int, n_channels: int, mode: int, da
     if data is None or height <= 0 or width <= 0 or len(data) != height * width * n_channels:
         got = 0 if data is None else len(data)
         raise DecodeError("corrupt_image", f"{got} bytes for a {width}x{height}x{n_channels} image")
-    arr = np.frombuffer(data, dtype=np.uint8)
+    return np.frombuffer(data, dtype=np.uint8).reshape(height, width, n_channels)
+
+
+def image_struct_to_gray(height: int, width: int, n_channels: int, mode: int, data: bytes) -> np.ndarray:
+    """A Spark ImageSchema row (8-bit gray/BGR/BGRA) -> normalised gray uint8 via the same luminance and
+    min-max path as decode_gray. Raises DecodeError."""
+    arr = image_struct_array(height, width, n_channels, mode, data)
     if n_channels == 1:
-        return stretch(arr.reshape(height, width))
-    arr = arr.reshape(height, width, n_channels)
+        return stretch(arr[..., 0])
     alpha = arr[..., 3] if n_channels == 4 else None
     return stretch(luma(arr[..., 2], arr[..., 1], arr[..., 0], alpha))
 
