@@ -163,6 +163,54 @@ def binary_files(spark: SparkSession):
             .option("ignoreMissingFiles", "true").option("ignoreCorruptFiles", "true"))
 
 
+BINARY_FILE_SCHEMA = "path string, modificationTime timestamp, length long, content binary"
+_DISCOVERY = "spark.sql.sources.parallelPartitionDiscovery.threshold"
+
+
+@contextmanager
+def listed_on_driver(spark: SparkSession, files: list[str]) -> Iterator[None]:
+    """Around a read of these explicit files: local files are looked up on the driver. With more than 32
+    explicit paths Spark otherwise lists them with a distributed job (one task per path, each costing more
+    than the local lookup it replaces). Remote stores keep that job, where it saves one round trip per file.
+    (The file index is built when the DataFrame is created, so the setting only needs to hold for that call.)
+    """
+    if not all(paths.is_local(f) for f in files):
+        yield
+        return
+    previous = spark.conf.get(_DISCOVERY, None)
+    spark.conf.set(_DISCOVERY, str(max(len(files) + 1, 32)))
+    try:
+        yield
+    finally:
+        if previous is None:
+            spark.conf.unset(_DISCOVERY)
+        else:
+            spark.conf.set(_DISCOVERY, previous)
+
+
+
+def read_binary_files(spark: SparkSession, files: list[str]) -> DataFrame:
+    """binaryFile rows for exactly these qualified files (one `load`, no per-file call on the driver); files
+    that vanished or cannot be read are left out, for the caller to reconcile with what it asked for."""
+    if not files:
+        return spark.createDataFrame([], BINARY_FILE_SCHEMA)
+    from pyspark.errors import AnalysisException  # lazy: this module loads without pyspark
+
+    reader = binary_files(spark)
+    with listed_on_driver(spark, files):
+        try:
+            return reader.load([paths.glob_escape(f) for f in files])
+        except AnalysisException as exc:  # load() checks existence up front; drop the vanished ones once
+            if "PATH_NOT_FOUND" not in str(exc):
+                raise
+            fs = HadoopFS(spark)
+            present = [f for f in files if fs.exists(f)]
+            log.warning("%d file(s) vanished since listing; they are skipped", len(files) - len(present))
+            if not present:
+                return spark.createDataFrame([], BINARY_FILE_SCHEMA)
+            return reader.load([paths.glob_escape(f) for f in present])
+
+
 class HadoopFS:
     """The few Hadoop FileSystem calls the feature cache and scoring need, so their folders may live on any
     scheme the cluster can read (file:, hdfs://, dbfs:/, abfss://, s3a://)."""

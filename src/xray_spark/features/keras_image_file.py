@@ -53,7 +53,7 @@ from xray_spark.features.pinning import check_file_pinned
 from xray_spark.features.user_models import load_user_engine, resolve_model_file
 from xray_spark.features.weights import executor_weights_path, ship_weights, weights_cache_dir
 from xray_spark.features.worker import configure_tf_threads, tf_threads
-from xray_spark.spark_io import binary_files
+from xray_spark.spark_io import read_binary_files
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -202,13 +202,8 @@ def with_contents(spark: SparkSession, dataset: DataFrame, uri_col: str) -> Data
     (null where the file is missing or unreadable). The driver handles the distinct URIs (ids) only."""
     uris = [r[0] for r in dataset.select(uri_col).where(F.col(uri_col).isNotNull()).distinct().collect()]
     qualified = qualify_uris(spark, uris)
-    existing = sorted({q for q in qualified.values() if _is_file(spark, q)})
-    schema = StructType([StructField(_QUALIFIED, StringType()), StructField(_CONTENT, BinaryType())])
-    if existing:
-        contents = (binary_files(spark).load([paths.glob_escape(q) for q in existing])
-                    .select(F.col("path").alias(_QUALIFIED), F.col("content").alias(_CONTENT)))
-    else:
-        contents = spark.createDataFrame([], schema)
+    contents = (read_binary_files(spark, sorted(set(qualified.values())))  # missing files: no row
+                .select(F.col("path").alias(_QUALIFIED), F.col("content").alias(_CONTENT)))
     mapping = spark.createDataFrame(list(qualified.items()), [_URI, _QUALIFIED])
     return (dataset.join(mapping, dataset[uri_col].eqNullSafe(mapping[_URI]), "left").drop(_URI)
             .join(contents, _QUALIFIED, "left").drop(_QUALIFIED))
@@ -224,15 +219,6 @@ def qualify_uris(spark: SparkSession, uris: list[str]) -> dict[str, str]:
             folders[parent] = paths.qualify(spark, parent or "/")
         out[uri] = paths.join(folders[parent], paths.file_name(uri))
     return out
-
-
-def _is_file(spark: SparkSession, uri: str) -> bool:
-    jvm = spark.sparkContext._jvm
-    path = jvm.org.apache.hadoop.fs.Path(uri)
-    try:
-        return bool(path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration()).isFile(path))
-    except Exception:  # Py4J wraps Hadoop's IOException: an unreadable URI is a null row, not a failed job
-        return False
 
 
 def _active_spark() -> SparkSession | None:

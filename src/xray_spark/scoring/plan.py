@@ -16,22 +16,19 @@ import logging
 import os
 import time
 from collections.abc import Mapping
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING
 
 import pandas as pd
-from pyspark.errors import AnalysisException
 from pyspark.sql import functions as F
 
 from xray_spark.data.local_files import read_file
 from xray_spark.data.unlisted import Census, unlisted_files
-from xray_spark.paths import glob_escape, is_local, qualify
-from xray_spark.spark_io import HadoopFS, binary_files
+from xray_spark.paths import qualify
+from xray_spark.spark_io import BINARY_FILE_SCHEMA, binary_files, read_binary_files
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
 
     from pyspark.sql import DataFrame, SparkSession
 
@@ -61,29 +58,6 @@ class Plan:
     local_reads: dict[str, str] = field(default_factory=dict)  # path -> local file, for what Spark skips
 
 
-_DISCOVERY = "spark.sql.sources.parallelPartitionDiscovery.threshold"
-_BINARY_FILE_SCHEMA = "path string, modificationTime timestamp, length long, content binary"
-
-
-@contextmanager
-def listed_on_driver(spark: SparkSession, paths: list[str]) -> Iterator[None]:
-    """Around a read of these explicit files: local files are looked up on the driver. With more than 32
-    explicit paths Spark otherwise lists them with a distributed job (one task per path, each costing more
-    than the local lookup it replaces). Remote stores keep that job, where it saves one round trip per file.
-    (The file index is built when the DataFrame is created, so the setting only needs to hold for that call.)
-    """
-    if not all(is_local(p) for p in paths):
-        yield
-        return
-    previous = spark.conf.get(_DISCOVERY, None)
-    spark.conf.set(_DISCOVERY, str(max(len(paths) + 1, 32)))
-    try:
-        yield
-    finally:
-        if previous is None:
-            spark.conf.unset(_DISCOVERY)
-        else:
-            spark.conf.set(_DISCOVERY, previous)
 
 
 def read_contents(spark: SparkSession, paths: list[str], local_reads: Mapping[str, str] | None = None
@@ -95,7 +69,7 @@ def read_contents(spark: SparkSession, paths: list[str], local_reads: Mapping[st
     local_reads = local_reads or {}
     spark_paths = [p for p in paths if p not in local_reads]
     mine = [(p, local_reads[p]) for p in paths if p in local_reads]
-    frame = _read_binary_files(spark, spark_paths)
+    frame = read_binary_files(spark, spark_paths)
     if mine:
         frame = frame.unionByName(read_local_files(spark, mine))
     return frame
@@ -119,25 +93,7 @@ def read_local_files(spark: SparkSession, files: list[tuple[str, str]]) -> DataF
 
     pairs = spark.createDataFrame(files, "path string, read_path string")
     return pairs.repartition(min(len(files), spark.sparkContext.defaultParallelism)).mapInPandas(
-        read, _BINARY_FILE_SCHEMA)
-
-
-def _read_binary_files(spark: SparkSession, paths: list[str]) -> DataFrame:
-    if not paths:
-        return spark.createDataFrame([], _BINARY_FILE_SCHEMA)
-    reader = binary_files(spark)
-    with listed_on_driver(spark, paths):
-        try:
-            return reader.load([glob_escape(p) for p in paths])
-        except AnalysisException as exc:  # load() checks existence up front; drop the vanished ones once
-            if "PATH_NOT_FOUND" not in str(exc):
-                raise
-            fs = HadoopFS(spark)
-            present = [p for p in paths if fs.exists(p)]
-            log.warning("%d file(s) vanished since listing; they are skipped", len(paths) - len(present))
-            if not present:
-                return spark.createDataFrame([], _BINARY_FILE_SCHEMA)
-            return reader.load([glob_escape(p) for p in present])
+        read, BINARY_FILE_SCHEMA)
 
 
 def list_files(spark: SparkSession, input_dir: str, extensions: list[str]) -> tuple[DataFrame, Census]:

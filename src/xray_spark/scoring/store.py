@@ -43,8 +43,7 @@ from xray_spark.data.decode import decoder_signature
 from xray_spark.data.pixels import STALE_REASON
 from xray_spark.errors import UserError
 from xray_spark.scoring.lease import Lease
-from xray_spark.scoring.plan import listed_on_driver
-from xray_spark.spark_io import HadoopFS
+from xray_spark.spark_io import HadoopFS, listed_on_driver
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
