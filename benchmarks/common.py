@@ -20,16 +20,19 @@ def setup_logging(noisy: Iterable[str] = ()) -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
-CPU_FLAGS_SHOWN = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
+CPU_FLAGS_SHOWN = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "avx_vnni", "avx512_vnni", "amx_int8")
 
 
 def cpu_line() -> str:
-    """One line naming the CPU, its cores and whether bf16 is native, printed by every benchmark.
+    """One line naming the CPU, its cores, whether bf16 is native and its int8 support, printed by every
+    benchmark.
 
-    Why: engine ratios depend on the CPU (AMX / AVX512-BF16 or neither); a figure without it cannot be
-    compared, and where bf16 is not native OpenVINO's bf16 hint runs fp32, which the line says plainly.
+    Why: engine ratios depend on the CPU (AMX / AVX512-BF16 or neither; AMX-INT8 / AVX512-VNNI / AVX-VNNI or
+    no int8 dot product); a figure without it cannot be compared, and where bf16 is not native OpenVINO's bf16
+    hint runs fp32, which the line says plainly.
     """
     from xray_spark.features.engines import cpu_flags, has_native_bf16
+    from xray_spark.features.quantize import int8_support
 
     model = "unknown"
     info = Path("/proc/cpuinfo")
@@ -44,7 +47,8 @@ def cpu_line() -> str:
     native = has_native_bf16(flags)
     note = "" if native else " (no AMX/AVX512-BF16: OpenVINO's bf16 hint runs as fp32 on this CPU)"
     load = " ".join(f"{x:.1f}" for x in os.getloadavg())
-    return f"cpu={model!r} cores={cores} {shown} native_bf16={'yes' if native else 'no'}{note} load={load}"
+    return (f"cpu={model!r} cores={cores} {shown} native_bf16={'yes' if native else 'no'}{note} "
+            f"int8_support={int8_support(flags)} load={load}")
 
 
 def tree_cpu_seconds() -> float | None:

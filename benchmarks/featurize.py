@@ -1,8 +1,8 @@
 """Featurizer throughput per inference engine (default), or the featurizer vs raw Keras vs the pandas-UDF
 recipe (`--recipes`).
 
-Default section — engines. For each backbone and engine (Keras fp32, OpenVINO fp32, OpenVINO bf16), side by
-side in one run on the same images (weights none: same compute as ImageNet weights):
+Default section — engines. For each backbone and engine (Keras fp32, OpenVINO fp32, OpenVINO bf16, OpenVINO
+int8), side by side in one run on the same images (weights none: same compute as ImageNet weights):
   bare   the engine in this process on already-decoded uint8 arrays (preprocess_input included), batches of
          --batch-size, threads = the cores Spark uses (TensorFlow intra-op / OpenVINO INFERENCE_NUM_THREADS);
   spark  DeepImageFeaturizer(engine=..., precision=...) from file bytes (binaryFile folder) in Spark
@@ -13,8 +13,12 @@ the fastest kept. Per line: `img_per_s=` (bare), `ratio_vs_keras_fp32=` (bare, v
 logistic regression fitted on Keras fp32 features of every other image with its class-folder label, then
 applied to the rest from each engine's features: the share of predicted labels equal to Keras fp32's; goal
 >= 0.99), `spark_img_per_s=`, `spark_over_bare=` (featurizer img/s over the same engine's bare img/s, goal
->= 0.9), and `ran=`: the engine label the Spark workers reported. The first line names the CPU and whether
-it has native bf16: where it does not, OpenVINO runs the bf16 hint as fp32 and the bf16 lines say so.
+>= 0.9), and `ran=`: the engine label the Spark workers reported. The first line names the CPU, whether it
+has native bf16 (where it does not, OpenVINO runs the bf16 hint as fp32 and the bf16 lines say so) and its
+int8 support (AMX-INT8, AVX512-VNNI, AVX-VNNI or none: int8 still runs there, slower).
+int8 is NNCF post-training quantisation (features/quantize.py) calibrated on the images the label head is
+fitted on (every other image, up to --calibration-images), never on the held-out half it is measured on;
+quantising is part of the warm-up, not of the timings.
 
     python benchmarks/featurize.py --data ../shared/data/ozturk --limit 256 --batch-size 32
 
@@ -56,7 +60,7 @@ import pandas as pd
 from common import cpu_line, setup_logging  # benchmarks/ is on sys.path when run as a script
 
 log = logging.getLogger("benchmarks.featurize")
-VARIANTS = (("keras", "fp32"), ("openvino", "fp32"), ("openvino", "bf16"))
+VARIANTS = (("keras", "fp32"), ("openvino", "fp32"), ("openvino", "bf16"), ("openvino", "int8"))
 EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm", ".gif", ".webp"}
 
 
@@ -233,11 +237,13 @@ def label_head(feats: np.ndarray, labels: np.ndarray, train: np.ndarray):
 
 
 def bench_backbone(spark, name: str, files: list[Path], payloads: list[bytes], staged: Path, warm: Path,
-                   parts: int, cores: int, batch_size: int, rounds: int, native: bool) -> list[str]:
+                   parts: int, cores: int, batch_size: int, rounds: int, native: bool,
+                   calibration_images: int = 300) -> list[str]:
     """Warm up, then time every variant bare and in Spark, interleaved; one output line per variant."""
     from xray_spark.data.decode import decode_for_model
     from xray_spark.features import engines
     from xray_spark.features.backbones import get_backbone
+    from xray_spark.features.calibration import write_calibration
     from xray_spark.features.featurizer import DeepImageFeaturizer
     from xray_spark.features.weights import resolve_weights, weights_cache_dir
 
@@ -245,16 +251,23 @@ def bench_backbone(spark, name: str, files: list[Path], payloads: list[bytes], s
     resolved = resolve_weights(bb.name, "none", spark=spark)
     x = np.stack([decode_for_model(b, bb.input_size) for b in payloads])
     n = len(x)
+    train, test = np.arange(0, n, 2), np.arange(1, n, 2)  # the listing is sorted by class: both sides get all
+    calib = train[:calibration_images]  # int8 calibrates on the head's training half only
+    cal = write_calibration(x[calib, :, :, 0], [hashlib.sha256(payloads[i]).hexdigest() for i in calib],
+                            bb.name, staged.parent / "calibration")
+    int8_params = {"calibration": str(cal.path), "calibrationSha256": cal.digest}
     bare: dict[tuple[str, str], engines.Engine] = {}
     spark_fns: dict[tuple[str, str], Callable[[], None]] = {}
     ran: dict[tuple[str, str], str] = {}
     for engine, precision in VARIANTS:
+        int8 = precision == "int8"
         bare[engine, precision] = engines.load_engine(
             bb.name, str(resolved.local_path), engine=engine, precision=precision,
-            fingerprint=resolved.fingerprint, cache_dir=weights_cache_dir(), threads=cores)
+            fingerprint=resolved.fingerprint, cache_dir=weights_cache_dir(), threads=cores,
+            calibration=str(cal.path) if int8 else None)
         bare[engine, precision](x[:batch_size])  # warm-up: the first inference allocates
         feat = DeepImageFeaturizer(modelName=bb.name, weights="none", engine=engine, precision=precision,
-                                   batchSize=batch_size, engineCol="engine")
+                                   batchSize=batch_size, engineCol="engine", **(int8_params if int8 else {}))
         out = feat.transform(spark.read.format("binaryFile").load(str(warm)).repartition(cores))
         # warm-up in Spark (every worker loads the model) and the label the workers report
         labels = {r.engine for r in out.select("engine").distinct().collect()}
@@ -279,7 +292,6 @@ def bench_backbone(spark, name: str, files: list[Path], payloads: list[bytes], s
                      os.getloadavg()[0])
 
     classes = np.array([f.parent.name for f in files])  # the class folder is the label
-    train, test = np.arange(0, n, 2), np.arange(1, n, 2)  # the listing is sorted by class: both sides get all
     reference = feats["keras", "fp32"]
     head = label_head(reference, classes, train)
     expected = head.predict(reference[test])
@@ -291,6 +303,7 @@ def bench_backbone(spark, name: str, files: list[Path], payloads: list[bytes], s
         ips, spark_ips = n / best_bare[v], n / best_spark[v]
         same = int((head.predict(feats[v][test]) == expected).sum())
         note = " bf16_not_native=ran_as_fp32" if v[1] == "bf16" and not native else ""
+        note += f" calibration_images={cal.n}" if v[1] == "int8" else ""
         lines.append(
             f"backbone={bb.name} engine={v[0]}:{v[1]} ran={ran[v]} bare_ran={bare[v].label} "
             f"img_per_s={ips:.2f} ratio_vs_keras_fp32={ips / keras_ips:.3f} "
@@ -314,10 +327,12 @@ def run_engines(spark, args: argparse.Namespace, files: list[Path], payloads: li
     """The default section: one line per backbone and engine (see the module docstring)."""
     from xray_spark.features import engines
     from xray_spark.features.cache import IMAGES_PER_TASK
+    from xray_spark.features.quantize import int8_support
     from xray_spark.features.worker import configure_tf_threads
     from xray_spark.spark_io import balanced_partitions
 
     native = engines.has_native_bf16(engines.cpu_flags())
+    int8 = int8_support(engines.cpu_flags())
     ov, error = engines.import_openvino()
     caps = ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES") if ov else []
     n = len(files)
@@ -330,7 +345,7 @@ def run_engines(spark, args: argparse.Namespace, files: list[Path], payloads: li
     try:
         for name in backbones(args):
             lines += bench_backbone(spark, name, files, payloads, staged, warm, parts, cores, args.batch_size,
-                                    max(1, args.repeat), native)
+                                    max(1, args.repeat), native, args.calibration_images)
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
@@ -342,6 +357,10 @@ def run_engines(spark, args: argparse.Namespace, files: list[Path], payloads: li
     if not native:
         print("bf16 is NOT native on this CPU (no amx_bf16 / avx512_bf16): OpenVINO runs the bf16 hint as "
               "fp32, so the openvino:bf16 lines below measure fp32 again and say nothing about bf16")
+    if int8 == "none":
+        print("int8 is NOT native on this CPU (no AMX-INT8 / AVX512-VNNI / AVX-VNNI): OpenVINO runs the int8 "
+              "model with plain AVX2/SSE integer arithmetic, so the openvino:int8 line is slower than on "
+              "CPUs with int8 dot products, and engine `auto` never picks int8 here")
     for line in lines:
         print(line)
 
@@ -449,6 +468,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--repeat", type=int, default=1,
                    help="interleaved timed rounds after the warm-up (best kept)")
+    p.add_argument("--calibration-images", type=int, default=300,
+                   help="int8: NNCF calibration images, from the label head's training half (default 300)")
     p.add_argument("--master", default="local[2]")
     p.add_argument("--conf", action="append", default=[], metavar="K=V", help="extra Spark conf, repeatable")
     p.add_argument("--recipes", action="store_true",

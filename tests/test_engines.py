@@ -94,7 +94,8 @@ def test_openvino_matches_keras_per_image(spark, images, keras_features, weights
     # the workers converted into the driver's weights cache (local mode) and left no temp folders behind;
     # the cache is the session's, so other tests' weights (e.g. a weights file) may have IRs there too
     irs = [p for p in (weights_cache / "openvino" / "ResNet50").glob("*/model.xml")
-           if json.loads((p.parent / "key.json").read_text())["weights"].startswith("none:seed=0")]
+           if json.loads((p.parent / "key.json").read_text())["weights"].startswith("none:seed=0")
+           and json.loads((p.parent / "key.json").read_text()).get("precision") != "int8"]  # test_int8's
     assert len(irs) == 1 and (irs[0].parent / "model.bin").is_file()
     key = json.loads((irs[0].parent / "key.json").read_text())
     assert key["backbone"] == "ResNet50"
@@ -137,6 +138,28 @@ def test_auto_resolver_table(engine, precision, flags, ov, gpu, expected):
     assert choice.reason
 
 
+AMX_INT8 = AMX | {"amx_int8"}
+VNNI_BF16 = AVX512_BF16 | {"avx512_vnni"}  # e.g. AMD Zen 4
+AVX_VNNI = AVX2 | {"avx_vnni"}  # e.g. Intel Alder Lake
+
+
+@pytest.mark.parametrize(("engine", "precision", "flags", "int8_ok", "expected"), [
+    ("auto", None, AMX_INT8, True, "openvino:int8"),
+    ("auto", None, VNNI_BF16, True, "openvino:int8"),
+    ("auto", None, AVX_VNNI, True, "openvino:int8"),
+    ("auto", None, AVX512_BF16, True, "openvino:bf16"),  # passed the gate, but no native int8 here
+    ("auto", None, AVX2, True, "openvino:fp32"),
+    ("auto", None, VNNI_BF16, False, "openvino:bf16"),  # native int8, but the model did not pass the gate
+    ("auto", "fp32", AMX_INT8, True, "openvino:fp32"),  # a precision the user set wins over auto's
+    ("openvino", "int8", AVX2, False, "openvino:int8"),  # asked for explicitly: runs (slowly) anywhere
+    ("auto", None, AMX_INT8, True, "keras:fp32"),  # with openvino missing (ov=False below)
+])
+def test_auto_picks_int8_only_after_the_gate_and_on_native_int8(engine, precision, flags, int8_ok, expected):
+    choice = engines.choose_engine(engine, precision, cpu_flags=flags, gpu_present=False, int8_ok=int8_ok,
+                                   openvino_importable=expected != "keras:fp32")
+    assert choice.label == expected and choice.reason
+
+
 def test_cpu_flags_are_read_from_cpuinfo(tmp_path):
     info = tmp_path / "cpuinfo"
     info.write_text("processor\t: 0\nmodel name\t: Some CPU\nflags\t\t: fpu avx2 avx512f amx_bf16\n\n"
@@ -151,7 +174,7 @@ def test_bad_engine_or_precision_is_one_line_user_error(spark):
 
     df = spark.createDataFrame([(bytearray(b"x"),)], "content binary")
     cases = [({"engine": "tensorrt"}, "engine must be one of auto, keras, openvino; got 'tensorrt'"),
-             ({"precision": "fp16"}, "precision must be one of fp32, bf16; got 'fp16'"),
+             ({"precision": "fp16"}, "precision must be one of fp32, bf16, int8; got 'fp16'"),
              ({"engine": "keras", "precision": "bf16"}, "needs engine 'openvino' or 'auto'")]
     for params, message in cases:
         feat = DeepImageFeaturizer(weights="none", **params)

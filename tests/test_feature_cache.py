@@ -56,8 +56,11 @@ def test_second_run_computes_nothing_and_new_images_are_appended(spark, payloads
     assert {(r.backbone, r.weights_fingerprint) for r in rows1} == {("ResNet50", run1.fingerprint)}
     assert run1.fingerprint.startswith("none:seed=0:keras=")
 
-    folder = Path(cache_path(cache_dir, "ResNet50", run1.fingerprint))
-    assert folder.name == "f32" and folder.parent.parent.name == "ResNet50" and ":" not in folder.parent.name
+    folder = Path(cache_path(cache_dir, "ResNet50", run1.fingerprint, run1.precision))
+    assert run1.precision in ("fp32", "bf16")  # engine 'auto''s on this CPU, decided once on the driver
+    assert folder.name == "f32" and folder.parent.name == run1.precision
+    assert folder.parent.parent.parent.name == "ResNet50" and ":" not in folder.parent.parent.name
+    assert {r.engine for r in rows1} == {f"openvino:{run1.precision}", None}  # None: the undecodable row
     parts1 = {p.name: p.stat().st_mtime_ns for p in folder.glob("part-*.parquet")}
     assert parts1 and not list(folder.glob("_staging-*"))
 

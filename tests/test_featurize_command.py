@@ -61,7 +61,7 @@ def test_featurize_lists_once_reads_once_and_counts_every_file(spark, ozturk_dir
             f"decode.max_file_bytes ({MAX_BYTES} bytes), {put['unlisted']} empty or `_`-named") in line, line
     assert not (out / "ingest").exists(), "a raw folder is featurized without an ingest"
 
-    parts = list(out.glob("ResNet50/*/f32/part-*.parquet"))
+    parts = list(out.glob("ResNet50/*/*/f32/part-*.parquet"))
     rows = {r.sha256: r for r in spark.read.parquet(*map(str, parts)).collect()}
     broken = hashlib.sha256((data / "covid" / "broken.png").read_bytes()).hexdigest()
     assert len(rows) == put["distinct"] and rows[broken].features is None
@@ -70,7 +70,7 @@ def test_featurize_lists_once_reads_once_and_counts_every_file(spark, ozturk_dir
 
     assert main(args) == 0  # the second run: everything cached, nothing computed, no part file added
     assert f"0 featurized now, {put['distinct']} already cached" in _summary(capsys)
-    assert len(list(out.glob("ResNet50/*/f32/part-*.parquet"))) == len(parts)
+    assert len(list(out.glob("ResNet50/*/*/f32/part-*.parquet"))) == len(parts)
 
     # what `train --out` the same folder does first: ingest into OUT/ingest. featurize then reuses that
     # ingest (its ok images, so the broken file is no longer asked for) and finds all of them cached

@@ -1,8 +1,8 @@
 """The package's import structure: no cycles; internal imports at module top; lazy imports only where they
 pay.
 
-Lazy imports are allowed for TensorFlow, Keras, MLflow, pyspark, scikit-learn and matplotlib only (slow to
-import, and not needed by every command), each with a `# lazy:` comment saying why; optional tools that are
+Lazy imports are allowed for TensorFlow, Keras, MLflow, pyspark, scikit-learn, matplotlib and nncf only (slow
+to import, and not needed by every command), each with a `# lazy:` comment saying why; optional tools that are
 not runtime dependencies (IPython) are imported inside `try: ... except ImportError`. One module more may
 import the package's own modules inside functions, said once in a `# lazy:` comment at its top: cli.py,
 whose commands each import their implementation, so that `xray-spark --help`, `xray-spark CMD --help` and
@@ -21,14 +21,14 @@ import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 PACKAGE = SRC / "xray_spark"
-LAZY_ALLOWED = {"tensorflow", "keras", "mlflow", "pyspark", "sklearn", "matplotlib"}
+LAZY_ALLOWED = {"tensorflow", "keras", "mlflow", "pyspark", "sklearn", "matplotlib", "nncf"}
 OPTIONAL = {"IPython", "matplotlib_inline"}
 # modules whose functions may import the package's own modules (a `# lazy:` comment at the top says why)
 LAZY_PACKAGE_IMPORTS = {"xray_spark.cli"}
 # what `xray-spark --help` and argument errors must not import (slow to import; the last three come in
 # with most of the others)
 HEAVY = {"pyspark", "py4j", "tensorflow", "keras", "sklearn", "matplotlib", "mlflow", "openvino",
-         "pandas", "numpy", "scipy"}
+         "nncf", "pandas", "numpy", "scipy"}
 
 
 def _module_name(path: Path) -> str:

@@ -35,6 +35,7 @@ from xray_spark.errors import (
     is_transient,
     one_line,
 )
+from xray_spark.evaluation.int8_config import GATE_MODES  # (also registers config `int8`)
 from xray_spark.features import ENGINES
 from xray_spark.finetune import config as _finetune_section  # noqa: F401  (registers config `finetune`)
 from xray_spark.logs import setup_logging
@@ -141,6 +142,8 @@ def _print_train_result(result: TrainResult) -> None:
     for task, champ in result.champions.items():
         print(f"champion {task}: {champ['uri']} "
               f"(version {champ['version']}: {champ['backbone']} + {champ['head']})")
+        if champ.get("int8"):
+            print(f"  int8 {champ['int8']}")
     print(f"MLflow: {result.tracking_uri}  (UI: mlflow ui --backend-store-uri {result.tracking_uri})")
 
 
@@ -318,6 +321,10 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
                    help="leave-one-source-out: also refit each task's champion once per source, tested on "
                         "that source only (2+ sources: --data NAME=DIR repeated, or a manifest source "
                         "column)")
+    p.add_argument("--int8-gate", choices=GATE_MODES, default=None,
+                   help="measure each model on int8 vs fp32 features of held-out images; int8 is used only "
+                        "by models that pass (auto: where the CPU runs int8 natively; default: config "
+                        "int8.gate)")
 
 
 def _finetune_arguments(p: argparse.ArgumentParser) -> None:

@@ -16,7 +16,10 @@ Engines:
   renamed into place, so two Python workers converting at once both succeed and neither reads half an IR;
   a lock file beside it makes the other workers of a machine wait for the first conversion instead of
   repeating it (where the filesystem has no locks, they convert too and the first rename wins).
-- `auto` — see `choose_engine`: a pure function of (CPU flags, openvino importable, GPU present).
+- `openvino` at `int8` — the fp32 IR quantised by NNCF on a calibration sample (quantize.py), cached beside
+  it; needs the calibration file (`calibration`, shipped by the driver like the weights).
+- `auto` — see `choose_engine`: a pure function of (CPU flags, openvino importable, GPU present, whether the
+  model's int8 features passed train's gate).
 
 Both engines get exactly the same input: the featurizer's uint8 batch through the backbone's own Keras
 `preprocess_input` (`Backbone.preprocess`), here, once, for either engine.
@@ -31,9 +34,6 @@ written here (always true in local mode), else `~/.cache/xray-spark/weights`, el
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import hashlib
 import importlib
 import json
 import logging
@@ -42,7 +42,7 @@ import shutil
 import tempfile
 import uuid
 import warnings
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -52,6 +52,9 @@ import numpy as np
 from xray_spark.errors import UserError
 from xray_spark.features import ENGINES
 from xray_spark.features.backbones import Backbone, get_backbone
+from xray_spark.features.ir_files import ir_folder, publish_folder
+from xray_spark.features.ir_files import lock as _lock
+from xray_spark.features.quantize import has_native_int8, int8_ir, int8_support
 from xray_spark.features.weights import file_digest, weights_cache_dir
 
 if TYPE_CHECKING:
@@ -59,10 +62,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("fp32", "bf16", "int8")
 NATIVE_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
 IR_WEIGHTS = "f32"  # IR weights stay fp32 (save_model would compress them to fp16 by default)
-_OV_HINT = {"fp32": "f32", "bf16": "bf16"}
+_OV_HINT = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}  # int8: the ops left unquantised run fp32
 _OV_TYPE_TO_PRECISION = {"f32": "fp32", "bf16": "bf16", "f16": "fp16"}
 
 _KERAS_MODELS: dict[tuple[str, str], Any] = {}
@@ -76,7 +79,7 @@ _CORE: list[Any] = []
 
 @dataclass(frozen=True)
 class EngineChoice:
-    """What to run: engine `keras` | `openvino`, precision `fp32` | `bf16`, and why (for logs)."""
+    """What to run: engine `keras` | `openvino`, precision `fp32` | `bf16` | `int8`, and why (for logs)."""
 
     engine: str
     precision: str
@@ -105,18 +108,21 @@ def has_native_bf16(cpu_flags: Iterable[str]) -> bool:
 
 def choose_engine(
     engine: str, precision: str | None, *, cpu_flags: Iterable[str], openvino_importable: bool,
-    gpu_present: bool,
+    gpu_present: bool, int8_ok: bool = False,
 ) -> EngineChoice:
     """The engine decision, pure so every row of the table is unit-tested.
 
-    `precision` None means "not chosen by the user": `auto` then takes bf16 only where the CPU has it
+    `precision` None means "not chosen by the user": `auto` then takes int8 only for a model whose int8
+    features passed train's gate (`int8_ok`) on a CPU with native int8, else bf16 only where the CPU has it
     natively.
     - keras -> keras fp32;
     - openvino -> openvino at `precision` (fp32 if None); Keras fp32 if openvino cannot be imported;
     - auto -> Keras when TensorFlow sees a GPU (OpenVINO's CPU plugin would leave it idle); else OpenVINO,
-      bf16 when the CPU has native bf16 (amx_bf16 / avx512_bf16) else fp32; else Keras.
+      int8 when `int8_ok` and the CPU has native int8 (amx_int8 / avx512_vnni / avx_vnni), else bf16 when
+      the CPU has native bf16 (amx_bf16 / avx512_bf16), else fp32; else Keras.
     """
-    native = has_native_bf16(cpu_flags)
+    flags = frozenset(cpu_flags)
+    native = has_native_bf16(flags)
     if engine == "keras":
         return EngineChoice("keras", "fp32", "engine='keras'")
     if engine == "openvino":
@@ -131,6 +137,9 @@ def choose_engine(
         return EngineChoice("keras", "fp32", "auto: openvino cannot be imported")
     if precision is not None:
         return EngineChoice("openvino", precision, f"auto: CPU, precision {precision!r} chosen by the user")
+    if int8_ok and has_native_int8(flags):
+        return EngineChoice("openvino", "int8", "auto: the model passed the int8 gate, CPU with native int8 "
+                                                f"({int8_support(flags)})")
     if native:
         return EngineChoice("openvino", "bf16", "auto: CPU with native bf16")
     return EngineChoice("openvino", "fp32", "auto: CPU without native bf16")
@@ -163,12 +172,12 @@ def gpu_present() -> bool:
     return bool(tf.config.list_physical_devices("GPU"))
 
 
-def resolve_engine(engine: str, precision: str | None) -> EngineChoice:
+def resolve_engine(engine: str, precision: str | None, int8_ok: bool = False) -> EngineChoice:
     """`choose_engine` with this machine's facts; the fallback from `openvino` warns once per process."""
     ov, error = import_openvino()
     gpu = gpu_present() if engine == "auto" else False
     choice = choose_engine(engine, precision, cpu_flags=cpu_flags(), openvino_importable=ov is not None,
-                           gpu_present=gpu)
+                           gpu_present=gpu, int8_ok=int8_ok)
     if choice.fallback:
         _warn_once("import", f"openvino cannot be imported in this Python process (pid {os.getpid()}: "
                              f"{error}): DeepImageFeaturizer engine 'openvino' falls back to keras fp32")
@@ -215,24 +224,31 @@ def keras_model(backbone: str, weights_path: str) -> keras.Model:
 def load_engine(
     backbone: str, weights_path: str, *, engine: str = "keras", precision: str | None = None,
     fingerprint: str | None = None, cache_dir: str | os.PathLike | None = None, threads: int = 1,
+    calibration: str | None = None, int8_ok: bool = False,
 ) -> Engine:
     """Resolve `engine` on this machine and load it, memoised per process by (backbone, weights, engine,
-    precision, threads): a reused Python worker loads each model once.
+    precision, threads, calibration): a reused Python worker loads each model once.
 
     `fingerprint` names the weights in the IR cache key (the driver's weights fingerprint); without it the
     file's sha256 is used. `cache_dir` is the driver's weights cache dir (a hint, see `ir_cache_dir`).
     `threads` is OpenVINO's thread cap; TensorFlow's must already be set to the same (see keras_model).
+    `calibration` is the local calibration file int8 is quantised on; `int8_ok` lets `auto` pick int8 (the
+    model passed train's int8 gate). An int8 engine that cannot be made here (no nncf, no calibration) falls
+    back to the precision `auto` would pick without int8, with one warning; its label says so.
     """
     bb = get_backbone(backbone)
     n = max(1, int(threads))
-    choice = resolve_engine(engine, precision)
-    key = (bb.name, str(weights_path), choice.engine, choice.precision, n)
+    choice = resolve_engine(engine, precision, int8_ok=int8_ok and calibration is not None)
+    key = (bb.name, str(weights_path), choice.engine, choice.precision, n,
+           calibration if choice.precision == "int8" else None)
     if key in _ENGINES:
         return _ENGINES[key]
     loaded: Engine | None = None
-    if choice.engine == "openvino":
+    if choice.engine == "openvino" and choice.precision == "int8":
+        loaded = _int8_or_fallback(bb, str(weights_path), n, fingerprint, cache_dir, calibration)
+    if choice.engine == "openvino" and loaded is None:
         try:
-            loaded = _openvino_engine(bb, str(weights_path), choice.precision, n,
+            loaded = _openvino_engine(bb, str(weights_path), _no_int8(choice.precision), n,
                                       fingerprint or f"file:{file_digest(weights_path)}",
                                       ir_cache_dir(cache_dir))
         except Exception as exc:  # a conversion or compile failure must not fail every task: run Keras
@@ -279,11 +295,6 @@ def ir_key(backbone: str, fingerprint: str, openvino_version: str, keras_version
             "keras": keras_version, "ir_weights": IR_WEIGHTS}
 
 
-def ir_folder(root: Path, key: dict[str, str]) -> Path:
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
-    return root / key["backbone"] / digest
-
-
 def convert_to_ir(model: keras.Model, target: Path) -> bool:
     """Convert a Keras model and publish its IR at `target` atomically; False if another process won.
 
@@ -306,29 +317,6 @@ def convert_to_ir(model: keras.Model, target: Path) -> bool:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def publish_folder(tmp: Path, target: Path) -> bool:
-    """Rename `tmp` to `target`; when `target` already holds an IR (a concurrent writer), keep that one."""
-    try:
-        os.rename(tmp, target)
-        return True
-    except OSError:
-        if (target / "model.xml").is_file():
-            return False
-        raise
-
-
-@contextlib.contextmanager
-def _lock(path: Path) -> Iterator[None]:
-    """An exclusive lock between processes of this machine; none where the filesystem refuses locks."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-        except OSError:
-            log.debug("no lock on %s: concurrent conversions are still safe (atomic rename)", path)
-        yield  # closing the file releases the lock
-
-
 def _core() -> Any:
     if not _CORE:
         ov, error = import_openvino()
@@ -339,7 +327,7 @@ def _core() -> Any:
 
 
 def _openvino_engine(bb: Backbone, weights_path: str, precision: str, threads: int, fingerprint: str,
-                     root: Path) -> Engine:
+                     root: Path, calibration: str | None = None) -> Engine:
     import keras  # lazy: loads TensorFlow, needed only where a model runs
 
     ov, _ = import_openvino()
@@ -359,6 +347,9 @@ def _openvino_engine(bb: Backbone, weights_path: str, precision: str, threads: i
                     (folder / "key.json").write_text(json.dumps(key, indent=1, sort_keys=True))
                     log.info("converted %s to OpenVINO IR at %s", bb.name, folder)
                 del model
+    if precision == "int8":  # the int8 IR beside the fp32 one, quantised here at first use
+        xml, quantised = int8_ir(xml, key, calibration, root)
+        converted = converted or quantised
     compiled = _core().compile_model(str(xml), "CPU", {
         "INFERENCE_PRECISION_HINT": _OV_HINT[precision],
         "INFERENCE_NUM_THREADS": threads,  # the same cap as TensorFlow's (worker.tf_threads)
@@ -366,7 +357,7 @@ def _openvino_engine(bb: Backbone, weights_path: str, precision: str, threads: i
         "ENABLE_CPU_PINNING": False,  # several Python workers share the cores: never pin them all to one
     })
     effective = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
-    effective = _OV_TYPE_TO_PRECISION.get(effective, effective)
+    effective = "int8" if precision == "int8" else _OV_TYPE_TO_PRECISION.get(effective, effective)
     if effective != precision:
         _warn_once(f"precision-{precision}-{effective}",
                    f"OpenVINO runs {effective}, not {precision}, on this CPU (native bf16 needs "
@@ -378,3 +369,27 @@ def _openvino_engine(bb: Backbone, weights_path: str, precision: str, threads: i
                              share_outputs=False)[0]
 
     return Engine(f"openvino:{effective}", bb, run, converted=converted, ir_path=xml)
+
+
+def _no_int8(precision: str) -> str:
+    """The precision an int8 request falls back to where int8 cannot be made: what `auto` picks without
+    it (bf16 with native bf16, else fp32)."""
+    if precision != "int8":
+        return precision
+    return "bf16" if has_native_bf16(cpu_flags()) else "fp32"
+
+
+def _int8_or_fallback(bb: Backbone, weights_path: str, threads: int, fingerprint: str | None,
+                      cache_dir: str | os.PathLike | None, calibration: str | None) -> Engine | None:
+    """The int8 engine, or None (after one warning) where it cannot be made: the caller loads `_no_int8`."""
+    try:
+        if calibration is None:
+            raise RuntimeError("no calibration sample was given")
+        return _openvino_engine(bb, weights_path, "int8", threads,
+                                fingerprint or f"file:{file_digest(weights_path)}", ir_cache_dir(cache_dir),
+                                calibration)
+    except Exception as exc:  # no nncf, a damaged calibration: the model still runs, at another precision
+        _warn_once(f"int8-failed-{bb.name}",
+                   f"int8 {bb.name} cannot be made in pid {os.getpid()} ({type(exc).__name__}: "
+                   f"{str(exc).strip()[:300]}): running {_no_int8('int8')} instead")
+        return None

@@ -19,10 +19,12 @@ Differences from sparkdl, on purpose:
 - `weights` chooses ImageNet, a seeded random init, or a file (see weights.py) — resolved once on the
   driver and shipped to executors; `weightsSha256` pins them (see pinning.py): `train` sets it, and a
   transform whose weights resolve to other tensors is refused instead of silently predicting otherwise;
-- `engine` ('auto' | 'keras' | 'openvino') and `precision` ('fp32' | 'bf16') choose how the Keras model
-  runs (see engines.py): 'auto' is decided on each executor for its own hardware (OpenVINO bf16 on CPUs with
-  native bf16, else OpenVINO fp32, Keras where TensorFlow sees a GPU or openvino is missing). `engineCol`
-  (unset by default) records per row what really made the features, e.g. `openvino:fp32`.
+- `engine` ('auto' | 'keras' | 'openvino') and `precision` ('fp32' | 'bf16' | 'int8') choose how the Keras
+  model runs (see engines.py): 'auto' is decided on each executor for its own hardware (OpenVINO int8 for a
+  model whose int8 features passed train's gate on CPUs with native int8, else OpenVINO bf16 on CPUs with
+  native bf16, else OpenVINO fp32; Keras where TensorFlow sees a GPU or openvino is missing). int8 needs the
+  calibration Params (int8_params.py; the featurizer's only: DeepImagePredictor has no gate and no int8).
+  `engineCol` (unset by default) records per row what really made the features, e.g. `openvino:fp32`.
 
 Performance notes (measured, see benchmarks/featurize.py): the UDF is built once per instance and param
 state (a new predict_batch_udf has a new cache key, so rebuilding it per transform() would reload the
@@ -55,6 +57,7 @@ from pyspark.sql.types import ArrayType, BinaryType, FloatType, StringType, Stru
 from xray_spark.errors import UserError
 from xray_spark.features import ENGINES
 from xray_spark.features.backbones import Backbone, backbone_names, get_backbone
+from xray_spark.features.calibration import executor_file
 from xray_spark.features.engines import (
     PRECISIONS,
     resolve_engine,
@@ -68,6 +71,7 @@ from xray_spark.features.image_input import (
     to_model_name,
     to_scale_hint,
 )
+from xray_spark.features.int8_params import Int8Plan, _Int8Params
 from xray_spark.features.params import DeclaredParams, ParamSpec
 from xray_spark.features.pinning import check_pinned
 from xray_spark.features.weights import (
@@ -111,8 +115,9 @@ class _NamedImageParams(DeclaredParams, HasInputCol, HasOutputCol):
         ParamSpec("errorCol", "column for the decode error ('code: detail'); null when the image was "
                   "featurized", default="featurize_error"),
         ParamSpec("engine", f"inference engine: one of {', '.join(ENGINES)}; 'auto' is decided on each "
-                  "executor (OpenVINO bf16 with native bf16, else OpenVINO fp32; Keras with a GPU or without "
-                  "openvino)", default="auto"),
+                  "executor (OpenVINO int8 for a featurizer whose int8 passed train's gate, on CPUs with "
+                  "native int8; else OpenVINO bf16 with native bf16, else OpenVINO fp32; Keras with a GPU or "
+                  "without openvino)", default="auto"),
         ParamSpec("precision", f"OpenVINO precision: one of {', '.join(PRECISIONS)}; with engine 'auto' it "
                   "applies only when set explicitly (otherwise auto picks)", default="fp32"),
         ParamSpec("engineCol", "optional column for the engine that made each row's features (e.g. "
@@ -143,6 +148,21 @@ class _NamedImageStage(Transformer, _NamedImageParams):
         """The UDF's `features` field (a float array column) -> the output column."""
         return _array_to_vector(result)
 
+    # int8 hooks: only the featurizer has int8 (its _Int8Params override these); any other stage refuses it
+    def int8Approved(self) -> bool:
+        return False
+
+    def _int8_key(self) -> tuple[str | None, ...]:
+        return ()
+
+    def _check_int8(self, requested: str | None) -> None:
+        if requested == "int8":
+            raise UserError(f"precision 'int8' is for DeepImageFeaturizer models whose int8 features passed "
+                            f"train's gate; {type(self).__name__} runs fp32 or bf16")
+
+    def _int8_plan(self, spark: Any, requested: str | None, engine: str) -> Int8Plan:
+        return Int8Plan()
+
     def _image_input(self) -> ImageInput | None:
         """None in grey mode: the worker's X-ray path (worker.decode_for_model), as serving runs it."""
         if self.getColorMode() == "grey":
@@ -156,7 +176,7 @@ class _NamedImageStage(Transformer, _NamedImageParams):
         including the precision OpenVINO actually ran (fp32 where bf16 is not native).
         """
         self._validate()
-        choice = resolve_engine(self.getEngine(), self._requested_precision())
+        choice = resolve_engine(self.getEngine(), self._requested_precision(), int8_ok=self.int8Approved())
         log.info("engine %s -> %s (%s)", self.getEngine(), choice.label, choice.reason)
         return choice.label
 
@@ -167,6 +187,7 @@ class _NamedImageStage(Transformer, _NamedImageParams):
         if self.getBatchSize() < 1:
             raise UserError(f"batchSize must be >= 1, got {self.getBatchSize()}")
         validate_engine(self.getEngine(), self.getPrecision())
+        self._check_int8(self._requested_precision())
 
     def _input_kind(self, dataset: DataFrame) -> str:
         name = self.getInputCol()
@@ -187,7 +208,7 @@ class _NamedImageStage(Transformer, _NamedImageParams):
         key = (
             self._backbone().name, self.getWeights(), self.getBatchSize(), kind, self._image_input(),
             spark.sparkContext.applicationId, str(weights_cache_dir()), id(self._progress),
-            self.getEngine(), self._requested_precision(), self.getWeightsSha256(),
+            self.getEngine(), self._requested_precision(), self.getWeightsSha256(), *self._int8_key(),
         )
         if self._udf_cache is not None and self._udf_cache[0] == key:
             return self._udf_cache[1]
@@ -196,12 +217,13 @@ class _NamedImageStage(Transformer, _NamedImageParams):
         if pinned:
             check_pinned(resolved, pinned)
         ship_name = ship_weights(spark, resolved)
+        int8 = self._int8_plan(spark, self._requested_precision(), self.getEngine())
         udf = make_featurize_udf(
             resolved.backbone, ship_name, kind, self.getBatchSize(),
             progress_aid=None if self._progress is None else self._progress.aid,
             progress=self._progress, engine=self.getEngine(), precision=self._requested_precision(),
             fingerprint=resolved.fingerprint, cache_dir=str(weights_cache_dir()),
-            image_input=self._image_input(),
+            image_input=self._image_input(), calibration=int8.ship_name, int8_ok=int8.int8_ok,
         )
         self._udf_cache = (key, udf)
         log.info("built featurize UDF: %s, weights %s (%s), engine %s", resolved.backbone, resolved.spec,
@@ -231,7 +253,7 @@ class _NamedImageStage(Transformer, _NamedImageParams):
         )
 
 
-class DeepImageFeaturizer(_NamedImageStage, DefaultParamsReadable, DefaultParamsWritable):
+class DeepImageFeaturizer(_Int8Params, _NamedImageStage, DefaultParamsReadable, DefaultParamsWritable):
     """Image bytes or image structs -> pooled ImageNet-backbone features (MLlib DenseVector).
 
     >>> DeepImageFeaturizer(inputCol="content", outputCol="features", modelName="InceptionV3", weights="none")
@@ -260,7 +282,7 @@ def make_featurize_udf(
     backbone: str, ship_name: str, kind: str, batch_size: int, *,
     progress_aid: int | None = None, progress: Any = None, engine: str = "keras",
     precision: str | None = None, fingerprint: str | None = None, cache_dir: str | None = None,
-    image_input: ImageInput | None = None,
+    image_input: ImageInput | None = None, calibration: str | None = None, int8_ok: bool = False,
 ) -> Any:
     """The Spark UDF: (bytes | image-struct fields) -> struct<features: array<float>, error: string,
     engine: string>.
@@ -268,6 +290,7 @@ def make_featurize_udf(
     `engine`/`precision` are resolved in each Python worker (its machine's CPU, GPU and openvino);
     `fingerprint` and `cache_dir` (the driver's weights cache dir) place the OpenVINO IR cache.
     `image_input` (colorMode, scaleHint) turns each image into the model's input; None: the X-ray path.
+    `calibration` names the shipped int8 calibration file (None: no int8); `int8_ok` lets 'auto' pick int8.
 
     Marked non-deterministic so the optimizer never duplicates it when both struct fields are selected.
     `progress` (an accumulator) is captured only so each task deserializes its own copy; see _add_progress.
@@ -276,7 +299,9 @@ def make_featurize_udf(
     def make_predict_fn():
         _ = progress  # keep the accumulator in the pickled closure (registered per task on deserialize)
         featurizer = WorkerFeaturizer(backbone, ship_name, engine=engine, precision=precision,
-                                      fingerprint=fingerprint, cache_dir=cache_dir)
+                                      fingerprint=fingerprint, cache_dir=cache_dir,
+                                      calibration=executor_file(calibration) if calibration else None,
+                                      int8_ok=int8_ok)
         if kind == "bytes":
             def predict(contents: np.ndarray) -> dict[str, np.ndarray]:
                 out = featurizer.featurize_bytes(contents, image_input)

@@ -29,14 +29,13 @@ import numpy as np
 from xray_spark.errors import UserError
 from xray_spark.features.engines import (
     _core,
-    _lock,
     _warn_once,
     convert_to_ir,
     import_openvino,
     ir_cache_dir,
-    ir_folder,
     resolve_engine,
 )
+from xray_spark.features.ir_files import ir_folder, lock
 from xray_spark.features.weights import (
     ResolvedWeights,
     _local_copy,
@@ -123,7 +122,7 @@ def _openvino(path: str, fingerprint: str, root: Path, threads: int) -> UserEngi
     folder = ir_folder(root, key)
     xml = folder / "model.xml"
     if not xml.is_file():
-        with _lock(folder.parent / f".{folder.name}.lock"):
+        with lock(folder.parent / f".{folder.name}.lock"):
             if not xml.is_file():  # another worker may have converted while this one waited
                 if convert_to_ir(load_keras_model(path), folder):
                     (folder / "key.json").write_text(json.dumps(key, indent=1, sort_keys=True))

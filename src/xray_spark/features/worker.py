@@ -81,13 +81,17 @@ class WorkerFeaturizer:
     def __init__(
         self, backbone: str, ship_name: str, weights_path: str | None = None, *, engine: str = "keras",
         precision: str | None = None, fingerprint: str | None = None, cache_dir: str | None = None,
+        calibration: str | None = None, int8_ok: bool = False,
     ) -> None:
+        """`calibration`: the local int8 calibration file (engines.load_engine); `int8_ok`: the model passed
+        train's int8 gate, so engine 'auto' may pick int8."""
         self.backbone = get_backbone(backbone)
         threads = tf_threads()
         configure_tf_threads(threads)  # before TensorFlow starts; OpenVINO gets the same cap
         self.engine = load_engine(
             self.backbone.name, weights_path or executor_weights_path(ship_name), engine=engine,
             precision=precision, fingerprint=fingerprint, cache_dir=cache_dir, threads=threads,
+            calibration=calibration, int8_ok=int8_ok,
         )
 
     def infer(self, images: np.ndarray) -> np.ndarray:

@@ -6,6 +6,7 @@ One home for the stage order, so `train`, `finetune` and the serving bundle's ex
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from pyspark.ml import PipelineModel
@@ -21,14 +22,16 @@ def _decode_label(task: Task) -> IndexToString:
 
 
 def full_pipeline(backbone: str, weights: str, head_model: Any, task: Task,
-                  weights_sha256: str | None = None, shift: ShiftModel | None = None) -> PipelineModel:
+                  weights_sha256: str | None = None, shift: ShiftModel | None = None,
+                  int8: Mapping[str, str] | None = None) -> PipelineModel:
     """decode -> featurize -> head -> label decode: the one model MLflow stores and scoring loads.
 
     `weights_sha256` pins the featurizer to the tensors the head was trained on (features/pinning.py).
     With `shift`, file properties are read before the featurizer and `shift_score` / `in_distribution`
-    added after it (models/shift_stage.py)."""
+    added after it (models/shift_stage.py). `int8`: the featurizer's int8 Params from train's int8 gate
+    (features/int8_params.py: its verdict, and the calibration sample when it passed)."""
     featurizer = DeepImageFeaturizer(inputCol="content", outputCol="features", modelName=backbone,
-                                     weights=weights, weightsSha256=weights_sha256)
+                                     weights=weights, weightsSha256=weights_sha256, **(int8 or {}))
     if shift is None:
         return PipelineModel(stages=[featurizer, head_model, _decode_label(task)])
     props = FileProperties(inputCol="content", outputCol=shift.getPropsCol())

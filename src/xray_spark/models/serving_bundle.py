@@ -13,6 +13,10 @@ be able to resolve (no internet, no Hadoop). The bundle pins all of it at train 
     shift_reference.txt optional: the pipeline's ShiftModel reference (models/shift.py Reference.to_text),
                         named by serving.json's `shift_reference`; without it (older models) answers carry
                         null shift fields
+    calibration/<file>  optional: the int8 calibration sample (features/calibration.py) of a model whose int8
+                        features passed train's gate (serving.json: `calibration_file`, `calibration_sha256`,
+                        and `int8_gate`, the verdict, for every gated model); the serving machine quantises
+                        from it once (features/quantize.py) and engine `auto` runs int8 where the CPU has it
 
 `load_bundle` checks the format version and the weights' sha256, and fails with one line (BundleError, a
 UserError: exit 2) on anything it cannot use. `bundle_from_pipeline` builds a bundle from a loaded Spark
@@ -36,6 +40,8 @@ import numpy as np
 from xray_spark import __version__
 from xray_spark.errors import UserError
 from xray_spark.features.backbones import get_backbone
+from xray_spark.features.calibration import load_calibration, resolve_calibration
+from xray_spark.features.quantize import gate_passed
 from xray_spark.features.weights import file_digest, resolve_weights, weights_fingerprint, weights_kind
 from xray_spark.models.head_export import FEATURIZER, SHIFT_STAGE, export_head, flatten_stages
 from xray_spark.models.heads_numpy import HeadFormatError, SparkFreeHead
@@ -48,6 +54,7 @@ HEAD_DIR = "head"
 WEIGHTS_DIR = "weights"
 IMPORTANCES_FILE = "importances.npy"
 SHIFT_FILE = "shift_reference.txt"
+CALIBRATION_DIR = "calibration"
 
 
 class BundleError(UserError):
@@ -66,6 +73,7 @@ class BundleMeta:
     precision: str | None = None  # None: the engine picks (as DeepImageFeaturizer with precision unset)
     baseline_as_good: bool | None = None  # the training report: metadata-only baseline as good as the model
     baseline_sentence: str | None = None  # the report's sentence saying so, shown by the page
+    int8_gate: str | None = None  # train's int8 gate verdict (one line); None: not gated (older models)
     extra: dict[str, Any] = field(default_factory=dict)  # anything else worth keeping (run id, metrics)
 
     @classmethod
@@ -93,12 +101,19 @@ class Bundle:
     importances: np.ndarray | None  # [1 or k, n_features] for tree heads, else None
     created: str = ""
     shift: Reference | None = None  # the training images' shift reference; None in older bundles
+    calibration_path: Path | None = None  # the int8 calibration sample of a model that passed the gate
+
+    @property
+    def int8_ok(self) -> bool:
+        """The model's int8 features passed train's gate and the bundle holds their calibration sample."""
+        return self.calibration_path is not None and gate_passed(self.meta.int8_gate)
 
 
 def write_bundle(
     folder: str | os.PathLike, *, head: SparkFreeHead, backbone: str, weights_file: str | os.PathLike,
     weights_fingerprint: str, meta: BundleMeta | Mapping[str, Any] | None = None,
     importances: np.ndarray | None = None, shift_reference: str | None = None,
+    calibration_file: str | os.PathLike | None = None,
 ) -> Path:
     """Write a bundle to `folder` (which must not exist, or be empty); returns it. `shift_reference`: the
     ShiftModel's `reference` Param text (checked by parsing it), or None for a model without one.
@@ -129,6 +144,11 @@ def write_bundle(
         if shift_reference is not None:
             _parse_reference(shift_reference, "the shift reference")
             (tmp / SHIFT_FILE).write_text(shift_reference + "\n", encoding="ascii")
+        calibration = None
+        if calibration_file is not None:
+            calibration = load_calibration(calibration_file)[0]
+            (tmp / CALIBRATION_DIR).mkdir()
+            _link_or_copy(calibration.path, tmp / CALIBRATION_DIR / calibration.path.name)
         doc = {
             "format": FORMAT, "format_version": FORMAT_VERSION,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -136,7 +156,9 @@ def write_bundle(
             "weights_file": weights.name, "weights_fingerprint": weights_fingerprint,
             "weights_sha256": file_digest(weights, "sha256"), "labels": head.labels, "output": head.output,
             "classifier": head.classifier.kind,
-            "shift_reference": SHIFT_FILE if shift_reference is not None else None, **asdict(meta),
+            "shift_reference": SHIFT_FILE if shift_reference is not None else None,
+            "calibration_file": calibration.path.name if calibration else None,
+            "calibration_sha256": calibration.digest if calibration else None, **asdict(meta),
         }
         (tmp / META_FILE).write_text(json.dumps(doc, indent=1, default=str) + "\n")
         if target.exists():
@@ -174,8 +196,9 @@ def load_bundle(folder: str | os.PathLike, *, verify_weights: bool = True) -> Bu
         importances = np.load(imp_file, allow_pickle=False) if imp_file.is_file() else None
         meta = BundleMeta.of({f.name: doc[f.name] for f in fields(BundleMeta) if f.name in doc})
         shift = _load_reference(root, doc.get("shift_reference"))
+        calibration = _calibration(root, doc, verify_weights)
         return Bundle(root, backbone, weights, doc["weights_fingerprint"], list(doc["labels"]), head, meta,
-                      importances, doc.get("created", ""), shift)
+                      importances, doc.get("created", ""), shift, calibration)
     except (HeadFormatError, ValueError, OSError) as exc:  # incl. a damaged importances.npy
         raise BundleError(f"{root}: {exc}") from None
     except KeyError as exc:
@@ -184,7 +207,7 @@ def load_bundle(folder: str | os.PathLike, *, verify_weights: bool = True) -> Bu
 
 def bundle_from_pipeline(
     pipeline_model: Any, weights_path: str | os.PathLike | None, folder: str | os.PathLike,
-    meta: BundleMeta | Mapping[str, Any] | None = None,
+    meta: BundleMeta | Mapping[str, Any] | None = None, calibration_path: str | os.PathLike | None = None,
 ) -> Path:
     """A bundle from a loaded Spark PipelineModel ([FileProperties, DeepImageFeaturizer, ShiftModel, head,
     IndexToString] as `train` logs it; the shift stages are optional). Train time only (uses Spark for the
@@ -194,7 +217,9 @@ def bundle_from_pipeline(
     resolves the featurizer's `weights` Param here. The fingerprint comes from the Param as the feature
     cache computes it; for an `imagenet` Param the file must be the published one (its digest is checked).
     The bundle's engine and precision are the featurizer's own Params (what batch scoring runs); `serve
-    --engine` can override them.
+    --engine` can override them. Its int8 gate verdict is the featurizer's `int8Gate`; a model that passed
+    gets a copy of its calibration sample: `calibration_path` (train's local file), else the featurizer's
+    `calibration` Param resolved here (features/calibration.py).
     """
     stages = flatten_stages(pipeline_model)
     featurizer = next((s for s in stages if type(s).__name__ == FEATURIZER), None)
@@ -212,12 +237,38 @@ def bundle_from_pipeline(
     precision = (featurizer.getOrDefault("precision")
                  if featurizer.hasParam("precision") and featurizer.isSet("precision") else None)
     engine = featurizer.getOrDefault("engine") if featurizer.hasParam("engine") else "auto"
-    merged = replace(BundleMeta.of(meta), engine=engine, precision=precision)
+    gate = _param(featurizer, "int8Gate")
+    merged = replace(BundleMeta.of(meta), engine=engine, precision=precision, int8_gate=gate)
+    if calibration_path is None and gate_passed(gate) and _param(featurizer, "calibration"):
+        calibration_path = resolve_calibration(_param(featurizer, "calibration"),
+                                               _param(featurizer, "calibrationSha256")).path
     head = export_head(pipeline_model)
     shift = next((s for s in stages if type(s).__name__ == SHIFT_STAGE), None)
     return write_bundle(folder, head=head, backbone=backbone, weights_file=weights,
                         weights_fingerprint=fingerprint, meta=merged, importances=_importances(stages),
-                        shift_reference=shift.getOrDefault("reference") if shift is not None else None)
+                        shift_reference=shift.getOrDefault("reference") if shift is not None else None,
+                        calibration_file=calibration_path if gate_passed(gate) else None)
+
+
+def _param(stage: Any, name: str) -> str | None:
+    """A featurizer Param's value, None when unset or unknown (a pipeline saved before it existed)."""
+    return stage.getOrDefault(name) if stage.hasParam(name) and stage.isDefined(name) else None
+
+
+def _calibration(root: Path, doc: dict[str, Any], verify: bool) -> Path | None:
+    """The bundle's int8 calibration sample, checked against serving.json's digest; None when it has none."""
+    name = doc.get("calibration_file")
+    if not name:
+        return None
+    path = root / CALIBRATION_DIR / Path(name).name
+    if not path.is_file():
+        raise BundleError(f"{root}: int8 calibration sample {path.name} is missing")
+    if verify:
+        try:
+            load_calibration(path, doc.get("calibration_sha256"))
+        except UserError as exc:
+            raise BundleError(f"{root}: {exc}") from None
+    return path
 
 
 def _parse_reference(text: str, where: str) -> Reference:

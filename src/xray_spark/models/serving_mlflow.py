@@ -45,15 +45,17 @@ def serving_name(name: str) -> str:
     return f"{name}-serving"
 
 
-def log_serving_model(pipeline_model: Any, weights_path: str | os.PathLike, meta: dict[str, Any]) -> str:
+def log_serving_model(pipeline_model: Any, weights_path: str | os.PathLike, meta: dict[str, Any],
+                      calibration: str | os.PathLike | None = None) -> str:
     """Export `pipeline_model`'s head, write the bundle and log it as a pyfunc named `serving` in the active
-    MLflow run; returns the logged model's URI."""
+    MLflow run; returns the logged model's URI. `calibration`: the local int8 calibration sample of a model
+    that passed train's int8 gate (the bundle holds a copy)."""
     import mlflow.pyfunc  # lazy: a slow import that argument checks skip
     from mlflow.models import ModelSignature  # lazy: as above
     from mlflow.types import ColSpec, Schema  # lazy: as above
 
     with tempfile.TemporaryDirectory(prefix="xray-serving-") as tmp:
-        folder = bundle_from_pipeline(pipeline_model, weights_path, Path(tmp) / ARTIFACT, meta)
+        folder = bundle_from_pipeline(pipeline_model, weights_path, Path(tmp) / ARTIFACT, meta, calibration)
         info = mlflow.pyfunc.log_model(
             name="serving", python_model=str(_entry_file(Path(tmp))), artifacts={ARTIFACT: str(folder)},
             signature=ModelSignature(inputs=Schema([ColSpec("binary", "content")])),

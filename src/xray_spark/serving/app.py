@@ -65,8 +65,8 @@ PAGE_HEADERS = {"Content-Security-Policy": "default-src 'self'; img-src 'self' d
                                            "connect-src 'self'; frame-ancestors 'none'",
                 "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"}
 PRIVATE = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}  # answers about a patient image
-LIBRARIES = ("numpy", "pillow", "pydicom", "tensorflow-cpu", "tensorflow", "keras", "openvino", "fastapi",
-             "uvicorn", "starlette", "python-multipart")
+LIBRARIES = ("numpy", "pillow", "pydicom", "tensorflow-cpu", "tensorflow", "keras", "openvino", "nncf",
+             "fastapi", "uvicorn", "starlette", "python-multipart")
 
 
 @dataclass(frozen=True)
@@ -344,6 +344,7 @@ def version_info(predictor: Predictor, settings: Settings) -> dict[str, Any]:
             continue
     return {
         "xray_spark": __version__, "python": platform.python_version(), "engine": predictor.engine,
+        "precision": predictor.precision, "int8_gate": meta.int8_gate,
         "model": {"name": meta.model_name, "version": meta.model_version, "uri": meta.model_uri,
                   "task": meta.task, "labels": predictor.labels, "backbone": bundle.backbone,
                   "head": predictor.head.classifier.kind, "score_kind": predictor.head.output,

@@ -78,8 +78,11 @@ class Prediction:
 class Predictor:
     """A loaded bundle: `predict(bytes)` -> Prediction, or InputRejected for bytes that are not an image.
 
-    `engine`/`precision` override the bundle's (which are the featurizer's Params at train time). TensorFlow's
-    and OpenVINO's thread count is `worker.tf_threads()`'s (XRAY_SPARK_TF_THREADS), read once here.
+    `engine`/`precision` override the bundle's (which are the featurizer's Params at train time); with
+    neither, engine 'auto' runs int8 where the model passed train's int8 gate and the CPU has native int8
+    (quantised here from the bundle's calibration sample at first start, cached afterwards), else bf16/fp32.
+    TensorFlow's and OpenVINO's thread count is `worker.tf_threads()`'s (XRAY_SPARK_TF_THREADS), read once
+    here.
     """
 
     def __init__(self, bundle: Bundle, *, engine: str | None = None, precision: str | None = None) -> None:
@@ -89,6 +92,8 @@ class Predictor:
             bundle.backbone, "", str(bundle.weights_path), engine=engine or bundle.meta.engine,
             precision=precision or (None if engine else bundle.meta.precision),
             fingerprint=bundle.weights_fingerprint,
+            calibration=str(bundle.calibration_path) if bundle.calibration_path else None,
+            int8_ok=bundle.int8_ok,  # engine 'auto' runs int8 only for a model that passed train's gate
         )
         self._lock = threading.Lock()
         self._maps: FeatureMapModel | None = None
@@ -97,6 +102,11 @@ class Predictor:
     def engine(self) -> str:
         """What really runs, e.g. `openvino:fp32` (after any fallback)."""
         return self.featurizer.engine.label
+
+    @property
+    def precision(self) -> str:
+        """The precision that really runs: fp32 | bf16 | int8 (from the engine label)."""
+        return self.engine.partition(":")[2]
 
     @property
     def labels(self) -> list[str]:

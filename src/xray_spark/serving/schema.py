@@ -81,6 +81,11 @@ class VersionInfo(BaseModel):
     xray_spark: str
     python: str
     engine: str
+    precision: str = Field(description="the precision the engine runs: fp32 | bf16 | int8 (int8 only for a "
+                           "model that passed train's int8 gate, on a CPU with native int8)")
+    int8_gate: str | None = Field(description="train's int8 gate verdict for this model, one line "
+                                  "('passed: ...', 'refused: ...', 'not measured: ...'); null for a bundle "
+                                  "made before the gate")
     model: ModelInfo
     baseline_as_good: bool | None = Field(
         description="the training report found the metadata-only baseline as good as this model")

@@ -7,7 +7,8 @@ registered in MLflow. `--heads finetune` trains a backbone end to end through `f
 - `compare`  every head x task on one feature set, measured; the champion choice (pure compute);
 - `report`   the comparison table, its plot and report.md;
 - `options`  CLI arguments + config -> a validated TrainSpec;
-- `run`      the command: featurize, fit, log to MLflow, write the report, register champions.
+- `run`      the command: featurize, fit, log to MLflow, write the report, register champions;
+- `int8`     the int8 gate wired into the run: measured per model, recorded, int8 only for models that pass.
 
 Floor 6 of DESIGN.md's floors: may import the core, `data`, `features`, `models`, `evaluation` and `finetune`.
 """

@@ -50,4 +50,5 @@ def resolve_train_options(args: argparse.Namespace, cfg: Config) -> TrainSpec:
         tracking_uri=getattr(args, "tracking_uri", None), cache_dir=getattr(args, "cache_dir", None),
         baseline=not getattr(args, "no_baseline", False),
         loso=getattr(args, "eval", "internal") == "leave-one-source-out",
+        int8_gate=getattr(args, "int8_gate", None),
     )

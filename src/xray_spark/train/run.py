@@ -1,6 +1,7 @@
 """`xray-spark train`: every backbone x head x task on one persisted grouped split, tracked in MLflow.
 
 Flow: ingest (or reuse its output) -> featurize once per backbone (feature cache) ->
+the backbone's int8 gate (train/int8.py: calibration sample, held-out features at fp32 and int8) ->
 `compare.fit_and_evaluate` for each task and head -> nested MLflow run with the full PipelineModel (decode ->
 featurize -> head -> label decode) -> comparison table, report, plots -> `champion` alias per task. The
 metadata-only baseline runs beside the image models on the same split.
@@ -29,6 +30,7 @@ from xray_spark.data.images import fetch_selections, image_contents, load_or_ing
 from xray_spark.evaluation.leave_one_source_out import held_out_split, loso_plan
 from xray_spark.evaluation.report_parts import plot_confusion, side_by_side_md
 from xray_spark.features.cache import featurize_to_cache
+from xray_spark.features.cache_precision import features_precision
 from xray_spark.features.pinning import carry_weights
 from xray_spark.features.weights import resolve_weights
 from xray_spark.finetune.run import RANDOM_NOTE, export_finetuned, fit_finetune, log_history
@@ -66,6 +68,7 @@ from xray_spark.train.compare import (
 )
 from xray_spark.train.fit import FitResult
 from xray_spark.train.heads import FINETUNE, head_title
+from xray_spark.train.int8 import Int8Gates
 from xray_spark.train.report import (
     append_section,
     baseline_comparison,
@@ -92,6 +95,8 @@ class TrainSpec:
     cache_dir: str | None = None
     baseline: bool = True
     loso: bool = False  # also leave-one-source-out with each task's champion (`--eval leave-one-source-out`)
+    precision: str | None = None  # the features' one precision (fp32 | bf16); None: 'auto''s on the driver
+    int8_gate: str | None = None  # auto | on | off (`--int8-gate`); None: config int8.gate
 
     def data_text(self) -> str:
         return self.data if isinstance(self.data, str) else ", ".join(self.data)
@@ -111,7 +116,8 @@ class TrainResult:
 class _Tracker:
     """Logs each combination as a nested run of one parent; collects the rows, plots and model URIs."""
 
-    def __init__(self, spec: TrainSpec, cfg: Config, summary: dict, parent_run_id: str, experiment_id: str):
+    def __init__(self, spec: TrainSpec, cfg: Config, summary: dict, parent_run_id: str, experiment_id: str,
+                 int8: Int8Gates):
         self.spec, self.cfg, self.summary = spec, cfg, summary
         self.parent_run_id, self.experiment_id = parent_run_id, experiment_id
         self.plots = Path(spec.out_dir) / "plots"
@@ -129,6 +135,7 @@ class _Tracker:
         # backbone -> (URI of the weights file this run carries, tensor sha256): what every model pins
         self.pins: dict[str, tuple[str, str]] = {}
         self.shifts: dict[str, Any] = {}  # backbone -> its training images' ShiftModel (serving bundles too)
+        self.int8 = int8  # the run's int8 gate (train/int8.py): measures each image model as it is logged
         self.lock = threading.Lock()
 
     def pin(self, res: ComboResult) -> tuple[str, str]:
@@ -174,9 +181,10 @@ class _Tracker:
                             "confusion.csv")
             if fs.kind == IMAGE:
                 weights_uri, sha = self.pin(res)
+                int8 = self.int8.for_model(res)  # measured in this run: the featurizer's int8 Params
                 info = mlflow.spark.log_model(
-                    full_pipeline(fs.backbone, weights_uri, res.fit.model, task, sha, fs.shift), "model",
-                    signature=spark_model_signature(), pip_requirements=model_pip_requirements(),
+                    full_pipeline(fs.backbone, weights_uri, res.fit.model, task, sha, fs.shift, int8),
+                    "model", signature=spark_model_signature(), pip_requirements=model_pip_requirements(),
                 )
                 self.model_uris[(task.name, fs.backbone, res.head)] = info.model_uri
         with self.lock:
@@ -215,6 +223,7 @@ class _Run:
     contents: DataFrame  # (sha256, content) of the ingested files
     keys: DataFrame  # the ok images' content hashes: what featurizing must cover
     cache_dir: str  # the feature cache
+    precision: str  # the features' one precision, decided once on the driver (features/cache_precision.py)
     tracker: _Tracker
     seconds: dict[str, float] = field(default_factory=dict)
 
@@ -312,17 +321,20 @@ def run_training(spark: SparkSession, cfg: Config, spec: TrainSpec) -> TrainResu
     labels = labels_frame(images).cache()
     configure(tracking_uri_for(spec.tracking_uri, cfg.tracking_uri, out), out)
     tracking_uri = mlflow.get_tracking_uri()
+    precision = features_precision(spec.precision)  # one for the whole run
+    cache_dir = spec.cache_dir or cfg.cache_dir or str(out / "features")
     with mlflow.start_run(run_name=f"train {','.join(spec.backbones)} x {','.join(spec.heads)}") as parent:
-        mlflow.log_params(_run_params(spec, cfg, summary))
+        mlflow.log_params({**_run_params(spec, cfg, summary), "features_precision": precision})
         run = _Run(spark, cfg, spec, tasks, images, summary, labels, image_contents(spark, summary, cfg),
-                   ok_keys(images), spec.cache_dir or cfg.cache_dir or str(out / "features"),
-                   _Tracker(spec, cfg, summary, parent.info.run_id, parent.info.experiment_id))
+                   ok_keys(images), cache_dir, precision,
+                   _Tracker(spec, cfg, summary, parent.info.run_id, parent.info.experiment_id,
+                            Int8Gates(cfg, spec.weights, cache_dir, spec.int8_gate)))
         for backbone in spec.backbones:
             _train_backbone(run, backbone)
         if spec.baseline:
             _train_baseline(run)
         rows, table, files = _write_comparison(run, tracking_uri)
-        champions = _publish_champions(run, rows, table)
+        champions = _publish_champions(run, rows, table, files["report.md"])
         _report_sources(run, files["report.md"], champions)
         if spec.loso:
             _leave_one_source_out(run, champions, table, files["report.md"])
@@ -348,14 +360,25 @@ def _featurize(run: _Run, backbone: str) -> tuple[DataFrame, str, int]:
     """One backbone's features of every ok image, from the feature cache (computed once, then reused) and
     cached in memory for the heads: (features, weights fingerprint, images that could not be featurized)."""
     feats = featurize_to_cache(run.spark, run.contents, backbone, run.spec.weights, run.cache_dir,
-                               keys=run.keys)
+                               keys=run.keys, precision=run.precision)
     feats = feats.select("sha256", "features", "featurize_error", "weights_fingerprint").cache()
     fingerprint = feats.select("weights_fingerprint").first()[0]
     return feats, fingerprint, feats.where("features IS NULL").count()
 
 
+def _prepare_int8_gate(run: _Run, backbone: str) -> None:
+    """The int8 gate's part that is per backbone (train/int8.py): its calibration sample from the training
+    split and the held-out images' features at fp32 and int8, shared by every head and task; each model is
+    measured on them as it is logged (`_Tracker.log`). Nothing to do where the gate is not measured."""
+    t0 = time.time()
+    run.tracker.int8.prepare(run.spark, backbone, run.labels, run.contents)
+    if run.tracker.int8.measure:
+        run.seconds[f"int8_gate_{backbone}"] = time.time() - t0
+
+
 def _train_backbone(run: _Run, backbone: str) -> None:
-    """Every head asked for on one backbone: the fine-tunes, then the MLlib heads on its features."""
+    """Every head asked for on one backbone: the fine-tunes, then its features, its int8 gate and the MLlib
+    heads on its features."""
     if FINETUNE in run.spec.heads:
         t0 = time.time()
         for task in run.tasks:
@@ -369,12 +392,14 @@ def _train_backbone(run: _Run, backbone: str) -> None:
     if failed:
         log.warning("%s: %d images could not be featurized; they are left out of training", backbone, failed)
     run.tracker.pins[backbone] = carry_weights(run.spark, backbone, run.spec.weights, fingerprint)
+    _prepare_int8_gate(run, backbone)
     features, frame = _image_features(run.spark, run.labels, feats, run.tasks, run.cfg, backbone, fingerprint,
                                       run.seconds[f"featurize_{backbone}"])
     t1 = time.time()
     _run_combinations(features, run.mllib_heads, run.cfg, run.tracker.log)
     run.seconds[f"heads_{backbone}"] = time.time() - t1
     _release(features, frame)
+    run.tracker.int8.release(backbone)
     feats.unpersist()
 
 
@@ -406,14 +431,16 @@ def _write_comparison(run: _Run, tracking_uri: str
     return rows, table, files
 
 
-def _publish_champions(run: _Run, rows: list[dict[str, Any]], table: pd.DataFrame
+def _publish_champions(run: _Run, rows: list[dict[str, Any]], table: pd.DataFrame, report: Path
                        ) -> dict[str, dict[str, str]]:
-    """Register each task's champion, link its baseline and its serving bundle, tag the parent run."""
+    """Register each task's champion, link its baseline and its serving bundle, record its int8 verdict
+    (its registered version, report.md, the champion's entry), tag the parent run."""
     import mlflow  # lazy: a slow import that argument checks skip
 
     champions = _register_champions(run.tracker, rows, run.spec, run.cfg)
     _log_champion_baselines(run.tracker, champions)
     _log_champion_serving(run.spark, run.tracker, champions, run.spec, table, run.cfg.train.select_metric)
+    run.tracker.int8.finish(champions, report)
     mlflow.set_tags({f"champion.{t}": json.dumps(c) for t, c in champions.items()})
     return champions
 
@@ -473,7 +500,7 @@ def _held_out_blocks(run: _Run, task: Task, champ: dict[str, str], table: pd.Dat
     internal = table[(table["task"] == task.name) & (table["kind"] == IMAGE) & (table["backbone"] == backbone)
                      & (table["head"] == head)].iloc[0].to_dict()
     feats = featurize_to_cache(run.spark, run.contents, backbone, run.spec.weights, run.cache_dir,
-                               keys=run.keys)  # cached
+                               keys=run.keys, precision=run.precision)  # cached
     feats = feats.select("sha256", "features").cache()
     blocks, skipped = [], []
     for source, why_not in loso_plan(run.labels, task).items():
@@ -554,9 +581,11 @@ def _log_champion_serving(spark: SparkSession, tracker: _Tracker, champions: dic
         meta = {"task": task, "model_name": champ["name"], "model_version": champ["version"],
                 "model_uri": champ["uri"], "baseline_as_good": as_good,
                 "baseline_sentence": baseline_comparison(table, task, metric) if as_good else None}
-        pipeline = full_pipeline(champ["backbone"], weights_uri, head_model, get_task(task), sha, shift)
+        int8 = tracker.int8.params(task, champ["backbone"], champ["head"])
+        calibration = tracker.int8.calibration_path(task, champ["backbone"], champ["head"])
+        pipeline = full_pipeline(champ["backbone"], weights_uri, head_model, get_task(task), sha, shift, int8)
         with mlflow.start_run(run_id=run_id, nested=True):
-            uri = log_serving_model(pipeline, weights, meta)
+            uri = log_serving_model(pipeline, weights, meta, calibration)
         link_model(champ["name"], champ["version"], SERVING_TAG, uri)
         twin = serving_name(champ["name"])
         register_champion(uri, twin, f"Spark-free serving bundle of {champ['name']} v{champ['version']}")
