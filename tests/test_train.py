@@ -42,6 +42,10 @@ def test_nested_runs_with_metrics_params_and_artifacts(trained, monkeypatch) -> 
     assert {"plots", "confusion.csv"} <= arts
     parent_arts = {a.path for a in client.list_artifacts(trained.parent_run_id, "comparison")}
     assert {"comparison/comparison.csv", "comparison/report.md", "comparison/comparison.png"} <= parent_arts
+    # the run's copy of report.md is the finished one, with the sections added after the table (int8, ...)
+    logged = Path(mlflow.artifacts.download_artifacts(run_id=trained.parent_run_id,
+                                                      artifact_path="comparison/report.md"))
+    assert logged.read_text() == Path(trained.files["report.md"]).read_text()
 
 
 def test_comparison_table_has_intervals_and_baseline(trained) -> None:

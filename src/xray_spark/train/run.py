@@ -338,6 +338,7 @@ def run_training(spark: SparkSession, cfg: Config, spec: TrainSpec) -> TrainResu
         _report_sources(run, files["report.md"], champions)
         if spec.loso:
             _leave_one_source_out(run, champions, table, files["report.md"])
+        mlflow.log_artifact(str(files["report.md"]), "comparison")  # again, with the sections added since
         run.seconds["total"] = time.time() - t_start
         mlflow.log_metrics({f"seconds_{k}": v for k, v in run.seconds.items()})
     labels.unpersist()
@@ -485,7 +486,6 @@ def _leave_one_source_out(run: _Run, champions: dict[str, dict[str, str]], table
     t1 = time.time()
     sections = [_held_out_blocks(run, get_task(task), champ, table) for task, champ in champions.items()]
     append_section(report, "Leave-one-source-out", _LOSO_INTRO, sections)
-    mlflow.log_artifact(str(report), "comparison")
     run.seconds["leave_one_source_out"] = time.time() - t1
 
 
