@@ -481,7 +481,6 @@ _LOSO_INTRO = ("Each task's champion (backbone + head) trained on every other so
 def _leave_one_source_out(run: _Run, champions: dict[str, dict[str, str]], table: pd.DataFrame,
                           report: Path) -> None:
     """`--eval leave-one-source-out`: each champion refitted per held-out source; a report.md section."""
-    import mlflow  # lazy: a slow import that argument checks skip
 
     t1 = time.time()
     sections = [_held_out_blocks(run, get_task(task), champ, table) for task, champ in champions.items()]
