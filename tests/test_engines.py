@@ -18,6 +18,7 @@ import pytest
 
 from xray_spark.errors import UserError
 from xray_spark.features import engines
+from xray_spark.features.ir_files import publish_folder
 
 pytestmark = pytest.mark.usefixtures("weights_cache")
 
@@ -283,9 +284,9 @@ def test_ir_cache_second_load_does_not_convert(monkeypatch, images, weights_cach
 
     resolved = resolve_weights("ResNet50", "none")
     conversions: list[Path] = []
-    real = engines.convert_to_ir
-    monkeypatch.setattr(engines, "convert_to_ir", lambda model, target: conversions.append(target)
-                        or real(model, target))
+    real = engines.save_ir
+    monkeypatch.setattr(engines, "save_ir", lambda model, folder: conversions.append(folder)
+                        or real(model, folder))
 
     def load() -> engines.Engine:
         monkeypatch.setattr(engines, "_ENGINES", {})  # a new Python worker: nothing in memory
@@ -316,8 +317,8 @@ def test_publish_keeps_the_ir_a_concurrent_writer_published_first(tmp_path):
     for folder, text in ((first, "first"), (second, "second")):
         folder.mkdir()
         (folder / "model.xml").write_text(text)
-    assert engines.publish_folder(first, target) is True
-    assert engines.publish_folder(second, target) is False  # lost the race: the winner's IR stays whole
+    assert publish_folder(first, target) is True
+    assert publish_folder(second, target) is False  # lost the race: the winner's IR stays whole
     assert (target / "model.xml").read_text() == "first"
     junk = tmp_path / "junk"
     junk.mkdir()
@@ -326,4 +327,4 @@ def test_publish_keeps_the_ir_a_concurrent_writer_published_first(tmp_path):
     third.mkdir()
     (third / "model.xml").write_text("x")
     with pytest.raises(OSError):  # a folder in the way that is not an IR is an error, not a silent skip
-        engines.publish_folder(third, junk)
+        publish_folder(third, junk)

@@ -35,12 +35,9 @@ written here (always true in local mode), else `~/.cache/xray-spark/weights`, el
 from __future__ import annotations
 
 import importlib
-import json
 import logging
 import os
-import shutil
 import tempfile
-import uuid
 import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -52,8 +49,7 @@ import numpy as np
 from xray_spark.errors import UserError
 from xray_spark.features import ENGINES
 from xray_spark.features.backbones import Backbone, get_backbone
-from xray_spark.features.ir_files import ir_folder, publish_folder
-from xray_spark.features.ir_files import lock as _lock
+from xray_spark.features.ir_files import MODEL_XML, build_once, ir_folder
 from xray_spark.features.quantize import has_native_int8, int8_ir, int8_support
 from xray_spark.features.weights import file_digest, weights_cache_dir
 
@@ -295,26 +291,16 @@ def ir_key(backbone: str, fingerprint: str, openvino_version: str, keras_version
             "keras": keras_version, "ir_weights": IR_WEIGHTS}
 
 
-def convert_to_ir(model: keras.Model, target: Path) -> bool:
-    """Convert a Keras model and publish its IR at `target` atomically; False if another process won.
-
-    The IR is written to a temp folder beside `target`, then the folder is renamed: `target` either does
-    not exist or holds a complete IR, and a rename onto an existing one fails instead of mixing files.
-    """
+def save_ir(model: keras.Model, folder: Path) -> None:
+    """Convert a Keras model and write its IR (model.xml + model.bin) into `folder`, an unpublished temp
+    folder of ir_files.build_once, which publishes it whole."""
     ov, error = import_openvino()
     if ov is None:
         raise RuntimeError(error)
     with warnings.catch_warnings():  # Keras 3 warns about the input structure of a traced functional model
         warnings.simplefilter("ignore", UserWarning)
         ov_model = ov.convert_model(model)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.parent / f".{target.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
-        ov.save_model(ov_model, str(tmp / "model.xml"), compress_to_fp16=False)
-        return publish_folder(tmp, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    ov.save_model(ov_model, str(folder / MODEL_XML), compress_to_fp16=False)
 
 
 def _core() -> Any:
@@ -333,20 +319,18 @@ def _openvino_engine(bb: Backbone, weights_path: str, precision: str, threads: i
     ov, _ = import_openvino()
     key = ir_key(bb.name, fingerprint, ov.__version__, keras.__version__)
     folder = ir_folder(root, key)
-    xml = folder / "model.xml"
-    converted = False
-    if not xml.is_file():
-        with _lock(folder.parent / f".{folder.name}.lock"):
-            if not xml.is_file():  # another worker may have converted while this one waited
-                model = _KERAS_MODELS.get((bb.name, weights_path))
-                if model is None:  # not memoised: only the IR is kept in memory afterwards
-                    model = bb.build(weights=None)
-                    model.load_weights(weights_path)
-                converted = convert_to_ir(model, folder)
-                if converted:
-                    (folder / "key.json").write_text(json.dumps(key, indent=1, sort_keys=True))
-                    log.info("converted %s to OpenVINO IR at %s", bb.name, folder)
-                del model
+    xml = folder / MODEL_XML
+
+    def build(tmp: Path) -> None:
+        model = _KERAS_MODELS.get((bb.name, weights_path))
+        if model is None:  # not memoised: only the IR is kept in memory afterwards
+            model = bb.build(weights=None)
+            model.load_weights(weights_path)
+        save_ir(model, tmp)
+
+    converted = build_once(folder, build, key)
+    if converted:
+        log.info("converted %s to OpenVINO IR at %s", bb.name, folder)
     if precision == "int8":  # the int8 IR beside the fp32 one, quantised here at first use
         xml, quantised = int8_ir(xml, key, calibration, root)
         converted = converted or quantised

@@ -5,9 +5,9 @@ Why not engines.py's `load_engine`: that one builds a registered backbone and lo
 and preprocesses with the backbone's own `preprocess_input`. A user's model carries its own graph, and its
 input is whatever the user's image loader returns (sparkdl's contract: the loader preprocesses). The rest is
 shared with the featurizer: the same engine choice (`resolve_engine`), the same IR cache, lock and atomic
-publish (`convert_to_ir`), the same thread caps, the same fallback to Keras with one warning. OpenVINO runs
-fp32 here (its IR weights stay fp32): a user model's numbers match Keras' within float rounding (the tests
-hold it to 1e-4).
+publish (`ir_files.build_once` of `engines.save_ir`), the same thread caps, the same fallback to Keras with
+one warning. OpenVINO runs fp32 here (its IR weights stay fp32): a user model's numbers match Keras' within
+float rounding (the tests hold it to 1e-4).
 
 Driver side: `resolve_model_file` copies the file through Hadoop (any scheme) or MLflow as weights.py does for
 weights files, names it by content, and `ship_weights` adds it to the SparkContext; the pin is the file's
@@ -16,7 +16,6 @@ sha256 (`check_file_pinned` in pinning.py).
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Callable
@@ -30,12 +29,12 @@ from xray_spark.errors import UserError
 from xray_spark.features.engines import (
     _core,
     _warn_once,
-    convert_to_ir,
     import_openvino,
     ir_cache_dir,
     resolve_engine,
+    save_ir,
 )
-from xray_spark.features.ir_files import ir_folder, lock
+from xray_spark.features.ir_files import MODEL_XML, build_once, ir_folder
 from xray_spark.features.weights import (
     ResolvedWeights,
     _local_copy,
@@ -120,14 +119,9 @@ def _openvino(path: str, fingerprint: str, root: Path, threads: int) -> UserEngi
     key = {"backbone": USER_MODEL, "weights": fingerprint, "openvino": ov.__version__,
            "keras": keras_version(), "ir_weights": "f32"}
     folder = ir_folder(root, key)
-    xml = folder / "model.xml"
-    if not xml.is_file():
-        with lock(folder.parent / f".{folder.name}.lock"):
-            if not xml.is_file():  # another worker may have converted while this one waited
-                if convert_to_ir(load_keras_model(path), folder):
-                    (folder / "key.json").write_text(json.dumps(key, indent=1, sort_keys=True))
-                    log.info("converted the model %s to OpenVINO IR at %s", Path(path).name, folder)
-    compiled = _core().compile_model(str(xml), "CPU", {
+    if build_once(folder, lambda tmp: save_ir(load_keras_model(path), tmp), key):
+        log.info("converted the model %s to OpenVINO IR at %s", Path(path).name, folder)
+    compiled = _core().compile_model(str(folder / MODEL_XML), "CPU", {
         "INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": 1,
         "ENABLE_CPU_PINNING": False,
     })
