@@ -118,8 +118,10 @@ class _NamedImageParams(DeclaredParams, HasInputCol, HasOutputCol):
                   "executor (OpenVINO int8 for a featurizer whose int8 passed train's gate, on CPUs with "
                   "native int8; else OpenVINO bf16 with native bf16, else OpenVINO fp32; Keras with a GPU or "
                   "without openvino)", default="auto"),
-        ParamSpec("precision", f"OpenVINO precision: one of {', '.join(PRECISIONS)}; with engine 'auto' it "
-                  "applies only when set explicitly (otherwise auto picks)", default="fp32"),
+        ParamSpec("precision", f"OpenVINO precision: one of {', '.join(PRECISIONS)} (int8: "
+                  "DeepImageFeaturizer only, with train's int8 calibration; DeepImagePredictor refuses it); "
+                  "with engine 'auto' it applies only when set explicitly (otherwise auto picks)",
+                  default="fp32"),
         ParamSpec("engineCol", "optional column for the engine that made each row's features (e.g. "
                   "'openvino:fp32'); unset: none"),
     )
