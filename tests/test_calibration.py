@@ -105,3 +105,67 @@ def test_temperature_stage_equals_numpy_and_round_trips_in_a_pipeline(spark, tmp
     np.testing.assert_array_equal(out["prediction"].iloc[:-1], proba.argmax(axis=1))  # untouched
     with pytest.raises(Exception, match="temperature must be > 0"):
         TemperatureScalingModel(temperature=0.0).transform(df)
+
+
+@pytest.fixture(scope="module")
+def folds_frame(spark):
+    """120 rows of 6 features in 5 grouped folds; fold 0 is the test split, and its labels are the
+    opposite of what its features say (a calibration that saw them would be pulled towards 'unsure')."""
+    from pyspark.ml.linalg import Vectors
+
+    rng = np.random.default_rng(3)
+    rows = []
+    for i in range(120):
+        label, fold = i % 2, i % 5
+        x = rng.normal(size=6)
+        x[0] += 1.5 if label else -1.5
+        shown = 1 - label if fold == 0 else label
+        rows.append((f"/img/{i}.png", f"g{i}", "test" if fold == 0 else "train", fold, float(shown),
+                     Vectors.dense(x.tolist())))
+    frame = spark.createDataFrame(rows, ["path", "group_id", "split", "fold", "label_index", "features"])
+    frame = frame.repartition(2).cache()
+    yield frame
+    frame.unpersist()
+
+
+def test_calibration_is_fitted_out_of_fold_on_the_training_side_only(folds_frame, monkeypatch) -> None:
+    """Every training row is predicted once, by a head fitted without its fold; no test row is fitted on
+    or predicted; and the temperature `calibrate` puts in the model is the one those rows give."""
+    from pyspark.sql import functions as F
+
+    from xray_spark.config import load_config
+    from xray_spark.models import calibration_stage
+    from xray_spark.tasks import get_task
+    from xray_spark.train import calibrate as calibrate_module
+    from xray_spark.train.fit import fit_head
+    from xray_spark.train.heads import get_head, head_params
+
+    seen = []
+
+    class Spy(calibration_stage.TemperatureScaling):
+        """The estimator `calibrate` uses, recording the rows it is given to fit on."""
+
+        def _fit(self, dataset):
+            seen.append(dataset.toPandas())
+            return super()._fit(dataset)
+
+    monkeypatch.setattr(calibrate_module, "TemperatureScaling", Spy)
+    task, spec = get_task("binary"), get_head("lr")
+    params = head_params(spec, {"maxIter": 10}, 7)
+    cfg = load_config(local=None)
+    fit = fit_head(spec, params, folds_frame, task, 6)
+    calibrated = calibrate_module.calibrate(fit, spec, params, folds_frame, task, 6, cfg)
+
+    (oof,) = seen
+    train = folds_frame.where(F.col("split") == "train").select("path").toPandas()
+    assert set(oof["split"]) == {"train"} and set(oof["fold"]) == {1, 2, 3, 4}
+    assert sorted(oof["path"]) == sorted(train["path"])  # every training row once, no test row
+    expected = fit_temperature(np.stack([v.toArray() for v in oof["probability"]]),
+                               oof["label_index"].to_numpy(dtype=int))
+    assert calibrated.calibration.n == len(train) == 96
+    assert calibrated.calibration.temperature == pytest.approx(expected.temperature, rel=1e-9)
+    assert isinstance(calibrated.model.stages[-1], calibration_stage.TemperatureScalingModel)
+    np.testing.assert_array_equal(calibrated.proba_uncalibrated, fit.proba)
+    np.testing.assert_array_equal(calibrated.proba, temperature_scale(fit.proba, expected.temperature))
+    cfg.section("calibration").method = "none"
+    assert calibrate_module.calibrate(fit, spec, params, folds_frame, task, 6, cfg) is fit
