@@ -20,6 +20,7 @@ from pyspark.sql import functions as F
 from conftest import isolate_mlflow, manifest_subset
 from xray_spark.config import load_config
 from xray_spark.evaluation.external import evaluate_model
+from xray_spark.evaluation.reliability import calibration_line
 from xray_spark.scoring import score_command
 
 FIGURE1_COUNTS = {"covid": 10, "no_findings": 3, "pneumonia": 2}  # of figure1's 35, 3 and 2
@@ -37,7 +38,8 @@ def figure1(data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return subset
 
 
-def test_evaluate_counts_equal_what_score_predicts(spark, trained, figure1, tmp_path, monkeypatch, capsys):
+def test_evaluate_counts_equal_what_score_predicts(spark, trained, figure1, tmp_path, monkeypatch, capsys,
+                                                   evidence):
     isolate_mlflow(monkeypatch)
     champion = trained.champions["multiclass"]
     cfg = load_config(local=None)
@@ -62,6 +64,15 @@ def test_evaluate_counts_equal_what_score_predicts(spark, trained, figure1, tmp_
     assert shift["shift_flagged"] >= 0.9 and shift["shift_auroc_vs_internal_test"] >= 0.9
     assert shift["shift_flagged_internal_test"] < shift["shift_flagged"]  # 7 test images, 29 training here
     assert "## Unlike the training images?" in report
+    # the champion's calibration on this folder: its temperature from training, ECE with and without it
+    calibration = doc["calibration"]
+    assert calibration["temperature"] == pytest.approx(
+        trained.comparison.query("task == 'multiclass' and kind == 'image' and head == @champion['head']")
+        ["temperature"].iloc[0])
+    assert calibration["ece"] == pytest.approx(metrics["ece"]) and 0 <= calibration["ece_uncalibrated"] <= 1
+    assert "## Calibration on this folder" in report and "](reliability.png)" in report
+    assert (tmp_path / "eval" / "reliability.png").stat().st_size > 1000
+    assert any(line.startswith("calibration: ECE ") for line in result.lines())
 
     run = mlflow.MlflowClient(tracking_uri=trained.tracking_uri).get_run(result.run_id)
     assert run.data.tags["kind"] == "evaluation"
@@ -69,6 +80,7 @@ def test_evaluate_counts_equal_what_score_predicts(spark, trained, figure1, tmp_
                                                                               champion["version"])
     assert run.data.tags["data_fingerprint"] == doc["data_fingerprint"]
     assert run.data.metrics["accuracy"] == pytest.approx(doc["accuracy"])
+    assert run.data.metrics["ece_uncalibrated"] == pytest.approx(calibration["ece_uncalibrated"])
 
     # the same model and images through `score`: the same predictions, so the same confusion counts
     cfg.tracking_uri = trained.tracking_uri
@@ -80,6 +92,13 @@ def test_evaluate_counts_equal_what_score_predicts(spark, trained, figure1, tmp_
     warning = next(line for line in lines if line.startswith("shift warning: "))
     assert "typical short side" in warning and "in training" in warning, warning
     assert summary.drift.metrics["psi_format"] > 0.25  # figure1 is mostly JPEG
+    assert summary.drift.metrics["psi_component_1"] >= 0  # and the top feature components' distances
+    distances = next(line for line in lines if line.startswith("distance to the training images: PSI "))
+    assert "; feature components #1 " in distances and "; robust z of the typical short side" in distances
+    evidence(f"figure1 subset: {calibration_line(result.calibration)}")
+    for line in lines:  # the shift lines of score's summary
+        if line.startswith(("unlike the training images", "distance to the training", "shift warning")):
+            evidence(f"figure1 subset, score: {line}")
     scored = spark.read.parquet(str(tmp_path / "scored")).toPandas()
     ok = scored[scored["status"] == "ok"]
     assert 1 - ok["in_distribution"].mean() == pytest.approx(shift["shift_flagged"], abs=0.03)

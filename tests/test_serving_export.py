@@ -189,6 +189,38 @@ print(json.dumps(out))
         np.testing.assert_allclose(np.array(got[folder][1]), values, rtol=TOL, atol=TOL)
 
 
+def test_a_calibrated_head_serves_spark_s_calibrated_probabilities(spark, table, fitted, tmp_path: Path,
+                                                                  evidence) -> None:
+    """A TemperatureScalingModel after the head (as train/calibrate.py saves it) becomes the exported head's
+    temperature: served probabilities equal the Spark pipeline's, bit for bit where the head's are; the
+    prediction stays the head's. A temperature after a head without probabilities is refused."""
+    from pyspark.ml import PipelineModel
+
+    from xray_spark.models.calibration_stage import TemperatureScalingModel
+
+    for head, task_name in (("lr", "multiclass"), ("rf", "binary")):
+        pipeline, spark_out = fitted[(head, task_name)].result()
+        held_out = task_frame(table, get_task(task_name), weighted=False).where("split = 'test'")
+        featurizer, head_model, decode = pipeline.stages
+        stage = TemperatureScalingModel(temperature=1.7)
+        calibrated = PipelineModel(stages=[featurizer, PipelineModel(stages=[head_model, stage]), decode])
+        spark_cal = PipelineModel(stages=calibrated.stages[1:]).transform(held_out).toPandas()
+        loaded = SparkFreeHead.load(export_head(calibrated).save(tmp_path / f"{head}-{task_name}"))
+        assert loaded.temperature == 1.7 and "TemperatureScalingModel" in loaded.info["source_stages"]
+        labels, values = loaded.predict(_matrix(spark_cal["features"]))
+        assert labels == spark_cal["predicted_label"].tolist() == spark_out["predicted_label"].tolist()
+        expected = _matrix(spark_cal["probability"])
+        np.testing.assert_allclose(values, expected, rtol=TOL, atol=TOL)
+        assert not np.allclose(expected, _matrix(spark_out["probability"]))  # the temperature did something
+        evidence(f"serving export {task_name}/{head} + temperature 1.7: max |numpy - Spark| = "
+                 f"{float(np.max(np.abs(values - expected))):.3g}")
+    pipeline, _ = fitted[("svc", "multiclass")].result()  # one-vs-rest: no probability column
+    featurizer, head_model, decode = pipeline.stages
+    unfit = PipelineModel(stages=[featurizer, head_model, TemperatureScalingModel(temperature=2.0), decode])
+    with pytest.raises(UnsupportedStageError, match="gives no probability to calibrate"):
+        export_head(unfit)
+
+
 def test_an_unsupported_stage_is_named(fitted) -> None:
     from pyspark.ml import PipelineModel
     from pyspark.ml.feature import Normalizer

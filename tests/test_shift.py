@@ -113,6 +113,66 @@ def test_reference_survives_its_text_form_and_missing_inputs() -> None:
     assert not math.isnan(ref.score(sig)[0])
 
 
+def _with_drift_bins(ref: Reference, x: np.ndarray) -> Reference:
+    """`ref` with decile drift bins of the projections of `x` (as ShiftDetector fits them, in numpy)."""
+    proj = ref.projections(x, 2)
+    ref.component_edges = np.quantile(proj, np.arange(1, 10) / 10, axis=0).T
+    bins = ref.component_bins(x)
+    ref.component_shares = np.stack([np.bincount(bins[:, j], minlength=10) / len(x) for j in range(2)])
+    return ref
+
+
+def test_run_drift_gives_a_psi_per_top_component_and_names_the_one_that_moved() -> None:
+    from xray_spark.models.drift import Tally, drift, drift_lines
+
+    rng = np.random.default_rng(4)
+    ref, basis, props = _reference(rng)
+    train_x = rng.normal(size=(400, 4)) @ basis + 0.05 * rng.normal(size=(400, 32)) + 3.0
+    ref = _with_drift_bins(ref, train_x)
+    assert ref.component_edges.shape == (2, 9) and np.allclose(ref.component_shares.sum(axis=1), 1.0)
+    back = Reference.from_text(ref.to_text())
+    np.testing.assert_array_equal(back.component_bins(train_x), ref.component_bins(train_x))
+
+    def tally(x: np.ndarray) -> Tally:
+        jpeg = round(ref.shares["format"]["JPEG"] * len(x))  # file properties as in training
+        rows = [{"format": "PNG", "mode": "L", "bit_depth": 8, "n": len(x) - jpeg, "flagged": 0},
+                {"format": "JPEG", "mode": "RGB", "bit_depth": 8, "n": jpeg, "flagged": 0}]
+        bins = ref.component_bins(x)
+        counts = [{"component": j, "bin": b, "n": int(n)} for j in range(2)
+                  for b, n in enumerate(np.bincount(bins[:, j], minlength=10)) if n]
+        return Tally().add(rows).add_components(counts)
+
+    like = rng.normal(size=(300, 4)) @ basis + 0.05 * rng.normal(size=(300, 32)) + 3.0
+    same = drift(tally(like), ref)
+    assert max(same.metrics["psi_component_1"], same.metrics["psi_component_2"]) < 0.2 and not same.moved
+    assert not drift(tally(like[:12]), ref).moved  # 12 images: PSI is mostly chance, never named
+    # the same images pushed along the first component (in the unit-normalised space the reference uses)
+    moved_x = like + 0.8 * ref.components[0] * np.linalg.norm(like, axis=1, keepdims=True)
+    merged = tally(moved_x[:100]).merge(tally(moved_x[100:]))  # chunk by chunk, as scoring adds them up
+    d = drift(merged, ref)
+    assert merged.components == tally(moved_x).components and merged.n == 300
+    assert d.metrics["psi_component_1"] > 0.25, d.metrics
+    assert any(m.startswith("feature component 1 PSI ") for m in d.moved), d.moved
+    lines = drift_lines(d, 300)
+    assert lines[1].startswith("distance to the training images: PSI format 0.0"), lines
+    assert ", bit depth 0.00; feature components #1 " in lines[1] and ", #2 " in lines[1], lines
+    assert "robust z of the typical " not in lines[1], lines  # the tally has no sizes
+    assert lines[-1].startswith("shift warning: ") and "feature component 1 PSI" in lines[-1]
+
+
+def test_a_reference_saved_before_the_component_drift_still_loads() -> None:
+    import base64
+    import io as bytes_io
+
+    ref, _, _ = _reference(np.random.default_rng(5))
+    with np.load(bytes_io.BytesIO(base64.b64decode(ref.to_text()))) as z:
+        old = {k: z[k] for k in z.files if not k.startswith("component_")}
+    buf = bytes_io.BytesIO()
+    np.savez_compressed(buf, **old)
+    loaded = Reference.from_text(base64.b64encode(buf.getvalue()).decode("ascii"))
+    assert loaded.component_edges.shape == (0, 9) and loaded.component_bins(np.ones((3, 32))).shape == (3, 0)
+
+
 def test_shift_stages_fit_score_and_round_trip_in_a_pipeline(spark, tmp_path: Path) -> None:
     """FileProperties + ShiftDetector in Spark: aggregates only, the same scores as the numpy reference,
     and a PipelineModel that saves and loads them."""
@@ -134,6 +194,14 @@ def test_shift_stages_fit_score_and_round_trip_in_a_pipeline(spark, tmp_path: Pa
     model = Pipeline(stages=[FileProperties(inputCol="content"), ShiftDetector(components=3)]).fit(train)
     shift = model.stages[-1]
     assert isinstance(shift, ShiftModel) and shift.getReference().n_train == 120
+    ref = shift.getReference()  # drift bins: the training deciles of the top components, ~10% in each
+    assert ref.component_edges.shape == (3, 9) and np.allclose(ref.component_shares.sum(axis=1), 1.0)
+    assert ref.component_shares.max() <= 0.2
+    counts = shift.component_counts(df.limit(120))  # scoring's tally of the same images: the same shares
+    again = np.zeros((3, 10))
+    for r in counts:
+        again[r["component"], r["bin"]] = r["n"]
+    np.testing.assert_allclose(again / 120, ref.component_shares)
     scored = model.transform(df).select("shift_score", "in_distribution").toPandas()
     assert scored["in_distribution"][:120].mean() >= 0.95
     assert not scored["in_distribution"][120:].any()  # 900 px JPEGs after 320 px PNGs

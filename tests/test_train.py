@@ -72,6 +72,43 @@ def test_comparison_table_has_intervals_and_baseline(trained) -> None:
         assert f"### {r.task}/{r.backbone}/{r.head}" in report  # a confusion matrix per image model
 
 
+def test_every_image_head_is_calibrated_out_of_fold_and_each_champion_has_its_diagram(trained, spark,
+                                                                                      evidence) -> None:
+    """The temperature of every image head was fitted on exactly the task's training rows (each predicted
+    out of fold), never the test split; report.md and each champion's run show ECE before and after and the
+    reliability diagram."""
+    table = trained.comparison
+    image, baseline = table[table["kind"] == "image"], table[table["kind"] == "metadata-baseline"]
+    images = spark.read.parquet(f"{trained.ingest_dir}/images").where("status = 'ok'")
+    for r in image.itertuples():
+        n_train = images.where("split = 'train'").where(images.label.isin(list(TASKS[r.task].labels))).count()
+        assert r.calibration_n == n_train and r.temperature > 0, r
+        assert 0 <= r.ece_uncalibrated <= 1 and 0 <= r.ece <= 1 and r.n_test + n_train == images.where(
+            images.label.isin(list(TASKS[r.task].labels))).count()
+    assert baseline["temperature"].isna().all()  # the shortcut baseline is compared on accuracy only
+    report = Path(trained.files["report.md"]).read_text()
+    section = report.split("## Calibration (champions)")[1]
+    assert "| ECE before | ECE after |" in section and "never on the test split" in report
+    out = Path(trained.files["report.md"]).parent
+    client = mlflow.MlflowClient(tracking_uri=trained.tracking_uri)
+    for task, champ in trained.champions.items():
+        png = out / "plots" / f"reliability_{task}_{champ['backbone']}_{champ['head']}.png"
+        assert png.stat().st_size > 1000 and f"](plots/{png.name})" in section
+        row = image[(image["task"] == task) & (image["head"] == champ["head"])].iloc[0]
+        assert f"| {row.temperature:.2f} | {int(row.calibration_n)} out-of-fold training images |" in section
+        run_id = client.get_model_version(champ["name"], champ["version"]).run_id
+        assert f"plots/{png.name}" in {a.path for a in client.list_artifacts(run_id, "plots")}
+        metrics = client.get_run(run_id).data.metrics
+        assert metrics["temperature"] == pytest.approx(row.temperature)
+        assert metrics["ece_uncalibrated"] == pytest.approx(row.ece_uncalibrated)
+    for r in image.itertuples():
+        evidence(f"calibration {r.task}/{r.head}: temperature {r.temperature:.2f} from "
+                 f"{int(r.calibration_n)} out-of-fold rows in {r.calibration_seconds:.1f}s (head fit "
+                 f"{r.fit_seconds:.1f}s); test ECE {r.ece_uncalibrated:.3f} -> {r.ece:.3f}, Brier "
+                 f"{r.brier_uncalibrated:.3f} -> {r.brier:.3f} (n={int(r.n_test)})")
+    assert "comparison/plots" in {a.path for a in client.list_artifacts(trained.parent_run_id, "comparison")}
+
+
 def test_champion_is_the_best_image_row_per_task(trained) -> None:
     table = pd.read_csv(trained.files["comparison.csv"])
     for task, champ in trained.champions.items():
@@ -112,6 +149,10 @@ def test_champions_registered_load_and_predict_new_images(trained, spark, ozturk
         model = mlflow.spark.load_model(f"models:/xray-spark-{task}@champion")
         assert [type(s).__name__ for s in model.stages[:3]] == ["FileProperties", "DeepImageFeaturizer",
                                                                 "ShiftModel"]
+        head_stages = model.stages[3].stages  # the fitted head, then the temperature fitted out of fold
+        assert type(head_stages[-1]).__name__ == "TemperatureScalingModel"
+        assert head_stages[-1].getTemperature() == pytest.approx(float(client.get_run(mv.run_id).data
+                                                                       .metrics["temperature"]))
         featurizer = model.stages[1]
         pin = featurizer.getWeightsSha256()
         assert pin and pin == client.get_run(mv.run_id).data.params["weights_sha256"]

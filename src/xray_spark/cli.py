@@ -317,6 +317,9 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
                         "sqlite under --out)")
     p.add_argument("--cache-dir", metavar="DIR", help="feature cache (default: OUT/features)")
     p.add_argument("--no-baseline", action="store_true", help="skip the metadata-only shortcut baseline")
+    p.add_argument("--calibration", choices=("temperature", "none"),
+                   help="temperature: each image head's probabilities rescaled by one temperature fitted "
+                        "out of fold on the training side (default: config calibration.method)")
     p.add_argument("--eval", choices=("internal", "leave-one-source-out"), default="internal",
                    help="leave-one-source-out: also refit each task's champion once per source, tested on "
                         "that source only (2+ sources: --data NAME=DIR repeated, or a manifest source "

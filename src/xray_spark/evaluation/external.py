@@ -33,6 +33,12 @@ from xray_spark.config import IMAGES_PER_TASK, Config
 from xray_spark.data.images import data_roots, image_contents, load_or_ingest
 from xray_spark.errors import UserError, one_line
 from xray_spark.evaluation.metrics import confusion, metrics_with_intervals
+from xray_spark.evaluation.reliability import (
+    calibration_line,
+    calibration_section,
+    calibration_summary,
+    reliability_png,
+)
 from xray_spark.evaluation.report_parts import as_good_as, md_table, plot_confusion, with_ci
 from xray_spark.models.loading import (
     ModelRef,
@@ -85,6 +91,7 @@ class EvalResult:
     baseline: BaselineResult | None = None
     baseline_note: str = ""  # why there is no baseline, when there is none
     shift: dict[str, float] | None = None  # models/shift_report.shift_summary; None: no shift stage
+    calibration: dict[str, float] | None = None  # reliability.calibration_summary; None: no probabilities
 
     def lines(self) -> list[str]:
         """The summary the CLI prints: headline metrics with intervals, counts, where the files are."""
@@ -109,6 +116,8 @@ class EvalResult:
             out.append(f"metadata-only baseline: none ({self.baseline_note})")
         if self.shift is not None:
             out.append(shift_line(self.shift))
+        if self.calibration is not None:
+            out.append(calibration_line(self.calibration))
         out += [f"{name}: {path}" for name, path in self.files.items()]
         out.append(f"MLflow run {self.run_id} at {self.tracking_uri}")
         return out
@@ -211,7 +220,8 @@ def _report(result: EvalResult, png: Path) -> str:
     if result.quarantined or result.no_features:
         lines.append(f"- Set aside: {result.quarantined} at ingest (see ingest/), {result.no_features} "
                      "that the featurizer could not read.")
-    return "\n".join(lines + ["", *_baseline_md(result), *shift_md(result.shift)]) + "\n"
+    return "\n".join(lines + ["", *_baseline_md(result), *shift_md(result.shift),
+                              *calibration_section(result.calibration, "reliability.png")]) + "\n"
 
 
 def _baseline_md(result: EvalResult) -> list[str]:
@@ -264,9 +274,10 @@ def evaluate_model(spark: SparkSession, cfg: Config, *, model: str, data: str, o
                         data_fingerprint=fingerprint(pdf),
                         source=", ".join(paths.file_name(r) for r in data_roots(summary)))
     result.shift = _shift(pipe, pdf)
+    result.calibration = _calibration(pipe, pdf, task)
     featurized = set(pdf.loc[pdf["features_ok"].fillna(False).astype(bool), "sha256"])
     result.baseline, result.baseline_note = _baseline(spark, cfg, ref, images, task, featurized)
-    _write_and_log(result, out_dir, uri)
+    _write_and_log(result, out_dir, uri, _reliability_png(result, pdf, pipe.temperature, out_dir))
     log.info("evaluated %s version %s on %d images in %.1fs", ref.name, ref.version, result.n,
              time.time() - t0)
     return result
@@ -281,6 +292,30 @@ def _shift(pipe: ScoringPipeline, pdf: pd.DataFrame) -> dict[str, float] | None:
     scores = [None if pd.isna(v) else float(v) for v in done[SHIFT_COL]]
     return shift_summary(scores, flags, list(done["label"] == done["predicted_label"]),
                          pipe.shift.getReference())
+
+
+def _probabilities(pdf: pd.DataFrame, task: Task) -> tuple[np.ndarray, np.ndarray] | None:
+    """(class indices, probability rows) of the featurized rows; None for a head without probabilities."""
+    labels = list(task.labels)
+    y_true, _, proba, _ = evaluation_arrays(pdf, labels)
+    if proba is None or not len(y_true):
+        return None
+    codes = {lab: i for i, lab in enumerate(labels)}
+    return np.array([codes[v] for v in y_true]), proba
+
+
+def _calibration(pipe: ScoringPipeline, pdf: pd.DataFrame, task: Task) -> dict[str, float] | None:
+    """ECE on the featurized rows, with and without the model's temperature (None: no probabilities)."""
+    found = _probabilities(pdf, task)
+    return None if found is None else calibration_summary(*found, pipe.temperature)
+
+
+def _reliability_png(result: EvalResult, pdf: pd.DataFrame, temperature: float | None, out_dir: Path
+                     ) -> Path | None:
+    """reliability.png: the model's probabilities on this folder (and the head's own, when calibrated)."""
+    found = _probabilities(pdf, result.task)
+    title = f"{result.model.name} v{result.model.version} on {result.source} (n={result.n})"
+    return None if found is None else reliability_png(*found, temperature, title, out_dir / "reliability.png")
 
 
 def _measure(pdf: pd.DataFrame, task: Task, cfg: Config) -> tuple[int, dict[str, float], np.ndarray]:
@@ -319,7 +354,7 @@ def _baseline(spark: SparkSession, cfg: Config, ref: ModelRef, images: DataFrame
 
 
 
-def _write_and_log(result: EvalResult, out_dir: Path, uri: str | None) -> None:
+def _write_and_log(result: EvalResult, out_dir: Path, uri: str | None, reliability: Path | None) -> None:
     import mlflow  # lazy: a slow import that argument checks skip
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -343,11 +378,13 @@ def _write_and_log(result: EvalResult, out_dir: Path, uri: str | None) -> None:
         "baseline_note": result.baseline_note or None,
         "shift": None if result.shift is None else {k: (v if np.isfinite(v) else None)
                                                    for k, v in result.shift.items()},
+        "calibration": None if result.calibration is None else {
+            k: (v if np.isfinite(v) else None) for k, v in result.calibration.items()},
     }
     (out_dir / "metrics.json").write_text(json.dumps(doc, indent=2, default=float))
     (out_dir / "report.md").write_text(_report(result, png))
     result.files = {"metrics.json": out_dir / "metrics.json", "report.md": out_dir / "report.md",
-                    "confusion.png": png}
+                    "confusion.png": png, **({"reliability.png": reliability} if reliability else {})}
     configure(uri, out_dir)
     with mlflow.start_run(run_name=f"evaluate {result.model.name} v{result.model.version}") as run:
         mlflow.set_tags({"kind": "evaluation", "model_name": result.model.name,
@@ -356,7 +393,8 @@ def _write_and_log(result: EvalResult, out_dir: Path, uri: str | None) -> None:
                          "source": result.source})
         mlflow.log_params({"n": result.n, "labels": ",".join(labels),
                            "excluded": json.dumps(result.excluded)})
-        mlflow.log_metrics(finite_metrics({**result.metrics, **(result.shift or {})}))
+        mlflow.log_metrics(finite_metrics({**result.metrics, **(result.shift or {}),
+                                           **(result.calibration or {})}))
         if result.baseline is not None:
             mlflow.set_tag(BASELINE_TAG, result.baseline.uri)
             mlflow.log_metrics(finite_metrics({f"baseline/{k}": v

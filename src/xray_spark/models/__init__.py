@@ -5,6 +5,9 @@
 - `metadata_baseline` the metadata-only shortcut baseline's feature pipeline;
 - `shift`, `shift_stage`, `shift_report`, `drift`: the shift reference fitted at training time, the stages
   that carry it inside the saved pipeline, and how a run's shift and drift are worded;
+- `calibration`, `calibration_stage`: the temperature that rescales a head's probabilities (fitted by NLL on
+  out-of-fold predictions) and the Spark stages that fit it and carry it after the head (config section
+  `calibration`, registered here);
 - `loading`           resolve a model URI (before Spark starts), load it, split it around the featurizer;
 - `head_export`, `heads_numpy`, `serving_bundle`, `serving_mlflow`: the Spark-free export of a trained
   pipeline (its head as numpy arrays, the bundle folder) and that bundle in MLflow.

@@ -4,7 +4,8 @@ Why: the serving layer scores one image at a time; starting Spark for that is se
 model `train` logs is [DeepImageFeaturizer, head PipelineModel (optional StandardScaler + classifier, GBT and
 LinearSVC under OneVsRest for 3 classes), IndexToString]; everything after the featurizer is read here from
 the fitted models' public API (coefficients, layers, weights) and, for trees, the JVM node objects. Only
-`export_head` touches pyspark; loading and predicting live in `heads_numpy` (numpy only).
+`export_head` touches pyspark; loading and predicting live in `heads_numpy` (numpy only). A calibrated head's
+TemperatureScalingModel (models/calibration_stage.py) becomes the SparkFreeHead's temperature.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from xray_spark.models.heads_numpy import (
 
 FEATURIZER = "DeepImageFeaturizer"  # matched by class name: importing it here would import pyspark
 SHIFT_STAGE = "ShiftModel"  # models/shift_stage.py, by name for the same reason
+CALIBRATION_STAGE = "TemperatureScalingModel"  # models/calibration_stage.py, likewise
 
 
 class UnsupportedStageError(UserError):
@@ -39,7 +41,7 @@ def export_head(pipeline_model: Any, labels: list[str] | None = None) -> SparkFr
     head) as a SparkFreeHead. `labels`: class names when the pipeline has no IndexToString."""
     import pyspark  # lazy: export is the only place that needs Spark (here: the version it records)
 
-    scaler, classifier, decoder, info = _head_stages(pipeline_model)
+    scaler, classifier, calibration, decoder, info = _head_stages(pipeline_model)
     if decoder is not None:
         labels = list(decoder.getLabels())
     if labels is None:
@@ -57,12 +59,17 @@ def export_head(pipeline_model: Any, labels: list[str] | None = None) -> SparkFr
             raise UserError(f"StandardScaler has {len(mean)} features, the classifier {n_features}")
         numpy_scaler = Scaler(mean if scaler.getWithMean() else None, std if scaler.getWithStd() else None)
     info.update(spark_version=pyspark.__version__, classifier=type(classifier).__name__)
-    return SparkFreeHead(model, labels, n_features, numpy_scaler, info)
+    temperature = None if calibration is None else float(calibration.getOrDefault("temperature"))
+    if temperature is not None and not model.probabilistic:
+        raise UnsupportedStageError(f"{CALIBRATION_STAGE} ({calibration.uid}) after "
+                                    f"{type(classifier).__name__}, which gives no probability to calibrate")
+    return SparkFreeHead(model, labels, n_features, numpy_scaler, info, temperature)
 
 
-def _head_stages(pipeline_model: Any) -> tuple[Any, Any, Any, dict[str, Any]]:
-    """(scaler or None, classifier, IndexToString or None, info) after the featurizer; anything else, or
-    a stage not reading what the one before it writes, is an UnsupportedStageError naming the stage."""
+def _head_stages(pipeline_model: Any) -> tuple[Any, Any, Any, Any, dict[str, Any]]:
+    """(scaler or None, classifier, temperature stage or None, IndexToString or None, info) after the
+    featurizer; anything else, or a stage not reading what the one before it writes, is an
+    UnsupportedStageError naming the stage."""
     from pyspark.ml.feature import IndexToString, StandardScalerModel  # lazy: only export needs Spark
 
     stages = flatten_stages(pipeline_model)
@@ -72,7 +79,7 @@ def _head_stages(pipeline_model: Any) -> tuple[Any, Any, Any, dict[str, Any]]:
         if type(stage).__name__ == FEATURIZER:
             start, features_col = i + 1, stage.getOrDefault("outputCol")
             info["featurizer"] = _simple_params(stage)
-    scaler = classifier = decoder = None
+    scaler = classifier = calibration = decoder = None
     for i, stage in enumerate(stages[start:], start):
         if type(stage).__name__ == SHIFT_STAGE and classifier is None:
             continue  # reads the features, adds its own columns: the bundle carries it apart
@@ -82,6 +89,10 @@ def _head_stages(pipeline_model: Any) -> tuple[Any, Any, Any, dict[str, Any]]:
         elif classifier is None and type(stage).__name__ in _CLASSIFIERS:
             _check_input(stage, stage.getFeaturesCol(), features_col)
             classifier = stage
+        elif (type(stage).__name__ == CALIBRATION_STAGE and classifier is not None and calibration is None
+              and decoder is None):
+            _check_input(stage, stage.getOrDefault("probabilityCol"), _probability_col(classifier))
+            calibration = stage
         elif isinstance(stage, IndexToString) and classifier is not None and decoder is None:
             _check_input(stage, stage.getInputCol(), classifier.getPredictionCol())
             decoder = stage
@@ -89,10 +100,15 @@ def _head_stages(pipeline_model: Any) -> tuple[Any, Any, Any, dict[str, Any]]:
             raise UnsupportedStageError(
                 f"cannot export stage {i} {type(stage).__name__} ({stage.uid}): a Spark-free head is "
                 f"[{FEATURIZER}] + [StandardScalerModel] + one of {', '.join(_CLASSIFIERS)} "
-                "+ [IndexToString]")
+                f"+ [{CALIBRATION_STAGE}] + [IndexToString]")
     if classifier is None:
         raise UnsupportedStageError(f"no classifier stage to export (stages: {info['source_stages']})")
-    return scaler, classifier, decoder, info
+    return scaler, classifier, calibration, decoder, info
+
+
+def _probability_col(classifier: Any) -> str | None:
+    """The column a classifier writes its probabilities to (None: it has none, e.g. OneVsRest)."""
+    return classifier.getOrDefault("probabilityCol") if classifier.hasParam("probabilityCol") else None
 
 
 def flatten_stages(model: Any) -> list[Any]:

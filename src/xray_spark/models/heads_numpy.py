@@ -5,6 +5,9 @@ anything that has numpy, no JVM and not even this package; a test imports it by 
 xray_spark blocked. Each rule mirrors Spark 4.0's predictRaw / raw2probability / raw2prediction of the model
 it replaces, down to the order of operations that decides the last bits (sequential sums, `1 - p0`,
 `* (1 / sum)`). head_export.py fills these.
+
+A head may carry a temperature (models/calibration_stage.py's TemperatureScalingModel after the classifier):
+its probabilities then go through `temperature_scale`, the very function the Spark stage runs on executors.
 """
 
 from __future__ import annotations
@@ -16,7 +19,8 @@ from typing import Any, ClassVar
 import numpy as np
 
 FORMAT = "xray-spark/spark-free-head"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # written when the head carries a temperature (version 1 otherwise: older readers read it)
+READABLE_VERSIONS = (1, 2)
 META_FILE, ARRAYS_FILE = "head.json", "arrays.npz"
 PROBABILITY, RAW = "probability", "rawPrediction"  # what `predict` returns, named as Spark's columns
 
@@ -63,6 +67,25 @@ def _softmax(raw: np.ndarray, *, scale: bool) -> np.ndarray:
         out[rows] = 0.0
         out[rows, np.argmax(inf[rows], axis=1)] = 1.0
     return out
+
+
+# Temperature scaling works on log-probabilities; a probability of exactly 0 (a pure tree leaf) has none, so
+# probabilities are floored here first. Far below any probability a person reads (they are shown to 3
+# decimals), and the temperature is fitted through the same floor, so it scales a tree's certainty too.
+PROBABILITY_FLOOR = 1e-6
+
+
+def temperature_scale(proba: np.ndarray, temperature: float) -> np.ndarray:
+    """Probability rows rescaled by one temperature: softmax(log(p) / T), p floored at PROBABILITY_FLOOR.
+
+    T > 1 softens, T < 1 sharpens. For a logistic or softmax head this is softmax(logits / T), the usual
+    temperature scaling; for any head it is monotone within a row, so the top class (the prediction) never
+    changes. The Spark stage and the Spark-free head both call this function, so their numbers agree bit for
+    bit."""
+    logs = np.log(np.maximum(np.asarray(proba, dtype=np.float64), PROBABILITY_FLOOR))
+    z = (logs - logs.max(axis=1, keepdims=True)) / float(temperature)
+    e = np.exp(z)
+    return e / _row_sum(e)[:, None]
 
 
 def _binary_raw(margin: np.ndarray) -> np.ndarray:
@@ -325,19 +348,28 @@ class Scaler:
 
 
 class SparkFreeHead:
-    """The head of a trained pipeline (optional StandardScaler, classifier, class names), without Spark.
+    """The head of a trained pipeline (optional StandardScaler, classifier, optional temperature, class
+    names), without Spark.
 
     `predict` returns what the Spark pipeline's columns hold: `output` says whether the values are
-    `probability` or, for heads Spark gives no probability (LinearSVC, OneVsRest), `rawPrediction`.
+    `probability` or, for heads Spark gives no probability (LinearSVC, OneVsRest), `rawPrediction`. With a
+    `temperature`, the probabilities are the calibrated ones (`temperature_scale`), as the pipeline's
+    TemperatureScalingModel stage makes them; the prediction is the classifier's, which the temperature
+    never changes.
     """
 
     def __init__(self, classifier: Classifier, labels: list[str], n_features: int,
-                 scaler: Scaler | None = None, info: dict[str, Any] | None = None):
+                 scaler: Scaler | None = None, info: dict[str, Any] | None = None,
+                 temperature: float | None = None):
         if len(labels) != classifier.n_classes:
             raise HeadFormatError(f"{len(labels)} labels {labels} for a {classifier.n_classes}-class "
                                   f"{classifier.kind}")
+        if temperature is not None and not (classifier.probabilistic and float(temperature) > 0):
+            raise HeadFormatError(f"a temperature ({temperature!r}) needs a positive value and a head with "
+                                  f"probabilities, not {classifier.kind}")
         self.classifier, self.labels, self.n_features = classifier, list(labels), int(n_features)
         self.scaler, self.info = scaler, dict(info or {})
+        self.temperature = None if temperature is None else float(temperature)
 
     @property
     def output(self) -> str:
@@ -353,6 +385,8 @@ class SparkFreeHead:
                 x = self.scaler.apply(x)
             raw = self.classifier.raw(x)
             proba = self.classifier.probability(raw)
+            if proba is not None and self.temperature is not None:
+                proba = temperature_scale(proba, self.temperature)
         return self.classifier.prediction(raw), (raw if proba is None else proba)
 
     def predict(self, features: np.ndarray) -> tuple[list[str], np.ndarray]:
@@ -369,9 +403,9 @@ class SparkFreeHead:
         scaler = None if sc is None else {"with_mean": sc.mean is not None, "with_std": sc.std is not None}
         parts = {} if sc is None else {"mean": sc.mean, "std": sc.std}
         arrays.update({f"scaler.{k}": v for k, v in parts.items() if v is not None})
-        doc = {"format": FORMAT, "format_version": FORMAT_VERSION, "labels": self.labels,
-               "n_features": self.n_features, "output": self.output, "scaler": scaler, "classifier": meta,
-               "info": self.info}
+        doc = {"format": FORMAT, "format_version": FORMAT_VERSION if self.temperature is not None else 1,
+               "labels": self.labels, "n_features": self.n_features, "output": self.output, "scaler": scaler,
+               "classifier": meta, "temperature": self.temperature, "info": self.info}
         np.savez(folder / ARRAYS_FILE, **arrays)
         (folder / META_FILE).write_text(json.dumps(doc, indent=1) + "\n")
         return folder
@@ -383,10 +417,10 @@ class SparkFreeHead:
             doc = json.loads((folder / META_FILE).read_text())
         except (OSError, ValueError) as exc:
             raise HeadFormatError(f"{folder}: no readable {META_FILE} ({exc})") from None
-        if doc.get("format") != FORMAT or doc.get("format_version") != FORMAT_VERSION:
+        if doc.get("format") != FORMAT or doc.get("format_version") not in READABLE_VERSIONS:
             raise HeadFormatError(f"{folder}: format {doc.get('format')!r} version "
-                                  f"{doc.get('format_version')!r}, this code reads {FORMAT!r} version "
-                                  f"{FORMAT_VERSION}")
+                                  f"{doc.get('format_version')!r}, this code reads {FORMAT!r} versions "
+                                  f"{', '.join(map(str, READABLE_VERSIONS))}")
         try:
             with np.load(folder / ARRAYS_FILE, allow_pickle=False) as npz:
                 arrays = {k: npz[k] for k in npz.files}
@@ -395,7 +429,8 @@ class SparkFreeHead:
                 scaler = Scaler(arrays["scaler.mean"] if doc["scaler"]["with_mean"] else None,
                                 arrays["scaler.std"] if doc["scaler"]["with_std"] else None)
             classifier = classifier_from_state(doc["classifier"], arrays, "classifier.")
-            return cls(classifier, doc["labels"], doc["n_features"], scaler, doc.get("info"))
+            return cls(classifier, doc["labels"], doc["n_features"], scaler, doc.get("info"),
+                       doc.get("temperature"))
         except KeyError as exc:
             raise HeadFormatError(f"{folder}: missing {exc.args[0]!r} in the saved head") from None
         except (OSError, ValueError) as exc:  # no or a damaged arrays.npz (ValueError: it holds objects)

@@ -23,6 +23,7 @@ from xray_spark import paths
 from xray_spark.config import Config
 from xray_spark.errors import TransientError, UserError, is_transient
 from xray_spark.features.featurizer import DeepImageFeaturizer
+from xray_spark.models.calibration_stage import TemperatureScalingModel
 from xray_spark.models.shift import PROPS_STRUCT
 from xray_spark.models.shift_stage import FLAG_COL, PROPS_COL, REASONS_COL, SHIFT_COL, ShiftModel
 from xray_spark.spark_io import HadoopFS
@@ -225,6 +226,7 @@ class ScoringPipeline:
     label_col: str  # IndexToString output
     probability_col: str | None  # None for heads without probabilities (LinearSVC, OneVsRest)
     shift: ShiftModel | None = None  # the model's shift check; None for models trained before it
+    temperature: float | None = None  # the calibration stage's temperature; None: uncalibrated head
 
     def shift_columns(self, frame: DataFrame | None = None, *, nulls: bool = False) -> list[Column]:
         """The shift check's columns under their output names (shift_score, in_distribution, shift_reasons,
@@ -282,6 +284,7 @@ def split_pipeline(model: PipelineModel, featurizer_cls: type, uri: str = "model
         if stage.hasParam("probabilityCol") and stage.isDefined("probabilityCol"):
             prob_col = stage.getOrDefault("probabilityCol")
     shift = next((s for s in rest if isinstance(s, ShiftModel)), None)
+    calibration = next((s for s in rest if isinstance(s, TemperatureScalingModel)), None)
     return ScoringPipeline(
         featurize=PipelineModel(stages=stages[: idx + 1]),
         head=PipelineModel(stages=rest),
@@ -292,6 +295,7 @@ def split_pipeline(model: PipelineModel, featurizer_cls: type, uri: str = "model
         label_col=decoder.getOrDefault("outputCol"),
         probability_col=prob_col,
         shift=shift,
+        temperature=None if calibration is None else float(calibration.getTemperature()),
     )
 
 

@@ -36,6 +36,10 @@ PROPS_STRUCT = "struct<" + ",".join(f.replace(" ", ":") for f in PROPS_DDL.split
 _MIN_LOG_SPREAD = 0.05  # a numeric property's scale floor in log units (~5%): a folder of one size has MAD 0
 _SCALE_FLOOR = {**dict.fromkeys(CATEGORICAL, math.log(2.0)), **dict.fromkeys(NUMERIC, 1.0)}
 FEATURES_REASON = "image features unlike the training images'"
+# Run-level drift of the features (models/drift.py): the projections on the top DRIFT_COMPONENTS principal
+# components, each binned at its training deciles (DRIFT_BINS bins of ~10% of the training images each)
+DRIFT_COMPONENTS = 5
+DRIFT_BINS = 10
 _LABELS = {"format": "file format", "mode": "colour mode", "bit_depth": "bit depth",
            "short_side": "short side", "long_side": "long side", "file_size": "file size"}
 
@@ -84,6 +88,11 @@ class Reference:
     n_train: int = 0
     # the internal test split's scores (set by train): what an external folder is compared with (AUROC)
     internal_scores: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    # per top component (m <= DRIFT_COMPONENTS): the inner bin edges of its training projections (m, bins - 1,
+    # the training deciles) and the share of training images in each bin (m, bins); empty in references
+    # fitted before the component drift existed
+    component_edges: np.ndarray = field(default_factory=lambda: np.zeros((0, DRIFT_BINS - 1)))
+    component_shares: np.ndarray = field(default_factory=lambda: np.zeros((0, DRIFT_BINS)))
 
     # ---------------------------------------------------------------------------------------- scoring
     def signals(self, features: np.ndarray | None,
@@ -109,6 +118,20 @@ class Reference:
             values = np.array([_log_or_nan(p.get(prop)) for p in props], dtype=np.float64)
             out[prop] = np.abs(values - self.centers.get(prop, np.nan)) / self.spreads.get(prop, 1.0)
         return out
+
+    def projections(self, features: np.ndarray, m: int | None = None) -> np.ndarray:
+        """(n, m) coordinates of the unit-normalised features along the top `m` principal components (all
+        of them by default): what the component drift bins."""
+        z = unit_rows(np.asarray(features, dtype=np.float64)) - self.mean
+        return z @ self.components[: len(self.components) if m is None else m].T
+
+    def component_bins(self, features: np.ndarray) -> np.ndarray:
+        """(n, m) bin of each image along each top component with drift bins (0 .. DRIFT_BINS - 1; a value
+        equal to an edge goes to the bin above it, as Spark's side of the count at fitting time)."""
+        proj = self.projections(features, len(self.component_edges))
+        bins = [np.searchsorted(edges, proj[:, j], side="right")
+                for j, edges in enumerate(self.component_edges)]
+        return np.stack(bins, axis=1) if bins else np.zeros((len(proj), 0), dtype=np.int64)
 
     def score(self, signals: Mapping[str, np.ndarray]) -> np.ndarray:
         """The largest signal in units of its training 99th percentile (NaN signals are skipped)."""
@@ -155,6 +178,8 @@ class Reference:
                             components=self.components.astype(np.float32),
                             variances=self.variances.astype(np.float64),
                             internal_scores=np.asarray(self.internal_scores, dtype=np.float64),
+                            component_edges=np.asarray(self.component_edges, dtype=np.float64),
+                            component_shares=np.asarray(self.component_shares, dtype=np.float64),
                             meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8))
         return base64.b64encode(buf.getvalue()).decode("ascii")
 
@@ -162,10 +187,11 @@ class Reference:
     def from_text(cls, text: str) -> Reference:
         with np.load(io.BytesIO(base64.b64decode(text))) as z:
             meta = json.loads(z["meta"].tobytes().decode())
+            drift = {k: z[k] for k in ("component_edges", "component_shares") if k in z.files}  # newer only
             return cls(mean=z["mean"].astype(np.float64), components=z["components"].astype(np.float64),
                        variances=z["variances"], shares=meta["shares"], centers=meta["centers"],
                        spreads=meta["spreads"], scales=meta["scales"], threshold=float(meta["threshold"]),
-                       n_train=int(meta["n_train"]), internal_scores=z["internal_scores"])
+                       n_train=int(meta["n_train"]), internal_scores=z["internal_scores"], **drift)
 
 
 def scale_of(signal: str, q99: float | None) -> float:

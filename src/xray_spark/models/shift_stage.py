@@ -10,6 +10,7 @@ category and a few quantiles, never a row per image. Both models persist as simp
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from collections.abc import Iterator
@@ -30,6 +31,8 @@ from pyspark.sql import functions as F
 from xray_spark.features.params import DeclaredParams, ParamSpec
 from xray_spark.models.shift import (
     CATEGORICAL,
+    DRIFT_BINS,
+    DRIFT_COMPONENTS,
     NUMERIC,
     PROPS_DDL,
     SIGNALS,
@@ -109,6 +112,18 @@ class ShiftModel(Model, _ShiftParams, DefaultParamsReadable, DefaultParamsWritab
         ref.internal_scores = np.array([r[0] for r in rows if r[0] is not None], dtype=np.float64)
         return self._set(reference=ref.to_text())
 
+    def component_counts(self, dataset: DataFrame) -> list[dict[str, int]]:
+        """How many of `dataset`'s images (rows with features) fall in each drift bin of each top component:
+        rows of (component, bin, n), summed per partition on executors (a small aggregate, models/drift.py
+        Tally.add_components reads it). Empty for a reference without drift bins."""
+        ref = self.getReference()
+        if not len(ref.component_edges):
+            return []
+        x = _as_array(dataset, self.getFeaturesCol())
+        rows = dataset.select(x.alias("x")).where("x IS NOT NULL")
+        return [r.asDict() for r in _bin_counts(rows, ref).groupBy("component", "bin")
+                .agg(F.sum("n").cast("long").alias("n")).collect()]
+
     def _transform(self, dataset: DataFrame) -> DataFrame:
         scored = _with_scores(dataset, self.getReference(), self.getFeaturesCol(), self.getPropsCol(),
                               "__shift")
@@ -140,6 +155,7 @@ class ShiftDetector(Estimator, _ShiftParams, DefaultParamsReadable, DefaultParam
             ref = self._statistics(rows)
             ref.scales = self._scales(rows, ref)
             ref.threshold = self._threshold(rows, ref)
+            ref.component_edges, ref.component_shares = _drift_bins(rows, ref)
         finally:
             rows.unpersist()
         log.info("shift reference: %d training images, %d components, threshold %.2f", ref.n_train,
@@ -179,6 +195,48 @@ class ShiftDetector(Estimator, _ShiftParams, DefaultParamsReadable, DefaultParam
         scored = _with_scores(rows, ref, "x", "p", "s").select("s.score")
         (q,) = scored.approxQuantile("score", [self.getOrDefault(self.quantile)], _QUANTILE_ERROR)
         return float(q) if q is not None and not math.isnan(q) else math.inf
+
+
+def _drift_bins(rows: DataFrame, ref: Reference) -> tuple[np.ndarray, np.ndarray]:
+    """(inner bin edges, training shares per bin) of the top DRIFT_COMPONENTS components' projections: the
+    training deciles (one approxQuantile job) and the images in each bin (one aggregate job)."""
+    m = min(DRIFT_COMPONENTS, len(ref.variances))
+    text = ref.to_text()
+
+    def project(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        reference = Reference.from_text(text)
+        for pdf in batches:
+            proj = reference.projections(np.vstack(pdf["x"].to_numpy()), m)
+            yield pd.DataFrame({f"c{j}": proj[:, j] for j in range(m)})
+
+    cols = [f"c{j}" for j in range(m)]
+    proj = rows.select("x").mapInPandas(project, ", ".join(f"{c} double" for c in cols))
+    probs = [i / DRIFT_BINS for i in range(1, DRIFT_BINS)]
+    edges = np.array(proj.approxQuantile(cols, probs, _QUANTILE_ERROR), dtype=np.float64).reshape(m, -1)
+    binned = _bin_counts(rows, dataclasses.replace(ref, component_edges=edges))
+    counts = np.zeros((m, DRIFT_BINS))
+    for r in binned.groupBy("component", "bin").agg(F.sum("n").alias("n")).collect():
+        counts[r["component"], r["bin"]] = r["n"]
+    return edges, counts / np.maximum(counts.sum(axis=1, keepdims=True), 1.0)
+
+
+def _bin_counts(rows: DataFrame, ref: Reference) -> DataFrame:
+    """(component, bin, n) per partition of `rows` (x: array<double> features, no nulls), on executors."""
+    text = ref.to_text()
+
+    def count(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        reference = Reference.from_text(text)
+        m = len(reference.component_edges)
+        totals = np.zeros((m, DRIFT_BINS), dtype=np.int64)
+        for pdf in batches:
+            if len(pdf):
+                bins = reference.component_bins(np.vstack(pdf["x"].to_numpy()))
+                for j in range(m):
+                    totals[j] += np.bincount(bins[:, j], minlength=DRIFT_BINS)
+        j, b = np.nonzero(totals)
+        yield pd.DataFrame({"component": j.astype(np.int32), "bin": b.astype(np.int32), "n": totals[j, b]})
+
+    return rows.select("x").mapInPandas(count, "component int, bin int, n long")
 
 
 def _moments(rows: Iterator[Any]) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:

@@ -181,8 +181,8 @@ def _chunk_tally() -> list[Column]:
 
 
 def score_chunk(spark: SparkSession, pipe: ScoringPipeline, store: OutputStore,
-                chunk: list[Candidate], engine_col: str | None = None) -> tuple[int, int, list[dict]]:
-    """Score one chunk and commit it; returns (ok, quarantined, drift tally rows). Rows whose bytes changed
+                chunk: list[Candidate], engine_col: str | None = None) -> tuple[int, int, Tally]:
+    """Score one chunk and commit it; returns (ok, quarantined, its drift tally). Rows whose bytes changed
     are left out.
 
     One Spark job does the work: the featurized rows are persisted (without the image bytes) and both
@@ -221,13 +221,22 @@ def score_chunk(spark: SparkSession, pipe: ScoringPipeline, store: OutputStore,
         if staged is None or n == 0:  # every file changed or vanished: commit nothing
             if staged is not None:
                 store.discard(staged)
-            return 0, 0, []
+            return 0, 0, Tally()
+        tally = Tally().add(g.asDict() for g in groups).add_components(_component_counts(pipe, feats))
         committed = store.publish(staged, scored_at)
         log.debug("chunk of %d: %d ok, %d quarantined in %.1fs -> %s", len(chunk), n_ok, n - n_ok,
                   time.time() - t0, committed)
-        return n_ok, n - n_ok, [g.asDict() for g in groups]
+        return n_ok, n - n_ok, tally
     finally:
         feats.unpersist()
+
+
+def _component_counts(pipe: ScoringPipeline, feats: DataFrame) -> list[dict[str, int]]:
+    """The chunk's images per drift bin of each top feature component (ShiftModel.component_counts), from
+    the persisted features: one small aggregate job; none for a model without a shift check."""
+    if pipe.shift is None:
+        return []
+    return pipe.shift.component_counts(feats.where(F.col(pipe.features_col).isNotNull()))
 
 
 def score_folder(spark: SparkSession, cfg: Config, ref: ModelRef, *, input_dir: str, output_dir: str,
@@ -299,8 +308,8 @@ def _score_chunks(spark: SparkSession, pipe: ScoringPipeline, store: OutputStore
     done, tally = 0, Tally()
     for i, chunk in enumerate(parts, 1):
         tc = time.time()
-        n_ok, n_bad, groups = score_chunk(spark, pipe, store, chunk, engine_col)
-        tally.add(groups)
+        n_ok, n_bad, chunk_tally = score_chunk(spark, pipe, store, chunk, engine_col)
+        tally.merge(chunk_tally)
         summary.newly_scored += n_ok
         summary.quarantined += n_bad
         summary.retry_later += len(chunk) - n_ok - n_bad

@@ -4,8 +4,9 @@ registered in MLflow. `--heads finetune` trains a backbone end to end through `f
 
 - `heads`    registry of MLlib heads (short name -> estimator);
 - `fit`      fit one head on a task's train side, predict its test side;
+- `calibrate` a fitted head's temperature from out-of-fold predictions of the training side;
 - `compare`  every head x task on one feature set, measured; the champion choice (pure compute);
-- `report`   the comparison table, its plot and report.md;
+- `report`   the comparison table, its plot and report.md; `calibration_report` its calibration section;
 - `options`  CLI arguments + config -> a validated TrainSpec;
 - `run`      the command: featurize, fit, log to MLflow, write the report, register champions;
 - `int8`     the int8 gate wired into the run: measured per model, recorded, int8 only for models that pass.

@@ -17,10 +17,11 @@ from pyspark.ml import PipelineModel
 from pyspark.sql import DataFrame, SparkSession
 
 from xray_spark.config import Config
-from xray_spark.evaluation.metrics import confusion, metrics_with_intervals
+from xray_spark.evaluation.metrics import compute_metrics, confusion, metrics_with_intervals
 from xray_spark.models.frames import task_frame
 from xray_spark.models.shift_stage import ShiftModel
 from xray_spark.tasks import Task
+from xray_spark.train.calibrate import calibrate
 from xray_spark.train.fit import FitResult, fit_head
 from xray_spark.train.heads import get_head, head_params, head_title
 
@@ -100,8 +101,11 @@ def task_frames(frame: DataFrame, tasks: list[Task], cfg: Config) -> tuple[TaskF
     return tuple(out)
 
 
-def fit_and_evaluate(features: FeatureSet, head: str, tf: TaskFrame, cfg: Config) -> ComboResult:
+def fit_and_evaluate(features: FeatureSet, head: str, tf: TaskFrame, cfg: Config, *,
+                     calibrated: bool = True) -> ComboResult:
     """Fit `head` on the train side of `tf`, predict its test side, metrics with group-bootstrap intervals.
+    Image heads are calibrated (config `calibration`, train/calibrate.py) unless `calibrated` is False;
+    the metadata baseline never is (only its accuracy is compared).
 
     Safe to call from several threads at once (Spark runs concurrent jobs side by side).
     """
@@ -112,6 +116,8 @@ def fit_and_evaluate(features: FeatureSet, head: str, tf: TaskFrame, cfg: Config
     task = tf.task
     fit = fit_head(spec, params, tf.frame, task, features.n_features, weighted=tc.class_weights, cv_grid=grid,
                    cv_metric=tc.cv_metric)
+    if calibrated and features.kind == IMAGE:
+        fit = calibrate(fit, spec, params, tf.frame, task, features.n_features, cfg)
     return measured(features, head, task, params, fit, tf.n_train, cfg)
 
 
@@ -123,10 +129,25 @@ def measured(features: FeatureSet, head: str, task: Task, params: dict[str, Any]
     tc = cfg.train
     metrics = metrics_with_intervals(fit.y_true, fit.y_pred, fit.proba, list(task.labels), fit.groups,
                                      n_resamples=tc.bootstrap_resamples, seed=tc.seed, positive=task.positive)
-    metrics.update(fit_seconds=fit.fit_seconds, featurize_seconds=features.featurize_seconds)
+    metrics.update(fit_seconds=fit.fit_seconds, featurize_seconds=features.featurize_seconds,
+                   **calibration_metrics(fit, task))
     return ComboResult(features, head, task, params, fit, metrics,
                        confusion(fit.y_true, fit.y_pred, task.n_classes), n_train,
                        per_source_metrics(fit, task, cfg), own_weights)
+
+
+def calibration_metrics(fit: FitResult, task: Task) -> dict[str, float]:
+    """ECE and Brier of the head's own probabilities on the test split beside the calibrated ones (which
+    `ece` and `brier` measure), the temperature and how many out-of-fold rows it was fitted on; NaN for a
+    head left uncalibrated."""
+    if fit.calibration is None or fit.proba_uncalibrated is None:
+        return dict.fromkeys(("ece_uncalibrated", "brier_uncalibrated", "temperature", "calibration_n",
+                              "calibration_seconds"), math.nan)
+    before = compute_metrics(fit.y_true, fit.y_pred, fit.proba_uncalibrated, list(task.labels),
+                             positive=task.positive)
+    return {"ece_uncalibrated": before["ece"], "brier_uncalibrated": before["brier"],
+            "temperature": fit.calibration.temperature, "calibration_n": float(fit.calibration.n),
+            "calibration_seconds": fit.calibration_seconds}
 
 
 def per_source_metrics(fit: FitResult, task: Task, cfg: Config) -> dict[str, dict[str, float]]:

@@ -17,6 +17,7 @@ from pyspark.ml.tuning import CrossValidator, ParamGridBuilder
 from pyspark.sql import functions as F
 
 from xray_spark.errors import UserError
+from xray_spark.models.calibration import TemperatureFit
 from xray_spark.models.frames import LABEL, predict_split
 from xray_spark.tasks import Task
 from xray_spark.train.heads import HeadSpec, build_head
@@ -26,15 +27,18 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class FitResult:
-    model: Any  # fitted PipelineModel of the head (scaler + classifier)
+    model: Any  # fitted PipelineModel of the head: scaler + classifier [+ temperature, train/calibrate.py]
     y_true: np.ndarray
     y_pred: np.ndarray
-    proba: np.ndarray  # rows sum to 1; for non-probabilistic heads a softmax of raw scores
+    proba: np.ndarray  # what `model` gives; rows sum to 1 (non-probabilistic heads: softmax of raw scores)
     groups: np.ndarray
     paths: np.ndarray
     fit_seconds: float
     cv_best: dict[str, Any] | None = None
     sources: np.ndarray | None = None  # each test row's source, when the frame has one
+    proba_uncalibrated: np.ndarray | None = None  # the head's own, when `model` ends in a temperature stage
+    calibration: TemperatureFit | None = None  # that temperature, fitted out of fold on the training side
+    calibration_seconds: float = 0.0  # the out-of-fold fits and the temperature's
 
 
 def fit_head(

@@ -10,6 +10,7 @@ from xray_spark.errors import UserError
 from xray_spark.features.backbones import backbone_names
 from xray_spark.features.run import check_weights_arg
 from xray_spark.tasks import TASKS, parse_list
+from xray_spark.train.calibrate import calibration_settings
 from xray_spark.train.heads import check_param_names, get_head, head_names
 from xray_spark.train.run import TrainSpec
 
@@ -43,6 +44,8 @@ def resolve_train_options(args: argparse.Namespace, cfg: Config) -> TrainSpec:
     heads = parse_list(args.heads or tc.heads, head_names(), "head")
     tasks = parse_list(args.tasks or tc.tasks, list(TASKS), "task")
     weights = args.weights or tc.weights
+    if getattr(args, "calibration", None):  # argparse checked the choice
+        calibration_settings(cfg).method = args.calibration
     check_train_config(cfg)
     check_weights_arg(weights)
     return TrainSpec(

@@ -39,9 +39,12 @@ METRIC_COLUMNS = [
     "covid_f1",
     "macro_f1", "macro_f1_ci_low", "macro_f1_ci_high",
     "roc_auc_macro", "brier", "ece",
+    # the head's own probabilities before the temperature (train/calibrate.py); brier and ece are after it
+    "ece_uncalibrated", "brier_uncalibrated", "temperature", "calibration_n", "calibration_seconds",
     "n_test", "n_test_groups", "fit_seconds", "featurize_seconds",
 ]
-_OTHER_HEADER = ("Model", "Macro F1", "ROC-AUC (macro)", "Brier", "ECE", "Fit s", "Featurize s")
+_OTHER_HEADER = ("Model", "Macro F1", "ROC-AUC (macro)", "Brier", "ECE", "ECE uncalibrated", "Temperature",
+                 "Fit s", "Featurize s")
 
 
 # ------------------------------------------------------------------------------------------- formatting
@@ -89,7 +92,8 @@ def _other_cells(df: pd.DataFrame, task: str) -> list[list[str]]:
     rows = _task_rows(df, task)
     return [
         [name, with_ci(r, "macro_f1"), fmt_num(r.get("roc_auc_macro")), fmt_num(r.get("brier")),
-         fmt_num(r.get("ece")), fmt_num(r.get("fit_seconds"), 1), fmt_num(r.get("featurize_seconds"), 1)]
+         fmt_num(r.get("ece")), fmt_num(r.get("ece_uncalibrated")), fmt_num(r.get("temperature"), 2),
+         fmt_num(r.get("fit_seconds"), 1), fmt_num(r.get("featurize_seconds"), 1)]
         for name, r in zip(_names(rows), rows, strict=True)
     ]
 

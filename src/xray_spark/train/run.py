@@ -55,6 +55,15 @@ from xray_spark.tracking import (
     spark_model_signature,
     tracking_uri_for,
 )
+from xray_spark.train.calibration_report import (
+    INTRO as CALIBRATION_INTRO,
+)
+from xray_spark.train.calibration_report import (
+    TestPredictions,
+    calibration_md,
+    calibration_row,
+    reliability_png,
+)
 from xray_spark.train.compare import (
     BASELINE,
     IMAGE,
@@ -136,6 +145,8 @@ class _Tracker:
         self.pins: dict[str, tuple[str, str]] = {}
         self.shifts: dict[str, Any] = {}  # backbone -> its training images' ShiftModel (serving bundles too)
         self.int8 = int8  # the run's int8 gate (train/int8.py): measures each image model as it is logged
+        # (task, backbone, head) -> its test-split predictions, before and after calibration (image models)
+        self.predictions: dict[tuple[str, str, str], TestPredictions] = {}
         self.lock = threading.Lock()
 
     def pin(self, res: ComboResult) -> tuple[str, str]:
@@ -196,6 +207,7 @@ class _Tracker:
             else:
                 self.heads[(task.name, fs.backbone, res.head)] = (res.fit.model, run.info.run_id,
                                                                   res.own_weights)
+                self.predictions[(task.name, fs.backbone, res.head)] = TestPredictions.of(task, res.fit)
                 if fs.shift is not None:
                     self.shifts[fs.backbone] = fs.shift
             self.rows.append({**res.row(self.spec.weights), "run_id": run.info.run_id})
@@ -336,6 +348,7 @@ def run_training(spark: SparkSession, cfg: Config, spec: TrainSpec) -> TrainResu
         rows, table, files = _write_comparison(run, tracking_uri)
         champions = _publish_champions(run, rows, table, files["report.md"])
         _report_sources(run, files["report.md"], champions)
+        _report_calibration(run, files["report.md"], champions)
         if spec.loso:
             _leave_one_source_out(run, champions, table, files["report.md"])
         mlflow.log_artifact(str(files["report.md"]), "comparison")  # again, with the sections added since
@@ -469,6 +482,27 @@ def _report_sources(run: _Run, report: Path, champions: dict[str, dict[str, str]
                        by_source)
 
 
+def _report_calibration(run: _Run, report: Path, champions: dict[str, dict[str, str]]) -> None:
+    """Each champion's reliability diagram on the internal test split (its run's plots/, and report.md's
+    calibration section with ECE and Brier before and after the temperature)."""
+    import mlflow  # lazy: a slow import that argument checks skip
+
+    tracker = run.tracker
+    rows, links = [], {}
+    for task, champ in champions.items():
+        key = (task, champ["backbone"], champ["head"])
+        preds = tracker.predictions[key]
+        name = f"{get_task(task).description}: {champ['backbone']} + {head_title(champ['head'])}"
+        png = reliability_png(preds, f"{name}\ninternal test split (n={len(preds.y_true)})",
+                              tracker.plots / f"reliability_{task}_{champ['backbone']}_{champ['head']}.png")
+        with mlflow.start_run(run_id=tracker.heads[key][1], nested=True):
+            mlflow.log_artifact(str(png), "plots")
+        mlflow.log_artifact(str(png), "comparison/plots")  # where report.md's link points in the parent run
+        rows.append(calibration_row(name, preds))
+        links[name] = f"plots/{png.name}"
+    append_section(report, "Calibration (champions)", CALIBRATION_INTRO, [calibration_md(rows, links)])
+
+
 _SOURCES_INTRO = ("The folders merged into this dataset (`--data NAME=DIR`), what each brought, and what "
                   "was left out before training.")
 
@@ -508,7 +542,8 @@ def _held_out_blocks(run: _Run, task: Task, champ: dict[str, str], table: pd.Dat
             continue
         split = held_out_split(run.labels, source)
         features, frame = _image_features(run.spark, split, feats, [task], run.cfg, backbone, "", 0.0)
-        res = fit_and_evaluate(features, head, features.tasks[0], run.cfg)
+        # uncalibrated: the temperature changes no class, and these rows compare accuracy, recall and F1
+        res = fit_and_evaluate(features, head, features.tasks[0], run.cfg, calibrated=False)
         _release(features, frame)
         with mlflow.start_run(run_name=f"loso {task.name}/{source}", parent_run_id=run.tracker.parent_run_id,
                               experiment_id=run.tracker.experiment_id, nested=True):
