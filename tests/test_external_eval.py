@@ -95,6 +95,12 @@ def test_evaluate_counts_equal_what_score_predicts(spark, trained, figure1, tmp_
     assert summary.drift.metrics["psi_component_1"] >= 0  # and the top feature components' distances
     distances = next(line for line in lines if line.startswith("distance to the training images: PSI "))
     assert "; feature components #1 " in distances and "; robust z of the typical short side" in distances
+    # ... and the same numbers in the run score logged beside the model (scoring/tracking_run.py)
+    logged = mlflow.MlflowClient(tracking_uri=trained.tracking_uri).get_run(summary.mlflow_run_id)
+    assert logged.data.metrics["drift/psi_format"] == pytest.approx(summary.drift.metrics["psi_format"])
+    assert logged.data.metrics["drift/flagged_share"] == pytest.approx(summary.drift.flagged_share)
+    assert logged.data.tags["drift_moved"] == "; ".join(summary.drift.moved)
+    assert f"mlflow run: {summary.mlflow_run_id} (experiment xray-spark-scoring)" in lines
     evidence(f"figure1 subset: {calibration_line(result.calibration)}")
     for line in lines:  # the shift lines of score's summary
         if line.startswith(("unlike the training images", "distance to the training", "shift warning")):

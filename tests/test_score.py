@@ -281,6 +281,15 @@ def _cfg(registered):
     return cfg
 
 
+def _scoring_runs(registered) -> list:
+    """The runs `score` logged in the registered model's store (scoring/tracking_run.py), newest first."""
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=registered["tracking_uri"])
+    experiment = client.get_experiment_by_name("xray-spark-scoring")
+    return [] if experiment is None else client.search_runs([experiment.experiment_id])
+
+
 def _score(spark, registered, src: Path | str, out: Path | str, capsys, chunk_size: int | None = 4,
            model: str = "models:/xray-test@champion", lease_seconds: float | None = None) -> dict[str, int]:
     from xray_spark.scoring import score_command
@@ -312,9 +321,15 @@ def test_incremental_scoring_scores_each_content_once(spark, registered, ozturk_
     assert set(rows["model_uri"]) == {"models:/xray-test@champion"} and rows["scored_at"].notna().all()
     files_after_first = _part_files(out)
 
-    s = _score(spark, registered, src, out, capsys)  # nothing new: nothing written
+    logged = _scoring_runs(registered)  # the run's counts and drift in the model's MLflow store
+    assert len(logged) == 1 and logged[0].data.metrics["newly_scored"] == 6
+    assert logged[0].data.tags["model_name"] == "xray-test" and logged[0].data.tags["model_version"] == "1"
+    assert not any(k.startswith("drift/") for k in logged[0].data.metrics)  # this model has no shift stage
+
+    s = _score(spark, registered, src, out, capsys)  # nothing new: nothing written, nothing logged
     assert (s["newly scored"], s["quarantined"], s["skipped as already scored"]) == (0, 0, 6)
     assert _part_files(out) == files_after_first
+    assert len(_scoring_runs(registered)) == 1
 
     new = _copy(_images(ozturk_dir, 1, skip=2), src)
     shutil.copy2(first[0], src / "renamed_copy.png")
@@ -324,6 +339,8 @@ def test_incremental_scoring_scores_each_content_once(spark, registered, ozturk_
     s = _score(spark, registered, src, out, capsys)
     assert (s["files seen"], s["newly scored"], s["quarantined"],
             s["skipped as already scored"]) == (13, 3, 3, 7)
+    assert [(r.data.metrics["newly_scored"], r.data.metrics["quarantined"])
+            for r in _scoring_runs(registered)][:1] == [(3, 3)]
     rows = _read_output(spark, out)
     assert len(rows) == 12 and rows["sha256"].dropna().is_unique
     bad = rows[rows["status"] == "quarantined"]

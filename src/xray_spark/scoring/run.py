@@ -43,6 +43,7 @@ from xray_spark.models.shift_stage import FLAG_COL, PROPS_COL, REASONS_COL, SHIF
 from xray_spark.paths import glob_escape, is_local, local_path
 from xray_spark.scoring.plan import Candidate, Plan, chunks, plan_run, read_contents
 from xray_spark.scoring.store import OutputStore
+from xray_spark.scoring.tracking_run import log_score_run
 from xray_spark.spark_io import HadoopFS, balanced_partitions
 
 if TYPE_CHECKING:
@@ -72,6 +73,7 @@ class ScoreSummary:
     seconds: float = 0.0
     drift: Drift | None = None  # this run's images against the training images (models/drift.py)
     drift_n: int = 0
+    mlflow_run_id: str | None = None  # the MLflow run its counts and drift went to (tracking_run.py)
 
     def lines(self) -> list[str]:
         out = [
@@ -89,6 +91,8 @@ class ScoreSummary:
             out += drift_lines(self.drift, self.drift_n)
         rate = (self.newly_scored + self.quarantined) / self.seconds if self.seconds else 0.0
         out.append(f"chunks committed: {self.chunks} in {self.seconds:.1f}s ({rate:.1f} images/s)")
+        if self.mlflow_run_id:
+            out.append(f"mlflow run: {self.mlflow_run_id} (experiment xray-spark-scoring)")
         return out
 
 
@@ -359,4 +363,5 @@ def score_command(spark_factory: Callable[[], SparkSession], cfg: Config, *, mod
                            verify_content=verify_content)
     for line in summary.lines():
         log.info("score summary: %s", line)
+    summary.mlflow_run_id = log_score_run(summary, cfg.tracking_uri, input_dir, output_dir)
     return summary
