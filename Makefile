@@ -11,12 +11,6 @@ DATA   ?= ../shared/data/ozturk
 EXTERNAL ?= ../shared/data/figure1
 OUT    ?= runs/demo
 PYTEST_ARGS ?=
-# The suite in TEST_WORKERS pytest-xdist processes. Much of a test's time is a JVM or process start or a small
-# Spark job that leaves a core idle; two workers keep both cores busy. Groups (tests/conftest.py): all e2e tests
-# run in one worker one at a time, other tests a file at a time; each worker builds the session fixtures it
-# needs. TEST_WORKERS=0: one process, as before.
-TEST_WORKERS ?= 2
-XDIST = $(if $(filter 0,$(TEST_WORKERS)),-p no:xdist,-n $(TEST_WORKERS) --dist loadgroup)
 # Newest pyspark the range in pyproject.toml allows, overlaid on .venv (PYTHONPATH) by tests/test_newest_spark.py;
 # the rest of the suite runs on the version pinned in constraints.txt.
 NEWEST_SPARK := .spark-newest
@@ -50,10 +44,10 @@ demo: setup java
 	  $(if $(wildcard $(EXTERNAL)),--external $(EXTERNAL)) --out $(OUT)
 
 test: setup newest-spark java
-	XRAY_SPARK_NEWEST_PYSPARK=$(CURDIR)/$(NEWEST_SPARK) $(PY) -m pytest -q $(XDIST) --durations=25 $(PYTEST_ARGS)
+	XRAY_SPARK_NEWEST_PYSPARK=$(CURDIR)/$(NEWEST_SPARK) $(PY) -m pytest -q --durations=25 $(PYTEST_ARGS)
 
 test-fast: setup java
-	$(PY) -m pytest -q $(XDIST) --durations=10 -m "not e2e" $(PYTEST_ARGS)
+	$(PY) -m pytest -q --durations=10 -m "not e2e" $(PYTEST_ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check src tests jobs benchmarks docs_hooks scripts

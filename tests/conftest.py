@@ -115,7 +115,6 @@ _SPAWNED: dict[str, list[str]] = {}  # test -> the commands it started
 _JVM_STARTING: list[bool] = []  # the shared session's own JVM start is not the test's process
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist reads the xdist_group marks set here
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         marks = {m.name for m in item.iter_markers()}
@@ -124,25 +123,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker("e2e")
         if not marks & set(TIERS):
             item.add_marker("spark" if "spark" in getattr(item, "fixturenames", ()) else "unit")
-        item.add_marker(pytest.mark.xdist_group(_worker_group(item, marks)))
-
-
-# Test files whose e2e tests start a JVM (the CLI, a cluster, notebook kernels, the newest pyspark) or
-# TensorFlow worker processes beside the shared session, or run a whole command in it (the demo).
-JVM_E2E_FILES = {
-    "test_any_filesystem", "test_cluster", "test_demo", "test_engines", "test_external_eval", "test_faults",
-    "test_finetune", "test_ingest", "test_keras_image_file", "test_newest_spark", "test_notebooks",
-    "test_pinning", "test_score", "test_train", "test_train_finetune",
-}
-
-
-def _worker_group(item: pytest.Item, marks: set[str]) -> str:
-    """Which tests one xdist worker runs together (`make test` runs `--dist loadgroup`). The e2e tests of
-    JVM_E2E_FILES form one group, run one at a time by one worker: two such peaks at once (a JVM and its
-    TensorFlow workers each, beside both workers' shared sessions) can exceed a 24 GiB machine. Any other test
-    goes with the rest of its file, so module fixtures are built once."""
-    module = item.nodeid.split("::", 1)[0]
-    return "e2e-jvm" if "e2e" in marks and Path(module).stem in JVM_E2E_FILES else module
 
 
 def _watch_processes() -> None:
@@ -313,15 +293,9 @@ _EVIDENCE: list[str] = []
 
 
 @pytest.fixture
-def evidence(request: pytest.FixtureRequest):
-    """Append a line to the "evidence" section printed at the end of the run (so the CI log shows it). The
-    line rides on the test's report (`user_properties`), so it reaches the terminal from an xdist worker."""
-    return lambda line: request.node.user_properties.append(("evidence", str(line)))
-
-
-def pytest_runtest_logreport(report: pytest.TestReport) -> None:  # pytest hook (xdist: the controller's)
-    if report.when == "teardown":
-        _EVIDENCE.extend(value for key, value in report.user_properties if key == "evidence")
+def evidence():
+    """Append a line to the "evidence" section printed at the end of the run (so the CI log shows it)."""
+    return _EVIDENCE.append
 
 
 def pytest_terminal_summary(terminalreporter) -> None:  # pytest hook
