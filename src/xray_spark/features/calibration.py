@@ -31,7 +31,7 @@ import numpy as np
 from xray_spark import paths
 from xray_spark.errors import UserError
 from xray_spark.features.backbones import get_backbone
-from xray_spark.features.weights import MLFLOW_SCHEMES, weights_cache_dir
+from xray_spark.features.weights import MLFLOW_SCHEMES, mlflow_copy, weights_cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -138,23 +138,7 @@ def resolve_calibration(spec: str, expected: str | None = None,
 
 def _mlflow_copy(spec: str, cache_dir: str | os.PathLike | None) -> Path:
     name = spec.rstrip("/").rsplit("/", 1)[-1]
-    dest = (weights_cache_dir(cache_dir) / "calibration" / "mlflow"
-            / hashlib.sha256(spec.encode()).hexdigest()[:16] / name)
-    if dest.is_file() and not spec.startswith("models:"):
-        return dest
-    import mlflow.artifacts  # lazy: only models with an approved int8 sample need it
-
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=dest.parent, prefix=".download-") as tmp:
-        try:
-            got = Path(mlflow.artifacts.download_artifacts(artifact_uri=spec, dst_path=tmp))
-        except Exception as exc:  # MlflowException, network errors: one readable line
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise UserError(f"cannot download calibration sample {spec} from MLflow: {first}") from None
-        if not got.is_file():
-            raise UserError(f"calibration sample {spec} is not a file in MLflow")
-        os.replace(got, dest)
-    return dest
+    return mlflow_copy(spec, name, weights_cache_dir(cache_dir) / "calibration", what="calibration sample")
 
 
 def executor_file(ship_name: str) -> str:

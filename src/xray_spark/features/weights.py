@@ -276,7 +276,7 @@ def _local_copy(spec: str, root: Path, spark: SparkSession | None) -> Path:
             raise UserError(f"weights file not found: {path}")
         return path
     if spec.startswith(MLFLOW_SCHEMES):
-        return _mlflow_copy(spec, name, root)
+        return mlflow_copy(spec, name, root)
     if spark is None:
         from pyspark.sql import SparkSession  # lazy: URIs only; the serving process must not import pyspark
 
@@ -303,14 +303,15 @@ def _local_copy(spec: str, root: Path, spark: SparkSession | None) -> Path:
     return dest
 
 
-def _mlflow_copy(spec: str, name: str, root: Path) -> Path:
-    """An MLflow artifact as a local file. `runs:/` and `mlflow-artifacts:` URIs name immutable content
-    (`train` logs weights under their tensor digest) and are downloaded once per machine; a `models:/` URI can
-    move (an alias), so it is downloaded every time. The pin is checked after every resolve anyway."""
+def mlflow_copy(spec: str, name: str, root: Path, what: str = "weights") -> Path:
+    """An MLflow artifact as a local file under `root/mlflow/`. `runs:/` and `mlflow-artifacts:` URIs name
+    immutable content (`train` logs weights under their tensor digest, calibration samples under their run)
+    and are downloaded once per machine; a `models:/` URI can move (an alias), so it is downloaded every
+    time. The caller's pin is checked after every resolve anyway. `what` names the file in errors."""
     dest = root / "mlflow" / hashlib.sha256(spec.encode()).hexdigest()[:16] / name
     if dest.is_file() and not spec.startswith("models:"):
         return dest
-    import mlflow.artifacts  # lazy: only models that carry their weights need it
+    import mlflow.artifacts  # lazy: only models that carry their weights (or int8 sample) need it
 
     dest.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=dest.parent, prefix=".download-") as tmp:
@@ -318,11 +319,11 @@ def _mlflow_copy(spec: str, name: str, root: Path) -> Path:
             got = Path(mlflow.artifacts.download_artifacts(artifact_uri=spec, dst_path=tmp))
         except Exception as exc:  # MlflowException, network errors: one readable line
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise UserError(f"cannot download weights {spec} from MLflow: {first}") from None
+            raise UserError(f"cannot download {what} {spec} from MLflow: {first}") from None
         if not got.is_file():
-            raise UserError(f"weights {spec} is not a file in MLflow")
+            raise UserError(f"{what} {spec} is not a file in MLflow")
         os.replace(got, dest)
-    log.info("downloaded weights %s", spec)
+    log.info("downloaded %s %s", what, spec)
     return dest
 
 
