@@ -124,7 +124,7 @@ def test_evaluate_counts_equal_what_score_predicts(spark, trained, figure1, tmp_
     assert base["accuracy"] == pytest.approx(np.trace(base["confusion"]["counts"]) / base["n"])
     assert run.data.metrics["baseline/accuracy"] == pytest.approx(base["accuracy"])
     assert "## Metadata-only baseline of the same training run" in report
-    client = mlflow.MlflowClient(tracking_uri=trained.tracking_uri)
+    client = mlflow.MlflowClient(tracking_uri=trained.tracking_uri, registry_uri=trained.tracking_uri)
     link = client.get_model_version(champion["name"], champion["version"]).tags["baseline_model_uri"]
     assert base["model_uri"] == link == champion["baseline_uri"]
     # it is the model `train` measured: on the training test split it reproduces the baseline row's accuracy

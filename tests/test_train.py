@@ -90,7 +90,9 @@ def test_every_image_head_is_calibrated_out_of_fold_and_each_champion_has_its_di
     section = report.split("## Calibration (champions)")[1]
     assert "| ECE before | ECE after |" in section and "never on the test split" in report
     out = Path(trained.files["report.md"]).parent
-    client = mlflow.MlflowClient(tracking_uri=trained.tracking_uri)
+    # the registry too: without it the client takes MLflow's process-wide registry URI, which a test run
+    # earlier in the session may have pointed at its own store
+    client = mlflow.MlflowClient(tracking_uri=trained.tracking_uri, registry_uri=trained.tracking_uri)
     for task, champ in trained.champions.items():
         png = out / "plots" / f"reliability_{task}_{champ['backbone']}_{champ['head']}.png"
         assert png.stat().st_size > 1000 and f"](plots/{png.name})" in section
