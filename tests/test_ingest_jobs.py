@@ -13,7 +13,7 @@ from conftest import local
 from xray_spark.config import load_config
 from xray_spark.data.ingest import ingest
 from xray_spark.data.split import spanning_keys
-from xray_spark.spark_io import collect_parts, first_rows, sql_conf, static_shuffles
+from xray_spark.spark_io import collect_parts, first_rows, sql_conf, static_shuffles, union_all
 
 MAX_JOBS = 25
 
@@ -59,6 +59,18 @@ def test_several_small_results_come_back_from_one_job(spark) -> None:
     assert [r["k"] for r in top] == [4, 9, 8] and math.isnan(top[0]["c"])  # Spark orders NaN above all
     assert got["total"] == [{"s": 45}]
     assert sorted(got["named"], key=lambda r: r["k"]) == [{"k": 2, "name": None}, {"k": 3, "name": "p3"}]
+
+
+def test_one_union_of_many_frames_keeps_every_row_and_leaves_no_view_behind(spark) -> None:
+    """collect_parts' union: one analysis over temporary views (pairwise unions re-analysed the growing plan),
+    which are gone once the frame exists; the frame still reads them."""
+    frames = [local(spark, [(k, f"x{k}"), (k + 10, None)], "k long, v string") for k in range(4)]
+    views = {t.name for t in spark.catalog.listTables()}
+    both = union_all(frames)
+    assert {t.name for t in spark.catalog.listTables()} == views
+    assert sorted(tuple(r) for r in both.collect()) == sorted(
+        [(k, f"x{k}") for k in range(4)] + [(k + 10, None) for k in range(4)])
+    assert union_all(frames[:1]) is frames[0]
 
 
 def test_keys_spread_over_two_groups_are_counted_for_the_leak_check(spark) -> None:

@@ -11,9 +11,9 @@ import logging
 import math
 import threading
 import time
+import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from functools import reduce
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -82,8 +82,7 @@ def collect_parts(parts: Mapping[str, DataFrame]) -> dict[str, list[dict[str, An
     Why: every action is a Spark job (planning, scheduling, often a Python worker start), and a small run is
     mostly those fixed costs. The parts are unioned as (part name, row as JSON) and collected once: only
     what the parts hold reaches the driver, so each part must be small or bounded."""
-    from pyspark.sql import DataFrame  # lazy: a core module, importable without pyspark
-    from pyspark.sql import functions as F  # lazy: as above
+    from pyspark.sql import functions as F  # lazy: a core module, importable without pyspark
 
     if not parts:
         return {}
@@ -91,10 +90,30 @@ def collect_parts(parts: Mapping[str, DataFrame]) -> dict[str, list[dict[str, An
               for name, df in parts.items()]
     types = {name: [(f.name, f.dataType.typeName()) for f in df.schema.fields] for name, df in parts.items()}
     out: dict[str, list[dict[str, Any]]] = {name: [] for name in parts}
-    for r in reduce(DataFrame.unionByName, packed).collect():
+    for r in union_all(packed).collect():
         raw = json.loads(r["row"])  # to_json leaves null fields out: they come back as None
         out[r["part"]].append({c: _from_json(raw.get(c), t) for c, t in types[r["part"]]})
     return out
+
+
+def union_all(frames: Sequence[DataFrame]) -> DataFrame:
+    """All rows of `frames` (the same columns in the same order) as one frame, analysed by Spark once.
+
+    Why not `reduce(DataFrame.unionByName, frames)`: each pairwise union analyses the whole plan built so
+    far again, so n parts cost n analyses of ever larger plans (2.1 s of a warm 12 s ingest of 36 images,
+    twice that in a fresh JVM). One SQL UNION ALL over temporary views is analysed once; the views are
+    dropped at once (the returned frame holds their plans, not their names)."""
+    if len(frames) == 1:
+        return frames[0]
+    spark = frames[0].sparkSession
+    names = [f"xray_spark_union_{uuid.uuid4().hex}" for _ in frames]
+    try:
+        for name, df in zip(names, frames, strict=True):
+            df.createOrReplaceTempView(name)
+        return spark.sql(" UNION ALL ".join(f"SELECT * FROM {name}" for name in names))
+    finally:
+        for name in names:
+            spark.catalog.dropTempView(name)
 
 
 def _from_json(value: Any, type_name: str) -> Any:

@@ -15,7 +15,6 @@ import dataclasses
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
-from functools import reduce
 from typing import Any
 
 from pyspark.ml import PipelineModel
@@ -27,6 +26,7 @@ from xray_spark.models.calibration import CalibrationConfig
 from xray_spark.models.calibration_stage import TemperatureScaling
 from xray_spark.models.frames import LABEL
 from xray_spark.models.heads_numpy import temperature_scale
+from xray_spark.spark_io import union_all
 from xray_spark.tasks import Task
 from xray_spark.train.fit import FitResult
 from xray_spark.train.heads import HeadSpec, build_head
@@ -63,7 +63,7 @@ def out_of_fold(spec: HeadSpec, params: dict[str, Any], frame: DataFrame, task: 
 
     with ThreadPoolExecutor(max(1, min(parallel, len(folds))), thread_name_prefix="calibrate") as pool:
         parts = list(pool.map(predicted, folds))
-    return reduce(DataFrame.unionByName, parts)
+    return union_all(parts)  # the parts select the same columns in the same order
 
 
 def calibrate(fit: FitResult, spec: HeadSpec, params: dict[str, Any], frame: DataFrame, task: Task,
