@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -214,16 +216,38 @@ def small_data(ozturk_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
     return copy_subset(ozturk_dir, tmp_path_factory.mktemp("small") / "data", per_class=12)
 
 
+@contextmanager
+def job_group(spark, name: str):
+    """Jobs started on this thread (and on the JVM threads SQL broadcasts use, which inherit the group) are
+    counted by Spark's status tracker under `name`; yields a function returning their ids."""
+    sc = spark.sparkContext
+    sc.setJobGroup(name, f"tests: {name}")
+    try:
+        yield lambda: sc.statusTracker().getJobIdsForGroup(name)
+    finally:
+        for key in ("spark.jobGroup.id", "spark.job.description", "spark.job.interruptOnCancel"):
+            sc.setLocalProperty(key, None)  # later tests' jobs stay out of the group
+
+
 @pytest.fixture(scope="session")
-def small_ingest(spark, small_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """small_data ingested once per session: `train` and `finetune` take an ingest output as their data (as
-    users reuse one split), so the fixtures that train on small_data share this one."""
+def small_ingest_run(spark, small_data: Path, tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
+    """small_data ingested once per session (out: the folder; summary; jobs: the Spark jobs it ran, which
+    test_ingest_jobs holds to its bound instead of ingesting the same folder again)."""
     from xray_spark.config import load_config
     from xray_spark.data.ingest import ingest
 
     out = tmp_path_factory.mktemp("small_ingest") / "ingest"
-    ingest(spark, str(small_data), str(out), load_config(local=None))
-    return out
+    with job_group(spark, f"small-ingest-{out.parent.name}") as jobs:
+        result = ingest(spark, str(small_data), str(out), load_config(local=None))
+        n_jobs = len(jobs())
+    return SimpleNamespace(out=out, summary=result.summary, jobs=n_jobs)
+
+
+@pytest.fixture(scope="session")
+def small_ingest(small_ingest_run: SimpleNamespace) -> Path:
+    """small_data's ingest output: `train` and `finetune` take an ingest output as their data (as users
+    reuse one split), so the fixtures that train on small_data share this one."""
+    return small_ingest_run.out
 
 
 @pytest.fixture(scope="session")

@@ -53,7 +53,7 @@ def test_ingest_train_score_under_a_viewfs_default_filesystem_and_the_c_locale(
         # train reuses the ingest output (same split) instead of ingesting again
         ["train", "--data", str(out), "--backbones", "ResNet50", "--heads", "lr", "--tasks", "binary",
          "--weights", "none", "--out", str(train_out), "--tracking-uri", db, "--no-baseline",
-         "--calibration", "none", *VIEWFS_ARGS],  # the baseline and the temperature: test_train, test_calibration
+         "--calibration", "none", *VIEWFS_ARGS],  # the baseline, temperature: test_train, test_calibration
         ["score", "--model", "models:/xray-spark-binary@champion", "--input", str(data / "covid"),
          "--output", str(preds), "--tracking-uri", db, *VIEWFS_ARGS],
         ["ingest", "--data", f"file:{data}", "--out", f"file:{local_out}"],

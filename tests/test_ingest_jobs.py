@@ -6,36 +6,18 @@ the split's aggregate still sees a patient spread over two groups."""
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager
-from pathlib import Path
+from types import SimpleNamespace
 
-from conftest import local
-from xray_spark.config import load_config
-from xray_spark.data.ingest import ingest
+from conftest import job_group, local
 from xray_spark.data.split import spanning_keys
 from xray_spark.spark_io import collect_parts, first_rows, sql_conf, static_shuffles, union_all
 
 MAX_JOBS = 25
 
 
-@contextmanager
-def job_group(spark, name: str):
-    """Jobs started on this thread (and on the JVM threads SQL broadcasts use, which inherit the group) are
-    counted by Spark's status tracker under `name`; yields a function returning their ids."""
-    sc = spark.sparkContext
-    sc.setJobGroup(name, f"test_ingest_jobs: {name}")
-    try:
-        yield lambda: sc.statusTracker().getJobIdsForGroup(name)
-    finally:
-        for key in ("spark.jobGroup.id", "spark.job.description", "spark.job.interruptOnCancel"):
-            sc.setLocalProperty(key, None)  # later tests' jobs stay out of the group
-
-
-def test_an_ingest_of_36_images_runs_at_most_25_spark_jobs(spark, small_data: Path, tmp_path: Path) -> None:
-    with job_group(spark, f"ingest-{tmp_path.name}") as jobs:
-        result = ingest(spark, str(small_data), str(tmp_path / "out"), load_config(local=None))
-        n = len(jobs())
-    s = result.summary
+def test_an_ingest_of_36_images_runs_at_most_25_spark_jobs(small_ingest_run: SimpleNamespace) -> None:
+    """The session's shared ingest of small_data (conftest.small_ingest_run) counted its own jobs."""
+    s, n = small_ingest_run.summary, small_ingest_run.jobs
     assert s["files_read"] == s["ok"] == 36 and s["split"]["train"] + s["split"]["test"] == 36
     assert 0 < n <= MAX_JOBS, f"{n} Spark jobs for one ingest of 36 images"
 
