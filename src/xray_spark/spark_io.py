@@ -100,9 +100,12 @@ def union_all(frames: Sequence[DataFrame]) -> DataFrame:
     """All rows of `frames` (the same columns in the same order) as one frame, analysed by Spark once.
 
     Why not `reduce(DataFrame.unionByName, frames)`: each pairwise union analyses the whole plan built so
-    far again, so n parts cost n analyses of ever larger plans (2.1 s of a warm 12 s ingest of 36 images,
-    twice that in a fresh JVM). One SQL UNION ALL over temporary views is analysed once; the views are
-    dropped at once (the returned frame holds their plans, not their names)."""
+    far again, so n parts cost n analyses of ever larger plans. One SQL UNION ALL over temporary views is
+    analysed once; the views are dropped at once (the returned frame holds their plans, not their names).
+    Measured on the four collects of a warm 36-image ingest: 5.1 s instead of 5.8 s (median of 5) to analyse
+    and optimise; the optimiser on those plans is most of what remains."""
+    if not frames:
+        raise ValueError("union_all needs at least one frame")
     if len(frames) == 1:
         return frames[0]
     spark = frames[0].sparkSession
