@@ -2,7 +2,7 @@
 
 Why rebuild: sparkdl (Databricks' Deep Learning Pipelines) stopped at Spark 2.4 / TF 1.x. Users' pipelines
 call `DeepImageFeaturizer(inputCol=..., outputCol=..., modelName=...)`; this class keeps those Param names
-so such code ports by changing one import, and it persists with `DefaultParamsWritable` so a fitted
+so such code ports by changing one import, and it persists with `ml_io.ParamsWritable` so a fitted
 `PipelineModel` (and `mlflow.spark.log_model`) carries it.
 
 Differences from sparkdl, on purpose:
@@ -50,7 +50,7 @@ from pyspark.ml import Transformer
 from pyspark.ml.functions import array_to_vector, predict_batch_udf
 from pyspark.ml.param import TypeConverters
 from pyspark.ml.param.shared import HasInputCol, HasOutputCol
-from pyspark.ml.util import DefaultParamsReadable, DefaultParamsWritable
+from pyspark.ml.util import DefaultParamsReadable
 from pyspark.sql import functions as F
 from pyspark.sql.types import ArrayType, BinaryType, FloatType, StringType, StructField, StructType
 
@@ -80,6 +80,7 @@ from xray_spark.features.weights import (
     weights_cache_dir,
 )
 from xray_spark.features.worker import WorkerFeaturizer
+from xray_spark.ml_io import ParamsWritable
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame
@@ -255,7 +256,7 @@ class _NamedImageStage(Transformer, _NamedImageParams):
         )
 
 
-class DeepImageFeaturizer(_Int8Params, _NamedImageStage, DefaultParamsReadable, DefaultParamsWritable):
+class DeepImageFeaturizer(_Int8Params, _NamedImageStage, DefaultParamsReadable, ParamsWritable):
     """Image bytes or image structs -> pooled ImageNet-backbone features (MLlib DenseVector).
 
     >>> DeepImageFeaturizer(inputCol="content", outputCol="features", modelName="InceptionV3", weights="none")

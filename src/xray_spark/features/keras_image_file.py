@@ -12,7 +12,7 @@ an (H, W, C) output, float32). Differences, on purpose:
   loaded once per Python worker; the model file is resolved once on the driver and shipped;
 - `modelSha256` pins the model file: set by `KerasImageFileEstimator.fit` and, when unset, by `save` (the
   saved stage pins the file it was saved with), a replaced file is refused at transform;
-- it persists (`DefaultParamsWritable`): the loader is saved by its importable name, and a lambda, closure
+- it persists (`ml_io.ParamsWritable`): the loader is saved by its importable name, and a lambda, closure
   or `__main__` function is refused at save time with one line (it still transforms);
 - a URI that is missing, unreadable, or that the loader fails on yields a null output (as sparkdl's null
   image), and its reason in `errorCol` when that Param is set; `outputMode='image'` with an output that is
@@ -31,7 +31,7 @@ from pyspark.ml import Transformer
 from pyspark.ml.functions import array_to_vector, predict_batch_udf
 from pyspark.ml.param import TypeConverters
 from pyspark.ml.param.shared import HasInputCol, HasOutputCol
-from pyspark.ml.util import DefaultParamsReadable, DefaultParamsWritable, DefaultParamsWriter
+from pyspark.ml.util import DefaultParamsReadable
 from pyspark.sql import functions as F
 from pyspark.sql.types import (
     ArrayType,
@@ -53,6 +53,7 @@ from xray_spark.features.pinning import check_file_pinned
 from xray_spark.features.user_models import load_user_engine, resolve_model_file
 from xray_spark.features.weights import executor_weights_path, ship_weights, weights_cache_dir
 from xray_spark.features.worker import configure_tf_threads, tf_threads
+from xray_spark.ml_io import MetadataWriter, ParamsWritable
 from xray_spark.spark_io import read_binary_files
 
 if TYPE_CHECKING:
@@ -87,10 +88,10 @@ class HasImageLoader(DeclaredParams):
         value = self.getOrDefault(self.imageLoader) if self.isDefined(self.imageLoader) else None
         return None if value is None else resolve_loader(value)
 
-    def write(self) -> DefaultParamsWriter:
+    def write(self) -> MetadataWriter:
         """Persist a copy holding the loader's importable name (a UserError for a lambda, a closure or a
         `__main__` function), and, for a transformer not pinned yet, the model file's sha256."""
-        return DefaultParamsWriter(self._persistable())
+        return MetadataWriter(self._persistable())
 
     def _persistable(self) -> Any:
         copy = self.copy()
@@ -120,7 +121,7 @@ class _KerasImageFileParams(HasImageLoader, HasInputCol, HasOutputCol):
 
 
 class KerasImageFileTransformer(Transformer, _KerasImageFileParams, DefaultParamsReadable,
-                                DefaultParamsWritable):
+                                ParamsWritable):
     """A saved Keras model applied to the images whose URIs are in `inputCol`.
 
     >>> KerasImageFileTransformer(inputCol="uri", outputCol="preds", modelFile="/models/m.keras",

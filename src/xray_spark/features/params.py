@@ -11,7 +11,7 @@ declares, so a new stage (sparkdl's DeepImagePredictor, KerasImageFileTransforme
                   ParamSpec("topK", "classes kept per row", TypeConverters.toInt, 5))
         DEFAULTS = {"outputCol": "predictions"}  # Params inherited from HasInputCol, HasOutputCol, ...
 
-Only simple Params (strings, numbers; never functions): `DefaultParamsWritable` persists them, so
+Only simple Params (strings, numbers; never functions): `ml_io.ParamsWritable` persists them, so
 `PipelineModel.save` and `mlflow.spark.log_model` carry the stage, and what is persisted (uid, param map,
 default param map) is exactly what hand-written Params would persist.
 """

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 from pyspark import keyword_only
 from pyspark.ml.param import TypeConverters
-from pyspark.ml.util import DefaultParamsReadable, DefaultParamsWritable
+from pyspark.ml.util import DefaultParamsReadable
 from pyspark.sql import functions as F
 from pyspark.sql.types import ArrayType, FloatType, StringType, StructField, StructType
 
@@ -31,6 +31,7 @@ from xray_spark.features.backbones import Backbone, classifier
 from xray_spark.features.featurizer import _NamedImageStage
 from xray_spark.features.imagenet import decode_top_k
 from xray_spark.features.params import ParamSpec
+from xray_spark.ml_io import ParamsWritable
 
 DECODED = ArrayType(StructType([
     StructField("class", StringType(), False), StructField("description", StringType(), False),
@@ -38,7 +39,7 @@ DECODED = ArrayType(StructType([
 ]))
 
 
-class DeepImagePredictor(_NamedImageStage, DefaultParamsReadable, DefaultParamsWritable):
+class DeepImagePredictor(_NamedImageStage, DefaultParamsReadable, ParamsWritable):
     """Image bytes or image structs -> ImageNet class probabilities, or the topK decoded classes.
 
     >>> DeepImagePredictor(inputCol="image", outputCol="predicted", modelName="InceptionV3",

@@ -35,7 +35,7 @@ from pyspark.ml.functions import vector_to_array
 from pyspark.ml.linalg import VectorUDT
 from pyspark.ml.param import TypeConverters
 from pyspark.ml.param.shared import HasLabelCol
-from pyspark.ml.util import DefaultParamsReadable, DefaultParamsWritable
+from pyspark.ml.util import DefaultParamsReadable
 from pyspark.sql import functions as F
 from pyspark.sql.types import NumericType
 
@@ -55,6 +55,7 @@ from xray_spark.features.weights import ship_weights
 from xray_spark.finetune.data import steps_for
 from xray_spark.finetune.distributed import NotShared, run_barrier
 from xray_spark.finetune.trainer import MODEL_FILE
+from xray_spark.ml_io import ParamsWritable
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -78,7 +79,7 @@ def _fit_params(value: Any) -> dict[str, Any]:
 
 
 class KerasImageFileEstimator(Estimator, _KerasImageFileParams, HasLabelCol, DefaultParamsReadable,
-                              DefaultParamsWritable):
+                              ParamsWritable):
     """Trains the Keras model saved at `modelFile` on (image URI, label) rows; returns a
     KerasImageFileTransformer per param map."""
 

@@ -5,7 +5,7 @@ fit, `heads_numpy.temperature_scale` the arithmetic).
 was not fitted on (train/calibrate.py builds it from the training folds) and returns a
 `TemperatureScalingModel`, which sits right after the head and rewrites its probability column in place.
 The prediction column is left as the head wrote it: the temperature never changes a row's top class. The
-model persists as one simple Param (DefaultParamsWritable), so `PipelineModel.save`, `mlflow.spark.log_model`,
+model persists as one simple Param (ml_io.ParamsWritable), so `PipelineModel.save`, `mlflow.spark.log_model`,
 scoring, `evaluate` and the Spark-free export (models/head_export.py) all keep it.
 
 What reaches the driver when fitting: each fitted row's class probabilities and label, a few numbers per
@@ -24,11 +24,12 @@ from pyspark.ml import Estimator, Model
 from pyspark.ml.functions import array_to_vector, vector_to_array
 from pyspark.ml.param import TypeConverters
 from pyspark.ml.param.shared import HasLabelCol, HasProbabilityCol
-from pyspark.ml.util import DefaultParamsReadable, DefaultParamsWritable
+from pyspark.ml.util import DefaultParamsReadable
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 from xray_spark.features.params import DeclaredParams, ParamSpec
+from xray_spark.ml_io import ParamsWritable
 from xray_spark.models.calibration import TemperatureFit, fit_temperature
 from xray_spark.models.frames import LABEL
 from xray_spark.models.heads_numpy import temperature_scale
@@ -42,7 +43,7 @@ class _TemperatureParams(DeclaredParams, HasProbabilityCol):
     DEFAULTS = {"probabilityCol": "probability"}
 
 
-class TemperatureScalingModel(Model, _TemperatureParams, DefaultParamsReadable, DefaultParamsWritable):
+class TemperatureScalingModel(Model, _TemperatureParams, DefaultParamsReadable, ParamsWritable):
     """Rewrites `probabilityCol` as softmax(log(p) / temperature) (heads_numpy.temperature_scale); null
     stays null, every other column is untouched."""
 
@@ -77,7 +78,7 @@ class TemperatureScalingModel(Model, _TemperatureParams, DefaultParamsReadable, 
 
 
 class TemperatureScaling(Estimator, _TemperatureParams, HasLabelCol, DefaultParamsReadable,
-                         DefaultParamsWritable):
+                         ParamsWritable):
     """Fits a TemperatureScalingModel on a head's predictions (`probabilityCol`) and the true class indices
     (`labelCol`, default label_index) of rows the head was not fitted on."""
 

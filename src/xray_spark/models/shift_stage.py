@@ -5,7 +5,7 @@
 unit-normalised features, category counts, quantiles) and `ShiftModel` adds `shift_score` and
 `in_distribution` on executors. Only aggregates reach the driver: a d x d covariance, counts per
 category and a few quantiles, never a row per image. Both models persist as simple Params
-(DefaultParamsWritable), so `PipelineModel.save`, `mlflow.spark.log_model` and scoring keep them.
+(ml_io.ParamsWritable), so `PipelineModel.save`, `mlflow.spark.log_model` and scoring keep them.
 """
 
 from __future__ import annotations
@@ -24,11 +24,12 @@ from pyspark.ml.functions import vector_to_array
 from pyspark.ml.linalg import VectorUDT
 from pyspark.ml.param import TypeConverters
 from pyspark.ml.param.shared import HasFeaturesCol, HasInputCol, HasOutputCol
-from pyspark.ml.util import DefaultParamsReadable, DefaultParamsWritable
+from pyspark.ml.util import DefaultParamsReadable
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 from xray_spark.features.params import DeclaredParams, ParamSpec
+from xray_spark.ml_io import ParamsWritable
 from xray_spark.models.shift import (
     CATEGORICAL,
     DRIFT_BINS,
@@ -56,7 +57,7 @@ class _FilePropertiesParams(DeclaredParams, HasInputCol, HasOutputCol):
     DEFAULTS = {"inputCol": "content", "outputCol": PROPS_COL}
 
 
-class FileProperties(Transformer, _FilePropertiesParams, DefaultParamsReadable, DefaultParamsWritable):
+class FileProperties(Transformer, _FilePropertiesParams, DefaultParamsReadable, ParamsWritable):
     """Image bytes -> a struct of what the file declares (format, mode, bit depth, short and long side,
     size), read from the header only (data/decode.probe_info): the inputs of the shift check's file
     signals. Placed before the featurizer, so scoring has them after the bytes are dropped."""
@@ -89,7 +90,7 @@ class _ShiftParams(DeclaredParams, HasFeaturesCol, HasOutputCol):
     DEFAULTS = {"featuresCol": "features", "outputCol": SHIFT_COL}
 
 
-class ShiftModel(Model, _ShiftParams, DefaultParamsReadable, DefaultParamsWritable):
+class ShiftModel(Model, _ShiftParams, DefaultParamsReadable, ParamsWritable):
     """Adds `shift_score` (double; larger = less like the training images) and `in_distribution`."""
 
     PARAMS = (ParamSpec("reference", "the fitted training reference (models/shift.py Reference.to_text)"),)
@@ -132,7 +133,7 @@ class ShiftModel(Model, _ShiftParams, DefaultParamsReadable, DefaultParamsWritab
                 .withColumn(self.getReasonsCol(), F.col("__shift.reasons")).drop("__shift"))
 
 
-class ShiftDetector(Estimator, _ShiftParams, DefaultParamsReadable, DefaultParamsWritable):
+class ShiftDetector(Estimator, _ShiftParams, DefaultParamsReadable, ParamsWritable):
     """Fits a ShiftModel on the training images: features (any vector column) and file properties."""
 
     PARAMS = (
