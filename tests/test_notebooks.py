@@ -64,22 +64,43 @@ def nb_env(tmp_path_factory: pytest.TempPathFactory, ozturk_dir: Path):
         yield {"root": root, "data": data}
 
 
-def run_notebook(name: str, params: dict[str, object], workdir: Path, evidence, timeout: int = 300):
-    """Execute one notebook with `params` injected; the executed copy is saved next to workdir for
-    debugging. Each notebook test can take over 60 s: its kernel is a new process that starts its own Spark
-    session (and, for 01/02, decodes and featurizes the subset)."""
+@pytest.fixture(scope="module")
+def kernel(nb_env):
+    """One Jupyter kernel for the module's notebooks, as a user runs them one after another in one Jupyter
+    server: each kernel start is a new Python that imports TensorFlow and starts its own JVM (~10 s), and
+    the notebooks that start Spark get the running session (`common.start` -> get_spark). `run_notebook`
+    clears the user namespace before each notebook, so none can lean on another's variables."""
+    from jupyter_client import AsyncKernelManager  # what nbclient makes for itself
+    from jupyter_core.utils import run_sync
+
+    km = AsyncKernelManager(kernel_name=KERNEL_NAME)
+    run_sync(km.start_kernel)(cwd=str(nb_env["root"]))
+    try:
+        yield km
+    finally:
+        run_sync(km.shutdown_kernel)(now=True)
+
+
+def run_notebook(kernel, name: str, params: dict[str, object], workdir: Path, evidence, timeout: int = 300):
+    """Execute one notebook in the module's kernel, from a cleared namespace in `workdir`, with `params`
+    injected; the executed copy is saved next to workdir for debugging. The first notebook that starts
+    Spark pays for the JVM; 01 and 02 decode and featurize the subset."""
     nb = nbformat.read(NOTEBOOKS / name, as_version=4)
     idx = next(i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", []))
     injected = nbformat.v4.new_code_cell("\n".join(f"{k} = {v!r}" for k, v in params.items()))
     injected.metadata["tags"] = ["injected-parameters"]
     nb.cells.insert(idx + 1, injected)
+    reset = nbformat.v4.new_code_cell(f"%reset -f\nimport os\nos.chdir({str(workdir)!r})")
+    reset.metadata["tags"] = ["injected-reset"]
+    nb.cells.insert(0, reset)
     workdir.mkdir(parents=True, exist_ok=True)
-    client = nbclient.NotebookClient(nb, kernel_name=KERNEL_NAME, timeout=timeout, startup_timeout=120,
-                                     resources={"metadata": {"path": str(workdir)}})
+    client = nbclient.NotebookClient(nb, km=kernel, timeout=timeout, startup_timeout=120)
     t0 = time.monotonic()
     try:
         client.execute()
     finally:
+        if client.kc is not None:
+            client.kc.stop_channels()
         nbformat.write(nb, workdir / f"executed-{name}")
     code = [c for c in nb.cells if c.cell_type == "code"]
     ran = sum(c.get("execution_count") is not None for c in code)
@@ -111,10 +132,11 @@ def test_notebooks_are_committed_without_outputs():
                 assert not cell.outputs and cell.execution_count is None, f"{path.name}: outputs not stripped"
 
 
-def test_01_dataset(nb_env, evidence):
+def test_01_dataset(nb_env, kernel, evidence):
     work = nb_env["root"] / "nb01"
-    nb = run_notebook("01_dataset.ipynb", {"DATA_DIR": str(nb_env["data"]), "OUT_DIR": str(work / "out"),
-                                           "SAMPLES_PER_CLASS": 3}, work, evidence)
+    nb = run_notebook(kernel, "01_dataset.ipynb", {"DATA_DIR": str(nb_env["data"]),
+                                                   "OUT_DIR": str(work / "out"), "SAMPLES_PER_CLASS": 3},
+                      work, evidence)
     text = "\n".join(outputs(nb, "stream"))
     assert f"files read: {3 * PER_CLASS + 1} = ok {3 * PER_CLASS + 1} + quarantined 0" in text
     html = "\n".join(outputs(nb, "text/html"))
@@ -125,12 +147,13 @@ def test_01_dataset(nb_env, evidence):
     assert (work / "out" / "ingest" / "duplicates" / "duplicate_groups.csv").is_file()
 
 
-def test_02_features(nb_env, small_ingest, trained, evidence):
+def test_02_features(nb_env, kernel, small_ingest, trained, evidence):
     """DATA_DIR is the session's ingest output and OUT_DIR the session's `trained` run, whose feature cache
     already holds these images (same content hashes): the notebook reuses both instead of computing."""
     work, trained_out = nb_env["root"] / "nb02", trained.files["report.md"].parent
-    nb = run_notebook("02_features.ipynb", {"DATA_DIR": str(small_ingest), "OUT_DIR": str(trained_out),
-                                            "WEIGHTS": "none", "METHOD": "pca"}, work, evidence)
+    nb = run_notebook(kernel, "02_features.ipynb", {"DATA_DIR": str(small_ingest),
+                                                    "OUT_DIR": str(trained_out), "WEIGHTS": "none",
+                                                    "METHOD": "pca"}, work, evidence)
     text = "\n".join(outputs(nb, "stream"))
     assert "36 images, 2048 features each (ResNet50, weights=none)" in text
     html = "\n".join(outputs(nb, "text/html"))
@@ -138,11 +161,11 @@ def test_02_features(nb_env, small_ingest, trained, evidence):
     assert len(outputs(nb, "image/png")) == 1
 
 
-def test_03_results(nb_env, trained, evidence):
+def test_03_results(nb_env, kernel, trained, evidence):
     """Reads the session's `trained` run (ResNet50 random weights; lr and dt; binary and multiclass; with
     the metadata baseline) from its MLflow store."""
     work = nb_env["root"] / "nb03"
-    nb = run_notebook("03_results.ipynb", {"TRACKING_URI": trained.tracking_uri,
+    nb = run_notebook(kernel, "03_results.ipynb", {"TRACKING_URI": trained.tracking_uri,
                                            "ARTIFACT_DIR": str(work / "artifacts")}, work, evidence)
     html = "\n".join(outputs(nb, "text/html"))
     assert "ResNet50" in html and "metadata-baseline" in html
@@ -152,11 +175,11 @@ def test_03_results(nb_env, trained, evidence):
     assert len(list((work / "artifacts").rglob("*.png"))) == 4
 
 
-def test_04_sparkdl_readme(nb_env, evidence):
+def test_04_sparkdl_readme(nb_env, kernel, evidence):
     """sparkdl's README example (DeepImageFeaturizer + LogisticRegression in a Pipeline) with its import
     changed, on two class folders of the subset, InceptionV3 with seeded random weights (no download)."""
     work = nb_env["root"] / "nb04"
-    nb = run_notebook("04_sparkdl_readme.ipynb", {"IMG_DIR": str(nb_env["data"]), "WEIGHTS": "none",
+    nb = run_notebook(kernel, "04_sparkdl_readme.ipynb", {"IMG_DIR": str(nb_env["data"]), "WEIGHTS": "none",
                                                   "MODEL_DIR": str(work / "model")}, work, evidence)
     source = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
     assert "from xray_spark import DeepImageFeaturizer" in source and "import sparkdl" not in source
