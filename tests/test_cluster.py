@@ -126,6 +126,7 @@ def cluster_train(cluster: StandaloneCluster, env: dict):
     res, app_id = run_job(cluster, env, "train", [
         "--data", str(env["data"]), "--backbones", "ResNet50", "--heads", "lr", "--tasks", "binary",
         "--weights", "none", "--out", str(out), "--no-baseline",  # the baseline's logging: test_train
+        "--calibration", "none",  # the temperature's out-of-fold refits: test_train, test_calibration
     ])
     return res, app_id, out
 
