@@ -4,8 +4,9 @@ Why: pyspark's `DefaultParamsWriter` writes a stage's one-line metadata JSON wit
 Python list, a Python-worker job: 0.34 s per stage on average in a warm 36-image `train` (26 such writes,
 8.7 s of job time, measured from Spark's event log); a JVM stage's metadata takes 0.04 s. `ParamsWritable`
 writes the same JSON (pyspark's own `_get_metadata_to_save`) to the same place, `<path>/metadata/part-00000`
-and `_SUCCESS`, through the Hadoop FileSystem API, so any scheme works and pyspark's `DefaultParamsReader`,
-MLflow and older xray-spark versions load what it saves, and it loads what they saved.
+and `_SUCCESS`, through the Hadoop FileSystem API, so any scheme works. Reading is left to pyspark
+(`DefaultParamsReadable`, `PipelineModel.load`, MLflow): it loads these folders and those saved before.
+Side by side in one warm session: 0.034 s vs 0.32 s to save one stage (median of 10).
 """
 
 from __future__ import annotations
